@@ -1,0 +1,5 @@
+"""Allows `python -m gputuned`."""
+
+from gputuned.cli import main
+
+raise SystemExit(main())

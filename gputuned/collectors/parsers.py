@@ -1,0 +1,156 @@
+"""Pure text -> value parsers for /proc and /sys files.
+
+Reading and parsing are split (node_exporter's getLoad/parseLoad) so that every parser is
+tested on strings copied from real hosts, and the collectors only do I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ParseError(ValueError):
+    """A file whose content does not have the kernel's format."""
+
+
+def parse_key_value_counters(text: str) -> dict[str, int]:
+    """'key value' lines (/proc/vmstat, nodeN/numastat) -> {key: value}.
+
+    Lines that are not a name followed by one integer are skipped: kernels add fields,
+    and a truncated last line must not lose the others.
+    """
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 2:
+            continue
+        try:
+            values[parts[0]] = int(parts[1])
+        except ValueError:
+            continue
+    return values
+
+
+def parse_node_meminfo(text: str) -> dict[str, int]:
+    """/sys/devices/system/node/nodeN/meminfo -> {field: bytes}.
+
+    Lines look like 'Node 0 MemTotal:  4810964 kB'; counts without a unit (HugePages_*)
+    are kept as plain numbers.
+    """
+    values: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[0] != "Node" or not parts[2].endswith(":"):
+            continue
+        try:
+            number = int(parts[3])
+        except ValueError:
+            continue
+        unit = parts[4] if len(parts) > 4 else ""
+        values[parts[2][:-1]] = number * 1024 if unit == "kB" else number
+    return values
+
+
+def parse_cpulist(text: str) -> list[int]:
+    """Kernel cpulist format ('0-3,8,10-11', possibly empty) -> sorted CPU numbers."""
+    cpus: set[int] = set()
+    text = text.strip()
+    if not text:
+        return []
+    for part in text.split(","):
+        low, sep, high = part.partition("-")
+        try:
+            if sep:
+                cpus.update(range(int(low), int(high) + 1))
+            else:
+                cpus.add(int(low))
+        except ValueError:
+            raise ParseError(f"bad cpulist element {part!r}") from None
+    return sorted(cpus)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """The fields of /proc/PID/stat that the collectors use."""
+
+    comm: str
+    state: str
+    minor_faults: int
+    major_faults: int
+
+
+def parse_proc_stat(text: str) -> ProcStat:
+    """/proc/PID/stat -> ProcStat.
+
+    The command name is in parentheses and may itself contain spaces and ')', so the
+    fields are counted from the last ')' (as procps does).
+    """
+    open_paren = text.find("(")
+    close_paren = text.rfind(")")
+    if open_paren < 0 or close_paren < open_paren:
+        raise ParseError("no '(comm)' field in /proc/PID/stat")
+    rest = text[close_paren + 1 :].split()
+    # rest[0] is field 3 (state); minflt is field 10, majflt field 12.
+    if len(rest) < 10:
+        raise ParseError(f"/proc/PID/stat has {len(rest) + 2} fields, expected at least 12")
+    try:
+        return ProcStat(
+            comm=text[open_paren + 1 : close_paren],
+            state=rest[0],
+            minor_faults=int(rest[7]),
+            major_faults=int(rest[9]),
+        )
+    except ValueError as exc:
+        raise ParseError(f"non-numeric fault count in /proc/PID/stat: {exc}") from None
+
+
+def parse_numa_maps(text: str) -> dict[int, int]:
+    """/proc/PID/numa_maps -> {node: resident bytes}.
+
+    Each mapping line lists 'N<node>=<pages>' and 'kernelpagesize_kB=<size>'; huge-page
+    mappings count in their own page size.
+    """
+    resident: dict[int, int] = {}
+    for line in text.splitlines():
+        pages_by_node: list[tuple[int, int]] = []
+        page_bytes = 4096
+        for token in line.split()[2:]:
+            key, sep, value = token.partition("=")
+            if not sep:
+                continue
+            if key == "kernelpagesize_kB" and value.isdigit():
+                page_bytes = int(value) * 1024
+            elif key[:1] == "N" and key[1:].isdigit() and value.isdigit():
+                pages_by_node.append((int(key[1:]), int(value)))
+        for node, pages in pages_by_node:
+            resident[node] = resident.get(node, 0) + pages * page_bytes
+    return resident
+
+
+def parse_status_field(text: str, name: str) -> str | None:
+    """The value of one 'Name:\tvalue' line of /proc/PID/status, or None if absent."""
+    prefix = name + ":"
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return None
+
+
+def parse_int_file(text: str) -> int:
+    """A sysfs file holding one integer (e.g. /sys/bus/pci/devices/BDF/numa_node)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ParseError(f"expected one integer, got {text.strip()[:40]!r}") from None
+
+
+def nvml_bus_id_to_sysfs(bus_id: str) -> str:
+    """NVML's '00000000:3B:00.0' -> sysfs's '0000:3b:00.0' (4-digit domain, lower case)."""
+    domain, sep, rest = bus_id.strip().partition(":")
+    if not sep or not rest:
+        raise ParseError(f"bad PCI bus id {bus_id!r}")
+    try:
+        domain_number = int(domain, 16)
+    except ValueError:
+        raise ParseError(f"bad PCI domain in {bus_id!r}") from None
+    return f"{domain_number:04x}:{rest.lower()}"

@@ -1,0 +1,1 @@
+"""The daemon: the composition root that wires collectors, store, scheduler and exporter."""

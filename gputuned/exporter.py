@@ -1,0 +1,82 @@
+"""Serves the store's newest snapshots as Prometheus metrics.
+
+A prometheus-client custom Collector: a scrape only reads what the sampler already
+published (no NVML or /proc access on the scrape path), adds the self-health series, and
+says how old the data is in `gputuned_sample_age_seconds`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gputuned.samples import MetricSpec
+from gputuned.store import SampleStore
+
+COLLECTOR = ("collector",)
+COLLECTOR_SUCCESS = MetricSpec("gputuned_collector_success", "gauge", "1 if the collector's last tick read everything it should, else 0.", COLLECTOR)
+COLLECTOR_DURATION = MetricSpec("gputuned_collector_duration_seconds", "gauge", "How long the collector's last tick took.", COLLECTOR)
+SAMPLE_AGE = MetricSpec("gputuned_sample_age_seconds", "gauge", "Seconds since the served samples were taken (the last complete round).", ())
+
+SKIPPED_ROUNDS = MetricSpec(
+    "gputuned_sampler_skipped_rounds_total", "counter", "Sampling rounds skipped because the previous one was still running.", ()
+)
+
+SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS)
+
+
+def _family(spec: MetricSpec) -> Metric:
+    if spec.kind == "counter":
+        # CounterMetricFamily takes the name without _total and adds it back to the sample.
+        return CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=spec.labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+class StoreExporter:
+    """prometheus-client collector over a SampleStore."""
+
+    def __init__(self, store: SampleStore, wall_clock: Callable[[], float] = time.time) -> None:
+        self._store = store
+        self._wall_clock = wall_clock
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        success = _family(COLLECTOR_SUCCESS)
+        duration = _family(COLLECTOR_DURATION)
+        for snapshot in self._store.snapshots():
+            success.add_metric([snapshot.collector], 1.0 if snapshot.success else 0.0)
+            duration.add_metric([snapshot.collector], snapshot.duration_seconds)
+            for sample in snapshot.samples:
+                family = families.get(sample.spec.name)
+                if family is None:
+                    family = families[sample.spec.name] = _family(sample.spec)
+                family.add_metric(list(sample.labels), sample.value)
+        yield from families.values()
+        yield success
+        yield duration
+        skipped = _family(SKIPPED_ROUNDS)
+        skipped.add_metric([], self._store.skipped_rounds())
+        yield skipped
+        last_round = self._store.last_round_at()
+        if last_round is not None:
+            age = _family(SAMPLE_AGE)
+            age.add_metric([], max(self._wall_clock() - last_round, 0.0))
+            yield age
+
+
+def build_registry(store: SampleStore) -> CollectorRegistry:
+    """Our metrics plus the daemon's own process_* metrics (CPU, RSS, fds), like every exporter."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreExporter(store))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
+    """Starts /metrics in a daemon thread; returns the server (its .server_address has the bound port)."""
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

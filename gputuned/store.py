@@ -1,0 +1,111 @@
+"""SampleStore: the newest snapshot of every collector, and a bounded history per series.
+
+The sampler thread publishes, the scrape thread reads snapshots and (later) the tuning
+job reads windows. Snapshots are replaced whole under a lock, never mutated, so readers
+get a consistent view without holding the lock while they work.
+"""
+
+from __future__ import annotations
+
+import threading
+from array import array
+from dataclasses import dataclass
+
+from gputuned.samples import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One collector's output from its most recent tick."""
+
+    collector: str
+    samples: tuple[Sample, ...]
+    success: bool
+    duration_seconds: float
+    taken_at: float  # wall-clock seconds since the epoch
+
+
+class Ring:
+    """Fixed-capacity ring of (time, value) pairs in two flat double arrays.
+
+    Flat arrays cost 16 bytes a point, against about 100 for a deque of tuples: a window
+    of 300 points for every series of an 8-GPU host stays within a few MB.
+    """
+
+    __slots__ = ("_times", "_values", "_next", "_count")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("ring capacity must be at least 1")
+        self._times = array("d", bytes(8 * capacity))
+        self._values = array("d", bytes(8 * capacity))
+        self._next = 0
+        self._count = 0
+
+    def append(self, t: float, value: float) -> None:
+        self._times[self._next] = t
+        self._values[self._next] = value
+        self._next = (self._next + 1) % len(self._times)
+        self._count = min(self._count + 1, len(self._times))
+
+    def points(self) -> list[tuple[float, float]]:
+        """Oldest first."""
+        capacity = len(self._times)
+        start = (self._next - self._count) % capacity
+        return [
+            (self._times[(start + i) % capacity], self._values[(start + i) % capacity])
+            for i in range(self._count)
+        ]
+
+
+SeriesKey = tuple[str, tuple[str, ...]]
+
+
+class SampleStore:
+    """Newest snapshot per collector plus a ring of the last `window` points per series."""
+
+    def __init__(self, window: int) -> None:
+        self._window = window
+        self._lock = threading.Lock()
+        self._snapshots: dict[str, Snapshot] = {}
+        self._rings: dict[SeriesKey, Ring] = {}
+        self._last_round_at: float | None = None
+        self._skipped_rounds = 0
+
+    def publish(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._snapshots[snapshot.collector] = snapshot
+            for sample in snapshot.samples:
+                key = (sample.spec.name, sample.labels)
+                ring = self._rings.get(key)
+                if ring is None:
+                    ring = self._rings[key] = Ring(self._window)
+                ring.append(snapshot.taken_at, sample.value)
+
+    def finish_round(self, at: float) -> None:
+        """Marks a complete sampling round, the moment `gputuned_sample_age_seconds` counts from."""
+        with self._lock:
+            self._last_round_at = at
+
+    def count_skipped_round(self) -> None:
+        """A round was skipped because the previous one was still running."""
+        with self._lock:
+            self._skipped_rounds += 1
+
+    def skipped_rounds(self) -> int:
+        with self._lock:
+            return self._skipped_rounds
+
+    def snapshots(self) -> list[Snapshot]:
+        with self._lock:
+            return list(self._snapshots.values())
+
+    def last_round_at(self) -> float | None:
+        with self._lock:
+            return self._last_round_at
+
+    def window(self, name: str, labels: tuple[str, ...] = ()) -> list[tuple[float, float]]:
+        """The recorded (time, value) points of one series, oldest first; empty if unknown."""
+        with self._lock:
+            ring = self._rings.get((name, labels))
+            return ring.points() if ring is not None else []
