@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
@@ -23,6 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-pid", type=int, metavar="PID", help="watch this process as the worker (one gputuned does not start)")
     run.add_argument("--worker-gpu", type=int, metavar="INDEX", help="NVML index of the GPU the watched worker uses")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log.level")
+    run.add_argument("--nvml-module", metavar="MODULE[:FACTORY]", help="NVML binding (overrides nvml.module)")
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
@@ -39,6 +42,13 @@ def _configure_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+def _load_nvml(spec: str) -> ModuleType:
+    """Imports the NVML binding named by nvml.module: 'module' or 'module:factory'."""
+    module_name, _, factory = spec.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, factory)() if factory else module
+
+
 def _run(args: argparse.Namespace, config: Config) -> int:
     if not args.no_worker:
         print(
@@ -48,13 +58,17 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 2
     # Imported here so `gputuned check-config` and --help stay fast.
     import psutil
-    import pynvml
 
     from gputuned.daemon.service import MonitoringDaemon, run_until_signalled
     from gputuned.samples import WorkerTarget
 
+    try:
+        nvml = _load_nvml(config.nvml.module)
+    except (ImportError, AttributeError) as exc:
+        print(f"gputuned: cannot load the NVML binding nvml.module={config.nvml.module!r}: {exc}", file=sys.stderr)
+        return 2
     target = WorkerTarget(pid=args.worker_pid, gpu=args.worker_gpu)
-    daemon = MonitoringDaemon(config, nvml=pynvml, psutil=psutil, target=target)
+    daemon = MonitoringDaemon(config, nvml=nvml, psutil=psutil, target=target)
     try:
         return run_until_signalled(daemon)
     except OSError as exc:
@@ -71,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["metrics"] = {"listen": args.metrics_listen}
         if getattr(args, "log_level", None):
             overrides["log"] = {"level": args.log_level}
+        if getattr(args, "nvml_module", None):
+            overrides["nvml"] = {"module": args.nvml_module}
         config = with_overrides(config, **overrides)
     except ConfigError as exc:
         print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)

@@ -87,6 +87,14 @@ class CollectorsConfig:
 
 
 @dataclass(frozen=True)
+class NvmlConfig:
+    """The NVML binding: `pynvml` (nvidia-ml-py), or `module:factory` returning a stand-in
+    with pynvml's API (the test suite and benchmarks use their fake NVML this way)."""
+
+    module: str = "pynvml"
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """Roots the collectors read from; tests and containers point them elsewhere."""
 
@@ -104,6 +112,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    nvml: NvmlConfig = field(default_factory=NvmlConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -47,8 +47,10 @@ class Sampler:
             try:
                 collected = collector.collect(target)
             except Exception as exc:  # noqa: BLE001 - a collector bug must not stop the others
-                log.exception("collector %s crashed", collector.name)
-                collected = Collected(errors=[f"collector crashed: {type(exc).__name__}: {exc}"])
+                message = f"collector crashed: {type(exc).__name__}: {exc}"
+                if message not in self._reported[collector.name]:
+                    log.exception("collector %s crashed", collector.name)  # the traceback, once
+                collected = Collected(errors=[message])
             duration = self._clock() - started
             self._report(collector.name, collected)
             self._store.publish(

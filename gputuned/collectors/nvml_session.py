@@ -86,7 +86,7 @@ class NvmlSession:
         self._driver_version = ""
         self._last_attempt: float | None = None
         self._last_failure = ""
-        self._unsupported: set[tuple[int, str, tuple[Any, ...]]] = set()
+        self._unsupported: set[tuple[int, str, str]] = set()  # (gpu, function, repr(args))
         self._code_to_problem = self._build_error_map(nvml)
 
     @staticmethod
@@ -191,7 +191,7 @@ class NvmlSession:
         call per session, not one per tick), GpuLost, NvmlUnavailable (which makes the
         session re-open later), or NvmlProblem for anything else.
         """
-        key = (device.index, function, args)
+        key = (device.index, function, repr(args))
         if key in self._unsupported:
             raise FieldUnsupported(f"GPU {device.index}: {function} is not supported")
         try:

@@ -7,6 +7,7 @@ stays testable on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -66,7 +67,7 @@ class MonitoringDaemon:
             psutil=self._psutil,
             clock=time.monotonic,
         )
-        enabled = {name: getattr(config.collectors, name) for name in vars(config.collectors)}
+        enabled = dataclasses.asdict(config.collectors)
         self._sampler = Sampler(build_collectors(enabled, context), self.store, lambda: self._target)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
         # One round before serving, so the first scrape already has data.
