@@ -29,6 +29,7 @@ class CollectorContext:
     sys_root: Path
     nvml_session: NvmlSession
     nvml: ModuleType
+    gpu_bus_ids: Callable[[], dict[int, str]]  # GPU index -> sysfs BDF; {} when NVML is off
     psutil: ModuleType
     clock: Callable[[], float]
 
@@ -50,7 +51,7 @@ def _pcie(ctx: CollectorContext) -> Any:
 
 
 def _numa(ctx: CollectorContext) -> Any:
-    return NumaCollector(ctx.proc_root, ctx.sys_root, ctx.nvml_session.bus_ids)
+    return NumaCollector(ctx.proc_root, ctx.sys_root, ctx.gpu_bus_ids)
 
 
 def _host(ctx: CollectorContext) -> Any:

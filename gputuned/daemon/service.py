@@ -59,15 +59,19 @@ class MonitoringDaemon:
     def start(self) -> None:
         config = self._config
         self._session = NvmlSession(self._nvml, Path(config.paths.sys_root))
+        enabled = dataclasses.asdict(config.collectors)
+        # With both GPU collectors off, nothing may touch NVML (an operator turns them off
+        # when NVML misbehaves), so the numa collector then knows no GPUs either.
+        uses_nvml = enabled["nvml"] or enabled["pcie"]
         context = CollectorContext(
             proc_root=Path(config.paths.proc_root),
             sys_root=Path(config.paths.sys_root),
             nvml_session=self._session,
             nvml=self._nvml,
+            gpu_bus_ids=self._session.bus_ids if uses_nvml else dict,
             psutil=self._psutil,
             clock=time.monotonic,
         )
-        enabled = dataclasses.asdict(config.collectors)
         self._sampler = Sampler(build_collectors(enabled, context), self.store, lambda: self._target)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
         # One round before serving, so the first scrape already has data.

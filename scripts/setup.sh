@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs gputuned into ./.venv. With --test, also the test tools: pytest and hypothesis,
+# and Debian's `prometheus` package (the real Prometheus server and promtool the tests use).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[ "${1:-}" = "--test" ] && with_tests=1
+
+python=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+if [ "$with_tests" = 1 ]; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+else
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+fi
+
+if [ "$with_tests" = 1 ] && ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    # The package starts a system Prometheus on :9090 where systemd runs; the tests start their own.
+fi

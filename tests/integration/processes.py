@@ -1,0 +1,115 @@
+"""Starting the real daemon and a real Prometheus server on loopback for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+        return response.read().decode()
+
+
+def wait_for_http(url: str, process: subprocess.Popen, deadline_s: float = 20.0) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            http_get(url, timeout=1.0)
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {deadline_s} s")
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> float:
+    """Sends `sig`, waits for exit, returns the seconds it took (kills after `timeout`)."""
+    started = time.monotonic()
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise
+    return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`gputuned run --no-worker` on a free loopback port; yields (process, metrics URL)."""
+    port = free_port()
+    command = [sys.executable, "-m", "gputuned", "run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}", *args]
+    full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    process = subprocess.Popen(command, env=full_env, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        wait_for_http(url, process)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            stop(process)
+        process.stderr.close()
+
+
+@contextlib.contextmanager
+def running_prometheus(targets: list[str], workdir: Path) -> Iterator[str]:
+    """A real Prometheus server (Debian's package) on loopback scraping `targets` every second."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        raise RuntimeError("prometheus is not installed (Debian package 'prometheus'); scripts/setup.sh installs it")
+    port = free_port()
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: gputuned\n    static_configs:\n"
+        f"      - targets: {json.dumps(targets)}\n"
+    )
+    log = (workdir / "prometheus.log").open("w")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/-/ready", process, deadline_s=60)
+        yield base
+    finally:
+        stop(process)
+        log.close()
+
+
+def prometheus_query(base: str, promql: str) -> list[dict]:
+    url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+    body = json.loads(http_get(url))
+    if body.get("status") != "success":
+        raise RuntimeError(f"query {promql!r} failed: {body}")
+    return body["data"]["result"]
