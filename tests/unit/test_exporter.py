@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -110,3 +111,26 @@ def test_disabled_collectors_do_not_run():
 
 def test_paths_default_to_the_live_host():
     assert PathsConfig() == PathsConfig(proc_root="/proc", sys_root="/sys")
+
+
+def test_a_round_slower_than_the_interval_is_skipped_and_counted():
+    fake = FakeNvml.with_gpus(1)
+    slow_power = fake.nvmlDeviceGetPowerUsage
+
+    def power_after_a_stall(handle):
+        time.sleep(0.35)
+        return slow_power(handle)
+
+    config = with_overrides(fixture_config(), sampling={"interval_seconds": 0.1})
+    daemon = MonitoringDaemon(config, nvml=fake, psutil=psutil)
+    daemon.start()
+    try:
+        fake.nvmlDeviceGetPowerUsage = power_after_a_stall
+        deadline = time.monotonic() + 5
+        while daemon.store.skipped_rounds() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        families = {f.name: f for f in text_string_to_metric_families(scrape(daemon))}
+    finally:
+        daemon.stop()
+    (skipped,) = families["gputuned_sampler_skipped_rounds"].samples
+    assert skipped.value >= 1
