@@ -29,6 +29,35 @@ def _build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
+
+    worker = commands.add_parser("worker", help="serve a PyTorch model over the v2 inference API (needs the [worker] extra)")
+    worker.add_argument("--model", default="resnet-mini", metavar="SPEC",
+                        help="resnet-mini (built in), a TorchScript .pt/.ts file, a torch.export .pt2 archive, or module:factory")
+    worker.add_argument("--model-name", help="name served under /v2/models/ (default: from the spec)")
+    worker.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without the batch dimension (required for your own model)")
+    worker.add_argument("--input-dtype", default="FP32", help="input datatype, e.g. FP32, FP16, INT64 (default FP32)")
+    worker.add_argument("--input-name", default="input", help="input tensor name (default 'input')")
+    worker.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
+    worker.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8000)")
+    worker.add_argument("--control-socket", type=Path, metavar="PATH", help="Unix socket for gputuned's control channel")
+    worker.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
+    worker.add_argument("--max-queue", type=int, default=4096, help="most items queued before 503 (default 4096)")
+    worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+    knob_set = commands.add_parser("set", help="set worker knobs by hand over its control socket")
+    knob_set.add_argument("--socket", type=Path, required=True, metavar="PATH", help="the worker's control socket")
+    knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
+
+    load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
+    load.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="base URL (default http://127.0.0.1:8000)")
+    load.add_argument("--model", help="model name (default: the first in the repository index)")
+    mode = load.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent clients (default 8)")
+    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    load.add_argument("--requests", type=int, default=1000, help="stop after this many requests (default 1000)")
+    load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
+    load.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -76,8 +105,49 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         return 1
 
 
+def _worker(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    try:
+        from gputuned.worker.main import run_from_arguments
+    except ImportError as exc:
+        print(f"gputuned worker needs the [worker] extra (torch, numpy): {exc}", file=sys.stderr)
+        return 2
+    return run_from_arguments(args)
+
+
+def _set(args: argparse.Namespace) -> int:
+    from gputuned.control.client import ControlClient, ControlError
+    from gputuned.knobs import KnobError, parse_assignments
+
+    try:
+        changes = parse_assignments(args.assignments)
+        with ControlClient(args.socket) as client:
+            applied = client.set(changes)
+    except (KnobError, ControlError) as exc:
+        print(f"gputuned set: refused: {exc}", file=sys.stderr)
+        return 1
+    print("applied: " + ", ".join(f"{name}={value}" for name, value in applied.items()))
+    return 0
+
+
+def _load(args: argparse.Namespace) -> int:
+    from gputuned.loadgen import LoadPlan, main as load_main
+
+    if args.requests < 1 or args.duration <= 0 or args.batch < 1 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
+        print("gputuned load: --requests, --duration, --batch, --concurrency and --rate must be positive", file=sys.stderr)
+        return 2
+    plan = LoadPlan(
+        url=args.url.rstrip("/"), model=args.model, concurrency=None if args.rate else args.concurrency, rate=args.rate,
+        requests=args.requests, duration=args.duration, batch=args.batch,
+    )
+    return load_main(plan, args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    standalone = {"worker": _worker, "set": _set, "load": _load}
+    if args.command in standalone:
+        return standalone[args.command](args)
     try:
         config = load_config(args.config)
         overrides = {}

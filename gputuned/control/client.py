@@ -1,0 +1,130 @@
+"""The connecting side of the control socket: `gputuned set`, the benchmarks, the daemon.
+
+Blocking and simple on purpose: one request at a time, matched to its reply by sequence
+number. Stats the worker streams meanwhile are kept (the newest few) rather than lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message
+
+
+class ControlError(Exception):
+    """The worker refused a request (nack) or the connection failed; the message says why."""
+
+
+class ControlClient:
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+        self._seq = 0
+        self.hello: dict[str, Any] = {}
+        self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=16)
+
+    def __enter__(self) -> ControlClient:
+        self.connect()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def connect(self) -> dict[str, Any]:
+        """Connects and returns the worker's hello; ControlError if refused or unreachable."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError as exc:
+            sock.close()
+            raise ControlError(f"cannot connect to {self._path}: {exc.strerror or exc}") from None
+        self._sock = sock
+        first = self.receive()
+        if first["type"] == "nack":
+            self.close()
+            raise ControlError(f"worker refused the connection: {first['error']}")
+        if first["type"] != "hello":
+            self.close()
+            raise ControlError(f"expected a hello from the worker, got {first['type']}")
+        self.hello = first
+        return first
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send_raw(self, data: bytes) -> None:
+        """Sends bytes as they are (tests use it to send malformed messages)."""
+        if self._sock is None:
+            raise ControlError("not connected")
+        self._sock.sendall(data)
+
+    def receive(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next message from the worker (stats included)."""
+        if self._sock is None:
+            raise ControlError("not connected")
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > MAX_MESSAGE_BYTES:
+                raise ControlError("the worker sent a message over the size limit")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControlError(f"no message from the worker within {self._timeout:g} s")
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                raise ControlError(f"control connection failed: {exc.strerror or exc}") from None
+            if not chunk:
+                raise ControlError("the worker closed the control connection")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            return decode(line)
+        except ProtocolError as exc:
+            raise ControlError(f"the worker sent an invalid message: {exc}") from None
+
+    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Sends a request with the next sequence number; returns its reply (ack/pong) or raises on nack."""
+        self._seq += 1
+        seq = self._seq
+        self.send_raw(encode(message(kind, seq=seq, **fields)))
+        while True:
+            reply = self.receive()
+            if reply["type"] == "stats":
+                self.stats.append(reply)
+                continue
+            if reply.get("seq") != seq:
+                if reply["type"] == "nack":
+                    raise ControlError(reply["error"])
+                continue  # a late reply to an earlier request that timed out
+            if reply["type"] == "nack":
+                raise ControlError(reply["error"])
+            return reply
+
+    def set(self, knobs: dict[str, int]) -> dict[str, int]:
+        """Applies knobs; returns what the worker applied. ControlError carries its refusal."""
+        return self.request("set", knobs=knobs)["applied"]
+
+    def ping(self) -> float:
+        """Round-trip time of a ping, in seconds."""
+        started = time.perf_counter()
+        self.request("ping")
+        return time.perf_counter() - started
+
+    def next_stats(self, timeout: float | None = None) -> dict[str, Any]:
+        """The next stats message the worker streams."""
+        while True:
+            reply = self.receive(timeout)
+            if reply["type"] == "stats":
+                return reply

@@ -1,0 +1,122 @@
+"""The control protocol: versioned JSON objects, one per line (pure, no I/O).
+
+Both sides decode every line through `decode`, which checks size, encoding, JSON, the
+version, the message type and each field's presence and type, and raises ProtocolError
+with a message naming the problem (and the sequence number when one could be read), so
+the receiver can answer with a nack and carry on. Version 1 messages:
+
+    hello  worker -> client  {"worker": {...identity}, "knobs": {name: {value,min,max,live,description}},
+                              "restart_only": {setting: current value}}
+    set    client -> worker  {"seq": n, "knobs": {name: int}}
+    ack    worker -> client  {"seq": n, "applied": {name: int}}
+    nack   either            {"error": "...", "seq": n (when known)}
+    stats  worker -> client  {"t": unix_time, "stats": {...cumulative counters and gauges}}
+    ping / pong  either      {"seq": n}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+
+_NUMBER = (int, float)
+# type -> (required fields, optional fields), each field -> accepted Python types.
+_SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "hello": ({"worker": dict, "knobs": dict}, {"restart_only": dict}),
+    "set": ({"seq": int, "knobs": dict}, {}),
+    "ack": ({"seq": int, "applied": dict}, {}),
+    "nack": ({"error": str}, {"seq": int}),
+    "stats": ({"t": _NUMBER, "stats": dict}, {}),
+    "ping": ({"seq": int}, {}),
+    "pong": ({"seq": int}, {}),
+}
+MESSAGE_TYPES = tuple(_SCHEMAS)
+
+
+class ProtocolError(ValueError):
+    """A line that is not a valid message; `seq` is its sequence number when readable."""
+
+    def __init__(self, message: str, seq: int | None = None) -> None:
+        super().__init__(message)
+        self.seq = seq
+
+
+def _type_name(types: Any) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
+    if isinstance(types, tuple):
+        return "a number"
+    return names[types]
+
+
+def _is(value: Any, types: Any) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
+
+
+def validate(message: Any) -> dict[str, Any]:
+    """Checks a decoded JSON value against the protocol; returns it or raises ProtocolError."""
+    if not isinstance(message, dict):
+        raise ProtocolError(f"a message must be a JSON object, got {type(message).__name__}")
+    seq = message.get("seq") if _is(message.get("seq"), int) else None
+    version = message.get("v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}", seq)
+    kind = message.get("type")
+    if kind not in _SCHEMAS:
+        raise ProtocolError(f"unknown message type {kind!r}; known types: {', '.join(MESSAGE_TYPES)}", seq)
+    required, optional = _SCHEMAS[kind]
+    for name, types in required.items():
+        if name not in message:
+            raise ProtocolError(f"{kind}: missing field {name!r}", seq)
+    for name, value in message.items():
+        if name in ("v", "type"):
+            continue
+        types = required.get(name, optional.get(name))
+        if types is None:
+            raise ProtocolError(f"{kind}: unknown field {name!r}", seq)
+        if not _is(value, types):
+            raise ProtocolError(f"{kind}: field {name!r} must be {_type_name(types)}, got {type(value).__name__}", seq)
+    if kind == "set":
+        if not message["knobs"]:
+            raise ProtocolError("set: 'knobs' is empty", seq)
+        for name, value in message["knobs"].items():
+            if not _is(value, int):
+                raise ProtocolError(f"set: knob {name!r} must be an integer, got {type(value).__name__} {value!r}", seq)
+    return message
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    """One received line (without or with its newline) -> a validated message."""
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(line)} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"message is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise ProtocolError("message is not valid JSON: nested too deeply") from None
+    return validate(value)
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """A message -> one line of compact JSON ending in a newline; validated like a received one."""
+    validate(message)
+    line = json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    if len(line) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(f"message of {len(line)} bytes exceeds the limit of {MAX_MESSAGE_BYTES} bytes")
+    return line
+
+
+def message(kind: str, **fields: Any) -> dict[str, Any]:
+    """Builds a message of this protocol version: message('ping', seq=1)."""
+    return {"v": PROTOCOL_VERSION, "type": kind, **fields}
+
+
+def nack(error: str, seq: int | None = None) -> dict[str, Any]:
+    return message("nack", error=error) if seq is None else message("nack", error=error, seq=seq)

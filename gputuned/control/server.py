@@ -1,0 +1,231 @@
+"""The accepting side of the control socket, run inside a worker (through the agent).
+
+Each connection is checked with SO_PEERCRED (same uid, root, or a configured group),
+greeted with a hello, streamed stats, and served set/ping requests. A bad line gets a
+nack and the connection carries on; a line over the size limit, a partial line that
+trickles for longer than `partial_timeout`, or a client that stops reading closes that
+connection only. The number of connections is capped. None of it can stop the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message, nack
+from gputuned.knobs import KnobError
+
+log = logging.getLogger(__name__)
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+MAX_WRITE_BUFFER = 1024 * 1024  # a client this far behind on reading stats is dropped
+
+
+class ControlHandler(Protocol):
+    def hello(self) -> dict[str, Any]:
+        """The hello message (identity and knob schema with current values)."""
+        ...
+
+    def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
+        """Validates and applies a change set; returns what was applied or raises KnobError."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Cumulative counters and current gauges for a stats message."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return PeerCredentials(pid, uid, gid)
+
+
+def peer_groups(pid: int, proc_root: Path = Path("/proc")) -> set[int]:
+    """The peer's primary and supplementary groups, from /proc/PID/status ('Groups:')."""
+    try:
+        text = (proc_root / str(pid) / "status").read_text()
+    except OSError:
+        return set()
+    groups: set[int] = set()
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Gid" and rest.split():
+            groups.add(int(rest.split()[0]))  # the real gid
+        elif key == "Groups":
+            groups.update(int(g) for g in rest.split())
+    return groups
+
+
+def peer_allowed(creds: PeerCredentials, group: int | None, own_uid: int, proc_root: Path = Path("/proc")) -> bool:
+    """Same uid as us, root, or a member of the configured group."""
+    if creds.uid in (own_uid, 0):
+        return True
+    if group is None:
+        return False
+    return creds.gid == group or group in peer_groups(creds.pid, proc_root)
+
+
+def bind_unix_socket(path: Path, group: int | None) -> socket.socket:
+    """A listening Unix socket at `path`, mode 0600 (0660 and that group when given).
+
+    A stale socket file left by a dead worker is replaced; any other file there is an
+    error, never silently removed. The directory is created 0700 when missing.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise FileExistsError(f"{path} exists and is not a socket; refusing to replace it")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)  # no window in which the socket is open to others
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old_umask)
+    if group is not None:
+        os.chown(path, -1, group)
+        os.chmod(path, 0o660)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class ControlServer:
+    """Serves the control protocol on a Unix socket inside a running asyncio loop."""
+
+    def __init__(
+        self,
+        path: Path,
+        handler: ControlHandler,
+        *,
+        group: int | None = None,
+        max_connections: int = 16,
+        stats_interval: float = 0.5,
+        partial_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = path
+        self._handler = handler
+        self._group = group
+        self._max_connections = max_connections
+        self._stats_interval = stats_interval
+        self._partial_timeout = partial_timeout
+        self._clock = clock
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.refused_peers = 0
+
+    async def start(self) -> None:
+        sock = bind_unix_socket(self.path, self._group)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=MAX_MESSAGE_BYTES + 1)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve_checked(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away; nothing to answer
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_checked(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        creds = peer_credentials(writer.get_extra_info("socket"))
+        if not peer_allowed(creds, self._group, os.getuid()):
+            self.refused_peers += 1
+            log.warning("control: refused peer pid %d uid %d gid %d", creds.pid, creds.uid, creds.gid)
+            await self._send(writer, nack(f"permission denied: uid {creds.uid} is not allowed on this socket"))
+            return
+        if len(self._connections) > self._max_connections:
+            await self._send(writer, nack(f"too many control connections (limit {self._max_connections})"))
+            return
+        await self._send(writer, self._handler.hello())
+        stats_task = asyncio.create_task(self._stream_stats(writer))
+        try:
+            await self._read_loop(reader, writer)
+        finally:
+            stats_task.cancel()
+
+    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        buffer = b""
+        partial_since: float | None = None
+        while True:
+            timeout = None if partial_since is None else max(partial_since + self._partial_timeout - self._clock(), 0.0)
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), timeout)
+            except TimeoutError:
+                await self._send(writer, nack(f"incomplete message for {self._partial_timeout:g} s; closing"))
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    await self._send(writer, self._answer(line))
+            if len(buffer) > MAX_MESSAGE_BYTES:
+                await self._send(writer, nack(f"message exceeds the limit of {MAX_MESSAGE_BYTES} bytes; closing"))
+                return
+            partial_since = (partial_since or self._clock()) if buffer else None
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = decode(line)
+        except ProtocolError as exc:
+            return nack(str(exc), exc.seq)
+        kind = request["type"]
+        if kind == "ping":
+            return message("pong", seq=request["seq"])
+        if kind == "set":
+            try:
+                applied = self._handler.apply(request["knobs"])
+            except KnobError as exc:
+                return nack(str(exc), request["seq"])
+            return message("ack", seq=request["seq"], applied=applied)
+        return nack(f"{kind} is not a request a worker accepts", request.get("seq"))
+
+    async def _stream_stats(self, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self._stats_interval)
+                await self._send(writer, message("stats", t=time.time(), stats=self._handler.stats()))
+        except ConnectionError as exc:
+            log.info("control: closing a connection: %s", exc)
+            writer.close()  # ends the read loop too
+
+    async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+        if writer.is_closing():
+            raise ConnectionResetError("control connection closed")
+        if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
+            raise ConnectionResetError("control client is not reading; dropping it")
+        writer.write(encode(reply))

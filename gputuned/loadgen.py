@@ -1,0 +1,214 @@
+"""`gputuned load`: a load generator for any Open Inference Protocol v2 endpoint.
+
+Closed loop (N clients, each sending its next request when the last one returns) or open
+loop (Poisson arrivals at a rate; latency counts from the scheduled send time, so a
+slow server cannot hide its queueing: no coordinated omission). Always bounded by a
+request count and a duration. Requests use the binary tensor extension with one random
+input made once, so the client spends its CPU on sending, not on encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import aiohttp
+
+_NUMPY_TYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT8": "int8", "INT16": "int16",
+                "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
+MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
+
+
+class LoadError(Exception):
+    """The target cannot be load-tested (unreachable, no model, unknown dtype)."""
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    url: str  # base URL, e.g. http://127.0.0.1:8000
+    model: str | None = None
+    concurrency: int | None = 8  # closed loop when set
+    rate: float | None = None  # open loop (requests/s) when set
+    requests: int = 1000
+    duration: float = 60.0
+    batch: int = 1  # items per request
+    seed: int = 0
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent,
+            "ok": self.ok,
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+            "elapsed_seconds": self.elapsed,
+            "throughput_per_second": self.ok / self.elapsed if self.elapsed else 0.0,
+            "latency_seconds": {"p50": self.percentile(50), "p95": self.percentile(95), "p99": self.percentile(99),
+                                "mean": sum(self.latencies) / len(self.latencies) if self.latencies else None},
+        }
+
+
+async def _discover(session: aiohttp.ClientSession, plan: LoadPlan) -> tuple[str, dict[str, Any]]:
+    try:
+        model = plan.model
+        if model is None:
+            async with session.post(f"{plan.url}/v2/repository/index") as response:
+                index = await response.json()
+            if not index:
+                raise LoadError(f"{plan.url} serves no model")
+            model = index[0]["name"]
+        async with session.get(f"{plan.url}/v2/models/{model}") as response:
+            if response.status != 200:
+                raise LoadError(f"{plan.url} has no model {model!r}: HTTP {response.status} {await response.text()}")
+            return model, await response.json()
+    except aiohttp.ClientError as exc:
+        raise LoadError(f"cannot reach {plan.url}: {exc}") from None
+
+
+def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[bytes, dict[str, str]]:
+    """One binary-extension request body (random input of the model's shape) and its headers."""
+    import numpy as np  # the load generator works without the worker extra; numpy comes with it
+
+    spec = metadata["inputs"][0]
+    if spec["datatype"] not in _NUMPY_TYPES:
+        raise LoadError(f"input datatype {spec['datatype']} is not supported by the load generator")
+    shape = [batch, *spec["shape"][1:]]
+    rng = np.random.default_rng(seed)
+    data = rng.random(math.prod(shape)).astype(_NUMPY_TYPES[spec["datatype"]]).tobytes()
+    header = json.dumps(
+        {
+            "inputs": [{"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "parameters": {"binary_data_size": len(data)}}],
+            "outputs": [{"name": output["name"], "parameters": {"binary_data": True}} for output in metadata["outputs"]],
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return header + data, headers
+
+
+class _Run:
+    def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], plan: LoadPlan) -> None:
+        self.session, self.url, self.body, self.headers, self.plan = session, url, body, headers, plan
+        self.result = LoadResult()
+        self.started = time.perf_counter()
+        self.deadline = self.started + plan.duration
+
+    def may_send(self) -> bool:
+        return self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
+
+    async def one(self, scheduled: float) -> None:
+        self.result.sent += 1
+        try:
+            async with self.session.post(self.url, data=self.body, headers=self.headers) as response:
+                await response.read()
+                if response.status == 200:
+                    self.result.ok += 1
+                    self.result.latencies.append(time.perf_counter() - scheduled)
+                else:
+                    self.result.errors[f"http_{response.status}"] += 1
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            self.result.errors[type(exc).__name__] += 1
+
+    async def closed_loop(self, clients: int) -> None:
+        async def client() -> None:
+            while self.may_send():
+                await self.one(time.perf_counter())
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    async def open_loop(self, rate: float) -> None:
+        rng = random.Random(self.plan.seed)
+        in_flight: set[asyncio.Task[None]] = set()
+        next_at = time.perf_counter()
+        while self.may_send():
+            next_at += rng.expovariate(rate)
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(in_flight) >= MAX_IN_FLIGHT:
+                self.result.sent += 1
+                self.result.errors["client_overloaded"] += 1
+                continue
+            task = asyncio.create_task(self.one(next_at))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        await asyncio.gather(*in_flight)
+
+
+async def _progress(run: _Run, stream: TextIO) -> None:
+    while True:
+        await asyncio.sleep(0.5)
+        result = run.result
+        elapsed = time.perf_counter() - run.started
+        stream.write(
+            f"\r{elapsed:6.1f}s  sent {result.sent}  ok {result.ok}  errors {sum(result.errors.values())}  "
+            f"{result.ok / elapsed if elapsed else 0:8.1f}/s  p99 {_ms(result.percentile(99))} "
+        )
+        stream.flush()
+
+
+async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult:
+    timeout = aiohttp.ClientTimeout(total=max(plan.duration, 30.0))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        model, metadata = await _discover(session, plan)
+        body, headers = build_request(metadata, plan.batch, plan.seed)
+        run = _Run(session, f"{plan.url}/v2/models/{model}/infer", body, headers, plan)
+        reporter = asyncio.create_task(_progress(run, progress)) if progress is not None else None
+        try:
+            if plan.rate is not None:
+                await run.open_loop(plan.rate)
+            else:
+                await run.closed_loop(plan.concurrency or 1)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                progress.write("\n")
+        run.result.elapsed = time.perf_counter() - run.started
+        return run.result
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    latency = summary["latency_seconds"]
+    lines = [
+        f"requests: {summary['sent']} sent, {summary['ok']} ok, {summary['errors']} errors {summary['errors_by_kind'] or ''}".rstrip(),
+        f"throughput: {summary['throughput_per_second']:.1f} requests/s over {summary['elapsed_seconds']:.1f} s",
+        f"latency: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, p99 {_ms(latency['p99'])}",
+    ]
+    return "\n".join(lines)
+
+
+def main(plan: LoadPlan, as_json: bool) -> int:
+    progress = sys.stderr if sys.stderr.isatty() and not as_json else None
+    try:
+        result = asyncio.run(run_load(plan, progress))
+    except LoadError as exc:
+        print(f"gputuned load: {exc}", file=sys.stderr)
+        return 2
+    summary = result.summary()
+    print(json.dumps(summary) if as_json else format_summary(summary))
+    return 0 if result.ok else 1

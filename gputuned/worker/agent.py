@@ -1,0 +1,160 @@
+"""The embeddable agent: makes any PyTorch server a worker that gputuned can tune.
+
+It serves the control socket from a thread of its own, so it works beside any server
+framework. The server registers its knobs with callbacks that apply a value (they run
+in the agent's thread and must be thread-safe, e.g. set a value the serving loop reads
+at its next batch) and a function returning its stats::
+
+    from gputuned.worker.agent import Agent
+
+    agent = Agent("/run/gputuned/worker.sock", model="my-model", device="cuda:0",
+                  input_shape=[3, 224, 224], input_dtype="FP32")
+    agent.knob("max_batch_size", default=8, minimum=1, maximum=256,
+               apply=lambda value: setattr(batcher, "max_batch_size", value))
+    agent.stats_source(lambda: {"completed": server.completed, "failed": server.failed})
+    agent.start()          # serve the socket in the background
+    ...
+    agent.stop()
+
+The server keeps running with its last values if the daemon disconnects; the daemon
+reconnects to the same socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gputuned.control.protocol import message
+from gputuned.control.server import ControlServer
+from gputuned.knobs import KnobError, KnobSpec, validate_changes
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    def __init__(
+        self,
+        socket_path: str | Path,
+        *,
+        model: str,
+        device: str,
+        input_shape: list[int],
+        input_dtype: str,
+        group: int | None = None,
+        stats_interval: float = 0.5,
+    ) -> None:
+        self._path = Path(socket_path)
+        self._identity = {
+            "pid": os.getpid(),
+            "model": model,
+            "device": device,
+            "input": {"shape": list(input_shape), "dtype": input_dtype},
+        }
+        self._group = group
+        self._stats_interval = stats_interval
+        self._specs: dict[str, KnobSpec] = {}
+        self._appliers: dict[str, Callable[[int], int | None]] = {}
+        self._values: dict[str, int] = {}
+        self._restart_only: dict[str, str] = {"device": device, "model": model}
+        self._stats: Callable[[], dict[str, Any]] = dict
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: ControlServer | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+    # --- registration (before start) ----------------------------------------------------
+
+    def knob(
+        self,
+        name: str,
+        *,
+        default: int,
+        minimum: int,
+        maximum: int,
+        apply: Callable[[int], int | None],
+        description: str = "",
+    ) -> None:
+        """Declares a live knob; `apply(value)` returns the value it actually applied (or None for `value`)."""
+        spec = KnobSpec(name, default, minimum, maximum, True, description)
+        spec.check(default)
+        self._specs[name] = spec
+        self._appliers[name] = apply
+        self._values[name] = default
+
+    def restart_only(self, name: str, value: int | str) -> None:
+        """Declares a setting that changes only at restart; a set of it is refused with that reason."""
+        self._restart_only[name] = str(value)
+
+    def stats_source(self, source: Callable[[], dict[str, Any]]) -> None:
+        self._stats = source
+
+    @property
+    def values(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+    # --- ControlHandler -------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        with self._lock:
+            knobs = {name: spec.to_wire(self._values[name]) for name, spec in self._specs.items()}
+        return message("hello", worker=self._identity, knobs=knobs, restart_only=dict(self._restart_only))
+
+    def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
+        with self._lock:
+            checked = validate_changes(self._specs, knobs, self._restart_only)
+            applied: dict[str, int] = {}
+            for name, value in checked.items():
+                try:
+                    result = self._appliers[name](value)
+                except Exception as exc:  # noqa: BLE001 - a server's callback must not kill the agent
+                    done = f"; applied {applied}" if applied else ""
+                    raise KnobError(f"{name}={value} could not be applied: {exc}{done}") from exc
+                applied[name] = value if result is None else int(result)
+                self._values[name] = applied[name]
+            return applied
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Binds the socket and serves it from a daemon thread; raises if binding failed."""
+        self._thread = threading.Thread(target=self._run, name="gputuned-agent", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._server = ControlServer(self._path, self, group=self._group, stats_interval=self._stats_interval)
+        try:
+            loop.run_until_complete(self._server.start())
+        except BaseException as exc:  # noqa: BLE001 - handed to start() in the caller's thread
+            self._start_error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        log.info("control socket listening on %s", self._path)
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._server.close())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)

@@ -1,0 +1,184 @@
+"""Execution lanes (`streams`): that many batches run at once.
+
+Each lane is an asyncio task that takes a batch from the batcher and runs it on a
+thread of its own (torch releases the GIL inside its kernels, so CPU lanes overlap);
+on CUDA each lane also owns a torch.cuda.Stream, so one lane's copy overlaps another's
+compute. Adding lanes starts them at once; removing lanes lets the surplus finish the
+batch they hold and then exit, so no request is dropped by a change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gputuned.worker.batcher import DynamicBatcher, PendingRequest
+from gputuned.worker.models import LoadedModel
+from gputuned.worker.pool import BufferPool
+from gputuned.worker.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+class InferenceFailed(Exception):
+    """A batch failed; every request in it gets this error (the message says why)."""
+
+    def __init__(self, message: str, out_of_memory: bool = False) -> None:
+        super().__init__(message)
+        self.out_of_memory = out_of_memory
+
+
+@dataclass
+class LiveSettings:
+    """Knob values as the serving path reads them: plain attributes, replaced whole (thread-safe)."""
+
+    max_batch_size: int
+    max_queue_delay_us: int
+    streams: int
+    pool_mb: int
+    intra_op_threads: int
+    pool: BufferPool
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+
+
+class Lane:
+    """One lane's thread (and CUDA stream): runs batches of the model."""
+
+    def __init__(self, index: int, model: LoadedModel, settings: LiveSettings, stats: WorkerStats) -> None:
+        self.index = index
+        self._model = model
+        self._settings = settings
+        self._stats = stats
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"lane{index}")
+        self._threads: int | None = None  # torch intra-op threads set in this lane's thread
+        self._stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
+
+    async def run(self, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Runs one batch in this lane's thread; returns each request's outputs."""
+        return await asyncio.wrap_future(self._executor.submit(self._run, inputs))
+
+    def _run(self, inputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        started = time.perf_counter()
+        settings = self._settings
+        if self._model.device.type == "cpu" and self._threads != settings.intra_op_threads:
+            # OpenMP's thread count is per calling thread: each lane sets its own, at a batch boundary.
+            torch.set_num_threads(settings.intra_op_threads)
+            self._threads = settings.intra_op_threads
+        sizes = [int(t.shape[0]) for t in inputs]
+        items = sum(sizes)
+        spec = self._model.input
+        shape = (items, *spec.shape)
+        nbytes = items * inputs[0][0].numel() * inputs[0].element_size()
+        block, pool_hit = settings.pool.acquire(nbytes)
+        h2d_bytes = 0
+        oom = False
+        try:
+            batch = torch.cat(inputs, out=block.view(spec.torch_dtype, shape))
+            with torch.inference_mode():
+                if self._stream is not None:
+                    with torch.cuda.stream(self._stream):
+                        device_batch = batch.to(self._model.device, non_blocking=True)
+                        h2d_bytes = nbytes
+                        result = self._model.module(device_batch)
+                        outputs = [t.to("cpu", non_blocking=True) for t in _as_tuple(result)]
+                    self._stream.synchronize()  # the block may be reused and outputs read after this
+                else:
+                    outputs = list(_as_tuple(self._model.module(batch)))
+        except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the lane
+            oom = _is_out_of_memory(exc)
+            raise InferenceFailed(
+                f"inference failed{' (out of memory)' if oom else ''}: {type(exc).__name__}: {exc}", out_of_memory=oom
+            ) from exc
+        finally:
+            block.release()
+            self._stats.batch_done(items, time.perf_counter() - started, pool_hit, h2d_bytes, oom)
+        per_request: list[list[torch.Tensor]] = []
+        offset = 0
+        for size in sizes:
+            per_request.append([t[offset : offset + size] for t in outputs])
+            offset += size
+        return per_request
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _as_tuple(result: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(result) if isinstance(result, (tuple, list)) else (result,)
+
+
+class LaneSet:
+    """Keeps `settings.streams` lanes pulling batches from the batcher."""
+
+    def __init__(self, batcher: DynamicBatcher, model: LoadedModel, settings: LiveSettings, stats: WorkerStats) -> None:
+        self._batcher = batcher
+        self._model = model
+        self._settings = settings
+        self._stats = stats
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._target = 0
+        self._busy = 0
+
+    @property
+    def count(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def busy(self) -> int:
+        """Lanes holding a batch right now (the drain waits for these)."""
+        return self._busy
+
+    def resize(self, lanes: int) -> None:
+        """Must run in the event loop's thread (call_soon_threadsafe from elsewhere)."""
+        self._target = lanes
+        for index in range(lanes):
+            if index not in self._tasks:
+                self._tasks[index] = asyncio.get_running_loop().create_task(self._lane_loop(index), name=f"lane{index}")
+
+    async def _lane_loop(self, index: int) -> None:
+        lane = Lane(index, self._model, self._settings, self._stats)
+        try:
+            while index < self._target:
+                batch = await self._batcher.next_batch()
+                self._busy += 1
+                try:
+                    await self._run_batch(lane, batch)
+                finally:
+                    self._busy -= 1
+        finally:
+            del self._tasks[index]
+            if index < self._target:  # raised again while this lane was leaving
+                self._tasks[index] = asyncio.get_running_loop().create_task(self._lane_loop(index), name=f"lane{index}")
+            await asyncio.get_running_loop().run_in_executor(None, lane.close)
+
+    async def _run_batch(self, lane: Lane, batch: list[PendingRequest]) -> None:
+        try:
+            results = await lane.run([request.tensor for request in batch])
+        except InferenceFailed as exc:
+            for request in batch:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        for request, outputs in zip(batch, results):
+            if not request.future.done():
+                request.future.set_result(outputs)
+
+    async def stop(self) -> None:
+        """Ends every lane. Call once the queue is drained and no lane is busy: a lane
+        waiting for a batch is cancelled harmlessly, one holding a batch would orphan it."""
+        self._target = 0
+        for task in list(self._tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)

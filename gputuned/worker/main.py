@@ -1,0 +1,61 @@
+"""`gputuned worker`: turns command-line arguments into a loaded model and a running worker."""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import logging
+import sys
+
+import torch
+
+from gputuned.config import parse_listen_address
+from gputuned.worker.models import ModelLoadError, load_model, parse_shape
+from gputuned.worker.service import WorkerOptions, run_worker
+
+log = logging.getLogger(__name__)
+
+
+def choose_device(requested: str | None) -> torch.device:
+    """The device to serve on; CUDA by default when present. Raises ValueError if unusable."""
+    if requested is None:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested}: CUDA is not available on this machine")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise ValueError(f"--device {requested!r} is not cpu or cuda[:N]")
+    return device
+
+
+def run_from_arguments(args: argparse.Namespace) -> int:
+    try:
+        device = choose_device(args.device)
+        host, port = parse_listen_address(args.listen)
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        group = grp.getgrnam(args.control_group).gr_gid if args.control_group else None
+        if args.max_queue < 1:
+            raise ValueError("--max-queue must be at least 1")
+    except (ValueError, KeyError) as exc:
+        print(f"gputuned worker: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, device, shape, args.input_dtype, args.model_name, args.input_name)
+    except ModelLoadError as exc:
+        print(f"gputuned worker: {exc}", file=sys.stderr)
+        return 2
+    options = WorkerOptions(host=host, port=port, control_socket=args.control_socket, control_group=group,
+                            max_queue_items=args.max_queue)
+    try:
+        return run_worker(model, options)
+    except OSError as exc:
+        print(f"gputuned worker: cannot serve on {args.listen} or {args.control_socket}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,63 @@
+"""The input buffer pool (`pool_mb`): batches are assembled in preallocated blocks.
+
+On CUDA the blocks are pinned host memory, so the host-to-device copy is a DMA that can
+overlap compute (`non_blocking=True`); a batch that finds no free block large enough
+falls back to a fresh (pinned) allocation and counts as a pool miss. On CPU the blocks
+spare an allocation per batch. A resized pool is a new object: blocks still held by a
+lane go back to their old pool, which is freed when the last one returns.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+
+class Block:
+    """A byte buffer lent by a pool (or allocated for one batch when the pool had none)."""
+
+    __slots__ = ("data", "pool")
+
+    def __init__(self, data: torch.Tensor, pool: BufferPool | None) -> None:
+        self.data = data
+        self.pool = pool
+
+    def view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        """The first bytes of the block as a tensor of `dtype` and `shape`."""
+        count = 1
+        for dim in shape:
+            count *= dim
+        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        return self.data[:nbytes].view(dtype).view(shape)
+
+    def release(self) -> None:
+        if self.pool is not None:
+            self.pool.give_back(self)
+
+
+class BufferPool:
+    """`total_bytes` split into `slots` equal blocks (one per lane, plus one being filled)."""
+
+    def __init__(self, total_bytes: int, slots: int, pin_memory: bool) -> None:
+        self.total_bytes = total_bytes
+        self.pin_memory = pin_memory
+        self.block_bytes = total_bytes // slots if slots > 0 else 0
+        self._lock = threading.Lock()
+        self._free: list[Block] = []
+        if self.block_bytes > 0:
+            self._free = [
+                Block(torch.empty(self.block_bytes, dtype=torch.uint8, pin_memory=pin_memory), self) for _ in range(slots)
+            ]
+
+    def acquire(self, nbytes: int) -> tuple[Block, bool]:
+        """A block of at least `nbytes`, and whether it came from the pool (a hit)."""
+        if nbytes <= self.block_bytes:
+            with self._lock:
+                if self._free:
+                    return self._free.pop(), True
+        return Block(torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin_memory), None), False
+
+    def give_back(self, block: Block) -> None:
+        with self._lock:
+            self._free.append(block)

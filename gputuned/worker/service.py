@@ -1,0 +1,185 @@
+"""Composition root of `gputuned worker`: model, knobs, batcher, lanes, HTTP API, agent.
+
+SIGTERM drains: the worker stops accepting (readiness goes to 503, new requests are
+refused with Retry-After), finishes every queued and running request, then exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+from aiohttp import web
+
+from gputuned.worker.agent import Agent
+from gputuned.worker.batcher import DynamicBatcher
+from gputuned.worker.lanes import LaneSet, LiveSettings
+from gputuned.worker.models import LoadedModel
+from gputuned.worker.pool import BufferPool
+from gputuned.worker.server import InferenceApp
+from gputuned.worker.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_SIZE = 512
+MAX_STREAMS = 16
+MAX_QUEUE_DELAY_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    host: str
+    port: int
+    control_socket: Path | None
+    control_group: int | None = None
+    max_queue_items: int = 4096
+    drain_timeout: float = 30.0
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def pool_limit_mb(device: torch.device) -> int:
+    """The largest pool we allow: half the memory that is free now (host, or the GPU's)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return max(int(free / 2 / 2**20), 0)
+    return max(int(psutil.virtual_memory().available / 2 / 2**20), 0)
+
+
+class WorkerService:
+    def __init__(self, model: LoadedModel, options: WorkerOptions) -> None:
+        self._model = model
+        self._options = options
+        self._pin = model.device.type == "cuda"
+        self.settings = LiveSettings(
+            max_batch_size=1,
+            max_queue_delay_us=0,
+            streams=1,
+            pool_mb=0,
+            intra_op_threads=available_cpus(),
+            pool=BufferPool(0, 0, self._pin),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._batcher: DynamicBatcher | None = None
+        self._lanes: LaneSet | None = None
+        self.stats: WorkerStats | None = None
+        self.agent: Agent | None = None
+        self.bound_port = 0
+
+    # --- knob appliers: run in the agent's thread, must be thread-safe ------------------
+
+    def _set_batch_size(self, value: int) -> None:
+        self.settings.max_batch_size = value
+
+    def _set_queue_delay(self, value: int) -> None:
+        self.settings.max_queue_delay_us = value
+
+    def _set_streams(self, value: int) -> None:
+        self.settings.streams = value
+        self._set_pool(self.settings.pool_mb)  # one block per lane, plus one
+        assert self._loop is not None and self._lanes is not None
+        self._loop.call_soon_threadsafe(self._lanes.resize, value)
+
+    def _set_pool(self, value: int) -> None:
+        # Allocated here, in the agent's thread, so the serving loop never waits for it.
+        self.settings.pool = BufferPool(value * 2**20, self.settings.streams + 1, self._pin)
+        self.settings.pool_mb = value
+
+    def _set_threads(self, value: int) -> None:
+        self.settings.intra_op_threads = value
+
+    def _build_agent(self, socket_path: Path) -> Agent:
+        model = self._model
+        agent = Agent(
+            socket_path,
+            model=model.name,
+            device=str(model.device),
+            input_shape=list(model.input.shape),
+            input_dtype=model.input.datatype,
+            group=self._options.control_group,
+        )
+        s = self.settings
+        agent.knob("max_batch_size", default=s.max_batch_size, minimum=1, maximum=MAX_BATCH_SIZE,
+                   apply=self._set_batch_size, description="most items merged into one batch")
+        agent.knob("max_queue_delay_us", default=s.max_queue_delay_us, minimum=0, maximum=MAX_QUEUE_DELAY_US,
+                   apply=self._set_queue_delay, description="longest a request waits for its batch to fill")
+        agent.knob("streams", default=s.streams, minimum=1, maximum=MAX_STREAMS,
+                   apply=self._set_streams, description="batches run at once (CUDA streams / CPU threads)")
+        agent.knob("pool_mb", default=s.pool_mb, minimum=0, maximum=max(pool_limit_mb(model.device), 0),
+                   apply=self._set_pool, description="preallocated input buffer pool, MiB")
+        if model.device.type == "cpu":
+            agent.knob("intra_op_threads", default=s.intra_op_threads, minimum=1, maximum=available_cpus(),
+                       apply=self._set_threads, description="torch intra-op threads per lane")
+        agent.restart_only("interop_threads", torch.get_num_interop_threads())
+        assert self.stats is not None
+        agent.stats_source(self.stats.snapshot)
+        return agent
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Serves until `stop` is set, then drains."""
+        self._loop = asyncio.get_running_loop()
+        settings = self.settings
+        self._batcher = DynamicBatcher(
+            self._options.max_queue_items, lambda: settings.max_batch_size, lambda: settings.max_queue_delay_us
+        )
+        self.stats = WorkerStats(lambda: self._batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
+        self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
+        app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_BATCH_SIZE)
+        runner = web.AppRunner(app_routes.build(), access_log=None, handle_signals=False)
+        await runner.setup()
+        listener = socket.create_server((self._options.host, self._options.port), family=_family(self._options.host))
+        await web.SockSite(runner, listener).start()
+        self.bound_port = listener.getsockname()[1]
+        if self._options.control_socket is not None:
+            self.agent = self._build_agent(self._options.control_socket)
+            self.agent.start()
+        self._lanes.resize(settings.streams)
+        app_routes.ready = True
+        log.info("serving %s on %s at http://%s:%d/v2", self._model.name, self._model.device, self._options.host, self.bound_port)
+        try:
+            await stop.wait()
+        finally:
+            app_routes.ready = False
+            await self._drain()
+            await runner.cleanup()
+            if self.agent is not None:
+                self.agent.stop()
+
+    async def _drain(self) -> None:
+        assert self._batcher is not None and self._lanes is not None
+        deadline = time.monotonic() + self._options.drain_timeout
+        while (self._batcher.queued_items or self._lanes.busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._batcher.queued_items:
+            failed = self._batcher.drain_waiting(RuntimeError("the worker stopped before this request ran"))
+            log.warning("drain timed out; %d queued requests failed", failed)
+        await self._lanes.stop()
+
+
+def run_worker(model: LoadedModel, options: WorkerOptions) -> int:
+    """Runs the worker in the foreground until SIGTERM/SIGINT, then drains and returns 0."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await WorkerService(model, options).serve(stop)
+
+    asyncio.run(main())
+    log.info("worker stopped")
+    return 0
