@@ -104,7 +104,7 @@ class ResNetMini(nn.Module):
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def build_builtin_model(seed: int = 0) -> nn.Module:
+def build_builtin_model(seed: int = 0) -> ResNetMini:
     """ResNetMini with deterministic random weights: the same seed gives the same outputs."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -126,19 +126,23 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _load_module(spec: str) -> tuple[Any, str, str]:
-    """(module, platform, default name) for a model spec."""
+def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
+    """(module on `device`, platform, default name) for a model spec."""
     if spec in ("", BUILTIN_MODEL, "builtin"):
-        return build_builtin_model(), "pytorch", BUILTIN_MODEL
+        return build_builtin_model().to(device), "pytorch", BUILTIN_MODEL
     path = Path(spec)
     if path.suffix == ".pt2":
         try:
-            return torch.export.load(str(path)).module(), "pytorch_export", path.stem
+            program = torch.export.load(str(path))
+            if device.type != "cpu":
+                program = torch.export.passes.move_to_device_pass(program, device)
+            # An exported program keeps the mode it was traced in; it has no .eval().
+            return program.module(), "pytorch_export", path.stem
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
             raise ModelLoadError(f"cannot load torch.export archive {path}: {exc}") from exc
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         try:
-            return torch.jit.load(str(path), map_location="cpu"), "pytorch_libtorch", path.stem
+            return torch.jit.load(str(path), map_location=device).eval(), "pytorch_libtorch", path.stem
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"cannot load TorchScript file {path}: {exc}") from exc
     module_name, sep, factory_name = spec.partition(":")
@@ -148,7 +152,10 @@ def _load_module(spec: str) -> tuple[Any, str, str]:
         )
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
-        return factory(), "pytorch", factory_name
+        module = factory()
+        if isinstance(module, nn.Module):
+            module = module.to(device).eval()
+        return module, "pytorch", factory_name
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot build model {spec}: {type(exc).__name__}: {exc}") from exc
 
@@ -164,13 +171,11 @@ def load_model(
     """Loads, moves to `device`, and runs one zero batch to learn the outputs."""
     if input_datatype not in DATATYPES:
         raise ModelLoadError(f"input dtype {input_datatype!r} is not one of {', '.join(DATATYPES)}")
-    module, platform, default_name = _load_module(spec)
+    module, platform, default_name = _load_module(spec, device)
     if input_shape is None:
         if default_name != BUILTIN_MODEL:
             raise ModelLoadError(f"model {spec}: declare its input shape (e.g. --input-shape 3,224,224)")
         input_shape = BUILTIN_INPUT_SHAPE
-    if isinstance(module, nn.Module):
-        module = module.to(device).eval()
     input_spec = TensorSpec(input_name, input_datatype, tuple(input_shape))
     try:
         with torch.inference_mode():
