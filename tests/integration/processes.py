@@ -113,3 +113,21 @@ def prometheus_query(base: str, promql: str) -> list[dict]:
     if body.get("status") != "success":
         raise RuntimeError(f"query {promql!r} failed: {body}")
     return body["data"]["result"]
+
+
+@contextlib.contextmanager
+def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """A real `gputuned worker` on a free loopback port; yields (process, base URL, control socket)."""
+    port = free_port()
+    control = tmp_path / "ctl" / "worker.sock"
+    command = [sys.executable, "-m", "gputuned", "worker", "--listen", f"127.0.0.1:{port}", "--control-socket", str(control), *args]
+    log = (tmp_path / "worker.log").open("w")
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{base}/v2/health/ready", process, deadline_s=60)
+        yield process, base, control
+    finally:
+        if process.poll() is None:
+            stop(process)
+        log.close()
