@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs gputuned into ./.venv. With --test, also the test tools: pytest and hypothesis,
-# and Debian's `prometheus` package (the real Prometheus server and promtool the tests use).
+# Installs gputuned with its worker (PyTorch) into ./.venv. With --test, also the test
+# tools (pytest, hypothesis, Triton's client) and Debian's `prometheus` package (the real
+# Prometheus server and promtool the tests use).
+#
+# torch is pinned to 2.13.0 and installed first: on a CPU-only machine that is the CPU
+# build, where a looser requirement could pull several GB of CUDA build. Set
+# GPUTUNED_TORCH to another requirement (e.g. a CUDA build's index) on GPU machines.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,10 +15,11 @@ with_tests=0
 python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${GPUTUNED_TORCH:-torch==2.13.0}"
 if [ "$with_tests" = 1 ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,test]"
 else
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker]"
 fi
 
 if [ "$with_tests" = 1 ] && ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then

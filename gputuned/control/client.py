@@ -123,8 +123,9 @@ class ControlClient:
         return time.perf_counter() - started
 
     def next_stats(self, timeout: float | None = None) -> dict[str, Any]:
-        """The next stats message the worker streams."""
+        """The first stats message taken after this call (older ones still buffered are skipped)."""
+        asked_at = time.time()
         while True:
             reply = self.receive(timeout)
-            if reply["type"] == "stats":
+            if reply["type"] == "stats" and reply["t"] >= asked_at:
                 return reply
