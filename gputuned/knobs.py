@@ -26,7 +26,8 @@ class KnobSpec:
     description: str = ""
 
     def to_wire(self, value: int) -> dict[str, Any]:
-        return {"value": value, "min": self.minimum, "max": self.maximum, "live": self.live, "description": self.description}
+        return {"type": "int", "value": value, "min": self.minimum, "max": self.maximum, "live": self.live,
+                "description": self.description}
 
     def check(self, value: Any) -> int:
         """The value as an int, or KnobError saying why it is refused."""

@@ -240,3 +240,31 @@ def test_cuda_requested_on_a_cpu_machine_is_refused():
     result = subprocess.run([sys.executable, "-m", "gputuned", "worker", "--device", "cuda:0"],
                             capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
     assert result.returncode == 2 and "CUDA is not available" in result.stderr
+
+
+def test_open_loop_load_keeps_its_rate_and_bounds(worker):
+    _, base, _ = worker
+    result = asyncio.run(run_load(LoadPlan(url=base, concurrency=None, rate=100.0, requests=10_000, duration=2.0)))
+    assert sum(result.errors.values()) == 0
+    assert 140 <= result.sent <= 260  # Poisson arrivals at 100/s for 2 s
+    assert result.elapsed < 10
+
+
+def test_the_load_command_prints_json(worker):
+    _, base, _ = worker
+    completed = subprocess.run(
+        [sys.executable, "-m", "gputuned", "load", base, "--concurrency", "4", "--requests", "50", "--json"],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert summary["sent"] == 50 and summary["ok"] == 50 and summary["errors"] == 0
+    assert 0 < summary["latency_seconds"]["p50"] <= summary["latency_seconds"]["p99"]
+
+
+def test_the_load_command_says_when_the_target_is_unreachable():
+    completed = subprocess.run(
+        [sys.executable, "-m", "gputuned", "load", "http://127.0.0.1:9", "--requests", "5"],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+    )
+    assert completed.returncode == 2 and "cannot reach http://127.0.0.1:9" in completed.stderr
