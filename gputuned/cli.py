@@ -21,7 +21,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon in the foreground: sample, export /metrics")
     run.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
     run.add_argument("--metrics-listen", metavar="HOST:PORT", help="where to serve /metrics (overrides metrics.listen)")
-    run.add_argument("--no-worker", action="store_true", help="monitor only; do not start a managed worker")
+    run.add_argument("--no-worker", action="store_true", help="monitor only; do not start and supervise a worker")
+    run.add_argument("--runtime-dir", type=Path, help="sockets live here (overrides paths.runtime_dir)")
+    run.add_argument("--state-dir", type=Path, help="accepted knobs persist here (overrides paths.state_dir)")
     run.add_argument("--worker-pid", type=int, metavar="PID", help="watch this process as the worker (one gputuned does not start)")
     run.add_argument("--worker-gpu", type=int, metavar="INDEX", help="NVML index of the GPU the watched worker uses")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log.level")
@@ -42,11 +44,19 @@ def _build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--control-socket", type=Path, metavar="PATH", help="Unix socket for gputuned's control channel")
     worker.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
     worker.add_argument("--max-queue", type=int, default=4096, help="most items queued before 503 (default 4096)")
+    worker.add_argument("--knob", action="append", metavar="KNOB=VALUE", help="start with this knob value (repeatable)")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
-    knob_set = commands.add_parser("set", help="set worker knobs by hand over its control socket")
-    knob_set.add_argument("--socket", type=Path, required=True, metavar="PATH", help="the worker's control socket")
+    knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
+    knob_set.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
+    knob_set.add_argument("--socket", type=Path, metavar="PATH",
+                          help="a control socket: the daemon's admin.sock (default) or a worker's own")
     knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
+
+    status = commands.add_parser("status", help="show GPUs, the worker, its knobs, throughput and p99")
+    status.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
+    status.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
 
     load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
     load.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="base URL (default http://127.0.0.1:8000)")
@@ -79,16 +89,10 @@ def _load_nvml(spec: str) -> ModuleType:
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
-    if not args.no_worker:
-        print(
-            "gputuned: the managed worker is not available in this version; run with --no-worker to monitor only",
-            file=sys.stderr,
-        )
-        return 2
     # Imported here so `gputuned check-config` and --help stay fast.
     import psutil
 
-    from gputuned.daemon.service import MonitoringDaemon, run_until_signalled
+    from gputuned.daemon.service import Daemon, daemon_environment, run_until_signalled
     from gputuned.samples import WorkerTarget
 
     try:
@@ -96,12 +100,19 @@ def _run(args: argparse.Namespace, config: Config) -> int:
     except (ImportError, AttributeError) as exc:
         print(f"gputuned: cannot load the NVML binding nvml.module={config.nvml.module!r}: {exc}", file=sys.stderr)
         return 2
-    target = WorkerTarget(pid=args.worker_pid, gpu=args.worker_gpu)
-    daemon = MonitoringDaemon(config, nvml=nvml, psutil=psutil, target=target)
+    if args.worker_pid is not None and not args.no_worker:
+        print("gputuned: --worker-pid watches a worker gputuned does not start; add --no-worker", file=sys.stderr)
+        return 2
+    watch = WorkerTarget(pid=args.worker_pid, gpu=args.worker_gpu)
+    daemon = Daemon(config, nvml, psutil, supervise=not args.no_worker, watch=watch, environ=daemon_environment(),
+                    config_path=args.config)
     try:
         return run_until_signalled(daemon)
+    except ConfigError as exc:
+        print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"gputuned: cannot serve metrics on {config.metrics.listen}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"gputuned: cannot start: {exc.strerror or exc} ({exc.filename or config.metrics.listen})", file=sys.stderr)
         return 1
 
 
@@ -115,18 +126,38 @@ def _worker(args: argparse.Namespace) -> int:
     return run_from_arguments(args)
 
 
-def _set(args: argparse.Namespace) -> int:
+def _admin_socket(args: argparse.Namespace, config: Config) -> Path:
+    return args.socket or Path(config.paths.runtime_dir) / "admin.sock"
+
+
+def _set(args: argparse.Namespace, config: Config) -> int:
     from gputuned.control.client import ControlClient, ControlError
     from gputuned.knobs import KnobError, parse_assignments
 
     try:
         changes = parse_assignments(args.assignments)
-        with ControlClient(args.socket) as client:
+        with ControlClient(_admin_socket(args, config)) as client:
             applied = client.set(changes)
     except (KnobError, ControlError) as exc:
         print(f"gputuned set: refused: {exc}", file=sys.stderr)
         return 1
     print("applied: " + ", ".join(f"{name}={value}" for name, value in applied.items()))
+    return 0
+
+
+def _status(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from gputuned.control.client import ControlClient, ControlError
+    from gputuned.daemon.status import format_status
+
+    try:
+        with ControlClient(_admin_socket(args, config)) as client:
+            report = client.request("status")["status"]
+    except ControlError as exc:
+        print(f"gputuned status: {exc} (is `gputuned run` running?)", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_status(report))
     return 0
 
 
@@ -145,7 +176,7 @@ def _load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    standalone = {"worker": _worker, "set": _set, "load": _load}
+    standalone = {"worker": _worker, "load": _load}
     if args.command in standalone:
         return standalone[args.command](args)
     try:
@@ -157,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             overrides["log"] = {"level": args.log_level}
         if getattr(args, "nvml_module", None):
             overrides["nvml"] = {"module": args.nvml_module}
+        paths = {key: str(getattr(args, key)) for key in ("runtime_dir", "state_dir") if getattr(args, key, None)}
+        if paths:
+            overrides["paths"] = paths
         config = with_overrides(config, **overrides)
     except ConfigError as exc:
         print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)
@@ -164,5 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print("configuration is valid")
         return 0
+    if args.command == "set":
+        return _set(args, config)
+    if args.command == "status":
+        return _status(args, config)
     _configure_logging(config.log.level)
     return _run(args, config)

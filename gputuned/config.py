@@ -96,10 +96,57 @@ class NvmlConfig:
 
 @dataclass(frozen=True)
 class PathsConfig:
-    """Roots the collectors read from; tests and containers point them elsewhere."""
+    """Roots the collectors read from, and the daemon's own directories.
+
+    The runtime and state defaults are what systemd's RuntimeDirectory=gputuned and
+    StateDirectory=gputuned create."""
 
     proc_root: str = "/proc"
     sys_root: str = "/sys"
+    runtime_dir: str = "/run/gputuned"
+    state_dir: str = "/var/lib/gputuned"
+
+
+def _check_placement(value: str) -> None:
+    if value not in ("auto", "off") and not value.isdigit():
+        raise ConfigError(f"worker.placement: {value!r} is not allowed; allowed values: auto, off, or a NUMA node number")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """The inference worker `gputuned run` starts and supervises.
+
+    With an empty `command` it runs the built-in worker (`gputuned worker`) with the
+    settings below; otherwise `command` is run as is, with GPUTUNED_CONTROL_SOCKET in its
+    environment and '{control_socket}' in its arguments replaced by the socket path.
+    """
+
+    command: list = field(default_factory=list)
+    model: str = "resnet-mini"
+    device: str = "auto"
+    input_shape: str = ""
+    input_dtype: str = "FP32"
+    listen: str = "127.0.0.1:8000"
+    placement: str = "auto"
+    control_group: str = ""
+    ping_interval_seconds: float = _bounded(2.0, 0.1, 60.0)
+    ping_timeout_seconds: float = _bounded(10.0, 0.5, 600.0)
+    restart_backoff_seconds: float = _bounded(0.5, 0.0, 60.0)
+    restart_backoff_max_seconds: float = _bounded(30.0, 0.0, 3600.0)
+    crash_loop_exits: int = _bounded(5, 1, 1000)
+    crash_loop_window_seconds: float = _bounded(60.0, 1.0, 86400.0)
+    drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
+
+    def __post_init__(self) -> None:
+        _check_placement(self.placement)
+        if not all(isinstance(word, str) for word in self.command):
+            raise ConfigError("worker.command: expected a list of strings")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"worker.device: {self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N")
+        try:
+            parse_listen_address(self.listen)
+        except ValueError as exc:
+            raise ConfigError(f"worker.listen: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -114,10 +161,11 @@ class Config:
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
 
 def _check_value(key: str, value: Any, expected: type, meta: dict[str, Any]) -> Any:

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from gputuned.samples import MetricSpec
+from gputuned.samples import HistogramSample, MetricSpec
 from gputuned.store import SampleStore
 
 COLLECTOR = ("collector",)
@@ -33,7 +33,13 @@ def _family(spec: MetricSpec) -> Metric:
     if spec.kind == "counter":
         # CounterMetricFamily takes the name without _total and adds it back to the sample.
         return CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=spec.labels)
+    if spec.kind == "histogram":
+        return HistogramMetricFamily(spec.name, spec.help, labels=spec.labels)
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _bound(upper: float) -> str:
+    return "+Inf" if upper == float("inf") else repr(float(upper))
 
 
 class StoreExporter:
@@ -54,7 +60,11 @@ class StoreExporter:
                 family = families.get(sample.spec.name)
                 if family is None:
                     family = families[sample.spec.name] = _family(sample.spec)
-                family.add_metric(list(sample.labels), sample.value)
+                if isinstance(sample, HistogramSample):
+                    buckets = [(_bound(upper), count) for upper, count in sample.buckets]
+                    family.add_metric(list(sample.labels), buckets, sample.sum)
+                else:
+                    family.add_metric(list(sample.labels), sample.value)
         yield from families.values()
         yield success
         yield duration

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-MetricKind = Literal["gauge", "counter"]
+MetricKind = Literal["gauge", "counter", "histogram"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,16 @@ class Sample:
 
 
 @dataclass(frozen=True, slots=True)
+class HistogramSample:
+    """A histogram series: cumulative counts per upper bound (the last bound is +Inf)."""
+
+    spec: MetricSpec
+    labels: tuple[str, ...]
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerTarget:
     """The process the per-process collectors look at, and the GPU it runs on.
 
@@ -61,11 +71,19 @@ class Collected:
     leave success at 1.
     """
 
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample | HistogramSample] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def add(self, spec: MetricSpec, value: float, *labels: str) -> None:
-        if len(labels) != len(spec.labels):
-            raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels}")
+        _check_labels(spec, labels)
         self.samples.append(Sample(spec, labels, float(value)))
+
+    def add_histogram(self, spec: MetricSpec, buckets: list[tuple[float, float]], total: float, *labels: str) -> None:
+        _check_labels(spec, labels)
+        self.samples.append(HistogramSample(spec, labels, tuple(buckets), float(total)))
+
+
+def _check_labels(spec: MetricSpec, labels: tuple[str, ...]) -> None:
+    if len(labels) != len(spec.labels):
+        raise ValueError(f"{spec.name} takes labels {spec.labels}, got {labels}")

@@ -11,7 +11,7 @@ import threading
 from array import array
 from dataclasses import dataclass
 
-from gputuned.samples import Sample
+from gputuned.samples import HistogramSample, Sample
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,7 @@ class Snapshot:
     """One collector's output from its most recent tick."""
 
     collector: str
-    samples: tuple[Sample, ...]
+    samples: tuple[Sample | HistogramSample, ...]
     success: bool
     duration_seconds: float
     taken_at: float  # wall-clock seconds since the epoch
@@ -76,6 +76,8 @@ class SampleStore:
         with self._lock:
             self._snapshots[snapshot.collector] = snapshot
             for sample in snapshot.samples:
+                if not isinstance(sample, Sample):
+                    continue  # histograms are served, not windowed: tuners read the raw stats
                 key = (sample.spec.name, sample.labels)
                 ring = self._rings.get(key)
                 if ring is None:

@@ -19,6 +19,10 @@ class ControlError(Exception):
     """The worker refused a request (nack) or the connection failed; the message says why."""
 
 
+class ControlTimeout(ControlError):
+    """Nothing arrived from the worker within the timeout (it may be hung)."""
+
+
 class ControlClient:
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self._path = path
@@ -77,7 +81,7 @@ class ControlClient:
                 raise ControlError("the worker sent a message over the size limit")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ControlError(f"no message from the worker within {self._timeout:g} s")
+                raise ControlTimeout(f"no message from the worker within {self._timeout if timeout is None else timeout:g} s")
             self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(65536)

@@ -11,6 +11,7 @@ the receiver can answer with a nack and carry on. Version 1 messages:
     ack    worker -> client  {"seq": n, "applied": {name: int}}
     nack   either            {"error": "...", "seq": n (when known)}
     stats  worker -> client  {"t": unix_time, "stats": {...cumulative counters and gauges}}
+    status client -> either  {"seq": n}; the answer carries {"seq": n, "status": {...}}
     ping / pong  either      {"seq": n}
 """
 
@@ -30,6 +31,7 @@ _SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ack": ({"seq": int, "applied": dict}, {}),
     "nack": ({"error": str}, {"seq": int}),
     "stats": ({"t": _NUMBER, "stats": dict}, {}),
+    "status": ({"seq": int}, {"status": dict}),
     "ping": ({"seq": int}, {}),
     "pong": ({"seq": int}, {}),
 }

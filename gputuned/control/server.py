@@ -16,6 +16,7 @@ import os
 import socket
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,10 @@ class ControlHandler(Protocol):
 
     def stats(self) -> dict[str, Any]:
         """Cumulative counters and current gauges for a stats message."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """The answer to a status request: what a person or tool wants to see now."""
         ...
 
 
@@ -206,6 +211,8 @@ class ControlServer:
         kind = request["type"]
         if kind == "ping":
             return message("pong", seq=request["seq"])
+        if kind == "status" and "status" not in request:
+            return message("status", seq=request["seq"], status=self._handler.status())
         if kind == "set":
             try:
                 applied = self._handler.apply(request["knobs"])
@@ -229,3 +236,46 @@ class ControlServer:
         if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
             raise ConnectionResetError("control client is not reading; dropping it")
         writer.write(encode(reply))
+
+
+class ServerThread:
+    """Runs a ControlServer in an event loop on a daemon thread of its own, so it serves
+    beside any host program (a user's server, the daemon) without sharing its loop."""
+
+    def __init__(self, server: ControlServer, name: str) -> None:
+        self.server = server
+        self._name = name
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Binds and starts serving; raises what binding raised (e.g. a bad path)."""
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise self._start_error
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self.server.start())
+        except BaseException as exc:  # noqa: BLE001 - handed to start() in the caller's thread
+            self._start_error = exc
+            self._started.set()
+            loop.close()
+            return
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self.server.close())
+            loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)

@@ -1,5 +1,6 @@
 """Composition root of `gputuned run`: builds the parts from the config, schedules the
-sampling job, serves /metrics, and stops cleanly on SIGTERM/SIGINT.
+sampling job, supervises the worker, serves /metrics and the admin socket, talks to
+systemd, and stops cleanly.
 
 Nothing here reads the machine itself; it only wires the rooms together so each room
 stays testable on its own.
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,8 +24,16 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExec
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from gputuned.collectors import CollectorContext, build_collectors
-from gputuned.collectors.nvml_session import NvmlSession
-from gputuned.config import Config
+from gputuned.collectors.nvml_session import NvmlSession, read_pci_numa_node
+from gputuned.collectors.worker import WorkerCollector
+from gputuned.config import Config, ConfigError, load_config, parse_listen_address
+from gputuned.control.server import ControlServer, ServerThread
+from gputuned.daemon.admin import AdminHandler
+from gputuned.daemon.placement import choose_placement
+from gputuned.daemon.sdnotify import Notifier
+from gputuned.daemon.state import KnobStore, workload_key
+from gputuned.daemon.status import PERFORMANCE_WINDOW_SECONDS, build_status
+from gputuned.daemon.supervisor import RestartPolicy, Supervisor, WorkerLaunch, WorkerState
 from gputuned.exporter import build_registry, serve_metrics
 from gputuned.sampler import Sampler
 from gputuned.samples import WorkerTarget
@@ -30,25 +42,79 @@ from gputuned.store import SampleStore
 log = logging.getLogger(__name__)
 
 SAMPLE_JOB_ID = "sample"
+STATUS_EVERY_SECONDS = 5.0
 
 
-class MonitoringDaemon:
-    """Samples the machine on a schedule and serves the result on /metrics.
+def worker_gpu(device: str, gpu_count: int) -> int | None:
+    """The NVML index of the worker's GPU: cuda:N -> N; auto -> 0 when there are GPUs."""
+    if device == "cpu":
+        return None
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return int(index) if index.isdigit() else 0
+    return 0 if gpu_count else None
 
-    The constructor only stores its arguments; `start` does the I/O (first sample, bind,
-    scheduler) and `stop` undoes it, so tests and benchmarks can run it in-process.
+
+def builtin_worker_command(config: Config, control_socket: Path, knobs: Mapping[str, int]) -> list[str]:
+    worker = config.worker
+    command = [sys.executable, "-m", "gputuned", "worker", "--listen", worker.listen, "--control-socket", str(control_socket),
+               "--model", worker.model, "--input-dtype", worker.input_dtype]
+    if worker.device != "auto":
+        command += ["--device", worker.device]
+    if worker.input_shape:
+        command += ["--input-shape", worker.input_shape]
+    if worker.control_group:
+        command += ["--control-group", worker.control_group]
+    for name, value in sorted(knobs.items()):
+        command += ["--knob", f"{name}={value}"]
+    return command
+
+
+def ready_url(listen: str) -> str:
+    host, port = parse_listen_address(listen)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v2/health/ready"
+
+
+class Daemon:
+    """Samples the machine, supervises the worker, serves /metrics and the admin socket.
+
+    The constructor only stores its arguments; `start` does the I/O and `stop` undoes it,
+    so tests and benchmarks can run it in-process.
     """
 
-    def __init__(self, config: Config, nvml: ModuleType, psutil: ModuleType, target: WorkerTarget | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        nvml: ModuleType,
+        psutil: ModuleType,
+        *,
+        supervise: bool = True,
+        watch: WorkerTarget | None = None,
+        environ: Mapping[str, str] | None = None,
+        config_path: Path | None = None,
+    ) -> None:
         self._config = config
+        self._config_path = config_path
         self._nvml = nvml
         self._psutil = psutil
-        self._target = target or WorkerTarget()
+        self._supervise = supervise
+        self._watch = watch or WorkerTarget()
+        self.notifier = Notifier(environ if environ is not None else {})
         self.store = SampleStore(config.sampling.window_samples)
         self._session: NvmlSession | None = None
         self._sampler: Sampler | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._server: Any = None
+        self._admin: ServerThread | None = None
+        self.supervisor: Supervisor | None = None
+        self._knob_store = KnobStore(Path(config.paths.state_dir))
+        self._worker_gpu: int | None = None
+        self._started_at = time.time()
+        self._last_watchdog = 0.0
+        self._last_status = 0.0
+        self._ready_sent = False
+
+    # --- wiring -----------------------------------------------------------------------------
 
     @property
     def metrics_address(self) -> tuple[str, int]:
@@ -56,8 +122,23 @@ class MonitoringDaemon:
         host, port = self._server.server_address[:2]
         return host, port
 
+    @property
+    def admin_socket(self) -> Path:
+        return Path(self._config.paths.runtime_dir) / "admin.sock"
+
+    @property
+    def worker_socket(self) -> Path:
+        return Path(self._config.paths.runtime_dir) / "worker.sock"
+
+    def _target(self) -> WorkerTarget:
+        if self.supervisor is None:
+            return self._watch
+        return WorkerTarget(pid=self.supervisor.status().pid, gpu=self._worker_gpu)
+
     def start(self) -> None:
         config = self._config
+        runtime_dir = Path(config.paths.runtime_dir)
+        runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._session = NvmlSession(self._nvml, Path(config.paths.sys_root))
         enabled = dataclasses.asdict(config.collectors)
         # With both GPU collectors off, nothing may touch NVML (an operator turns them off
@@ -72,19 +153,135 @@ class MonitoringDaemon:
             psutil=self._psutil,
             clock=time.monotonic,
         )
-        self._sampler = Sampler(build_collectors(enabled, context), self.store, lambda: self._target)
+        collectors = build_collectors(enabled, context)
+        if self._supervise:
+            self.supervisor = self._build_supervisor(context)
+            collectors.append(WorkerCollector(self.supervisor.status))
+            self.supervisor.start()
+        self._sampler = Sampler(collectors, self.store, self._target)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
         # One round before serving, so the first scrape already has data.
         self._sampler.tick()
 
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES)
-        self._scheduler.add_job(self._sampler.tick, "interval", seconds=config.sampling.interval_seconds, id=SAMPLE_JOB_ID)
+        self._scheduler.add_job(self._sample_round, "interval", seconds=config.sampling.interval_seconds, id=SAMPLE_JOB_ID)
         self._scheduler.start()
 
         host, port = config.metrics.address
         self._server = serve_metrics(build_registry(self.store), host, port)
         log.info("serving metrics on http://%s:%d/metrics", *self.metrics_address)
+        self._admin = ServerThread(
+            ControlServer(self.admin_socket, self._admin_handler(), group=self._group(), stats_interval=3600.0), "gputuned-admin"
+        )
+        self._admin.start()
+
+    def _group(self) -> int | None:
+        name = self._config.worker.control_group
+        if not name:
+            return None
+        import grp
+
+        try:
+            return grp.getgrnam(name).gr_gid
+        except KeyError:
+            raise ConfigError(f"worker.control_group: no group named {name!r} on this host") from None
+
+    def _build_supervisor(self, context: CollectorContext) -> Supervisor:
+        config = self._config
+        self._knob_store.load()
+        bus_ids = context.gpu_bus_ids()
+        self._worker_gpu = worker_gpu(config.worker.device, len(bus_ids))
+        gpu_node = None
+        if self._worker_gpu is not None and self._worker_gpu in bus_ids:
+            gpu_node = read_pci_numa_node(context.sys_root, bus_ids[self._worker_gpu])
+        placement, why = choose_placement(config.worker.placement, gpu_node, context.sys_root)
+        log.info("worker placement: %s", why)
+        w = config.worker
+        policy = RestartPolicy(
+            initial_delay=w.restart_backoff_seconds, max_delay=w.restart_backoff_max_seconds,
+            crash_loop_exits=w.crash_loop_exits, crash_loop_window=w.crash_loop_window_seconds,
+            ping_interval=w.ping_interval_seconds, ping_timeout=w.ping_timeout_seconds, drain_timeout=w.drain_timeout_seconds,
+        )
+        launch = WorkerLaunch(
+            command=self._worker_command,
+            control_socket=self.worker_socket,
+            ready_url=None if w.command else ready_url(w.listen),
+            # NVML numbers GPUs in PCI bus order; make CUDA agree so cuda:N is NVML's GPU N.
+            env={"GPUTUNED_CONTROL_SOCKET": str(self.worker_socket), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+        )
+        return Supervisor(launch, policy, placement, self._knobs_for_hello, self._record_applied)
+
+    def _worker_command(self) -> list[str]:
+        """Built at every (re)start, so the last accepted knobs and a reloaded config apply."""
+        config = self._config
+        if config.worker.command:
+            return [word.replace("{control_socket}", str(self.worker_socket)) for word in config.worker.command]
+        last = self._knob_store.last_workload
+        knobs = self._knob_store.knobs_for(last) if last else {}
+        return builtin_worker_command(config, self.worker_socket, knobs)
+
+    def _knobs_for_hello(self, hello: dict[str, Any]) -> dict[str, int]:
+        workload = workload_key(hello)
+        self._knob_store.remember_workload(workload)
+        return self._knob_store.knobs_for(workload)
+
+    def _record_applied(self, hello: dict[str, Any], applied: dict[str, int]) -> None:
+        self._knob_store.accept(workload_key(hello), applied)
+
+    def _admin_handler(self) -> AdminHandler:
+        def worker_hello() -> dict[str, Any] | None:
+            if self.supervisor is None:
+                return None
+            status = self.supervisor.status()
+            if status.hello is None:
+                return None
+            knobs = {name: {**spec, "value": status.knobs.get(name, spec["value"])} for name, spec in status.hello["knobs"].items()}
+            return {**status.hello, "knobs": knobs}
+
+        return AdminHandler(self.status_report, worker_hello, self.supervisor.set_knobs if self.supervisor else None)
+
+    def status_report(self) -> dict[str, Any]:
+        worker = self.supervisor.status() if self.supervisor else None
+        performance = self.supervisor.performance(PERFORMANCE_WINDOW_SECONDS) if self.supervisor else None
+        host, port = self.metrics_address
+        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics")
+
+    # --- the work loop ----------------------------------------------------------------------
+
+    def _sample_round(self) -> None:
+        """The scheduled job: sample, then tell systemd we are alive (only if sampling ran)."""
+        assert self._sampler is not None
+        self._sampler.tick()
+        now = time.monotonic()
+        interval = self.notifier.watchdog_interval
+        if interval is not None and now - self._last_watchdog >= min(interval, self._config.sampling.interval_seconds):
+            self.notifier.watchdog()
+            self._last_watchdog = now
+        if self.notifier.enabled and now - self._last_status >= STATUS_EVERY_SECONDS:
+            self.notifier.status(self.status_line())
+            self._last_status = now
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: worker state, throughput, p99, knobs."""
+        if self.supervisor is None:
+            return "monitoring (no worker)"
+        status = self.supervisor.status()
+        performance = self.supervisor.performance(PERFORMANCE_WINDOW_SECONDS)
+        parts = [f"worker {status.state.value}"]
+        if performance is not None:
+            p99 = f"{performance.p99 * 1000:.1f} ms" if performance.p99 is not None else "-"
+            parts.append(f"{performance.throughput:.1f} req/s, p99 {p99}")
+        if status.knobs:
+            parts.append(" ".join(f"{k}={v}" for k, v in sorted(status.knobs.items())))
+        return "; ".join(parts)
+
+    def wait_until_ready(self, timeout: float) -> None:
+        """Sends READY=1 once the first sample is taken and the worker is ready (or given up on)."""
+        if self.supervisor is not None:
+            self.supervisor.wait_ready(timeout)
+        self.notifier.ready(self.status_line())
+        self._ready_sent = True
 
     def _on_job_event(self, event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MAX_INSTANCES:
@@ -92,10 +289,38 @@ class MonitoringDaemon:
         elif event.exception is not None:
             log.error("job %s failed: %s", event.job_id, event.exception)
 
+    # --- reload and stop ----------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-reads the config; an invalid one is refused and the running one kept."""
+        try:
+            new = load_config(self._config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self._config
+        logging.getLogger().setLevel(new.log.level.upper())
+        if new.sampling.interval_seconds != old.sampling.interval_seconds and self._scheduler is not None:
+            self._scheduler.reschedule_job(SAMPLE_JOB_ID, trigger="interval", seconds=new.sampling.interval_seconds)
+        needs_restart = [name for name in ("metrics", "collectors", "nvml", "paths")
+                         if getattr(new, name) != getattr(old, name)]
+        if needs_restart:
+            log.warning("reload: changes to [%s] take effect when the daemon restarts", ", ".join(needs_restart))
+        if new.worker != old.worker:
+            log.info("reload: worker settings take effect at the worker's next start")
+        self._config = new
+        log.info("configuration reloaded")
+
     def stop(self) -> None:
-        """Stops sampling (waiting for a running round), then the server, then releases NVML."""
+        """Drains the worker, then stops sampling, the servers, and releases NVML."""
+        self.notifier.stopping()
+        if self.supervisor is not None:
+            code = self.supervisor.stop()
+            log.info("worker exited with code %s", code)
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=True)
+        if self._admin is not None:
+            self._admin.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -105,22 +330,38 @@ class MonitoringDaemon:
             self._session.close()
 
 
-def run_until_signalled(daemon: MonitoringDaemon) -> int:
-    """Runs the daemon in the foreground until SIGTERM or SIGINT; returns the exit status."""
-    stop = threading.Event()
+def run_until_signalled(daemon: Daemon) -> int:
+    """Runs the daemon in the foreground: SIGTERM/SIGINT stop it, SIGHUP reloads its config."""
+    received: list[int] = []
+    wake = threading.Event()
 
-    def request_stop(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        wake.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         daemon.start()
-        while not stop.wait(3600):
-            pass
+        threading.Thread(target=daemon.wait_until_ready, args=(600.0,), name="gputuned-ready", daemon=True).start()
+        stopping = False
+        while not stopping:
+            wake.wait()
+            wake.clear()
+            while received:
+                signum = received.pop(0)
+                if signum == signal.SIGHUP:
+                    daemon.reload()
+                else:
+                    log.info("received %s, stopping", signal.Signals(signum).name)
+                    stopping = True
     finally:
         daemon.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped")
     return 0
+
+
+def daemon_environment() -> dict[str, str]:
+    """The systemd variables the notifier reads, taken at the edge."""
+    return {key: os.environ[key] for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID") if key in os.environ}

@@ -22,7 +22,6 @@ reconnects to the same socket.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gputuned.control.protocol import message
-from gputuned.control.server import ControlServer
+from gputuned.control.server import ControlServer, ServerThread
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 class Agent:
     def __init__(
         self,
-        socket_path: str | Path,
+        socket_path: str | Path | None,
         *,
         model: str,
         device: str,
@@ -49,7 +48,7 @@ class Agent:
         group: int | None = None,
         stats_interval: float = 0.5,
     ) -> None:
-        self._path = Path(socket_path)
+        self._path = Path(socket_path) if socket_path is not None else None
         self._identity = {
             "pid": os.getpid(),
             "model": model,
@@ -64,11 +63,7 @@ class Agent:
         self._restart_only: dict[str, str] = {"device": device, "model": model}
         self._stats: Callable[[], dict[str, Any]] = dict
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: ControlServer | None = None
-        self._started = threading.Event()
-        self._start_error: BaseException | None = None
+        self._runner: ServerThread | None = None
 
     # --- registration (before start) ----------------------------------------------------
 
@@ -125,36 +120,20 @@ class Agent:
     def stats(self) -> dict[str, Any]:
         return self._stats()
 
+    def status(self) -> dict[str, Any]:
+        return {"worker": self._identity, "knobs": self.values}
+
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         """Binds the socket and serves it from a daemon thread; raises if binding failed."""
-        self._thread = threading.Thread(target=self._run, name="gputuned-agent", daemon=True)
-        self._thread.start()
-        self._started.wait()
-        if self._start_error is not None:
-            raise self._start_error
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        self._server = ControlServer(self._path, self, group=self._group, stats_interval=self._stats_interval)
-        try:
-            loop.run_until_complete(self._server.start())
-        except BaseException as exc:  # noqa: BLE001 - handed to start() in the caller's thread
-            self._start_error = exc
-            self._started.set()
-            loop.close()
-            return
-        self._started.set()
+        if self._path is None:
+            raise ValueError("this agent was built without a socket path")
+        server = ControlServer(self._path, self, group=self._group, stats_interval=self._stats_interval)
+        self._runner = ServerThread(server, "gputuned-agent")
+        self._runner.start()
         log.info("control socket listening on %s", self._path)
-        try:
-            loop.run_forever()
-        finally:
-            loop.run_until_complete(self._server.close())
-            loop.close()
 
     def stop(self) -> None:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=5)
+        if self._runner is not None:
+            self._runner.stop()

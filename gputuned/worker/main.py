@@ -10,6 +10,7 @@ import sys
 import torch
 
 from gputuned.config import parse_listen_address
+from gputuned.knobs import KnobError, parse_assignments
 from gputuned.worker.models import ModelLoadError, load_model, parse_shape
 from gputuned.worker.service import WorkerOptions, run_worker
 
@@ -44,6 +45,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         group = grp.getgrnam(args.control_group).gr_gid if args.control_group else None
         if args.max_queue < 1:
             raise ValueError("--max-queue must be at least 1")
+        initial_knobs = parse_assignments(args.knob or [])
     except (ValueError, KeyError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
@@ -53,9 +55,12 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
     options = WorkerOptions(host=host, port=port, control_socket=args.control_socket, control_group=group,
-                            max_queue_items=args.max_queue)
+                            max_queue_items=args.max_queue, initial_knobs=initial_knobs)
     try:
         return run_worker(model, options)
+    except KnobError as exc:
+        print(f"gputuned worker: --knob refused: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"gputuned worker: cannot serve on {args.listen} or {args.control_socket}: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -42,6 +42,7 @@ class WorkerOptions:
     control_group: int | None = None
     max_queue_items: int = 4096
     drain_timeout: float = 30.0
+    initial_knobs: dict[str, int] = field(default_factory=dict)  # applied before the worker is ready
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -102,7 +103,7 @@ class WorkerService:
     def _set_threads(self, value: int) -> None:
         self.settings.intra_op_threads = value
 
-    def _build_agent(self, socket_path: Path) -> Agent:
+    def _build_agent(self, socket_path: Path | None) -> Agent:
         model = self._model
         agent = Agent(
             socket_path,
@@ -144,8 +145,10 @@ class WorkerService:
         listener = socket.create_server((self._options.host, self._options.port), family=_family(self._options.host))
         await web.SockSite(runner, listener).start()
         self.bound_port = listener.getsockname()[1]
+        self.agent = self._build_agent(self._options.control_socket)
+        if self._options.initial_knobs:
+            self.agent.apply(self._options.initial_knobs)  # KnobError: refused before serving anything
         if self._options.control_socket is not None:
-            self.agent = self._build_agent(self._options.control_socket)
             self.agent.start()
         self._lanes.resize(settings.streams)
         app_routes.ready = True
@@ -156,8 +159,7 @@ class WorkerService:
             app_routes.ready = False
             await self._drain()
             await runner.cleanup()
-            if self.agent is not None:
-                self.agent.stop()
+            self.agent.stop()
 
     async def _drain(self) -> None:
         assert self._batcher is not None and self._lanes is not None

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -61,7 +62,9 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
 def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """`gputuned run --no-worker` on a free loopback port; yields (process, metrics URL)."""
     port = free_port()
-    command = [sys.executable, "-m", "gputuned", "run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}", *args]
+    runtime_dir = tempfile.mkdtemp(prefix="gputuned-run-")
+    command = [sys.executable, "-m", "gputuned", "run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}",
+               "--runtime-dir", runtime_dir, "--state-dir", runtime_dir, *args]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     process = subprocess.Popen(command, env=full_env, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -72,6 +75,7 @@ def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
         if process.poll() is None:
             stop(process)
         process.stderr.close()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

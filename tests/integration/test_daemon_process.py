@@ -66,20 +66,21 @@ def test_check_config_accepts_the_example_and_refuses_a_typo(tmp_path):
     assert result.returncode == 2 and "collectors.nmva: unknown key; allowed keys: nvml, pcie, numa, host" in result.stderr
 
 
-def test_a_busy_port_is_a_clear_error():
+def test_a_busy_port_is_a_clear_error(tmp_path):
     with running_daemon() as (_, url):
         port = url.split(":")[2].split("/")[0]
-        result = run_cli("run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}")
+        result = run_cli("run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}", "--runtime-dir", str(tmp_path))
     assert result.returncode == 1
-    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+    assert f"cannot start: Address already in use (127.0.0.1:{port})" in result.stderr
 
 
-def test_an_unloadable_nvml_binding_is_a_clear_error():
-    result = run_cli("run", "--no-worker", "--metrics-listen", f"127.0.0.1:{free_port()}", "--nvml-module", "no_such_module")
+def test_an_unloadable_nvml_binding_is_a_clear_error(tmp_path):
+    result = run_cli("run", "--no-worker", "--metrics-listen", f"127.0.0.1:{free_port()}", "--nvml-module", "no_such_module",
+                     "--runtime-dir", str(tmp_path))
     assert result.returncode == 2
     assert "cannot load the NVML binding nvml.module='no_such_module'" in result.stderr
 
 
-def test_run_without_no_worker_says_the_worker_is_not_available_yet():
-    result = run_cli("run", "--metrics-listen", f"127.0.0.1:{free_port()}")
-    assert result.returncode == 2 and "--no-worker" in result.stderr
+def test_watching_a_pid_needs_no_worker():
+    result = run_cli("run", "--metrics-listen", f"127.0.0.1:{free_port()}", "--worker-pid", "1")
+    assert result.returncode == 2 and "add --no-worker" in result.stderr

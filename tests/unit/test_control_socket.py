@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gputuned.control.client import ControlClient, ControlError
 from gputuned.control.protocol import MAX_MESSAGE_BYTES, decode, encode, message
-from gputuned.control.server import PeerCredentials, bind_unix_socket, peer_allowed
+from gputuned.control.server import ControlServer, PeerCredentials, ServerThread, bind_unix_socket, peer_allowed
 from gputuned.worker.agent import Agent
 
 
@@ -25,6 +25,7 @@ class Server:
     """The settings a user's server would keep, and the agent exposing them."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self.max_batch_size = 1
         self.completed = 0
         self.agent = Agent(path, model="m", device="cpu", input_shape=[4], input_dtype="FP32", stats_interval=0.05)
@@ -52,7 +53,7 @@ def server(tmp_path):
 
 
 def socket_path(server: Server) -> Path:
-    return server.agent._path  # noqa: SLF001 - the path the fixture chose
+    return server.path
 
 
 def test_hello_declares_identity_and_knobs(server):
@@ -154,11 +155,10 @@ def test_an_oversized_message_is_refused_and_that_connection_closed(server):
 
 
 def test_a_slowloris_partial_message_is_cut_off(tmp_path):
-    instance = Server(tmp_path / "w.sock")
-    instance.agent._stats_interval = 60  # noqa: SLF001 - keep the stream quiet for this test
-    instance.agent.start()
+    handler = Server(tmp_path / "unused.sock").agent  # the agent's handler, served by a server with a short cut-off
+    runner = ServerThread(ControlServer(tmp_path / "w.sock", handler, stats_interval=60, partial_timeout=0.3), "test")
+    runner.start()
     try:
-        instance.agent._server._partial_timeout = 0.3  # noqa: SLF001 - a short cut-off keeps the test fast
         sock = raw_connection(tmp_path / "w.sock")
         sock.sendall(b'{"v":1,"type":"pi')
         started = time.monotonic()
@@ -168,7 +168,7 @@ def test_a_slowloris_partial_message_is_cut_off(tmp_path):
         assert any("incomplete message" in r.get("error", "") for r in replies)
         assert elapsed < 5
     finally:
-        instance.agent.stop()
+        runner.stop()
 
 
 def test_connections_are_capped_and_the_cap_does_not_block_the_others(server):

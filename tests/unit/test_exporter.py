@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.config import Config, PathsConfig, with_overrides
-from gputuned.daemon.service import MonitoringDaemon
+from gputuned.daemon.service import Daemon
 from gputuned.exporter import build_registry
 from gputuned.samples import WorkerTarget
 from tests.conftest import host_root
@@ -22,18 +23,20 @@ PROC, SYS = host_root("dual-socket-8gpu")
 
 
 def fixture_config() -> Config:
-    return with_overrides(Config(), paths={"proc_root": str(PROC), "sys_root": str(SYS)}, metrics={"listen": "127.0.0.1:0"})
+    runtime = tempfile.mkdtemp(prefix="gputuned-test-")
+    paths = {"proc_root": str(PROC), "sys_root": str(SYS), "runtime_dir": runtime, "state_dir": runtime}
+    return with_overrides(Config(), paths=paths, metrics={"listen": "127.0.0.1:0"})
 
 
-def started_daemon(fake: FakeNvml) -> MonitoringDaemon:
+def started_daemon(fake: FakeNvml) -> Daemon:
     fake.gpus[0].processes[4242] = 1 << 30
     fake.gpus[0].pending_xids.append(79)
-    daemon = MonitoringDaemon(fixture_config(), nvml=fake, psutil=psutil, target=WorkerTarget(pid=4242, gpu=0))
+    daemon = Daemon(fixture_config(), fake, psutil, supervise=False, watch=WorkerTarget(pid=4242, gpu=0))
     daemon.start()
     return daemon
 
 
-def scrape(daemon: MonitoringDaemon) -> str:
+def scrape(daemon: Daemon) -> str:
     return generate_latest(build_registry(daemon.store)).decode()
 
 
@@ -81,7 +84,7 @@ def test_promtool_finds_nothing_to_lint(promtool, tmp_path: Path):
 def test_collector_health_and_sample_age_are_served():
     fake = FakeNvml.with_gpus(1)
     fake.vanish()
-    daemon = MonitoringDaemon(fixture_config(), nvml=fake, psutil=psutil)
+    daemon = Daemon(fixture_config(), fake, psutil, supervise=False)
     daemon.start()
     try:
         families = {f.name: f for f in text_string_to_metric_families(scrape(daemon))}
@@ -99,7 +102,7 @@ def test_collector_health_and_sample_age_are_served():
 def test_disabled_collectors_do_not_run():
     config = with_overrides(fixture_config(), collectors={"nvml": False, "pcie": False})
     fake = FakeNvml.with_gpus(1)
-    daemon = MonitoringDaemon(config, nvml=fake, psutil=psutil)
+    daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()
     try:
         collectors = {s.collector for s in daemon.store.snapshots()}
@@ -122,7 +125,7 @@ def test_a_round_slower_than_the_interval_is_skipped_and_counted():
         return slow_power(handle)
 
     config = with_overrides(fixture_config(), sampling={"interval_seconds": 0.1})
-    daemon = MonitoringDaemon(config, nvml=fake, psutil=psutil)
+    daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()
     try:
         fake.nvmlDeviceGetPowerUsage = power_after_a_stall

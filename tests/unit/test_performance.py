@@ -1,0 +1,37 @@
+"""Window arithmetic over cumulative worker stats."""
+
+from __future__ import annotations
+
+import pytest
+
+from gputuned.performance import histogram_delta, quantile, window_performance
+
+BOUNDS = [0.01, 0.02, 0.05, 0.1]
+
+
+def stats(completed: int, cumulative: list[int], failed: int = 0) -> dict:
+    return {"completed": completed, "failed": failed,
+            "latency_seconds": {"bounds": BOUNDS, "cumulative": cumulative, "sum": 0.0, "count": cumulative[-1]}}
+
+
+def test_quantile_interpolates_inside_the_bucket():
+    counts = [0, 100, 0, 0, 0]  # all between 10 and 20 ms
+    assert quantile(BOUNDS, counts, 0.5) == pytest.approx(0.015)
+    assert quantile(BOUNDS, counts, 0.99) == pytest.approx(0.0199)
+    assert quantile(BOUNDS, [0, 0, 0, 0, 0], 0.5) is None
+    assert quantile(BOUNDS, [0, 0, 0, 0, 5], 0.99) == 0.1  # +Inf answers with the last bound
+
+
+def test_window_is_the_difference_of_two_reports():
+    older = stats(100, [10, 60, 90, 100, 100])
+    newer = stats(300, [10, 160, 290, 300, 300], failed=2)
+    perf = window_performance(older, newer, 2.0)
+    assert perf.completed == 200 and perf.failed == 2 and perf.throughput == 100.0
+    assert histogram_delta(older["latency_seconds"], newer["latency_seconds"]) == (BOUNDS, [0, 100, 100, 0, 0])
+    assert perf.p50 == pytest.approx(0.02)
+    assert 0.02 < perf.p99 <= 0.05
+
+
+def test_a_restart_between_reports_gives_no_window():
+    assert window_performance(stats(500, [500] * 5), stats(10, [10] * 5), 1.0) is None
+    assert window_performance(stats(1, [1] * 5), stats(2, [2] * 5), 0.0) is None
