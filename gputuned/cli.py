@@ -53,6 +53,10 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="a control socket: the daemon's admin.sock (default) or a worker's own")
     knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
 
+    install = commands.add_parser("install", help="install the systemd unit and the example config")
+    install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
+    install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
+
     status = commands.add_parser("status", help="show GPUs, the worker, its knobs, throughput and p99")
     status.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
     status.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
@@ -161,6 +165,18 @@ def _status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _install(args: argparse.Namespace) -> int:
+    from gputuned.install import default_executable, install
+
+    try:
+        lines = install(args.root, args.executable or default_executable())
+    except OSError as exc:
+        print(f"gputuned install: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _load(args: argparse.Namespace) -> int:
     from gputuned.loadgen import LoadPlan, main as load_main
 
@@ -176,7 +192,7 @@ def _load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    standalone = {"worker": _worker, "load": _load}
+    standalone = {"worker": _worker, "load": _load, "install": _install}
     if args.command in standalone:
         return standalone[args.command](args)
     try:

@@ -22,10 +22,15 @@ else
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker]"
 fi
 
-if [ "$with_tests" = 1 ] && ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then
+# Debian packages the tests use: prometheus (the server and promtool) and systemd
+# (systemd-analyze, to verify the unit). The prometheus package starts a system
+# Prometheus on :9090 where systemd runs; the tests start their own on a free port.
+missing=""
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+if [ "$with_tests" = 1 ] && [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-    # The package starts a system Prometheus on :9090 where systemd runs; the tests start their own.
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi

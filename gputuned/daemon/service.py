@@ -255,7 +255,8 @@ class Daemon:
         self._sampler.tick()
         now = time.monotonic()
         interval = self.notifier.watchdog_interval
-        if interval is not None and now - self._last_watchdog >= min(interval, self._config.sampling.interval_seconds):
+        # Ping now if waiting for the next round would stretch the gap past the interval.
+        if interval is not None and now - self._last_watchdog + self._config.sampling.interval_seconds > interval:
             self.notifier.watchdog()
             self._last_watchdog = now
         if self.notifier.enabled and now - self._last_status >= STATUS_EVERY_SECONDS:

@@ -135,3 +135,47 @@ def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Pope
         if process.poll() is None:
             stop(process)
         log.close()
+
+
+def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> Path:
+    """A config for a daemon supervising a worker inside `tmp_path`, with fast timeouts."""
+    settings = {
+        "listen": f"127.0.0.1:{worker_port}",
+        "ping_interval_seconds": 0.5,
+        "ping_timeout_seconds": 3.0,
+        "restart_backoff_seconds": 0.1,
+        **worker,
+    }
+
+    def toml(value: object) -> str:
+        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+    lines = ["[paths]", f'runtime_dir = "{tmp_path / "run"}"', f'state_dir = "{tmp_path / "state"}"', "", "[worker]"]
+    lines += [f"{key} = {toml(value)}" for key, value in settings.items()]
+    path = tmp_path / "gputuned.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def running_supervising_daemon(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, **worker: object
+) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
+    """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket)."""
+    worker_port = free_port()
+    config = write_daemon_config(tmp_path, worker_port, **worker)
+    metrics_port = free_port()
+    log = (tmp_path / "daemon.log").open("w")
+    command = [sys.executable, "-m", "gputuned", "run", "--config", str(config), "--metrics-listen", f"127.0.0.1:{metrics_port}", *args]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+                               stdout=log, stderr=subprocess.STDOUT)
+    worker_base = f"http://127.0.0.1:{worker_port}"
+    try:
+        wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", process, deadline_s=30)
+        if wait_ready:
+            wait_for_http(f"{worker_base}/v2/health/ready", process, deadline_s=60)
+        yield process, f"http://127.0.0.1:{metrics_port}/metrics", worker_base, tmp_path / "run" / "admin.sock"
+    finally:
+        if process.poll() is None:
+            stop(process, timeout=60)
+        log.close()
