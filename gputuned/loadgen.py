@@ -24,6 +24,7 @@ import aiohttp
 _NUMPY_TYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT8": "int8", "INT16": "int16",
                 "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
 MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
+MAX_FAILURES_KEPT = 10_000
 
 
 class LoadError(Exception):
@@ -48,6 +49,7 @@ class LoadResult:
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
+    failures: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter when sent, kind), the first 10,000
     elapsed: float = 0.0
 
     def percentile(self, q: float) -> float | None:
@@ -118,16 +120,20 @@ class _Run:
 
     async def one(self, scheduled: float) -> None:
         self.result.sent += 1
+        sent = time.perf_counter()
         try:
             async with self.session.post(self.url, data=self.body, headers=self.headers) as response:
                 await response.read()
                 if response.status == 200:
                     self.result.ok += 1
                     self.result.latencies.append(time.perf_counter() - scheduled)
-                else:
-                    self.result.errors[f"http_{response.status}"] += 1
+                    return
+                kind = f"http_{response.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            self.result.errors[type(exc).__name__] += 1
+            kind = type(exc).__name__
+        self.result.errors[kind] += 1
+        if len(self.result.failures) < MAX_FAILURES_KEPT:
+            self.result.failures.append((sent, kind))
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:

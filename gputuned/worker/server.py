@@ -253,7 +253,9 @@ class InferenceApp:
         self._stats.request_received()
         if not self.ready:
             self._stats.request_done(0.0, ok=False)
-            return _error(503, "the worker is not ready (starting or draining)", **{"Retry-After": RETRY_AFTER_SECONDS})
+            refusal = _error(503, "the worker is not ready (starting or draining)", **{"Retry-After": RETRY_AFTER_SECONDS})
+            refusal.force_close()  # no keep-alive: a client should not send its next request down this connection
+            return refusal
         try:
             document, binary = split_body(await request.read(), request.headers.get(HEADER_LENGTH))
             tensor = decode_input(document, binary, self._model, self._max_request_items)

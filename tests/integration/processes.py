@@ -137,6 +137,24 @@ def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Pope
         log.close()
 
 
+def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s: float = 60.0) -> None:
+    """Until the daemon reports its worker ready (connected to its control socket)."""
+    from gputuned.control.client import ControlClient, ControlError
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}")
+        try:
+            with ControlClient(admin) as client:
+                if client.request("status")["status"]["worker"]["state"] == "ready":
+                    return
+        except ControlError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"the worker was not ready within {deadline_s} s")
+
+
 def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> Path:
     """A config for a daemon supervising a worker inside `tmp_path`, with fast timeouts."""
     settings = {
@@ -172,9 +190,11 @@ def running_supervising_daemon(
     worker_base = f"http://127.0.0.1:{worker_port}"
     try:
         wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", process, deadline_s=30)
+        admin = tmp_path / "run" / "admin.sock"
         if wait_ready:
             wait_for_http(f"{worker_base}/v2/health/ready", process, deadline_s=60)
-        yield process, f"http://127.0.0.1:{metrics_port}/metrics", worker_base, tmp_path / "run" / "admin.sock"
+            wait_for_supervised_ready(admin, process)
+        yield process, f"http://127.0.0.1:{metrics_port}/metrics", worker_base, admin
     finally:
         if process.poll() is None:
             stop(process, timeout=60)

@@ -1,0 +1,187 @@
+"""`gputuned run` supervising a real worker: kills, hangs, crash loops, drains, state, placement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gputuned.control.client import ControlClient
+from gputuned.loadgen import LoadPlan, run_load
+from tests.integration.processes import REPO_ROOT, http_get, running_supervising_daemon, stop
+
+pytestmark = pytest.mark.integration
+REFUSED = "ClientConnectorError"  # the worker's port was closed: the request was never accepted
+
+
+def admin_status(admin: Path) -> dict:
+    with ControlClient(admin) as client:
+        return client.request("status")["status"]
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def is_ready(base: str) -> bool:
+    try:
+        http_get(f"{base}/v2/health/ready", timeout=1)
+        return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def load_in_background(plan: LoadPlan) -> tuple[threading.Thread, dict]:
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
+    thread.start()
+    return thread, box
+
+
+def test_a_killed_worker_is_restarted_with_its_knobs(tmp_path):
+    with running_supervising_daemon(tmp_path) as (_, metrics, worker, admin):
+        with ControlClient(admin) as client:
+            assert client.set({"max_batch_size": 8, "streams": 2}) == {"max_batch_size": 8, "streams": 2}
+        first_pid = admin_status(admin)["worker"]["pid"]
+        thread, box = load_in_background(LoadPlan(url=worker, concurrency=4, requests=10**6, duration=6))
+        time.sleep(1.5)
+        killed_at = time.monotonic()
+        os.kill(first_pid, signal.SIGKILL)
+        wait_for(lambda: not is_ready(worker), 5, "the worker to go down")
+        wait_for(lambda: is_ready(worker), 60, "the restarted worker to serve")
+        back_after = time.monotonic() - killed_at
+        thread.join(timeout=60)
+        status = admin_status(admin)
+        with ControlClient(tmp_path / "run" / "worker.sock") as direct:
+            knobs = {name: spec["value"] for name, spec in direct.hello["knobs"].items()}
+        scraped = http_get(metrics)
+    result = box["result"]
+    in_flight_failures = sum(count for kind, count in result.errors.items() if kind != REFUSED)
+    print(f"\nkill -9: serving again after {back_after:.2f} s; {result.ok} ok, {in_flight_failures} failed in flight, "
+          f"{result.errors.get(REFUSED, 0)} refused while down")
+    assert status["worker"]["pid"] != first_pid and status["worker"]["restarts"] == 1
+    assert status["worker"]["last_exit_code"] == -signal.SIGKILL
+    assert knobs["max_batch_size"] == 8 and knobs["streams"] == 2
+    assert in_flight_failures <= 4  # at most the requests the 4 clients had in flight
+    assert "gputuned_worker_restarts_total 1.0" in scraped and "gputuned_worker_last_exit_code -9.0" in scraped
+
+
+def test_a_hung_worker_is_killed_and_replaced(tmp_path):
+    with running_supervising_daemon(tmp_path, ping_timeout_seconds=2.0) as (_, _metrics, worker, admin):
+        first_pid = admin_status(admin)["worker"]["pid"]
+        os.kill(first_pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_for(lambda: admin_status(admin)["worker"]["pid"] not in (None, first_pid), 30, "a new worker")
+        wait_for(lambda: is_ready(worker), 60, "the new worker to serve")
+        replaced_after = time.monotonic() - stopped_at
+    print(f"\nhung worker replaced and serving after {replaced_after:.2f} s (ping timeout 2 s)")
+    assert replaced_after < 2.0 + 30
+
+
+def test_a_crash_loop_stops_the_restarts_and_the_daemon_stays_up(tmp_path):
+    crashing = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    with running_supervising_daemon(tmp_path, wait_ready=False, command=crashing, crash_loop_exits=3) as (process, metrics, _w, admin):
+        status = wait_for(lambda: (s := admin_status(admin))["worker"]["state"] == "crash_loop" and s, 30, "the crash loop")
+        time.sleep(1.0)
+        later = admin_status(admin)
+        scraped = http_get(metrics)
+        human = subprocess.run([sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
+                               capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+        assert process.poll() is None
+    assert status["worker"]["restarts"] == 3 and later["worker"]["restarts"] == 3
+    assert status["worker"]["last_exit_code"] == 3
+    assert "crash loop: 3 exits within 60 s" in status["worker"]["message"]
+    assert "gputuned_worker_crash_loop 1.0" in scraped and "gputuned_worker_up 0.0" in scraped
+    assert "crash_loop" in human.stdout and "not restarting" in human.stdout
+    assert "crash loop" in (tmp_path / "daemon.log").read_text()
+
+
+def test_sigterm_under_load_drains_without_failing_accepted_requests(tmp_path):
+    with running_supervising_daemon(tmp_path) as (process, _metrics, worker, _admin):
+        thread, box = load_in_background(LoadPlan(url=worker, concurrency=8, requests=10**6, duration=8))
+        time.sleep(2.0)
+        signalled_at = time.perf_counter()
+        elapsed = stop(process, signal.SIGTERM, timeout=60)
+        thread.join(timeout=60)
+    result = box["result"]
+    failed_before = [kind for sent, kind in result.failures if sent < signalled_at]
+    print(f"\nSIGTERM under load: daemon gone after {elapsed:.2f} s; {result.ok} ok; {len(failed_before)} sent before the "
+          f"signal failed; after it: {dict(result.errors)} (refusals: the worker had stopped accepting)")
+    assert process.returncode == 0 and elapsed < 35
+    assert failed_before == []
+    log = (tmp_path / "daemon.log").read_text()
+    assert "worker exited with code 0" in log and "stopped" in log
+
+
+def test_accepted_knobs_survive_a_daemon_restart_and_a_corrupt_state_file_does_not_stop_it(tmp_path):
+    with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
+        with ControlClient(admin) as client:
+            client.set({"max_batch_size": 12, "max_queue_delay_us": 500})
+    state = json.loads((tmp_path / "state" / "knobs.json").read_text())
+    assert state["workloads"]["resnet-mini|cpu|FP32[3,64,64]"] == {"max_batch_size": 12, "max_queue_delay_us": 500}
+    with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
+        assert admin_status(admin)["knobs"]["max_batch_size"] == 12
+        assert admin_status(admin)["knobs"]["max_queue_delay_us"] == 500
+    (tmp_path / "state" / "knobs.json").write_text("{ not json")
+    with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
+        assert admin_status(admin)["knobs"]["max_batch_size"] == 1
+    assert list((tmp_path / "state").glob("knobs.json.corrupt-*"))
+    assert "is unusable" in (tmp_path / "daemon.log").read_text()
+
+
+def test_numa_placement_pins_the_worker_to_the_node(tmp_path):
+    node0 = Path("/sys/devices/system/node/node0/cpulist").read_text().strip()
+    with running_supervising_daemon(tmp_path, placement="0") as (_, metrics, _worker, admin):
+        status = admin_status(admin)
+        pid = status["worker"]["pid"]
+        allowed = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Cpus_allowed_list")]
+        numa_maps = Path(f"/proc/{pid}/numa_maps").read_text()
+        scraped = http_get(metrics)
+    assert status["worker"]["placement"] == {"node": 0, "cpus": node0}
+    assert allowed == [f"Cpus_allowed_list:\t{node0}"]
+    assert "prefer:0" in numa_maps  # the memory policy the shim set before exec
+    assert f'gputuned_worker_placement_info{{cpus="{node0}",node="0"}} 1.0' in scraped
+
+
+def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path):
+    with running_supervising_daemon(tmp_path) as (process, metrics, _worker, _admin):
+        config = tmp_path / "gputuned.toml"
+        original = config.read_text()
+        config.write_text(original + "\n[sampling]\ninterval_seconds = -5\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reload refused" in (tmp_path / "daemon.log").read_text(), 10, "the refusal")
+        config.write_text(original + "\n[sampling]\ninterval_seconds = 0.5\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "configuration reloaded" in (tmp_path / "daemon.log").read_text(), 10, "the reload")
+        assert process.poll() is None and http_get(metrics)
+    assert "sampling.interval_seconds: -5.0 is out of range" in (tmp_path / "daemon.log").read_text()
+
+
+def test_status_shows_the_worker_knobs_and_performance(tmp_path):
+    with running_supervising_daemon(tmp_path) as (_, _metrics, worker, admin):
+        asyncio.run(run_load(LoadPlan(url=worker, concurrency=4, requests=400, duration=30)))
+        time.sleep(1.0)
+        command = [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)]
+        human = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+        machine = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout)
+    assert human.returncode == 0
+    assert "ready" in human.stdout and "resnet-mini" in human.stdout and "max_batch_size" in human.stdout
+    assert "req/s" in human.stdout and "p99" in human.stdout
+    assert machine["worker"]["state"] == "ready" and machine["performance"]["throughput_per_second"] > 0
+    assert machine["knobs"]["streams"] == 1
