@@ -82,6 +82,7 @@ class FakeGpu:
     rx_bytes_per_second: float = 9.0e9
     pcie_counters: bool = True  # False models a driver without NVML_FI_DEV_PCIE_COUNT_*
     processes: dict[int, int] = field(default_factory=dict)  # pid -> used device memory
+    process_source: Callable[[], dict[int, int]] | None = None  # computed processes, merged into `processes`
     process_sm_util: int = 80
     process_mem_util: int = 35
     lost: bool = False
@@ -265,21 +266,25 @@ class FakeNvml:
         self._check_library()
         eventSet.freed = True
 
+    def _processes(self, gpu: FakeGpu) -> dict[int, int]:
+        return {**gpu.processes, **(gpu.process_source() if gpu.process_source else {})}
+
     def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[pynvml.nvmlFriendlyObject]:
         gpu = self._gpu(handle, "nvmlDeviceGetComputeRunningProcesses")
         return [
             pynvml.nvmlStructToFriendlyObject(pynvml.c_nvmlProcessInfo_t(pid=pid, usedGpuMemory=used))
-            for pid, used in gpu.processes.items()
+            for pid, used in self._processes(gpu).items()
         ]
 
     def nvmlDeviceGetProcessUtilization(self, handle: FakeHandle, timeStamp: int) -> list[pynvml.c_nvmlProcessUtilizationSample_t]:  # noqa: N803
         gpu = self._gpu(handle, "nvmlDeviceGetProcessUtilization")
         now_us = int(self._clock() * 1e6)
-        if not gpu.processes or now_us <= timeStamp:
+        processes = self._processes(gpu)
+        if not processes or now_us <= timeStamp:
             raise pynvml.NVMLError_NotFound()
         return [
             pynvml.c_nvmlProcessUtilizationSample_t(pid=pid, timeStamp=now_us, smUtil=gpu.process_sm_util, memUtil=gpu.process_mem_util)
-            for pid in gpu.processes
+            for pid in processes
         ]
 
     def nvmlDeviceGetFieldValues(self, handle: FakeHandle, fieldIds: list[int]) -> object:  # noqa: N803
@@ -320,15 +325,26 @@ class FakeNvml:
         return self._gpu(handle, "nvmlDeviceGetPcieReplayCounter").pcie_replays
 
 
+def _children_on_gpu() -> dict[int, int]:
+    """The calling process's children (the supervised worker) as compute processes, 6 GiB each."""
+    import psutil
+
+    return {child.pid: 6 * 1024**3 for child in psutil.Process().children(recursive=True)}
+
+
 def hgx8() -> FakeNvml:
     """8 H100s of a dual-socket HGX host, for `gputuned run --nvml-module tests.fakes.fake_nvml:hgx8`.
 
-    The integration tests and the overhead benchmark run the real daemon with it; the
-    process named by GPUTUNED_FAKE_WORKER_PID, if set, shows up as running on GPU 0.
+    The integration tests and the overhead benchmark run the real daemon with it. GPU 0
+    runs the daemon's child processes (its supervised worker) and, when
+    GPUTUNED_FAKE_WORKER_PID is set, that process (a worker watched with --worker-pid);
+    it has also reported one XID 79.
     """
     fake = FakeNvml.with_gpus(8)
+    gpu0 = fake.gpus[0]
+    gpu0.process_source = _children_on_gpu
+    gpu0.pending_xids.append(79)
     worker_pid = os.environ.get("GPUTUNED_FAKE_WORKER_PID")
     if worker_pid:
-        fake.gpus[0].processes[int(worker_pid)] = 6 * 1024**3
-        fake.gpus[0].pending_xids.append(79)
+        gpu0.processes[int(worker_pid)] = 6 * 1024**3
     return fake

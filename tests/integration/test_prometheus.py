@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
+import threading
 import time
 
 import pytest
 
 from gputuned.catalog import METRIC_SPECS
-from tests.integration.processes import prometheus_query, running_daemon, running_prometheus
+from gputuned.loadgen import LoadPlan, run_load
+from tests.integration.processes import prometheus_query, running_prometheus, running_supervising_daemon
 
 pytestmark = pytest.mark.integration
 
 
 def test_prometheus_scrapes_every_metric_family(tmp_path):
-    # The live host's /proc, /sys and psutil, a real child process as the worker, and
-    # eight fake GPUs (this machine has none) on which that child shows up as a process.
-    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        env = {"GPUTUNED_FAKE_WORKER_PID": str(worker.pid)}
-        args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8", "--worker-pid", str(worker.pid))
-        with running_daemon(*args, env=env) as (_, url):
-            target = url.removeprefix("http://").removesuffix("/metrics")
+    # The live host's /proc, /sys and psutil, the daemon's real worker under real load,
+    # and eight fake GPUs (this machine has none) on which the worker shows up as a process.
+    args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8")
+    with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
+        load = threading.Thread(target=lambda: asyncio.run(run_load(LoadPlan(url=worker, concurrency=2, requests=3000, duration=60))))
+        load.start()
+        target = metrics.removeprefix("http://").removesuffix("/metrics")
+        try:
             with running_prometheus([target], tmp_path) as prometheus:
-                expected = {spec.name for spec in METRIC_SPECS}
+                # Prometheus stores a histogram as its _bucket, _sum and _count series.
+                expected = {f"{spec.name}_count" if spec.kind == "histogram" else spec.name for spec in METRIC_SPECS}
+                # Only after the worker has exited once (test_supervision.py scrapes it then).
+                expected.discard("gputuned_worker_last_exit_code")
                 found: set[str] = set()
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and found != expected:
@@ -34,11 +38,11 @@ def test_prometheus_scrapes_every_metric_family(tmp_path):
                 assert expected - found == set()
                 up = prometheus_query(prometheus, 'up{job="gputuned"}')
                 assert [series["value"][1] for series in up] == ["1"]
-                # One series per family, with the labels dashboards rely on.
                 offnode = prometheus_query(prometheus, "gputuned_worker_offnode_ratio")
                 assert len(offnode) == 1 and 0.0 <= float(offnode[0]["value"][1]) <= 1.0
                 gpus = prometheus_query(prometheus, "gputuned_gpu_info")
                 assert sorted(series["metric"]["gpu"] for series in gpus) == [str(i) for i in range(8)]
-    finally:
-        worker.kill()
-        worker.wait()
+                p99 = prometheus_query(prometheus, "histogram_quantile(0.99, rate(gputuned_worker_latency_seconds_bucket[30s]))")
+                assert len(p99) == 1
+        finally:
+            load.join(timeout=90)
