@@ -8,6 +8,7 @@ the tuners all read the worker through these.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,26 @@ def quantile(bounds: list[float], counts: list[int], q: float) -> float | None:
     return bounds[-1]
 
 
+def fraction_within(bounds: list[float], counts: list[int], threshold: float) -> float | None:
+    """Share of observations at or below `threshold`, interpolating inside its bucket."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    within = 0.0
+    lower = 0.0
+    for index, count in enumerate(counts):
+        upper = bounds[index] if index < len(bounds) else math.inf
+        if threshold >= upper:
+            within += count
+        elif threshold > lower and upper != math.inf:
+            within += count * (threshold - lower) / (upper - lower)
+            break
+        else:
+            break
+        lower = upper
+    return within / total
+
+
 def window_performance(older: dict[str, Any], newer: dict[str, Any], seconds: float) -> WindowPerformance | None:
     """What the worker did between two stats reports `seconds` apart; None across a restart."""
     if seconds <= 0:
@@ -67,3 +88,64 @@ def window_performance(older: dict[str, Any], newer: dict[str, Any], seconds: fl
     if delta is not None:
         p50, p99 = quantile(*delta, 0.5), quantile(*delta, 0.99)
     return WindowPerformance(seconds, completed, failed, completed / seconds, p50, p99)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One window of the worker's behaviour, everything a tuner decides on."""
+
+    seconds: float
+    arrival_rate: float  # requests received per second (served, failed or refused)
+    throughput: float  # completed per second
+    goodput: float  # completed within the SLO per second
+    p99: float | None  # seconds
+    failed: int  # failed or refused requests in the window
+    mean_batch: float  # items per batch
+    batch_seconds: float | None  # mean lane time per batch
+    busy_ratio: float  # lane busy time / (window x lanes)
+    queue_depth: float
+    lanes: int
+    oom: int
+    pool_hits: int
+    pool_misses: int
+    device_busy: float | None = None  # GPU utilisation (CUDA) or host CPU busy (CPU), 0..1
+    pcie_utilization: float | None = None
+
+
+def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_seconds: float,
+            device_busy: float | None = None, pcie_utilization: float | None = None) -> Measurement | None:
+    """The window between two stats reports; None when it is empty or spans a restart."""
+    if seconds <= 0:
+        return None
+
+    def delta(name: str) -> float:
+        return float(newer.get(name, 0)) - float(older.get(name, 0))
+
+    if any(delta(name) < 0 for name in ("completed", "requests", "batches")):
+        return None
+    latency = histogram_delta(older.get("latency_seconds") or {}, newer.get("latency_seconds") or {})
+    completed = delta("completed")
+    within = fraction_within(*latency, slo_seconds) if latency else None
+    p99 = quantile(*latency, 0.99) if latency else None
+    batches = delta("batches")
+    items = float((newer.get("batch_size") or {}).get("sum", 0)) - float((older.get("batch_size") or {}).get("sum", 0))
+    busy = delta("lane_busy_seconds")
+    lanes = int(newer.get("lanes", 1) or 1)
+    return Measurement(
+        seconds=seconds,
+        arrival_rate=delta("requests") / seconds,
+        throughput=completed / seconds,
+        goodput=(within if within is not None else 0.0) * completed / seconds,
+        p99=p99,
+        failed=int(delta("failed") + delta("rejected")),
+        mean_batch=items / batches if batches > 0 else 0.0,
+        batch_seconds=busy / batches if batches > 0 else None,
+        busy_ratio=busy / (seconds * lanes),
+        queue_depth=float(newer.get("queue_depth", 0)),
+        lanes=lanes,
+        oom=int(delta("oom")),
+        pool_hits=int(delta("pool_hits")),
+        pool_misses=int(delta("pool_misses")),
+        device_busy=device_busy,
+        pcie_utilization=pcie_utilization,
+    )

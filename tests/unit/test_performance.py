@@ -35,3 +35,14 @@ def test_window_is_the_difference_of_two_reports():
 def test_a_restart_between_reports_gives_no_window():
     assert window_performance(stats(500, [500] * 5), stats(10, [10] * 5), 1.0) is None
     assert window_performance(stats(1, [1] * 5), stats(2, [2] * 5), 0.0) is None
+
+
+def test_fraction_within_interpolates_at_the_threshold():
+    from gputuned.performance import fraction_within
+
+    counts = [10, 10, 0, 0, 0]  # 10 under 10 ms, 10 between 10 and 20 ms
+    assert fraction_within(BOUNDS, counts, 0.015) == pytest.approx(0.75)
+    assert fraction_within(BOUNDS, counts, 0.5) == 1.0
+    assert fraction_within(BOUNDS, counts, 0.005) == pytest.approx(0.25)
+    assert fraction_within(BOUNDS, [0, 0, 0, 0, 4], 0.2) == 0.0
+    assert fraction_within(BOUNDS, [0] * 5, 0.1) is None

@@ -1,0 +1,35 @@
+"""max_batch_size: grow while batches fill, back off multiplicatively when it hurts.
+
+Clipper's AIMD adapted to a guarded hill climb: double while batches come out full
+(there are requests to merge), halve on an SLO breach or an out-of-memory event, and
+step down by a quarter while the worker GPU's PCIe link is over 80% busy (bigger
+batches only queue behind the copy).
+"""
+
+from __future__ import annotations
+
+from gputuned.tuners.base import Proposal, TunerInput, changed
+
+KNOB = "max_batch_size"
+FULL = 0.75  # batches this full (of the maximum) mean more requests were waiting
+PCIE_LIMIT = 0.8
+
+
+class BatchTuner:
+    name = "batch"
+
+    def propose(self, inp: TunerInput) -> Proposal | None:
+        if KNOB not in inp.knobs:
+            return None
+        size, window = inp.knobs[KNOB], inp.window
+        if window.oom:
+            return changed(inp, KNOB, size // 2, f"{window.oom} out-of-memory events at {size}: halve", "backoff")
+        if inp.slo_breached():
+            return changed(inp, KNOB, size // 2,
+                           f"p99 {window.p99 * 1000:.1f} ms over the {inp.slo_seconds * 1000:.0f} ms SLO: halve", "backoff")
+        if window.pcie_utilization is not None and window.pcie_utilization > PCIE_LIMIT:
+            return changed(inp, KNOB, size - max(size // 4, 1),
+                           f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down", "backoff")
+        if window.throughput > 0 and window.mean_batch >= FULL * size:
+            return changed(inp, KNOB, size * 2, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
+        return None

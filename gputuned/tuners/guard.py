@@ -1,0 +1,349 @@
+"""The guard: the only part of tuning that acts. One change at a time, tried and judged.
+
+States and transitions (`step(now)` is called by the tuning job every tick):
+
+    SETTLED --baseline window measured, a tuner proposes--> apply --> WARMUP
+    SETTLED --recommend mode--> log the proposal, change nothing --> SETTLED
+    WARMUP  --warmup passed--> TRIAL
+    TRIAL   --SLO breach or error spike in the partial window--> revert --> COOLDOWN
+    TRIAL   --trial window measured--> keep (it beat the baseline beyond the measured
+                noise, or for backoff/shrink: the SLO holds without losing goodput)
+                or revert --> COOLDOWN
+    COOLDOWN --cooldown passed--> SETTLED
+    any     --frozen mode--> nothing
+
+Bounds come from the worker's hello; a step is at most what the tuner proposes (x2 or
+one lane); a knob reverted `flap_reverts` times within `flap_window` is left alone for
+that window. A direction once reverted (say, raising the batch from 32) is not tried
+again until another knob's change is kept (the landscape moved) or the workload shifts:
+the arrival rate at unchanged settings moving by more than `shift_threshold` restarts
+exploration. A knob set by hand is frozen until `resume()`. Every decision is recorded
+with its evidence.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gputuned.performance import Measurement
+from gputuned.tuners.base import Proposal, Tuner, TunerInput
+
+log = logging.getLogger(__name__)
+
+
+class Mode(enum.Enum):
+    AUTO = "auto"
+    RECOMMEND = "recommend"
+    FROZEN = "frozen"
+
+
+class Phase(enum.Enum):
+    SETTLED = "settled"
+    WARMUP = "warmup"
+    TRIAL = "trial"
+    COOLDOWN = "cooldown"
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    slo_seconds: float
+    baseline_seconds: float = 3.0
+    warmup_seconds: float = 1.0
+    trial_seconds: float = 3.0
+    cooldown_seconds: float = 0.5
+    min_margin: float = 0.03  # a kept change must beat the baseline by at least this share
+    max_error_ratio: float = 0.01  # failed/refused requests per request during a trial
+    flap_reverts: int = 3
+    flap_window: float = 300.0
+    shift_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the guard needs besides measurements: the knobs now, their bounds, the machine."""
+
+    knobs: Mapping[str, int]
+    bounds: Mapping[str, tuple[int, int]]
+    device: str
+    cores: int
+    item_bytes: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    t: float
+    knob: str
+    action: str  # apply, keep, revert, refuse, recommend, shift
+    old: int | None
+    new: int | None
+    reason: str
+    baseline: dict[str, Any] | None = None
+    trial: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _summary(m: Measurement | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {"goodput": round(m.goodput, 2), "throughput": round(m.throughput, 2), "arrival": round(m.arrival_rate, 2),
+            "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2), "failed": m.failed,
+            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3)}
+
+
+@dataclass
+class _Trial:
+    proposal: Proposal
+    previous: dict[str, int]  # every knob the change touched, as it was
+    baseline: Measurement
+    margin: float
+    start: float  # when measuring starts (after warmup)
+
+
+@dataclass
+class GuardView:
+    """A snapshot for status and metrics."""
+
+    mode: str
+    phase: str
+    trial_active: bool
+    frozen_knobs: list[str]
+    decisions: list[Decision]
+    counts: dict[tuple[str, str], int]
+    ceilings: dict[str, int] = field(default_factory=dict)
+
+
+class Guard:
+    def __init__(
+        self,
+        settings: GuardSettings,
+        tuners: list[Tuner],
+        context: Callable[[], Context | None],
+        measure: Callable[[float, float], Measurement | None],
+        apply: Callable[[dict[str, int]], dict[str, int]],
+        record: Callable[[Decision], None],
+        mode: Mode = Mode.AUTO,
+    ) -> None:
+        """`measure(start, end)` returns the worker's behaviour between two times (None if
+        unknown); `apply(knobs)` sets knobs on the worker and returns what it applied (it
+        raises on refusal); `record(decision)` logs and persists a decision."""
+        self.settings = settings
+        self._tuners = tuners
+        self._context = context
+        self._measure = measure
+        self._apply = apply
+        self._record = record
+        self.mode = mode
+        self._phase = Phase.SETTLED
+        self._since = -math.inf  # the current settings have been in force (and settled) since then
+        self._until = 0.0  # end of the cooldown
+        self._settled_from = 0.0  # when the settings after the cooldown came into force
+        self._trial: _Trial | None = None
+        self._rejected: set[tuple[str, int, int]] = set()  # (knob, from value, direction) that did not pay
+        self._reverts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._frozen: set[str] = set()
+        self._ceilings: dict[str, int] = {}
+        self._reference_arrival: float | None = None
+        self._recent: collections.deque[Decision] = collections.deque(maxlen=50)
+        self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    # --- controls -------------------------------------------------------------------------
+
+    def set_mode(self, mode: Mode) -> None:
+        self.mode = mode
+
+    def freeze(self, knobs: list[str]) -> None:
+        """Knobs set by hand: left alone until resume()."""
+        self._frozen.update(knobs)
+
+    def resume(self) -> None:
+        self._frozen.clear()
+        self._rejected.clear()
+        if self.mode is Mode.FROZEN:
+            self.mode = Mode.AUTO
+
+    def restart_exploration(self, now: float) -> None:
+        """After the worker restarted or the workload changed: measure afresh, retry everything."""
+        self._rejected.clear()
+        self._reverts.clear()
+        self._phase, self._trial, self._since = Phase.SETTLED, None, now
+
+    def view(self) -> GuardView:
+        return GuardView(self.mode.value, self._phase.value, self._phase in (Phase.WARMUP, Phase.TRIAL),
+                         sorted(self._frozen), list(self._recent), dict(self._counts), dict(self._ceilings))
+
+    # --- the state machine ----------------------------------------------------------------
+
+    def step(self, now: float) -> None:
+        if self.mode is Mode.FROZEN and self._trial is None:
+            return
+        if self._phase is Phase.COOLDOWN:
+            if now >= self._until:
+                self._phase, self._since = Phase.SETTLED, self._settled_from
+            return
+        if self._phase in (Phase.WARMUP, Phase.TRIAL):
+            self._step_trial(now)
+            return
+        self._step_settled(now)
+
+    def _decide(self, now: float, knob: str, action: str, old: int | None, new: int | None, reason: str,
+                baseline: Measurement | None = None, trial: Measurement | None = None) -> None:
+        decision = Decision(now, knob, action, old, new, reason, _summary(baseline), _summary(trial))
+        self._recent.append(decision)
+        self._counts[(knob, action)] += 1
+        log.info("tuner %s %s %s -> %s: %s", action, knob, old, new, reason)
+        self._record(decision)
+
+    def _baseline(self, now: float) -> tuple[Measurement, float] | None:
+        """The settled window at the current settings, and its noise (from its two halves)."""
+        start = max(self._since, now - self.settings.baseline_seconds)
+        if now - start < self.settings.baseline_seconds:
+            return None
+        whole = self._measure(start, now)
+        middle = (start + now) / 2
+        first, second = self._measure(start, middle), self._measure(middle, now)
+        if whole is None or first is None or second is None:
+            return None
+        spread = abs(first.goodput - second.goodput) / max(first.goodput + second.goodput, 1e-9)
+        return whole, max(self.settings.min_margin, 2 * spread)
+
+    @staticmethod
+    def _direction(proposal: Proposal, old: int) -> tuple[str, int, int]:
+        return proposal.knob, old, 1 if proposal.value > old else -1
+
+    def _blocked(self, proposal: Proposal, old: int, now: float) -> bool:
+        if any(knob in self._frozen for knob in proposal.changes()) or self._direction(proposal, old) in self._rejected:
+            return True
+        reverts = self._reverts[proposal.knob]
+        while reverts and now - reverts[0] > self.settings.flap_window:
+            reverts.popleft()
+        return len(reverts) >= self.settings.flap_reverts and proposal.kind != "backoff"
+
+    def _step_settled(self, now: float) -> None:
+        measured = self._baseline(now)
+        context = self._context()
+        if measured is None or context is None:
+            return
+        baseline, margin = measured
+        if self._shifted(baseline, now):
+            return
+        inp = TunerInput(baseline, context.knobs, context.bounds, self.settings.slo_seconds, context.device,
+                         context.cores, context.item_bytes, self._ceilings)
+        idle = baseline.arrival_rate == 0
+        for tuner in self._tuners:
+            proposal = tuner.propose(inp)
+            if proposal is None or (idle and proposal.kind != "shrink"):
+                continue
+            if self._blocked(proposal, context.knobs[proposal.knob], now):
+                continue
+            self._act(proposal, context.knobs[proposal.knob], baseline, margin, now)
+            return
+
+    def _shifted(self, baseline: Measurement, now: float) -> bool:
+        """Compares arrival rates at unchanged settings (a faster worker in a closed loop
+        also sees more arrivals; that is our doing, not a shift)."""
+        reference = self._reference_arrival
+        self._reference_arrival = reference if reference is not None else baseline.arrival_rate
+        if reference is None or reference == 0 and baseline.arrival_rate == 0:
+            return False
+        change = abs(baseline.arrival_rate - reference) / max(reference, 1e-9)
+        if change <= self.settings.shift_threshold:
+            return False
+        self._decide(now, "*", "shift", None, None,
+                     f"arrival rate {reference:.0f} -> {baseline.arrival_rate:.0f} req/s: exploring again", baseline)
+        self._reference_arrival = baseline.arrival_rate
+        self.restart_exploration(now)
+        return True
+
+    def _act(self, proposal: Proposal, old: int, baseline: Measurement, margin: float, now: float) -> None:
+        if self.mode is Mode.RECOMMEND:
+            self._decide(now, proposal.knob, "recommend", old, proposal.value, proposal.reason, baseline)
+            self._rejected.add(self._direction(proposal, old))  # say it once
+            return
+        if proposal.kind == "backoff" and baseline.oom and proposal.knob == "max_batch_size":
+            self._ceilings[proposal.knob] = old - 1
+        context = self._context()
+        previous = {knob: context.knobs[knob] for knob in proposal.changes()} if context else {proposal.knob: old}
+        try:
+            applied = self._apply(proposal.changes())
+        except Exception as exc:  # noqa: BLE001 - a refusal (nack, lost worker) is recorded, not raised
+            self._decide(now, proposal.knob, "refuse", old, proposal.value, f"{proposal.reason}; refused: {exc}", baseline)
+            self._rejected.add(self._direction(proposal, old))
+            return
+        value = applied.get(proposal.knob, proposal.value)
+        self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
+        self._trial = _Trial(Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also), previous,
+                             baseline, margin, now + self.settings.warmup_seconds)
+        self._phase = Phase.WARMUP
+
+    def _step_trial(self, now: float) -> None:
+        trial = self._trial
+        assert trial is not None
+        if now < trial.start:
+            return
+        self._phase = Phase.TRIAL
+        window = self._measure(trial.start, now)
+        if window is not None and self._harmful(trial, window):
+            self._revert(trial, window, now, "harmful during the trial")
+            return
+        if now - trial.start < self.settings.trial_seconds or window is None:
+            return
+        verdict = self._judge(trial, window)
+        if verdict is None:
+            knob = trial.proposal.knob
+            self._decide(now, knob, "keep", trial.previous[knob], trial.proposal.value,
+                         f"{trial.proposal.reason}; kept", trial.baseline, window)
+            # The landscape moved: directions other knobs were refused in may pay now.
+            self._rejected = {entry for entry in self._rejected if entry[0] == knob}
+            self._finish(now, settled_from=trial.start)  # the trial window is the next baseline
+        else:
+            self._revert(trial, window, now, verdict)
+
+    def _harmful(self, trial: _Trial, window: Measurement) -> bool:
+        slo = self.settings.slo_seconds
+        newly_breached = window.p99 is not None and window.p99 > slo and not (trial.baseline.p99 and trial.baseline.p99 > slo)
+        requests = max(window.arrival_rate * window.seconds, 1.0)
+        error_spike = window.failed / requests > self.settings.max_error_ratio and window.failed > trial.baseline.failed
+        return (newly_breached and trial.proposal.kind != "backoff") or error_spike or window.oom > 0
+
+    def _judge(self, trial: _Trial, window: Measurement) -> str | None:
+        """None to keep the change, else why it is reverted."""
+        base, margin, slo = trial.baseline, trial.margin, self.settings.slo_seconds
+        slo_ok = window.p99 is None or window.p99 <= slo
+        if trial.proposal.kind == "backoff":
+            improved = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
+            return None if slo_ok or improved else "p99 did not come down"
+        if not slo_ok:
+            return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO"
+        if trial.proposal.kind == "explore":
+            if window.goodput > base.goodput * (1 + margin):
+                return None
+            return f"goodput {window.goodput:.1f}/s did not beat {base.goodput:.1f}/s by the {margin:.0%} noise margin"
+        if window.goodput >= base.goodput * (1 - margin):
+            return None
+        return f"goodput fell from {base.goodput:.1f}/s to {window.goodput:.1f}/s"
+
+    def _revert(self, trial: _Trial, window: Measurement, now: float, why: str) -> None:
+        knob = trial.proposal.knob
+        try:
+            self._apply(dict(trial.previous))
+        except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
+            why = f"{why}; the revert itself failed: {exc}"
+        self._decide(now, knob, "revert", trial.proposal.value, trial.previous[knob], f"{trial.proposal.reason}; {why}",
+                     trial.baseline, window)
+        self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
+        self._reverts[knob].append(now)
+        self._finish(now, settled_from=now + self.settings.warmup_seconds)
+
+    def _finish(self, now: float, settled_from: float) -> None:
+        self._trial = None
+        self._reference_arrival = None  # the next baseline, at the new settings, is the reference
+        self._phase, self._until = Phase.COOLDOWN, now + self.settings.cooldown_seconds
+        self._settled_from = settled_from

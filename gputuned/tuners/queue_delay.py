@@ -1,0 +1,34 @@
+"""max_queue_delay_us: about the time a batch takes to fill, within the SLO's slack.
+
+At the measured arrival rate, max_batch_size - 1 more requests take (b - 1) / rate to
+arrive; waiting longer gains nothing, waiting less leaves batches half full. The wait is
+capped by the part of the SLO that compute does not use (half of it, leaving room for
+queueing), and only changed when the target differs enough to matter.
+"""
+
+from __future__ import annotations
+
+from gputuned.tuners.base import Proposal, TunerInput, changed
+
+KNOB = "max_queue_delay_us"
+MIN_CHANGE_US = 200
+MIN_CHANGE_RATIO = 0.3
+
+
+class QueueDelayTuner:
+    name = "queue_delay"
+
+    def propose(self, inp: TunerInput) -> Proposal | None:
+        if KNOB not in inp.knobs or "max_batch_size" not in inp.knobs:
+            return None
+        window, size, current = inp.window, inp.knobs["max_batch_size"], inp.knobs[KNOB]
+        if size <= 1 or window.arrival_rate <= 0:
+            target = 0
+        else:
+            fill = (size - 1) / window.arrival_rate
+            slack = max(inp.slo_seconds - 2 * (window.batch_seconds or 0.0), 0.0) / 2
+            target = int(min(fill, slack) * 1e6)
+        if abs(target - current) < max(MIN_CHANGE_US, MIN_CHANGE_RATIO * current):
+            return None
+        kind = "shrink" if target < current else "explore"
+        return changed(inp, KNOB, target, f"a batch of {size} fills in about {target} us at {window.arrival_rate:.0f} req/s", kind)

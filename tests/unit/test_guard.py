@@ -1,0 +1,222 @@
+"""The guard on a simulated worker: converges, reverts harm, obeys bounds, modes and budgets.
+
+The simulated worker answers `measure(start, end)` from a known landscape of goodput and
+p99 over the knobs (with seeded noise), so the guard runs through hundreds of decisions
+in simulated time without sleeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from gputuned.performance import Measurement
+from gputuned.tuners import default_tuners
+from gputuned.tuners.base import Proposal
+from gputuned.tuners.guard import Context, Guard, GuardSettings, Mode
+
+SLO = 0.1
+BOUNDS = {"max_batch_size": (1, 512), "max_queue_delay_us": (0, 1_000_000), "streams": (1, 16), "pool_mb": (0, 4096),
+          "intra_op_threads": (1, 2)}
+DEFAULTS = {"max_batch_size": 1, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
+
+
+class SimulatedWorker:
+    """Throughput grows with batch size and a second lane (if the cores are not oversubscribed);
+    p99 grows with batch size, so the SLO caps the batch. Closed loop: batches come out full."""
+
+    def __init__(self, noise: float = 0.02, seed: int = 1, demand: float = 1.0) -> None:
+        self.knobs = dict(DEFAULTS)
+        self.applied: list[dict[str, int]] = []
+        self.rng = random.Random(seed)
+        self.noise = noise
+        self.demand = demand
+        self.oom_above: int | None = None
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        batch, lanes, threads = knobs["max_batch_size"], knobs["streams"], knobs["intra_op_threads"]
+        cores_used = lanes * threads
+        parallel = (1 + 0.3 * (lanes - 1)) if cores_used <= 2 else 0.8
+        thread_gain = 1.1 if threads == 2 and lanes == 1 else 1.0
+        throughput = 400 * (1 - 0.6 / batch**0.5) * parallel * thread_gain * self.demand / 0.4
+        p99 = 0.01 + 0.002 * batch / (1 + 0.3 * (lanes - 1))
+        return throughput, p99
+
+    def apply(self, changes: dict[str, int]) -> dict[str, int]:
+        self.knobs.update(changes)
+        self.applied.append(dict(changes))
+        return dict(changes)
+
+    def measure(self, start: float, end: float) -> Measurement | None:
+        if end - start <= 0:
+            return None
+        throughput, p99 = self.performance(self.knobs)
+        throughput *= 1 + self.rng.uniform(-self.noise, self.noise)
+        oom = 1 if self.oom_above is not None and self.knobs["max_batch_size"] > self.oom_above else 0
+        goodput = throughput if p99 <= SLO else throughput * 0.3
+        return Measurement(seconds=end - start, arrival_rate=throughput, throughput=throughput, goodput=goodput, p99=p99,
+                           failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=0.01, busy_ratio=0.95,
+                           queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0)
+
+    def context(self) -> Context:
+        return Context(dict(self.knobs), BOUNDS, "cpu", 2, 3 * 64 * 64 * 4)
+
+
+def run(guard: Guard, seconds: float, start: float = 0.0, tick: float = 0.5) -> float:
+    now = start
+    while now < start + seconds:
+        guard.step(now)
+        now += tick
+    return now
+
+
+def make(worker: SimulatedWorker, mode: Mode = Mode.AUTO, tuners=None, **settings) -> tuple[Guard, list]:
+    decisions: list = []
+    guard = Guard(GuardSettings(slo_seconds=SLO, **settings), tuners or default_tuners(), worker.context, worker.measure,
+                  worker.apply, decisions.append, mode)
+    return guard, decisions
+
+
+def best_goodput(worker: SimulatedWorker) -> float:
+    best = 0.0
+    for batch, lanes, threads in itertools.product([2**i for i in range(10)], range(1, 5), (1, 2)):
+        throughput, p99 = worker.performance({"max_batch_size": batch, "streams": lanes, "intra_op_threads": threads})
+        if p99 <= SLO:
+            best = max(best, throughput)
+    return best
+
+
+def test_converges_near_the_best_setting_within_the_slo():
+    worker = SimulatedWorker()
+    guard, decisions = make(worker)
+    run(guard, 180)
+    throughput, p99 = worker.performance(worker.knobs)
+    assert p99 <= SLO
+    assert throughput >= 0.95 * best_goodput(worker), (worker.knobs, decisions[-5:])
+    actions = {d.action for d in decisions}
+    assert {"apply", "keep", "revert"} <= actions
+    assert all(d.baseline is not None for d in decisions if d.action in ("keep", "revert"))
+
+
+def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes():
+    worker = SimulatedWorker(noise=0.0)
+    worker.knobs["max_batch_size"] = 32  # doubling to 64 breaks the SLO (p99 138 ms)
+    worker.knobs["streams"] = 1
+    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    run(guard, 60)
+    reverts = [d for d in decisions if d.action == "revert" and d.knob == "max_batch_size"]
+    assert len(reverts) == 1 and reverts[0].old == 64 and reverts[0].new == 32
+    assert "SLO" in reverts[0].reason or "harmful" in reverts[0].reason
+    assert worker.knobs["max_batch_size"] == 32
+    assert sum(1 for change in worker.applied if change == {"max_batch_size": 64}) == 1
+
+
+def test_bounds_are_obeyed():
+    worker = SimulatedWorker()
+    bounded = {**BOUNDS, "max_batch_size": (1, 8), "streams": (1, 1)}
+    worker.context = lambda: Context(dict(worker.knobs), bounded, "cpu", 2, 1)  # type: ignore[method-assign]
+    guard, _ = make(worker)
+    run(guard, 120)
+    assert all(change.get("max_batch_size", 0) <= 8 for change in worker.applied)
+    assert all(change.get("streams", 1) == 1 for change in worker.applied)
+
+
+class AlwaysWorse:
+    """A tuner that keeps proposing new harmful values of one knob."""
+
+    name = "always_worse"
+
+    def __init__(self) -> None:
+        self.counter = itertools.count(2)
+
+    def propose(self, inp):
+        return Proposal("max_queue_delay_us", next(self.counter) * 1000, "test")
+
+
+def test_the_flap_budget_stops_a_knob_that_keeps_being_reverted():
+    # Each kept batch change lets the useless queue-delay proposal be tried again; after
+    # three reverts the flap budget leaves that knob alone for the flap window.
+    worker = SimulatedWorker(noise=0.0)
+    guard, decisions = make(worker, tuners=[AlwaysWorse(), default_tuners()[0]], flap_reverts=3, flap_window=1000.0)
+    run(guard, 300)
+    reverts = [d for d in decisions if d.action == "revert" and d.knob == "max_queue_delay_us"]
+    assert len(reverts) == 3
+    assert sum(1 for d in decisions if d.action == "keep" and d.knob == "max_batch_size") >= 4
+
+
+def test_each_change_waits_for_warmup_trial_and_cooldown():
+    worker = SimulatedWorker(noise=0.0)
+    guard, decisions = make(worker, baseline_seconds=3, warmup_seconds=2, trial_seconds=4, cooldown_seconds=1)
+    run(guard, 60)
+    applies = [d.t for d in decisions if d.action == "apply"]
+    gaps = [b - a for a, b in zip(applies, applies[1:])]
+    assert gaps and min(gaps) >= 2 + 4 + 1
+
+
+def test_recommend_mode_changes_nothing_and_says_what_it_would_do():
+    worker = SimulatedWorker()
+    guard, decisions = make(worker, Mode.RECOMMEND)
+    run(guard, 60)
+    assert worker.applied == []
+    assert decisions and all(d.action == "recommend" for d in decisions)
+    assert len({(d.knob, d.new) for d in decisions}) == len(decisions)  # each said once
+
+
+def test_frozen_mode_and_frozen_knobs():
+    worker = SimulatedWorker()
+    guard, decisions = make(worker, Mode.FROZEN)
+    run(guard, 60)
+    assert worker.applied == [] and decisions == []
+    guard.set_mode(Mode.AUTO)
+    guard.freeze(["max_batch_size"])
+    run(guard, 60, start=60)
+    assert worker.applied and all("max_batch_size" not in change for change in worker.applied)
+    guard.resume()
+    run(guard, 60, start=120)
+    assert any("max_batch_size" in change for change in worker.applied)
+
+
+def test_out_of_memory_halves_the_batch_and_remembers_the_ceiling():
+    worker = SimulatedWorker(noise=0.0)
+    worker.knobs["max_batch_size"] = 16
+    worker.oom_above = 8
+    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    run(guard, 120)
+    assert worker.knobs["max_batch_size"] <= 8
+    assert guard.view().ceilings["max_batch_size"] == 15
+    assert not any(change.get("max_batch_size", 0) > 15 for change in worker.applied)
+
+
+def test_a_workload_shift_restarts_exploration():
+    worker = SimulatedWorker(noise=0.0)
+    guard, decisions = make(worker)
+    now = run(guard, 120)
+    worker.demand = 0.3  # a third of the traffic
+    run(guard, 60, start=now)
+    shifts = [d for d in decisions if d.action == "shift"]
+    assert len(shifts) == 1 and "exploring again" in shifts[0].reason
+
+
+def test_a_refused_change_is_recorded_and_not_retried():
+    worker = SimulatedWorker()
+
+    def refuse(changes):
+        raise RuntimeError("worker not connected")
+
+    decisions: list = []
+    guard = Guard(GuardSettings(slo_seconds=SLO), default_tuners(), worker.context, worker.measure, refuse, decisions.append)
+    run(guard, 30)
+    refusals = [d for d in decisions if d.action == "refuse"]
+    assert refusals and "worker not connected" in refusals[0].reason
+    assert len({(d.knob, d.new) for d in refusals}) == len(refusals)
+
+
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_convergence_holds_across_noise_seeds(seed):
+    worker = SimulatedWorker(noise=0.04, seed=seed)
+    guard, _ = make(worker)
+    run(guard, 240)
+    throughput, p99 = worker.performance(worker.knobs)
+    assert p99 <= SLO and throughput >= 0.9 * best_goodput(worker), worker.knobs

@@ -1,0 +1,79 @@
+"""Each tuner on synthetic windows: same input, same proposal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gputuned.performance import Measurement
+from gputuned.tuners import default_tuners
+from gputuned.tuners.base import TunerInput
+from gputuned.tuners.batch import BatchTuner
+from gputuned.tuners.pool import PoolTuner, working_set_mb
+from gputuned.tuners.queue_delay import QueueDelayTuner
+from gputuned.tuners.streams import StreamsTuner
+from gputuned.tuners.threads import ThreadsTuner
+
+WINDOW = Measurement(seconds=3, arrival_rate=500, throughput=500, goodput=500, p99=0.05, failed=0, mean_batch=8,
+                     batch_seconds=0.02, busy_ratio=0.9, queue_depth=4, lanes=1, oom=0, pool_hits=0, pool_misses=10)
+KNOBS = {"max_batch_size": 8, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
+BOUNDS = {"max_batch_size": (1, 512), "max_queue_delay_us": (0, 1_000_000), "streams": (1, 16), "pool_mb": (0, 4096),
+          "intra_op_threads": (1, 2)}
+
+
+def inp(window=WINDOW, knobs=None, device="cpu", **kw) -> TunerInput:
+    return TunerInput(window, {**KNOBS, **(knobs or {})}, BOUNDS, 0.1, device, 2, 3 * 64 * 64 * 4, **kw)
+
+
+def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
+    tuner = BatchTuner()
+    assert tuner.propose(inp()).value == 16 and tuner.propose(inp()).kind == "explore"
+    assert tuner.propose(inp(replace(WINDOW, mean_batch=3))) is None
+    breach = tuner.propose(inp(replace(WINDOW, p99=0.2)))
+    assert (breach.value, breach.kind) == (4, "backoff") and "over the 100 ms SLO" in breach.reason
+    assert tuner.propose(inp(replace(WINDOW, oom=2))).value == 4
+    assert tuner.propose(inp(replace(WINDOW, pcie_utilization=0.93))).value == 6
+    assert tuner.propose(inp(knobs={"max_batch_size": 512})) is None  # at its bound
+    assert tuner.propose(inp(ceilings={"max_batch_size": 11})).value == 11  # a learned OOM ceiling
+
+
+def test_queue_delay_targets_the_fill_time_within_the_slo_slack():
+    tuner = QueueDelayTuner()
+    proposal = tuner.propose(inp(knobs={"max_batch_size": 8}))
+    assert proposal.value == int(7 / 500 * 1e6)  # 14 ms to fill 7 more at 500/s
+    slow = replace(WINDOW, arrival_rate=10)
+    assert tuner.propose(inp(slow)).value == int((0.1 - 0.04) / 2 * 1e6)  # capped by the slack
+    assert tuner.propose(inp(knobs={"max_batch_size": 1, "max_queue_delay_us": 0})) is None
+    assert tuner.propose(inp(knobs={"max_queue_delay_us": 14_100})) is None  # close enough
+
+
+def test_streams_adds_a_lane_when_saturated_and_drops_idle_ones():
+    tuner = StreamsTuner()
+    assert tuner.propose(inp()).value == 2
+    assert tuner.propose(inp(replace(WINDOW, busy_ratio=0.2), knobs={"streams": 3})).value == 2
+    assert tuner.propose(inp(replace(WINDOW, busy_ratio=0.6))) is None
+    gpu_full = replace(WINDOW, device_busy=0.99)
+    assert tuner.propose(inp(gpu_full, device="cuda")) is None
+    assert tuner.propose(inp(gpu_full, device="cpu")).value == 2  # on the CPU the trial decides
+
+
+def test_pool_covers_the_working_set_and_shrinks_when_idle_or_oversized():
+    tuner = PoolTuner()
+    need = working_set_mb(inp())
+    assert need == 1  # 8 items x 48 KiB x 2 blocks (one lane + one filling) x 1.25 = 0.94 MiB
+    assert tuner.propose(inp()).value == need and tuner.propose(inp()).kind == "neutral"
+    assert tuner.propose(inp(replace(WINDOW, arrival_rate=0), knobs={"pool_mb": 64})).value == 0
+    assert tuner.propose(inp(replace(WINDOW, pool_misses=0), knobs={"pool_mb": 64})).value == need
+    assert tuner.propose(inp(replace(WINDOW, pool_misses=0), knobs={"pool_mb": need})) is None
+
+
+def test_threads_share_the_cores_between_lanes():
+    tuner = ThreadsTuner()
+    assert tuner.propose(inp(knobs={"streams": 2, "intra_op_threads": 2})).value == 1
+    assert tuner.propose(inp(knobs={"streams": 1, "intra_op_threads": 1})).value == 2
+    assert tuner.propose(inp(knobs={"streams": 1, "intra_op_threads": 2})) is None
+    assert tuner.propose(inp(device="cuda")) is None
+
+
+def test_tuners_are_pure():
+    for tuner in default_tuners():
+        assert tuner.propose(inp()) == tuner.propose(inp())
