@@ -6,8 +6,8 @@ instead of silently emptying a panel.
 
 from __future__ import annotations
 
-from gputuned.collectors import host, numa, nvml, pcie, worker
+from gputuned.collectors import host, numa, nvml, pcie, tuner, worker
 from gputuned.exporter import SELF_SPECS
 from gputuned.samples import MetricSpec
 
-METRIC_SPECS: tuple[MetricSpec, ...] = (*nvml.SPECS, *pcie.SPECS, *numa.SPECS, *host.SPECS, *worker.SPECS, *SELF_SPECS)
+METRIC_SPECS: tuple[MetricSpec, ...] = (*nvml.SPECS, *pcie.SPECS, *numa.SPECS, *host.SPECS, *worker.SPECS, *tuner.SPECS, *SELF_SPECS)

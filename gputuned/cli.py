@@ -53,6 +53,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="a control socket: the daemon's admin.sock (default) or a worker's own")
     knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
 
+    tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
+    tune.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
+    tune.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    tune.add_argument("--mode", choices=("auto", "recommend", "frozen"), help="auto, recommend (dry run) or frozen")
+    tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
+
     install = commands.add_parser("install", help="install the systemd unit and the example config")
     install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
@@ -177,6 +183,23 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace, config: Config) -> int:
+    from gputuned.control.client import ControlClient, ControlError
+
+    fields: dict = {"resume": args.resume}
+    if args.mode:
+        fields["mode"] = args.mode
+    try:
+        with ControlClient(_admin_socket(args, config)) as client:
+            tuner = client.request("tune", **fields)["status"]["tuner"]
+    except ControlError as exc:
+        print(f"gputuned tune: {exc}", file=sys.stderr)
+        return 1
+    frozen = ", ".join(tuner["frozen_knobs"]) or "none"
+    print(f"tuner: {tuner['mode']} ({tuner['phase']}); knobs frozen by hand: {frozen}")
+    return 0
+
+
 def _load(args: argparse.Namespace) -> int:
     from gputuned.loadgen import LoadPlan, main as load_main
 
@@ -218,5 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return _set(args, config)
     if args.command == "status":
         return _status(args, config)
+    if args.command == "tune":
+        return _tune(args, config)
     _configure_logging(config.log.level)
     return _run(args, config)

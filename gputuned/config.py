@@ -150,6 +150,23 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    """The autotuning loop: what it optimises and how carefully it changes things."""
+
+    mode: str = _choice("auto", "auto", "recommend", "frozen")
+    slo_p99_ms: float = _bounded(100.0, 0.1, 600_000.0)
+    interval_seconds: float = _bounded(0.5, 0.1, 60.0)
+    baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
+    warmup_seconds: float = _bounded(1.0, 0.0, 600.0)
+    trial_seconds: float = _bounded(3.0, 0.5, 600.0)
+    cooldown_seconds: float = _bounded(0.5, 0.0, 600.0)
+    min_margin: float = _bounded(0.03, 0.0, 1.0)
+    flap_reverts: int = _bounded(3, 1, 100)
+    flap_window_seconds: float = _bounded(300.0, 1.0, 86400.0)
+    shift_threshold: float = _bounded(0.5, 0.05, 100.0)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = _choice("info", "debug", "info", "warning", "error")
 
@@ -162,6 +179,7 @@ class Config:
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
 

@@ -12,6 +12,7 @@ the receiver can answer with a nack and carry on. Version 1 messages:
     nack   either            {"error": "...", "seq": n (when known)}
     stats  worker -> client  {"t": unix_time, "stats": {...cumulative counters and gauges}}
     status client -> either  {"seq": n}; the answer carries {"seq": n, "status": {...}}
+    tune   client -> daemon  {"seq": n, "mode": "auto|recommend|frozen", "resume": true}; answered with a status
     ping / pong  either      {"seq": n}
 """
 
@@ -32,6 +33,7 @@ _SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "nack": ({"error": str}, {"seq": int}),
     "stats": ({"t": _NUMBER, "stats": dict}, {}),
     "status": ({"seq": int}, {"status": dict}),
+    "tune": ({"seq": int}, {"mode": str, "resume": bool}),
     "ping": ({"seq": int}, {}),
     "pong": ({"seq": int}, {}),
 }
@@ -47,13 +49,15 @@ class ProtocolError(ValueError):
 
 
 def _type_name(types: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", dict: "an object"}
+    names = {int: "an integer", float: "a number", str: "a string", dict: "an object", bool: "a boolean"}
     if isinstance(types, tuple):
         return "a number"
     return names[types]
 
 
 def _is(value: Any, types: Any) -> bool:
+    if types is bool:
+        return isinstance(value, bool)
     return isinstance(value, types) and not isinstance(value, bool)
 
 

@@ -213,6 +213,11 @@ class ControlServer:
             return message("pong", seq=request["seq"])
         if kind == "status" and "status" not in request:
             return message("status", seq=request["seq"], status=self._handler.status())
+        if kind == "tune" and hasattr(self._handler, "tune"):
+            try:
+                return message("status", seq=request["seq"], status=self._handler.tune(request.get("mode"), request.get("resume", False)))
+            except KnobError as exc:
+                return nack(str(exc), request["seq"])
         if kind == "set":
             try:
                 applied = self._handler.apply(request["knobs"])

@@ -2,8 +2,9 @@
 
 It speaks the control protocol (the same framing, validation, size limits, peer
 credential check and connection cap as a worker's socket): a hello carrying the
-worker's knob schema, `set` forwarded to the worker (and recorded as accepted), and
-`status` answered with the report built in `gputuned/daemon/status.py`.
+worker's knob schema, `set` forwarded to the worker (recorded as accepted, and frozen
+for the tuner until `tune --resume`), `tune` to change the tuner's mode, and `status`
+answered with the report built in `gputuned/daemon/status.py`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from gputuned.knobs import KnobError
 
 class AdminHandler:
     def __init__(self, status: Callable[[], dict[str, Any]], worker_hello: Callable[[], dict[str, Any] | None],
-                 set_knobs: Callable[[dict[str, int]], dict[str, int]] | None) -> None:
+                 set_knobs: Callable[[dict[str, int]], dict[str, int]] | None,
+                 tune: Callable[[str | None, bool], dict[str, Any]]) -> None:
         self._status = status
         self._worker_hello = worker_hello
         self._set_knobs = set_knobs
+        self.tune = tune
 
     def hello(self) -> dict[str, Any]:
         worker = self._worker_hello()

@@ -9,6 +9,7 @@ stays testable on its own.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gputuned.collectors import CollectorContext, build_collectors
 from gputuned.collectors.nvml_session import NvmlSession, read_pci_numa_node
+from gputuned.collectors.tuner import TunerCollector
 from gputuned.collectors.worker import WorkerCollector
 from gputuned.config import Config, ConfigError, load_config, parse_listen_address
 from gputuned.control.server import ControlServer, ServerThread
@@ -35,14 +37,21 @@ from gputuned.daemon.state import KnobStore, workload_key
 from gputuned.daemon.status import PERFORMANCE_WINDOW_SECONDS, build_status
 from gputuned.daemon.supervisor import RestartPolicy, Supervisor, WorkerLaunch, WorkerState
 from gputuned.exporter import build_registry, serve_metrics
+from gputuned.knobs import KnobError
+from gputuned.performance import Measurement, measure
 from gputuned.sampler import Sampler
 from gputuned.samples import WorkerTarget
 from gputuned.store import SampleStore
+from gputuned.tuners import default_tuners
+from gputuned.tuners.guard import Context, Decision, Guard, GuardSettings, Mode
 
 log = logging.getLogger(__name__)
 
 SAMPLE_JOB_ID = "sample"
+TUNE_JOB_ID = "tune"
 STATUS_EVERY_SECONDS = 5.0
+# Bytes per item of each Open Inference Protocol datatype (sizes the buffer pool).
+ITEM_BYTES = {"FP32": 4, "FP16": 2, "FP64": 8, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "UINT8": 1, "BOOL": 1}
 
 
 def worker_gpu(device: str, gpu_count: int) -> int | None:
@@ -107,6 +116,9 @@ class Daemon:
         self._server: Any = None
         self._admin: ServerThread | None = None
         self.supervisor: Supervisor | None = None
+        self.guard: Guard | None = None
+        self._tuned_pid: int | None = None
+        self._decision_log_error: str | None = None
         self._knob_store = KnobStore(Path(config.paths.state_dir))
         self._worker_gpu: int | None = None
         self._started_at = time.time()
@@ -156,7 +168,8 @@ class Daemon:
         collectors = build_collectors(enabled, context)
         if self._supervise:
             self.supervisor = self._build_supervisor(context)
-            collectors.append(WorkerCollector(self.supervisor.status))
+            self.guard = self._build_guard()
+            collectors += [WorkerCollector(self.supervisor.status), TunerCollector(self.guard.view)]
             self.supervisor.start()
         self._sampler = Sampler(collectors, self.store, self._target)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
@@ -166,6 +179,8 @@ class Daemon:
         self._scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
         self._scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES)
         self._scheduler.add_job(self._sample_round, "interval", seconds=config.sampling.interval_seconds, id=SAMPLE_JOB_ID)
+        if self.guard is not None:
+            self._scheduler.add_job(self._tune, "interval", seconds=config.tuning.interval_seconds, id=TUNE_JOB_ID)
         self._scheduler.start()
 
         host, port = config.metrics.address
@@ -229,6 +244,110 @@ class Daemon:
     def _record_applied(self, hello: dict[str, Any], applied: dict[str, int]) -> None:
         self._knob_store.accept(workload_key(hello), applied)
 
+    # --- tuning ------------------------------------------------------------------------------
+
+    def _build_guard(self) -> Guard:
+        t = self._config.tuning
+        settings = GuardSettings(
+            slo_seconds=t.slo_p99_ms / 1000, baseline_seconds=t.baseline_seconds, warmup_seconds=t.warmup_seconds,
+            trial_seconds=t.trial_seconds, cooldown_seconds=t.cooldown_seconds, min_margin=t.min_margin,
+            flap_reverts=t.flap_reverts, flap_window=t.flap_window_seconds, shift_threshold=t.shift_threshold,
+        )
+        return Guard(settings, default_tuners(), self._tuning_context, self._measure_window, self._tuning_apply,
+                     self._record_decision, Mode(t.mode))
+
+    def _tune(self) -> None:
+        """The tuning job: restart exploration for a new worker, then one guard step."""
+        assert self.guard is not None and self.supervisor is not None
+        now = time.time()
+        pid = self.supervisor.status().pid
+        if pid != self._tuned_pid:
+            self._tuned_pid = pid
+            self.guard.restart_exploration(now)
+        self.guard.step(now)
+
+    def _tuning_context(self) -> Context | None:
+        assert self.supervisor is not None
+        status = self.supervisor.status()
+        if status.state is not WorkerState.READY or status.hello is None:
+            return None
+        identity = status.hello.get("worker", {})
+        bounds = {name: (spec["min"], spec["max"]) for name, spec in status.hello["knobs"].items() if spec.get("live", True)}
+        spec = identity.get("input", {})
+        items = 1
+        for dim in spec.get("shape", []):
+            items *= int(dim)
+        cores = len(status.placement.cpus) if status.placement else len(os.sched_getaffinity(0))
+        device = "cuda" if str(identity.get("device", "cpu")).startswith("cuda") else "cpu"
+        return Context(status.knobs, bounds, device, cores, items * ITEM_BYTES.get(spec.get("dtype", "FP32"), 4))
+
+    def _ring_mean(self, name: str, labels: tuple[str, ...] | None, start: float, end: float) -> float | None:
+        """Mean of a sampled series over [start, end]; labels None averages every series of it."""
+        series = [labels] if labels is not None else sorted({s.labels for snap in self.store.snapshots()
+                                                             for s in snap.samples if s.spec.name == name})
+        values = [v for key in series for t, v in self.store.window(name, key) if start <= t <= end]
+        return sum(values) / len(values) if values else None
+
+    def _measure_window(self, start: float, end: float) -> Measurement | None:
+        assert self.supervisor is not None
+        bounds = self.supervisor.stats_between(start, end)
+        if bounds is None:
+            return None
+        (t0, older), (t1, newer) = bounds
+        if t1 - t0 < 0.5 * (end - start):
+            return None  # the reports do not cover enough of the window
+        gpu = self._worker_gpu
+        if gpu is None:
+            device_busy = self._ring_mean("gputuned_host_cpu_busy_ratio", None, t0, t1)
+            pcie = None
+        else:
+            device_busy = self._ring_mean("gputuned_gpu_utilization_ratio", (str(gpu),), t0, t1)
+            pcie = self._ring_mean("gputuned_pcie_utilization_ratio", (str(gpu),), t0, t1)
+        return measure(older, newer, t1 - t0, self._config.tuning.slo_p99_ms / 1000, device_busy, pcie)
+
+    def _tuning_apply(self, changes: dict[str, int]) -> dict[str, int]:
+        assert self.supervisor is not None
+        return self.supervisor.set_knobs(changes, persist=False)
+
+    def _record_decision(self, decision: Decision) -> None:
+        """Appends the decision to STATE_DIR/decisions.jsonl; a kept change is persisted as accepted."""
+        assert self.supervisor is not None
+        if decision.action == "keep":
+            status = self.supervisor.status()
+            if status.hello is not None:
+                self._knob_store.accept(workload_key(status.hello), dict(status.knobs))
+        path = Path(self._config.paths.state_dir) / "decisions.jsonl"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as log_file:
+                log_file.write(json.dumps(decision.to_json(), separators=(",", ":")) + "\n")
+            self._decision_log_error = None
+        except OSError as exc:
+            if self._decision_log_error is None:
+                log.warning("cannot append to %s (%s); decisions stay in memory", path, exc.strerror or exc)
+            self._decision_log_error = str(exc)
+
+    def manual_set(self, changes: dict[str, int]) -> dict[str, int]:
+        """`gputuned set`: applies, records as accepted, and freezes those knobs for the tuner."""
+        assert self.supervisor is not None
+        applied = self.supervisor.set_knobs(changes)
+        if self.guard is not None:
+            self.guard.freeze(list(applied))
+        return applied
+
+    def tune(self, mode: str | None, resume: bool) -> dict[str, Any]:
+        """`gputuned tune`: changes the tuner's mode and/or unfreezes hand-set knobs."""
+        if self.guard is None:
+            raise KnobError("this daemon runs without a worker (--no-worker); there is nothing to tune")
+        if mode is not None:
+            try:
+                self.guard.set_mode(Mode(mode))
+            except ValueError:
+                raise KnobError(f"mode {mode!r} is not one of auto, recommend, frozen") from None
+        if resume:
+            self.guard.resume()
+        return self.status_report()
+
     def _admin_handler(self) -> AdminHandler:
         def worker_hello() -> dict[str, Any] | None:
             if self.supervisor is None:
@@ -239,13 +358,14 @@ class Daemon:
             knobs = {name: {**spec, "value": status.knobs.get(name, spec["value"])} for name, spec in status.hello["knobs"].items()}
             return {**status.hello, "knobs": knobs}
 
-        return AdminHandler(self.status_report, worker_hello, self.supervisor.set_knobs if self.supervisor else None)
+        return AdminHandler(self.status_report, worker_hello, self.manual_set if self.supervisor else None, self.tune)
 
     def status_report(self) -> dict[str, Any]:
         worker = self.supervisor.status() if self.supervisor else None
         performance = self.supervisor.performance(PERFORMANCE_WINDOW_SECONDS) if self.supervisor else None
         host, port = self.metrics_address
-        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics")
+        tuner = self.guard.view() if self.guard else None
+        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner)
 
     # --- the work loop ----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from gputuned import __version__
 from gputuned.store import SampleStore
 
 PERFORMANCE_WINDOW_SECONDS = 10.0
+DECISIONS_SHOWN = 10
 _GPU_FIELDS = {
     "gputuned_gpu_utilization_ratio": "utilization",
     "gputuned_gpu_memory_used_bytes": "memory_used_bytes",
@@ -43,9 +44,11 @@ def _offnode_ratio(store: SampleStore) -> float | None:
     return points[-1][1] if points else None
 
 
-def build_status(store: SampleStore, worker: Any, performance: Any, started_at: float, metrics_url: str) -> dict[str, Any]:
+def build_status(store: SampleStore, worker: Any, performance: Any, started_at: float, metrics_url: str,
+                 tuner: Any = None) -> dict[str, Any]:
     """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` its
-    WindowPerformance over the last PERFORMANCE_WINDOW_SECONDS (None when unknown)."""
+    WindowPerformance over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
+    `tuner` the guard's GuardView."""
     now = time.time()
     report: dict[str, Any] = {
         "daemon": {"version": __version__, "uptime_seconds": now - started_at, "metrics": metrics_url},
@@ -54,8 +57,12 @@ def build_status(store: SampleStore, worker: Any, performance: Any, started_at: 
         "worker": None,
         "knobs": {},
         "performance": None,
+        "tuner": None,
         "decisions": [],
     }
+    if tuner is not None:
+        report["tuner"] = {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs}
+        report["decisions"] = [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]]
     if worker is not None:
         identity = (worker.hello or {}).get("worker", {})
         report["worker"] = {
@@ -139,7 +146,14 @@ def format_status(report: dict[str, Any]) -> str:
         if report["knobs"]:
             lines += _table(["KNOB", "VALUE"], [[name, str(value)] for name, value in sorted(report["knobs"].items())])
     lines.append("")
+    tuner = report.get("tuner")
+    if tuner is not None:
+        frozen = f", frozen by hand: {', '.join(tuner['frozen_knobs'])}" if tuner["frozen_knobs"] else ""
+        lines.append(f"tuner: {tuner['mode']} ({tuner['phase']}){frozen}")
     decisions = report["decisions"]
     lines.append("decisions: none yet" if not decisions else "last decisions:")
-    lines += [f"  {d}" for d in decisions]
+    for d in decisions:
+        when = time.strftime("%H:%M:%S", time.localtime(d["t"]))
+        change = f"{d['old']} -> {d['new']}" if d["new"] is not None else ""
+        lines.append(f"  {when} {d['action']:<9} {d['knob']} {change}: {d['reason']}")
     return "\n".join(lines)

@@ -190,15 +190,28 @@ class Supervisor:
                     break
         return window_performance(older, newest, newest_t - older_t)
 
-    def set_knobs(self, changes: dict[str, int]) -> dict[str, int]:
-        """Sends a set to the worker; returns what it applied. ControlError if refused or not connected."""
+    def stats_between(self, start: float, end: float) -> tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None:
+        """The stats reports that bound [start, end] best: the last at or before each time."""
+        with self._lock:
+            history = list(self._history)
+        older = [entry for entry in history if entry[0] <= start] or history[:1]
+        newer = [entry for entry in history if entry[0] <= end]
+        if not older or not newer or newer[-1][0] <= older[-1][0]:
+            return None
+        return older[-1], newer[-1]
+
+    def set_knobs(self, changes: dict[str, int], persist: bool = True) -> dict[str, int]:
+        """Sends a set to the worker; returns what it applied. ControlError if refused or not connected.
+
+        `persist` records the values as accepted (the tuner's trials are not, until kept)."""
         with self._lock:
             if self._client is None or self._hello is None:
                 raise ControlError(f"the worker is not connected ({self._state.value}: {self._message})")
             applied = self._client.set(changes)
             self._knobs.update(applied)
             hello = self._hello
-        self._on_applied(hello, applied)
+        if persist:
+            self._on_applied(hello, applied)
         return applied
 
     def stop(self) -> int | None:

@@ -36,6 +36,9 @@ from gputuned.tuners.base import Proposal, Tuner, TunerInput
 
 log = logging.getLogger(__name__)
 
+OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
+MAX_MARGIN = 0.15
+
 
 class Mode(enum.Enum):
     AUTO = "auto"
@@ -103,7 +106,7 @@ class _Trial:
     proposal: Proposal
     previous: dict[str, int]  # every knob the change touched, as it was
     baseline: Measurement
-    margin: float
+    margins: dict[str, float]  # noise of goodput and throughput in the baseline
     start: float  # when measuring starts (after warmup)
 
 
@@ -201,8 +204,10 @@ class Guard:
         log.info("tuner %s %s %s -> %s: %s", action, knob, old, new, reason)
         self._record(decision)
 
-    def _baseline(self, now: float) -> tuple[Measurement, float] | None:
-        """The settled window at the current settings, and its noise (from its two halves)."""
+    def _baseline(self, now: float) -> tuple[Measurement, dict[str, float]] | None:
+        """The settled window at the current settings, and the noise of goodput and of
+        throughput: the relative difference between its two halves, at least min_margin,
+        at most MAX_MARGIN (noisier than that, a window says nothing anyway)."""
         start = max(self._since, now - self.settings.baseline_seconds)
         if now - start < self.settings.baseline_seconds:
             return None
@@ -211,8 +216,12 @@ class Guard:
         first, second = self._measure(start, middle), self._measure(middle, now)
         if whole is None or first is None or second is None:
             return None
-        spread = abs(first.goodput - second.goodput) / max(first.goodput + second.goodput, 1e-9)
-        return whole, max(self.settings.min_margin, 2 * spread)
+        margins = {}
+        for metric in ("goodput", "throughput"):
+            a, b = getattr(first, metric), getattr(second, metric)
+            spread = 2 * abs(a - b) / max(a + b, 1e-9)
+            margins[metric] = min(max(self.settings.min_margin, spread), MAX_MARGIN)
+        return whole, margins
 
     @staticmethod
     def _direction(proposal: Proposal, old: int) -> tuple[str, int, int]:
@@ -231,7 +240,7 @@ class Guard:
         context = self._context()
         if measured is None or context is None:
             return
-        baseline, margin = measured
+        baseline, margins = measured
         if self._shifted(baseline, now):
             return
         inp = TunerInput(baseline, context.knobs, context.bounds, self.settings.slo_seconds, context.device,
@@ -243,7 +252,7 @@ class Guard:
                 continue
             if self._blocked(proposal, context.knobs[proposal.knob], now):
                 continue
-            self._act(proposal, context.knobs[proposal.knob], baseline, margin, now)
+            self._act(proposal, context.knobs[proposal.knob], baseline, margins, now)
             return
 
     def _shifted(self, baseline: Measurement, now: float) -> bool:
@@ -262,7 +271,7 @@ class Guard:
         self.restart_exploration(now)
         return True
 
-    def _act(self, proposal: Proposal, old: int, baseline: Measurement, margin: float, now: float) -> None:
+    def _act(self, proposal: Proposal, old: int, baseline: Measurement, margins: dict[str, float], now: float) -> None:
         if self.mode is Mode.RECOMMEND:
             self._decide(now, proposal.knob, "recommend", old, proposal.value, proposal.reason, baseline)
             self._rejected.add(self._direction(proposal, old))  # say it once
@@ -280,7 +289,7 @@ class Guard:
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
         self._trial = _Trial(Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also), previous,
-                             baseline, margin, now + self.settings.warmup_seconds)
+                             baseline, margins, now + self.settings.warmup_seconds)
         self._phase = Phase.WARMUP
 
     def _step_trial(self, now: float) -> None:
@@ -315,20 +324,26 @@ class Guard:
 
     def _judge(self, trial: _Trial, window: Measurement) -> str | None:
         """None to keep the change, else why it is reverted."""
-        base, margin, slo = trial.baseline, trial.margin, self.settings.slo_seconds
-        slo_ok = window.p99 is None or window.p99 <= slo
+        base, slo = trial.baseline, self.settings.slo_seconds
+        improved_p99 = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
+        base_breached = base.p99 is not None and base.p99 > slo
+        slo_ok = window.p99 is None or window.p99 <= slo or (base_breached and improved_p99)
         if trial.proposal.kind == "backoff":
-            improved = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
-            return None if slo_ok or improved else "p99 did not come down"
+            return None if slo_ok or improved_p99 else "p99 did not come down"
         if not slo_ok:
             return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO"
+        # Goodput is the objective; while almost nothing meets the SLO (overload), throughput
+        # is what drains the queue, so it is compared instead.
+        overloaded = base.goodput < OVERLOAD_SHARE * base.throughput
+        metric = "throughput" if overloaded else "goodput"
+        before, after, margin = getattr(base, metric), getattr(window, metric), trial.margins[metric]
         if trial.proposal.kind == "explore":
-            if window.goodput > base.goodput * (1 + margin):
+            if after > before * (1 + margin):
                 return None
-            return f"goodput {window.goodput:.1f}/s did not beat {base.goodput:.1f}/s by the {margin:.0%} noise margin"
-        if window.goodput >= base.goodput * (1 - margin):
+            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {margin:.0%} noise margin"
+        if after >= before * (1 - margin):
             return None
-        return f"goodput fell from {base.goodput:.1f}/s to {window.goodput:.1f}/s"
+        return f"{metric} fell from {before:.1f}/s to {after:.1f}/s"
 
     def _revert(self, trial: _Trial, window: Measurement, now: float, why: str) -> None:
         knob = trial.proposal.knob

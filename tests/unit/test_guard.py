@@ -57,7 +57,7 @@ class SimulatedWorker:
         oom = 1 if self.oom_above is not None and self.knobs["max_batch_size"] > self.oom_above else 0
         goodput = throughput if p99 <= SLO else throughput * 0.3
         return Measurement(seconds=end - start, arrival_rate=throughput, throughput=throughput, goodput=goodput, p99=p99,
-                           failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=0.01, busy_ratio=0.95,
+                           failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=p99 / 2, busy_ratio=0.95,
                            queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0)
 
     def context(self) -> Context:

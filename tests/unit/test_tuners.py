@@ -28,8 +28,10 @@ def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
     tuner = BatchTuner()
     assert tuner.propose(inp()).value == 16 and tuner.propose(inp()).kind == "explore"
     assert tuner.propose(inp(replace(WINDOW, mean_batch=3))) is None
-    breach = tuner.propose(inp(replace(WINDOW, p99=0.2)))
+    breach = tuner.propose(inp(replace(WINDOW, p99=0.2, batch_seconds=0.04)))  # the batch itself takes 40% of the SLO
     assert (breach.value, breach.kind) == (4, "backoff") and "over the 100 ms SLO" in breach.reason
+    queueing = tuner.propose(inp(replace(WINDOW, p99=0.2, batch_seconds=0.005)))  # quick batches, long queue: grow
+    assert (queueing.value, queueing.kind) == (16, "explore")
     assert tuner.propose(inp(replace(WINDOW, oom=2))).value == 4
     assert tuner.propose(inp(replace(WINDOW, pcie_utilization=0.93))).value == 6
     assert tuner.propose(inp(knobs={"max_batch_size": 512})) is None  # at its bound
