@@ -59,6 +59,20 @@ def _build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--mode", choices=("auto", "recommend", "frozen"), help="auto, recommend (dry run) or frozen")
     tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
 
+    sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
+    sweep.add_argument("grid", nargs="+", metavar="KNOB=V1,V2,...", help="e.g. max_batch_size=1,4,16 streams=1,2")
+    sweep.add_argument("--url", default="http://127.0.0.1:8000", help="the worker's v2 endpoint")
+    sweep.add_argument("--socket", type=Path, required=True, help="the worker's control socket (or the daemon's admin.sock)")
+    sweep_load = sweep.add_mutually_exclusive_group()
+    sweep_load.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
+    sweep_load.add_argument("--rate", type=float, help="open-loop arrivals per second")
+    sweep.add_argument("--slo-ms", type=float, default=100.0, help="p99 latency SLO in ms (default 100)")
+    sweep.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measurement")
+    sweep.add_argument("--window", type=float, default=2.0, help="seconds per measured window")
+    sweep.add_argument("--repeats", type=int, default=2, help="measured windows per setting (medians are reported)")
+    sweep.add_argument("--csv", type=Path, default=Path("sweep.csv"))
+    sweep.add_argument("--png", type=Path, default=Path("sweep.png"))
+
     install = commands.add_parser("install", help="install the systemd unit and the example config")
     install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
@@ -200,6 +214,15 @@ def _tune(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from gputuned.sweep import main as sweep_main
+
+    if args.window <= 0 or args.repeats < 1 or args.warmup < 0:
+        print("gputuned sweep: --window and --repeats must be positive, --warmup not negative", file=sys.stderr)
+        return 2
+    return sweep_main(args)
+
+
 def _load(args: argparse.Namespace) -> int:
     from gputuned.loadgen import LoadPlan, main as load_main
 
@@ -215,7 +238,7 @@ def _load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    standalone = {"worker": _worker, "load": _load, "install": _install}
+    standalone = {"worker": _worker, "load": _load, "install": _install, "sweep": _sweep}
     if args.command in standalone:
         return standalone[args.command](args)
     try:

@@ -17,9 +17,9 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${GPUTUNED_TORCH:-torch==2.13.0}"
 if [ "$with_tests" = 1 ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,test]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep,test]"
 else
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep]"
 fi
 
 # Debian packages the tests use: prometheus (the server and promtool) and systemd
