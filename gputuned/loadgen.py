@@ -41,6 +41,7 @@ class LoadPlan:
     duration: float = 60.0
     batch: int = 1  # items per request
     seed: int = 0
+    timeline: bool = False  # keep (completion time, latency) of every request, for curves over time
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter when sent, kind), the first 10,000
+    timeline: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter when done, latency) if asked
     elapsed: float = 0.0
 
     def percentile(self, q: float) -> float | None:
@@ -125,8 +127,11 @@ class _Run:
             async with self.session.post(self.url, data=self.body, headers=self.headers) as response:
                 await response.read()
                 if response.status == 200:
+                    done = time.perf_counter()
                     self.result.ok += 1
-                    self.result.latencies.append(time.perf_counter() - scheduled)
+                    self.result.latencies.append(done - scheduled)
+                    if self.plan.timeline:
+                        self.result.timeline.append((done, done - scheduled))
                     return
                 kind = f"http_{response.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

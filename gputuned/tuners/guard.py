@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
 MAX_MARGIN = 0.15
+HARM_WINDOW_SECONDS = 1.0  # the shortest window harm is judged on
 
 
 class Mode(enum.Enum):
@@ -108,6 +109,7 @@ class _Trial:
     baseline: Measurement
     margins: dict[str, float]  # noise of goodput and throughput in the baseline
     start: float  # when measuring starts (after warmup)
+    applied_at: float  # harm is watched for from here, warmup included
 
 
 @dataclass
@@ -289,19 +291,22 @@ class Guard:
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
         self._trial = _Trial(Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also), previous,
-                             baseline, margins, now + self.settings.warmup_seconds)
+                             baseline, margins, now + self.settings.warmup_seconds, now)
         self._phase = Phase.WARMUP
 
     def _step_trial(self, now: float) -> None:
         trial = self._trial
         assert trial is not None
+        # Harm is watched for from the moment of the change: the warmup excuses noise, not damage.
+        if now - trial.applied_at >= HARM_WINDOW_SECONDS:
+            recent = self._measure(max(trial.applied_at, now - 2 * HARM_WINDOW_SECONDS), now)
+            if recent is not None and self._harmful(trial, recent):
+                self._revert(trial, recent, now, "harmful during the trial")
+                return
         if now < trial.start:
             return
         self._phase = Phase.TRIAL
         window = self._measure(trial.start, now)
-        if window is not None and self._harmful(trial, window):
-            self._revert(trial, window, now, "harmful during the trial")
-            return
         if now - trial.start < self.settings.trial_seconds or window is None:
             return
         verdict = self._judge(trial, window)

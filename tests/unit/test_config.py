@@ -32,7 +32,7 @@ def test_values_from_the_file_are_used(tmp_path):
     ("text", "message"),
     [
         ("[metrics]\nlisen = 'x'\n", "metrics.lisen: unknown key; allowed keys: listen"),
-        ("[sampler]\n", "sampler: unknown key; allowed keys: metrics, sampling, collectors, nvml, paths, worker, log"),
+        ("[sampler]\n", "sampler: unknown key; allowed keys: metrics, sampling, collectors, nvml, paths, worker, tuning, log"),
         ("[sampling]\ninterval_seconds = 'fast'\n", "sampling.interval_seconds: expected a number, got str 'fast'"),
         ("[sampling]\nwindow_samples = 2.5\n", "sampling.window_samples: expected an integer, got float 2.5"),
         ("[collectors]\nnvml = 1\n", "collectors.nvml: expected a boolean, got int 1"),

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.catalog import METRIC_SPECS
+from gputuned.collectors import tuner as tuner_collector
 from gputuned.collectors import worker as worker_collector
 from gputuned.config import Config, PathsConfig, with_overrides
 from gputuned.daemon.service import Daemon
@@ -52,11 +53,11 @@ def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvm
     expected = {spec.name.removesuffix("_total") for spec in METRIC_SPECS}
     # Rates need two rounds and this test scraped after one; psutil reads the live /proc,
     # where the fixture's worker pid 4242 does not exist (the integration test covers both).
-    # The worker collector runs only when the daemon supervises a worker (this one does not).
+    # The worker and tuner collectors run only when the daemon supervises a worker (this one does not).
     not_here = {
         "gputuned_pcie_utilization_ratio", "gputuned_host_cpu_busy_ratio",
         "gputuned_worker_cpu_seconds", "gputuned_worker_resident_memory_bytes", "gputuned_worker_threads",
-        *(spec.name.removesuffix("_total") for spec in worker_collector.SPECS),
+        *(spec.name.removesuffix("_total") for spec in (*worker_collector.SPECS, *tuner_collector.SPECS)),
     }
     assert expected - served == not_here
 

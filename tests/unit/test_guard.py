@@ -146,13 +146,20 @@ def test_the_flap_budget_stops_a_knob_that_keeps_being_reverted():
     assert sum(1 for d in decisions if d.action == "keep" and d.knob == "max_batch_size") >= 4
 
 
-def test_each_change_waits_for_warmup_trial_and_cooldown():
+def test_each_change_waits_for_warmup_trial_and_cooldown_unless_it_does_harm():
     worker = SimulatedWorker(noise=0.0)
     guard, decisions = make(worker, baseline_seconds=3, warmup_seconds=2, trial_seconds=4, cooldown_seconds=1)
-    run(guard, 60)
-    applies = [d.t for d in decisions if d.action == "apply"]
-    gaps = [b - a for a, b in zip(applies, applies[1:])]
-    assert gaps and min(gaps) >= 2 + 4 + 1
+    run(guard, 90)
+    judged = [(apply, end) for apply, end in zip(decisions, decisions[1:]) if apply.action == "apply"]
+    assert judged
+    for apply, end in judged:
+        if "harmful" in end.reason:
+            assert end.t - apply.t < 2 + 4  # harm is reverted without waiting for the trial
+        else:
+            assert end.t - apply.t >= 2 + 4
+    for end, following in zip(decisions, decisions[1:]):
+        if end.action in ("keep", "revert") and following.action == "apply":
+            assert following.t - end.t >= 1  # the cooldown
 
 
 def test_recommend_mode_changes_nothing_and_says_what_it_would_do():
