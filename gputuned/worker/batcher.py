@@ -19,7 +19,7 @@ import torch
 
 
 class QueueFull(Exception):
-    """The queue holds its maximum number of items."""
+    """The queue holds its maximum number of items, or the worker is draining."""
 
 
 @dataclass(slots=True)
@@ -51,12 +51,19 @@ class DynamicBatcher:
         self._queued_items = 0
         self._arrived = asyncio.Event()
         self._forming = asyncio.Lock()
+        self._closed = False
 
     @property
     def queued_items(self) -> int:
         return self._queued_items
 
+    def close(self) -> None:
+        """Takes no more requests (draining); what is queued still runs."""
+        self._closed = True
+
     def submit(self, request: PendingRequest) -> None:
+        if self._closed:
+            raise QueueFull("the worker is draining and takes no new requests")
         if self._queued_items + request.items > self._max_queue_items:
             raise QueueFull(f"queue holds {self._queued_items} of {self._max_queue_items} items")
         self._queue.append(request)

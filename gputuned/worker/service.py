@@ -140,7 +140,8 @@ class WorkerService:
         self.stats = WorkerStats(lambda: self._batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
         self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
         app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_BATCH_SIZE)
-        runner = web.AppRunner(app_routes.build(), access_log=None, handle_signals=False)
+        # Everything in flight is finished by the drain; the runner's own grace period is a backstop.
+        runner = web.AppRunner(app_routes.build(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
         listener = socket.create_server((self._options.host, self._options.port), family=_family(self._options.host))
         await web.SockSite(runner, listener).start()
@@ -163,6 +164,9 @@ class WorkerService:
 
     async def _drain(self) -> None:
         assert self._batcher is not None and self._lanes is not None
+        # A request that was reading its body when the drain began is refused at submit
+        # (503) rather than queued behind lanes that are about to stop.
+        self._batcher.close()
         deadline = time.monotonic() + self._options.drain_timeout
         while (self._batcher.queued_items or self._lanes.busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

@@ -125,3 +125,15 @@ def test_drain_waiting_fails_queued_requests():
         return failed, [isinstance(r.future.exception(), RuntimeError) for r in pending], batcher.queued_items
 
     assert run(scenario()) == (3, [True, True, True], 0)
+
+
+def test_a_closed_batcher_refuses_new_requests_but_keeps_the_queued_ones():
+    async def scenario():
+        batcher = make(Knobs())
+        batcher.submit(request())
+        batcher.close()
+        with pytest.raises(QueueFull, match="draining"):
+            batcher.submit(request())
+        return len(await batcher.next_batch())
+
+    assert run(scenario()) == 1
