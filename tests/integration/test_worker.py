@@ -268,3 +268,29 @@ def test_the_load_command_says_when_the_target_is_unreachable():
         capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
     )
     assert completed.returncode == 2 and "cannot reach http://127.0.0.1:9" in completed.stderr
+
+
+def test_kserves_own_client_works_unchanged(worker):
+    from kserve import InferenceRESTClient, InferInput, InferRequest
+    from kserve.inference_client import RESTConfig
+
+    _, base, _ = worker
+    x = np.random.default_rng(2).random((2, 3, 64, 64), dtype=np.float32)
+
+    async def scenario() -> list[np.ndarray]:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        try:
+            assert await client.is_server_live(base) and await client.is_model_ready(base, MODEL)
+            outputs = []
+            for binary in (False, True):
+                tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
+                tensor.set_data_from_numpy(x, binary_data=binary)
+                response = await client.infer(base, InferRequest(model_name=MODEL, infer_inputs=[tensor], request_id="k"),
+                                              model_name=MODEL)
+                outputs.append(response.outputs[0].as_numpy())
+            return outputs
+        finally:
+            await client.close()
+
+    for logits in asyncio.run(scenario()):
+        np.testing.assert_allclose(logits, expected_logits(x), rtol=1e-4, atol=1e-5)
