@@ -13,6 +13,12 @@ from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
 
 
+def _add_admin_arguments(parser: argparse.ArgumentParser, socket_help: str) -> None:
+    """--config and --socket: how a client command finds the daemon's admin socket."""
+    parser.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
+    parser.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gputuned", description=__doc__)
     parser.add_argument("--version", action="version", version=f"gputuned {__version__}")
@@ -48,14 +54,11 @@ def _build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
-    knob_set.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
-    knob_set.add_argument("--socket", type=Path, metavar="PATH",
-                          help="a control socket: the daemon's admin.sock (default) or a worker's own")
+    _add_admin_arguments(knob_set, "a control socket: the daemon's admin.sock (default) or a worker's own")
     knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
 
     tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
-    tune.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
-    tune.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    _add_admin_arguments(tune, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
     tune.add_argument("--mode", choices=("auto", "recommend", "frozen"), help="auto, recommend (dry run) or frozen")
     tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
 
@@ -78,8 +81,7 @@ def _build_parser() -> argparse.ArgumentParser:
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
 
     status = commands.add_parser("status", help="show GPUs, the worker, its knobs, throughput and p99")
-    status.add_argument("--config", type=Path, help="finds the daemon's admin socket (paths.runtime_dir)")
-    status.add_argument("--socket", type=Path, metavar="PATH", help="the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    _add_admin_arguments(status, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
 
     load = commands.add_parser("load", help="generate inference load against a v2 endpoint")

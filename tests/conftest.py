@@ -17,9 +17,19 @@ def host_root(name: str) -> tuple[Path, Path]:
     return base / "proc", base / "sys"
 
 
+def debian_tool(command: str, package: str) -> str:
+    """The path of a tool the tests need; a clear failure (never a skip) when it is missing."""
+    path = shutil.which(command)
+    if path is None:
+        pytest.fail(f"{command} is not installed (Debian package {package!r}); scripts/setup.sh installs it")
+    return path
+
+
 @pytest.fixture
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is not installed (Debian package 'prometheus'); scripts/setup.sh installs it")
-    return path
+    return debian_tool("promtool", "prometheus")
+
+
+@pytest.fixture
+def systemd_analyze() -> str:
+    return debian_tool("systemd-analyze", "systemd")

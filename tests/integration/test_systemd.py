@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,14 +16,6 @@ import pytest
 from tests.integration.processes import REPO_ROOT, free_port, running_daemon, running_supervising_daemon
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def systemd_analyze() -> str:
-    path = shutil.which("systemd-analyze")
-    if path is None:
-        pytest.fail("systemd-analyze is not installed (Debian package 'systemd'); scripts/setup.sh installs it")
-    return path
 
 
 def install(root: Path) -> subprocess.CompletedProcess:
