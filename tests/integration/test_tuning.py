@@ -61,7 +61,8 @@ def test_recommend_mode_changes_nothing_and_a_hand_set_knob_stays_frozen_until_r
         with ControlClient(admin) as client:
             report = client.request("status")["status"]
         assert report["knobs"]["max_batch_size"] == 1  # nothing applied
-        assert report["decisions"] and all(d["action"] == "recommend" for d in report["decisions"])
+        actions = {d["action"] for d in report["decisions"]}
+        assert "recommend" in actions and actions <= {"recommend", "shift"}  # shift: the load began or ended
 
         assert run_cli("set", "--socket", str(admin), "max_batch_size=4").returncode == 0
         out = run_cli("tune", "--socket", str(admin), "--mode", "auto").stdout
