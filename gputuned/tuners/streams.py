@@ -2,9 +2,9 @@
 
 A lane busy nearly all the time means batches wait for a lane; another lane helps if the
 device (GPU utilisation on CUDA) is not saturated. On the CPU lanes share the cores, so
-a lane change carries intra_op_threads = cores // lanes with it (one change, tried
-together), and the guard's trial decides. Lanes that are mostly idle are removed (the
-least resources that meet the SLO).
+there are never more lanes than cores, a lane change carries intra_op_threads =
+cores // lanes with it (one change, tried together), and the guard's trial decides.
+Lanes that are mostly idle are removed (the least resources that meet the SLO).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class StreamsTuner:
             return with_threads(inp, changed(inp, KNOB, lanes - 1, f"lanes busy {window.busy_ratio:.0%} of the time: drop one",
                                              "shrink"))
         device_full = inp.device == "cuda" and window.device_busy is not None and window.device_busy >= DEVICE_SATURATED
-        if window.busy_ratio >= SATURATED and not device_full and not inp.slo_breached():
+        cores_full = inp.device == "cpu" and lanes >= inp.cores  # another lane would only contend for a core
+        if window.busy_ratio >= SATURATED and not device_full and not cores_full and not inp.slo_breached():
             return with_threads(inp, changed(inp, KNOB, lanes + 1, f"lanes busy {window.busy_ratio:.0%} of the time: add one"))
         return None

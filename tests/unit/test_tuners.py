@@ -56,6 +56,7 @@ def test_streams_adds_a_lane_when_saturated_and_drops_idle_ones():
     gpu_full = replace(WINDOW, device_busy=0.99)
     assert tuner.propose(inp(gpu_full, device="cuda")) is None
     assert tuner.propose(inp(gpu_full, device="cpu")).value == 2  # on the CPU the trial decides
+    assert tuner.propose(inp(knobs={"streams": 2}, device="cpu")) is None  # no more lanes than the 2 cores
 
 
 def test_pool_covers_the_working_set_and_shrinks_when_idle_or_oversized():
