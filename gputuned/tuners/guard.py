@@ -37,7 +37,7 @@ from gputuned.tuners.base import Proposal, Tuner, TunerInput
 log = logging.getLogger(__name__)
 
 OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
-MAX_MARGIN = 0.15
+MAX_MARGIN = 0.10
 HARM_WINDOW_SECONDS = 1.0  # the shortest window harm is judged on
 
 
@@ -332,11 +332,15 @@ class Guard:
         base, slo = trial.baseline, self.settings.slo_seconds
         improved_p99 = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
         base_breached = base.p99 is not None and base.p99 > slo
-        slo_ok = window.p99 is None or window.p99 <= slo or (base_breached and improved_p99)
         if trial.proposal.kind == "backoff":
+            slo_ok = window.p99 is None or window.p99 <= slo
             return None if slo_ok or improved_p99 else "p99 did not come down"
-        if not slo_ok:
-            return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO"
+        if window.p99 is not None and window.p99 > slo:
+            # Already over the SLO before the change (overload): the change may not make p99
+            # worse beyond the noise; otherwise it must keep p99 within the SLO.
+            tolerated = base.p99 * (1 + trial.margins["throughput"]) if base_breached and base.p99 else slo
+            if window.p99 > tolerated:
+                return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO" + (" and is worse than before" if base_breached else "")
         # Goodput is the objective; while almost nothing meets the SLO (overload), throughput
         # is what drains the queue, so it is compared instead.
         overloaded = base.goodput < OVERLOAD_SHARE * base.throughput

@@ -14,7 +14,7 @@ from dataclasses import replace
 from gputuned.tuners.base import Proposal, TunerInput, changed
 
 KNOB = "streams"
-SATURATED = 0.85
+SATURATED = 0.6  # busy this share of the time: another lane may overlap work; the trial decides
 IDLE = 0.35
 DEVICE_SATURATED = 0.95
 
@@ -42,6 +42,6 @@ class StreamsTuner:
                                              "shrink"))
         device_full = inp.device == "cuda" and window.device_busy is not None and window.device_busy >= DEVICE_SATURATED
         cores_full = inp.device == "cpu" and lanes >= inp.cores  # another lane would only contend for a core
-        if window.busy_ratio >= SATURATED and not device_full and not cores_full and not inp.slo_breached():
+        if window.busy_ratio >= SATURATED and not device_full and not cores_full:
             return with_threads(inp, changed(inp, KNOB, lanes + 1, f"lanes busy {window.busy_ratio:.0%} of the time: add one"))
         return None

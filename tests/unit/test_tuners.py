@@ -28,10 +28,12 @@ def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
     tuner = BatchTuner()
     assert tuner.propose(inp()).value == 16 and tuner.propose(inp()).kind == "explore"
     assert tuner.propose(inp(replace(WINDOW, mean_batch=3))) is None
-    breach = tuner.propose(inp(replace(WINDOW, p99=0.2, batch_seconds=0.04)))  # the batch itself takes 40% of the SLO
+    breach = tuner.propose(inp(replace(WINDOW, p99=0.11, batch_seconds=0.04)))  # the batch is 40% of the SLO, a third of p99
     assert (breach.value, breach.kind) == (4, "backoff") and "over the 100 ms SLO" in breach.reason
     queueing = tuner.propose(inp(replace(WINDOW, p99=0.2, batch_seconds=0.005)))  # quick batches, long queue: grow
     assert (queueing.value, queueing.kind) == (16, "explore")
+    overload = tuner.propose(inp(replace(WINDOW, p99=0.3, batch_seconds=0.04)))  # slow batches but mostly queueing: grow
+    assert overload.value == 16
     assert tuner.propose(inp(replace(WINDOW, oom=2))).value == 4
     assert tuner.propose(inp(replace(WINDOW, pcie_utilization=0.93))).value == 6
     assert tuner.propose(inp(knobs={"max_batch_size": 512})) is None  # at its bound
@@ -52,7 +54,7 @@ def test_streams_adds_a_lane_when_saturated_and_drops_idle_ones():
     tuner = StreamsTuner()
     assert tuner.propose(inp()).value == 2
     assert tuner.propose(inp(replace(WINDOW, busy_ratio=0.2), knobs={"streams": 3})).value == 2
-    assert tuner.propose(inp(replace(WINDOW, busy_ratio=0.6))) is None
+    assert tuner.propose(inp(replace(WINDOW, busy_ratio=0.5))) is None
     gpu_full = replace(WINDOW, device_busy=0.99)
     assert tuner.propose(inp(gpu_full, device="cuda")) is None
     assert tuner.propose(inp(gpu_full, device="cpu")).value == 2  # on the CPU the trial decides
