@@ -42,8 +42,10 @@ def test_the_daemon_tunes_a_real_worker_to_a_better_goodput_and_logs_every_decis
     kept = [d for d in decisions if d["action"] == "keep"]
     assert kept and all(d["baseline"] and d["trial"] for d in kept)
     assert {d["action"] for d in decisions} <= {"apply", "keep", "revert", "refuse", "shift"}
-    assert len([d for d in decisions if d["action"] == "apply"]) == len([d for d in decisions if d["action"] in ("keep", "revert")]) + \
-        (1 if report["tuner"]["phase"] in ("warmup", "trial") else 0)
+    applies = [d for d in decisions if d["action"] == "apply"]
+    verdicts = [d for d in decisions if d["action"] in ("keep", "revert")]
+    assert len(applies) - len(verdicts) in (0, 1)  # one trial may still be running
+    assert all(apply["knob"] == verdict["knob"] for apply, verdict in zip(applies, verdicts))
     assert 'gputuned_tuner_decisions_total{action="keep",knob=' in scraped
     assert report["decisions"] and report["knobs"]["max_batch_size"] > 1
     state = json.loads((tmp_path / "online" / "state" / "knobs.json").read_text())
