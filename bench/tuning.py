@@ -137,7 +137,7 @@ def main() -> int:
           f"{steady / oracle_goodput:.2f} of the oracle (target >= 0.95)")
     print(f"   requests over the SLO until then: {missed:.1%} (the defaults' own misses included); "
           f"after reaching 95%, while trials went on: {missed_after:.2%} (target < 1%)")
-    print(f"   ended at " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
+    print("   ended at " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
     print(f"4. load / 4 ({max(args.clients // 4, 1)} clients): {settled:.1f}/s at the end; back to {args.clients} clients: "
           f">= 95% of the oracle again after {'never' if reconverged is None else f'{reconverged} s'} (target < 30 s), "
           f"{back_steady / oracle_goodput:.2f} of the oracle over its last 20 s; the tuner saw {len(shifts)} shift(s)")

@@ -3,7 +3,7 @@
 The worker reports cumulative counters and histograms; the difference between two
 reports is what happened in between. Quantiles interpolate linearly inside the bucket,
 as Prometheus's histogram_quantile does. `gputuned status`, sd_notify's STATUS line and
-the tuners all read the worker through these.
+the tuners all read the worker through `measure`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-
-
-@dataclass(frozen=True)
-class WindowPerformance:
-    seconds: float
-    completed: int
-    failed: int
-    throughput: float  # completed requests per second
-    p50: float | None  # seconds
-    p99: float | None
 
 
 def histogram_delta(older: dict[str, Any], newer: dict[str, Any]) -> tuple[list[float], list[int]] | None:
@@ -75,21 +65,6 @@ def fraction_within(bounds: list[float], counts: list[int], threshold: float) ->
     return within / total
 
 
-def window_performance(older: dict[str, Any], newer: dict[str, Any], seconds: float) -> WindowPerformance | None:
-    """What the worker did between two stats reports `seconds` apart; None across a restart."""
-    if seconds <= 0:
-        return None
-    completed = newer.get("completed", 0) - older.get("completed", 0)
-    failed = newer.get("failed", 0) - older.get("failed", 0)
-    if completed < 0 or failed < 0:
-        return None
-    p50 = p99 = None
-    delta = histogram_delta(older.get("latency_seconds") or {}, newer.get("latency_seconds") or {})
-    if delta is not None:
-        p50, p99 = quantile(*delta, 0.5), quantile(*delta, 0.99)
-    return WindowPerformance(seconds, completed, failed, completed / seconds, p50, p99)
-
-
 @dataclass(frozen=True)
 class Measurement:
     """One window of the worker's behaviour, everything a tuner decides on."""
@@ -110,6 +85,7 @@ class Measurement:
     pool_misses: int
     device_busy: float | None = None  # GPU utilisation (CUDA) or host CPU busy (CPU), 0..1
     pcie_utilization: float | None = None
+    p50: float | None = None  # seconds
 
 
 def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_seconds: float,
@@ -127,6 +103,7 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
     completed = delta("completed")
     within = fraction_within(*latency, slo_seconds) if latency else None
     p99 = quantile(*latency, 0.99) if latency else None
+    p50 = quantile(*latency, 0.5) if latency else None
     batches = delta("batches")
     items = float((newer.get("batch_size") or {}).get("sum", 0)) - float((older.get("batch_size") or {}).get("sum", 0))
     busy = delta("lane_busy_seconds")
@@ -148,4 +125,5 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
         pool_misses=int(delta("pool_misses")),
         device_busy=device_busy,
         pcie_utilization=pcie_utilization,
+        p50=p50,
     )

@@ -305,6 +305,11 @@ class Daemon:
             pcie = self._ring_mean("gputuned_pcie_utilization_ratio", (str(gpu),), t0, t1)
         return measure(older, newer, t1 - t0, self._config.tuning.slo_p99_ms / 1000, device_busy, pcie)
 
+    def recent_performance(self) -> Measurement | None:
+        """The worker over the last PERFORMANCE_WINDOW_SECONDS, for status and sd_notify."""
+        now = time.time()
+        return self._measure_window(now - PERFORMANCE_WINDOW_SECONDS, now)
+
     def _tuning_apply(self, changes: dict[str, int]) -> dict[str, int]:
         assert self.supervisor is not None
         return self.supervisor.set_knobs(changes, persist=False)
@@ -362,7 +367,7 @@ class Daemon:
 
     def status_report(self) -> dict[str, Any]:
         worker = self.supervisor.status() if self.supervisor else None
-        performance = self.supervisor.performance(PERFORMANCE_WINDOW_SECONDS) if self.supervisor else None
+        performance = self.recent_performance() if self.supervisor else None
         host, port = self.metrics_address
         tuner = self.guard.view() if self.guard else None
         return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner)
@@ -388,7 +393,7 @@ class Daemon:
         if self.supervisor is None:
             return "monitoring (no worker)"
         status = self.supervisor.status()
-        performance = self.supervisor.performance(PERFORMANCE_WINDOW_SECONDS)
+        performance = self.recent_performance()
         parts = [f"worker {status.state.value}"]
         if performance is not None:
             p99 = f"{performance.p99 * 1000:.1f} ms" if performance.p99 is not None else "-"

@@ -46,8 +46,8 @@ def _offnode_ratio(store: SampleStore) -> float | None:
 
 def build_status(store: SampleStore, worker: Any, performance: Any, started_at: float, metrics_url: str,
                  tuner: Any = None) -> dict[str, Any]:
-    """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` its
-    WindowPerformance over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
+    """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` a
+    Measurement of it over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
     `tuner` the guard's GuardView."""
     now = time.time()
     report: dict[str, Any] = {
@@ -140,7 +140,7 @@ def format_status(report: dict[str, Any]) -> str:
         if performance is not None:
             lines.append(
                 f"throughput {performance['throughput_per_second']:.1f} req/s, p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, "
-                f"p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, {performance['failed']} failed "
+                f"p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, {performance['failed']} failed or refused "
                 f"(last {performance['window_seconds']:.0f} s)"
             )
         if report["knobs"]:

@@ -33,7 +33,6 @@ from typing import Any
 
 from gputuned.control.client import ControlClient, ControlError, ControlTimeout
 from gputuned.daemon.placement import Placement, shim_command
-from gputuned.performance import WindowPerformance, window_performance
 
 log = logging.getLogger(__name__)
 
@@ -176,19 +175,6 @@ class Supervisor:
                 placement=self._placement,
                 message=self._message,
             )
-
-    def performance(self, window_seconds: float) -> WindowPerformance | None:
-        """What the worker did over about the last `window_seconds`, from its stats reports."""
-        with self._lock:
-            if len(self._history) < 2:
-                return None
-            newest_t, newest = self._history[-1]
-            older_t, older = self._history[0]
-            for t, report in reversed(self._history):
-                older_t, older = t, report
-                if newest_t - t >= window_seconds:
-                    break
-        return window_performance(older, newest, newest_t - older_t)
 
     def stats_between(self, start: float, end: float) -> tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None:
         """The stats reports that bound [start, end] best: the last at or before each time."""

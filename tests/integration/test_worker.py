@@ -17,7 +17,7 @@ import pytest
 import torch
 import tritonclient.http as triton
 
-from gputuned.control.client import ControlClient, ControlError
+from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.worker.models import build_builtin_model
 from tests.integration.processes import REPO_ROOT, running_worker, stop

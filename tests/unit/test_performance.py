@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gputuned.performance import histogram_delta, quantile, window_performance
+from gputuned.performance import histogram_delta, measure, quantile
 
 BOUNDS = [0.01, 0.02, 0.05, 0.1]
 
@@ -25,16 +25,16 @@ def test_quantile_interpolates_inside_the_bucket():
 def test_window_is_the_difference_of_two_reports():
     older = stats(100, [10, 60, 90, 100, 100])
     newer = stats(300, [10, 160, 290, 300, 300], failed=2)
-    perf = window_performance(older, newer, 2.0)
-    assert perf.completed == 200 and perf.failed == 2 and perf.throughput == 100.0
+    perf = measure(older, newer, 2.0, slo_seconds=0.05)
+    assert perf.failed == 2 and perf.throughput == 100.0 and perf.goodput == 100.0
     assert histogram_delta(older["latency_seconds"], newer["latency_seconds"]) == (BOUNDS, [0, 100, 100, 0, 0])
     assert perf.p50 == pytest.approx(0.02)
     assert 0.02 < perf.p99 <= 0.05
 
 
 def test_a_restart_between_reports_gives_no_window():
-    assert window_performance(stats(500, [500] * 5), stats(10, [10] * 5), 1.0) is None
-    assert window_performance(stats(1, [1] * 5), stats(2, [2] * 5), 0.0) is None
+    assert measure(stats(500, [500] * 5), stats(10, [10] * 5), 1.0, 0.1) is None
+    assert measure(stats(1, [1] * 5), stats(2, [2] * 5), 0.0, 0.1) is None
 
 
 def test_fraction_within_interpolates_at_the_threshold():
