@@ -288,13 +288,14 @@ class Daemon:
         values = [v for key in series for t, v in self.store.window(name, key) if start <= t <= end]
         return sum(values) / len(values) if values else None
 
-    def _measure_window(self, start: float, end: float) -> Measurement | None:
+    def _measure_window(self, start: float, end: float, min_coverage: float = 0.5) -> Measurement | None:
+        """The worker between two times; None when its reports cover less than `min_coverage` of it."""
         assert self.supervisor is not None
         bounds = self.supervisor.stats_between(start, end)
         if bounds is None:
             return None
         (t0, older), (t1, newer) = bounds
-        if t1 - t0 < 0.5 * (end - start):
+        if t1 - t0 < min_coverage * (end - start):
             return None  # the reports do not cover enough of the window
         gpu = self._worker_gpu
         if gpu is None:
@@ -306,9 +307,10 @@ class Daemon:
         return measure(older, newer, t1 - t0, self._config.tuning.slo_p99_ms / 1000, device_busy, pcie)
 
     def recent_performance(self) -> Measurement | None:
-        """The worker over the last PERFORMANCE_WINDOW_SECONDS, for status and sd_notify."""
+        """The worker over the last PERFORMANCE_WINDOW_SECONDS (or since its first report), for
+        status and sd_notify."""
         now = time.time()
-        return self._measure_window(now - PERFORMANCE_WINDOW_SECONDS, now)
+        return self._measure_window(now - PERFORMANCE_WINDOW_SECONDS, now, min_coverage=0.0)
 
     def _tuning_apply(self, changes: dict[str, int]) -> dict[str, int]:
         assert self.supervisor is not None
