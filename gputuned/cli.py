@@ -76,7 +76,12 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--csv", type=Path, default=Path("sweep.csv"))
     sweep.add_argument("--png", type=Path, default=Path("sweep.png"))
 
-    install = commands.add_parser("install", help="install the systemd unit and the example config")
+    dashboards = commands.add_parser("dashboards", help="generate the Grafana dashboards and provisioning files")
+    dashboards_commands = dashboards.add_subparsers(dest="dashboards_command", required=True)
+    dashboards_build = dashboards_commands.add_parser("build", help="write the dashboards and provisioning files")
+    dashboards_build.add_argument("--out", type=Path, default=Path("dashboards"), help="output directory (default dashboards)")
+
+    install = commands.add_parser("install", help="install the systemd unit, the example config and the dashboards")
     install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
 
@@ -199,6 +204,18 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboards(args: argparse.Namespace) -> int:
+    from gputuned.dashboards import generated_files, write_files
+
+    try:
+        written = write_files(generated_files(), args.out)
+    except OSError as exc:
+        print(f"gputuned dashboards: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 1
+    print("\n".join(f"wrote {path}" for path in written))
+    return 0
+
+
 def _tune(args: argparse.Namespace, config: Config) -> int:
     from gputuned.control.client import ControlClient, ControlError
 
@@ -226,7 +243,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
-    from gputuned.loadgen import LoadPlan, main as load_main
+    from gputuned.loadgen import LoadPlan
+    from gputuned.loadgen import main as load_main
 
     if args.requests < 1 or args.duration <= 0 or args.batch < 1 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
         print("gputuned load: --requests, --duration, --batch, --concurrency and --rate must be positive", file=sys.stderr)
@@ -240,7 +258,7 @@ def _load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    standalone = {"worker": _worker, "load": _load, "install": _install, "sweep": _sweep}
+    standalone = {"worker": _worker, "load": _load, "install": _install, "sweep": _sweep, "dashboards": _dashboards}
     if args.command in standalone:
         return standalone[args.command](args)
     try:

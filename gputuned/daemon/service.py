@@ -169,7 +169,10 @@ class Daemon:
         if self._supervise:
             self.supervisor = self._build_supervisor(context)
             self.guard = self._build_guard()
-            collectors += [WorkerCollector(self.supervisor.status), TunerCollector(self.guard.view)]
+            collectors += [
+                WorkerCollector(self.supervisor.status),
+                TunerCollector(self.guard.view, self._knob_names, self._slo_seconds, self.recent_performance),
+            ]
             self.supervisor.start()
         self._sampler = Sampler(collectors, self.store, self._target)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
@@ -304,7 +307,14 @@ class Daemon:
         else:
             device_busy = self._ring_mean("gputuned_gpu_utilization_ratio", (str(gpu),), t0, t1)
             pcie = self._ring_mean("gputuned_pcie_utilization_ratio", (str(gpu),), t0, t1)
-        return measure(older, newer, t1 - t0, self._config.tuning.slo_p99_ms / 1000, device_busy, pcie)
+        return measure(older, newer, t1 - t0, self._slo_seconds(), device_busy, pcie)
+
+    def _knob_names(self) -> list[str]:
+        assert self.supervisor is not None
+        return list(self.supervisor.status().knobs)
+
+    def _slo_seconds(self) -> float:
+        return self._config.tuning.slo_p99_ms / 1000
 
     def recent_performance(self) -> Measurement | None:
         """The worker over the last PERFORMANCE_WINDOW_SECONDS (or since its first report), for

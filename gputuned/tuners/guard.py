@@ -79,6 +79,10 @@ class Context:
     item_bytes: int
 
 
+# What the guard can decide about one knob; "shift" is about the workload, recorded under knob "*".
+KNOB_ACTIONS = ("apply", "keep", "revert", "refuse", "recommend")
+
+
 @dataclass(frozen=True)
 class Decision:
     t: float

@@ -113,7 +113,10 @@ def running_prometheus(targets: list[str], workdir: Path) -> Iterator[str]:
 
 def prometheus_query(base: str, promql: str) -> list[dict]:
     url = f"{base}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-    body = json.loads(http_get(url))
+    try:
+        body = json.loads(http_get(url))
+    except urllib.error.HTTPError as exc:  # Prometheus answers a bad query with 400 and says why
+        body = json.loads(exc.read() or b"{}")
     if body.get("status") != "success":
         raise RuntimeError(f"query {promql!r} failed: {body}")
     return body["data"]["result"]

@@ -1,49 +1,107 @@
-"""A real Prometheus server on loopback scrapes a real daemon; every metric family is queryable."""
+"""A real Prometheus server on loopback scrapes a real daemon supervising its worker under load:
+every metric family is queryable, and every dashboard query returns data."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.loadgen import LoadPlan, run_load
+from tests.dashboard_queries import load_dashboards, queries
 from tests.integration.processes import prometheus_query, running_prometheus, running_supervising_daemon
 
 pytestmark = pytest.mark.integration
 
+LABEL_VALUES = re.compile(r"label_values\((?P<selector>.+), (?P<label>\w+)\)")
 
-def test_prometheus_scrapes_every_metric_family(tmp_path):
-    # The live host's /proc, /sys and psutil, the daemon's real worker under real load,
-    # and eight fake GPUs (this machine has none) on which the worker shows up as a process.
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(Prometheus base URL, the daemon's instance label). The live host's /proc, /sys and
+    psutil, the daemon's real worker under real load, and eight fake GPUs (this machine has
+    none) on which the worker shows up as a process."""
+    tmp_path = tmp_path_factory.mktemp("prometheus")
     args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8")
-    with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
-        load = threading.Thread(target=lambda: asyncio.run(run_load(LoadPlan(url=worker, concurrency=2, requests=3000, duration=60))))
-        load.start()
-        target = metrics.removeprefix("http://").removesuffix("/metrics")
-        try:
+    loads: list[threading.Thread] = []
+    try:
+        with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
+            plan = LoadPlan(url=worker, concurrency=2, requests=60000, duration=150)
+            load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
+            load.start()
+            loads.append(load)
+            target = metrics.removeprefix("http://").removesuffix("/metrics")
             with running_prometheus([target], tmp_path) as prometheus:
-                # Prometheus stores a histogram as its _bucket, _sum and _count series.
-                expected = {f"{spec.name}_count" if spec.kind == "histogram" else spec.name for spec in METRIC_SPECS}
-                # Only after the worker has exited once (test_supervision.py scrapes it then), and
-                # only while a knob is frozen by hand (test_tuning.py covers that).
-                expected -= {"gputuned_worker_last_exit_code", "gputuned_tuner_knob_frozen"}
-                found: set[str] = set()
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and found != expected:
-                    result = prometheus_query(prometheus, 'count by (__name__) ({__name__=~"gputuned_.+"})')
-                    found = {series["metric"]["__name__"] for series in result} & expected
-                    time.sleep(1)
-                assert expected - found == set()
-                up = prometheus_query(prometheus, 'up{job="gputuned"}')
-                assert [series["value"][1] for series in up] == ["1"]
-                offnode = prometheus_query(prometheus, "gputuned_worker_offnode_ratio")
-                assert len(offnode) == 1 and 0.0 <= float(offnode[0]["value"][1]) <= 1.0
-                gpus = prometheus_query(prometheus, "gputuned_gpu_info")
-                assert sorted(series["metric"]["gpu"] for series in gpus) == [str(i) for i in range(8)]
-                p99 = prometheus_query(prometheus, "histogram_quantile(0.99, rate(gputuned_worker_latency_seconds_bucket[30s]))")
-                assert len(p99) == 1
-        finally:
-            load.join(timeout=90)
+                yield prometheus, target
+    finally:
+        # With the worker gone the remaining requests fail at once, so the load ends quickly.
+        for load in loads:
+            load.join(timeout=180)
+
+
+def wait_for(check, seconds: float):
+    """Polls `check()` (which returns what is still missing) until it returns nothing or time is up."""
+    deadline = time.monotonic() + seconds
+    missing = check()
+    while missing and time.monotonic() < deadline:
+        time.sleep(1)
+        missing = check()
+    return missing
+
+
+def test_prometheus_scrapes_every_metric_family(scraped):
+    prometheus, _ = scraped
+    # Prometheus stores a histogram as its _bucket, _sum and _count series.
+    expected = {f"{spec.name}_count" if spec.kind == "histogram" else spec.name for spec in METRIC_SPECS}
+    # Only after the worker has exited once (test_supervision.py scrapes it then), and
+    # only while a knob is frozen by hand (test_tuning.py covers that).
+    expected -= {"gputuned_worker_last_exit_code", "gputuned_tuner_knob_frozen"}
+
+    def missing() -> set[str]:
+        result = prometheus_query(prometheus, 'count by (__name__) ({__name__=~"gputuned_.+"})')
+        return expected - {series["metric"]["__name__"] for series in result}
+
+    assert wait_for(missing, 60) == set()
+    up = prometheus_query(prometheus, 'up{job="gputuned"}')
+    assert [series["value"][1] for series in up] == ["1"]
+    offnode = prometheus_query(prometheus, "gputuned_worker_offnode_ratio")
+    assert len(offnode) == 1 and 0.0 <= float(offnode[0]["value"][1]) <= 1.0
+    gpus = prometheus_query(prometheus, "gputuned_gpu_info")
+    assert sorted(series["metric"]["gpu"] for series in gpus) == [str(i) for i in range(8)]
+    p99 = "histogram_quantile(0.99, rate(gputuned_worker_latency_seconds_bucket[30s]))"
+    assert wait_for(lambda: not prometheus_query(prometheus, p99), 30) is False
+    assert len(prometheus_query(prometheus, p99)) == 1
+
+
+def substitute(expr: str, instance: str) -> str:
+    """What Grafana sends for one instance, every GPU, a 1 s scrape interval and a short range."""
+    for variable, value in (("$__rate_interval", "10s"), ("$__interval", "30s"), ("$instance", instance),
+                            ("$gpu", ".*")):
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def returns_series(prometheus: str, expr: str) -> bool:
+    variable = LABEL_VALUES.fullmatch(expr)
+    if variable:
+        series = prometheus_query(prometheus, variable["selector"])
+        return any(variable["label"] in s["metric"] for s in series)
+    return bool(prometheus_query(prometheus, expr))
+
+
+@pytest.mark.parametrize("name", sorted(load_dashboards()))
+def test_every_dashboard_query_returns_series(scraped, name):
+    # The GPU panels show the fake NVML's eight GPUs here; on a real host they need a real GPU.
+    prometheus, instance = scraped
+    dashboard_queries = [(where, substitute(expr, instance)) for where, expr in queries(load_dashboards()[name])]
+
+    def empty() -> list[str]:
+        return [f"{where}: {expr}" for where, expr in dashboard_queries if not returns_series(prometheus, expr)]
+
+    # The tuner's first decision (the annotation) comes a few seconds after the worker's first stats.
+    assert wait_for(empty, 90) == []

@@ -37,6 +37,18 @@ def test_install_puts_the_unit_and_config_in_place_and_keeps_an_existing_config(
     assert config.read_text() == "[log]\nlevel = \"debug\"\n"
 
 
+def test_install_puts_the_dashboards_where_grafana_provisioning_reads_them(tmp_path):
+    assert install(tmp_path).returncode == 0
+    dashboards = REPO_ROOT / "dashboards"
+    installed = tmp_path / "var/lib/grafana/dashboards/gputuned"
+    assert sorted(path.name for path in installed.iterdir()) == sorted(path.name for path in dashboards.glob("*.json"))
+    for path in installed.iterdir():
+        assert path.read_text() == (dashboards / path.name).read_text()
+    for kind in ("datasources", "dashboards"):
+        provisioned = tmp_path / f"etc/grafana/provisioning/{kind}/gputuned.yaml"
+        assert provisioned.read_text() == (dashboards / f"provisioning/{kind}/gputuned.yaml").read_text()
+
+
 def test_the_installed_unit_verifies(tmp_path, systemd_analyze):
     assert install(tmp_path).returncode == 0
     result = subprocess.run([systemd_analyze, "verify", str(tmp_path / "etc/systemd/system/gputuned.service")],
