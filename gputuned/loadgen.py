@@ -24,7 +24,10 @@ import aiohttp
 _NUMPY_TYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT8": "int8", "INT16": "int16",
                 "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
 MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
-MAX_FAILURES_KEPT = 10_000
+MAX_FAILURES_KEPT = 100_000
+# A closed-loop client waits this long after a failure, as real clients back off, so that a
+# refused connection does not become a busy loop that starves the server being restarted.
+FAILURE_PAUSE_SECONDS = 0.02
 
 
 class LoadError(Exception):
@@ -120,7 +123,8 @@ class _Run:
     def may_send(self) -> bool:
         return self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
 
-    async def one(self, scheduled: float) -> None:
+    async def one(self, scheduled: float) -> bool:
+        """Sends one request; False when it failed."""
         self.result.sent += 1
         sent = time.perf_counter()
         try:
@@ -132,18 +136,20 @@ class _Run:
                     self.result.latencies.append(done - scheduled)
                     if self.plan.timeline:
                         self.result.timeline.append((done, done - scheduled))
-                    return
+                    return True
                 kind = f"http_{response.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             kind = type(exc).__name__
         self.result.errors[kind] += 1
         if len(self.result.failures) < MAX_FAILURES_KEPT:
             self.result.failures.append((sent, kind))
+        return False
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:
             while self.may_send():
-                await self.one(time.perf_counter())
+                if not await self.one(time.perf_counter()):
+                    await asyncio.sleep(FAILURE_PAUSE_SECONDS)
 
         await asyncio.gather(*(client() for _ in range(clients)))
 

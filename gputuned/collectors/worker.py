@@ -16,7 +16,10 @@ from gputuned.samples import Collected, MetricSpec, WorkerTarget
 WORKER_UP = MetricSpec("gputuned_worker_up", "gauge", "1 while the supervised worker is running and ready.", ())
 WORKER_CRASH_LOOP = MetricSpec("gputuned_worker_crash_loop", "gauge", "1 when restarts stopped after a crash loop.", ())
 WORKER_RESTARTS = MetricSpec("gputuned_worker_restarts_total", "counter", "Times the worker exited and was (or was to be) restarted.", ())
-WORKER_EXIT_CODE = MetricSpec("gputuned_worker_last_exit_code", "gauge", "Exit code of the worker's last exit (negative: killed by that signal).", ())
+WORKER_EXIT_CODE = MetricSpec(
+    "gputuned_worker_last_exit_code", "gauge",
+    "Exit code of the worker's last exit (negative: killed by that signal; 255: unknown, an adopted worker).", (),
+)
 WORKER_UPTIME = MetricSpec("gputuned_worker_uptime_seconds", "gauge", "Seconds since the running worker started.", ())
 WORKER_INFO = MetricSpec("gputuned_worker_info", "gauge", "The supervised worker; always 1.", ("pid", "model", "device"))
 WORKER_PLACEMENT = MetricSpec(

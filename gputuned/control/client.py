@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gputuned.control.peers import peer_credentials
 from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message
 
 
@@ -59,6 +60,12 @@ class ControlClient:
             raise ControlError(f"expected a hello from the worker, got {first['type']}")
         self.hello = first
         return first
+
+    def peer_pid(self) -> int:
+        """The pid of the process serving the socket, from the kernel (SO_PEERCRED)."""
+        if self._sock is None:
+            raise ControlError("not connected")
+        return peer_credentials(self._sock).pid
 
     def close(self) -> None:
         if self._sock is not None:

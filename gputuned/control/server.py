@@ -15,20 +15,18 @@ import logging
 import os
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from gputuned.control.peers import peer_allowed, peer_credentials
 from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message, nack
 from gputuned.knobs import KnobError
 
 log = logging.getLogger(__name__)
 
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_WRITE_BUFFER = 1024 * 1024  # a client this far behind on reading stats is dropped
 
 
@@ -48,43 +46,6 @@ class ControlHandler(Protocol):
     def status(self) -> dict[str, Any]:
         """The answer to a status request: what a person or tool wants to see now."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCredentials:
-    pid: int
-    uid: int
-    gid: int
-
-
-def peer_credentials(sock: socket.socket) -> PeerCredentials:
-    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    return PeerCredentials(pid, uid, gid)
-
-
-def peer_groups(pid: int, proc_root: Path = Path("/proc")) -> set[int]:
-    """The peer's primary and supplementary groups, from /proc/PID/status ('Groups:')."""
-    try:
-        text = (proc_root / str(pid) / "status").read_text()
-    except OSError:
-        return set()
-    groups: set[int] = set()
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key == "Gid" and rest.split():
-            groups.add(int(rest.split()[0]))  # the real gid
-        elif key == "Groups":
-            groups.update(int(g) for g in rest.split())
-    return groups
-
-
-def peer_allowed(creds: PeerCredentials, group: int | None, own_uid: int, proc_root: Path = Path("/proc")) -> bool:
-    """Same uid as us, root, or a member of the configured group."""
-    if creds.uid in (own_uid, 0):
-        return True
-    if group is None:
-        return False
-    return creds.gid == group or group in peer_groups(creds.pid, proc_root)
 
 
 def bind_unix_socket(path: Path, group: int | None) -> socket.socket:

@@ -8,6 +8,9 @@ It runs one thread that owns the worker process and the control connection:
     READY --no pong / no message within the ping timeout--> killed (SIGKILL) --exit--> BACKOFF
     any --stop()--> STOPPING (SIGTERM: the worker drains) --exit or drain timeout (SIGKILL)--> STOPPED
 
+Before its first start it looks for a worker that a previous daemon left running (one
+answering on the control socket) and adopts it rather than starting a second one.
+
 Restart delays grow exponentially with jitter and reset once a worker has run for a
 whole crash-loop window. Knob changes from other threads go through `set_knobs`, which
 shares the connection under a lock.
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gputuned.control.client import ControlClient, ControlError, ControlTimeout
+from gputuned.daemon.adopted import AdoptedProcess
 from gputuned.daemon.placement import Placement, shim_command
 
 log = logging.getLogger(__name__)
@@ -125,7 +129,8 @@ class Supervisor:
         self._on_applied = on_applied
         self._rng = rng or random.Random()
         self._lock = threading.RLock()  # guards the fields below and the control client
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | AdoptedProcess | None = None
+        self._first_start = True
         self._client: ControlClient | None = None
         self._state = WorkerState.STARTING
         self._restarts = 0
@@ -232,7 +237,7 @@ class Supervisor:
         while not self._stop.is_set():
             try:
                 self._step()
-            except Exception as exc:  # noqa: BLE001 - the supervisor must outlive any surprise
+            except Exception as exc:
                 if repr(exc) != last_failure:  # the traceback once, not every second
                     log.exception("supervisor step failed")
                     last_failure = repr(exc)
@@ -246,6 +251,10 @@ class Supervisor:
             self._stop.wait(0.5)
             return
         if process is None:
+            if self._first_start:
+                self._first_start = False
+                if self._adopt():
+                    return
             if now >= self._next_start:
                 self._spawn()
             else:
@@ -272,6 +281,31 @@ class Supervisor:
             log.error("cannot start the worker %s: %s", command[0], exc)
             self._handle_exit(127)
             return
+        self._begin(process)
+        log.info("worker started, pid %d%s", process.pid,
+                 f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else "")
+
+    def _adopt(self) -> bool:
+        """Takes over a worker still serving on the control socket (its daemon died without
+        draining it); False when there is none, so a new one is started."""
+        path = self._launch.control_socket
+        if not path.exists():
+            return False
+        client = ControlClient(path, timeout=self._policy.ping_timeout)
+        try:
+            client.connect()
+            process = AdoptedProcess(client.peer_pid())
+        except (ControlError, OSError) as exc:
+            log.info("no worker answers on %s (%s); starting a new one", path, exc)
+            return False
+        finally:
+            client.close()
+        self._begin(process)
+        log.warning("adopted worker pid %d, left running by a previous gputuned; it keeps serving", process.pid)
+        return True
+
+    def _begin(self, process: subprocess.Popen[bytes] | AdoptedProcess) -> None:
+        """Watches `process` from now on: connect, apply the knobs, wait for ready."""
         with self._lock:
             self._process = process
             self._state = WorkerState.STARTING
@@ -282,8 +316,6 @@ class Supervisor:
             self._ready_at = None
             self._stats = self._stats_at = None
             self._history.clear()
-        log.info("worker started, pid %d%s", process.pid,
-                 f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else "")
 
     def _handle_exit(self, code: int) -> None:
         now = time.monotonic()
@@ -339,7 +371,7 @@ class Supervisor:
         if self._launch.ready_url is None:
             return True
         try:
-            with urllib.request.urlopen(self._launch.ready_url, timeout=1.0) as response:  # noqa: S310 - the worker's loopback
+            with urllib.request.urlopen(self._launch.ready_url, timeout=1.0) as response:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False

@@ -180,10 +180,13 @@ def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> P
 
 @contextlib.contextmanager
 def running_supervising_daemon(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, **worker: object
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, worker_port: int | None = None,
+    **worker: object,
 ) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
-    """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket)."""
-    worker_port = free_port()
+    """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket).
+
+    The same `tmp_path` and `worker_port` give a second daemon the first one's config and state."""
+    worker_port = worker_port or free_port()
     config = write_daemon_config(tmp_path, worker_port, **worker)
     metrics_port = free_port()
     log = (tmp_path / "daemon.log").open("w")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gputuned.control.client import ControlClient, ControlError
+from gputuned.control.peers import PeerCredentials, peer_allowed
 from gputuned.control.protocol import MAX_MESSAGE_BYTES, decode, encode, message
-from gputuned.control.server import ControlServer, PeerCredentials, ServerThread, bind_unix_socket, peer_allowed
+from gputuned.control.server import ControlServer, ServerThread, bind_unix_socket
 from gputuned.worker.agent import Agent
 
 

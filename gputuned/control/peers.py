@@ -1,0 +1,47 @@
+"""Who is at the other end of a Unix socket, from the kernel (SO_PEERCRED), and whether to let them in."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> PeerCredentials:
+    pid, uid, gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    return PeerCredentials(pid, uid, gid)
+
+
+def peer_groups(pid: int, proc_root: Path = Path("/proc")) -> set[int]:
+    """The peer's primary and supplementary groups, from /proc/PID/status ('Groups:')."""
+    try:
+        text = (proc_root / str(pid) / "status").read_text()
+    except OSError:
+        return set()
+    groups: set[int] = set()
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Gid" and rest.split():
+            groups.add(int(rest.split()[0]))  # the real gid
+        elif key == "Groups":
+            groups.update(int(g) for g in rest.split())
+    return groups
+
+
+def peer_allowed(creds: PeerCredentials, group: int | None, own_uid: int, proc_root: Path = Path("/proc")) -> bool:
+    """Same uid as us, root, or a member of the configured group."""
+    if creds.uid in (own_uid, 0):
+        return True
+    if group is None:
+        return False
+    return creds.gid == group or group in peer_groups(creds.pid, proc_root)
