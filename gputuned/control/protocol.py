@@ -70,7 +70,7 @@ def validate(message: Any) -> dict[str, Any]:
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {version!r}; this side speaks {PROTOCOL_VERSION}", seq)
     kind = message.get("type")
-    if kind not in _SCHEMAS:
+    if not isinstance(kind, str) or kind not in _SCHEMAS:
         raise ProtocolError(f"unknown message type {kind!r}; known types: {', '.join(MESSAGE_TYPES)}", seq)
     required, optional = _SCHEMAS[kind]
     for name, types in required.items():

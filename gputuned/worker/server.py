@@ -78,6 +78,16 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return document, binary
 
 
+def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional 'parameters' object of the request, an input or an output."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
 def decode_input(document: dict[str, Any], binary: bytes, model: LoadedModel, max_items: int) -> torch.Tensor:
     """The request's input tensor [n, *shape], checked against the model's signature."""
     inputs = document.get("inputs")
@@ -98,9 +108,7 @@ def decode_input(document: dict[str, Any], binary: bytes, model: LoadedModel, ma
     if not 1 <= items <= max_items:
         raise BadRequest(f"input {spec.name}: batch dimension {items} is outside 1..{max_items}")
     count = math.prod(shape)
-    parameters = tensor.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"input {spec.name}: 'parameters' must be an object")
+    parameters = parameters_of(tensor, f"input {spec.name}")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         expected = count * spec.numpy_dtype.itemsize
@@ -123,7 +131,7 @@ def decode_input(document: dict[str, Any], binary: bytes, model: LoadedModel, ma
 
 def requested_outputs(document: dict[str, Any], model: LoadedModel) -> list[tuple[int, bool]]:
     """(output index, binary?) for each output to return, in the order asked."""
-    default_binary = bool((document.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(parameters_of(document, "request").get("binary_data_output", False))
     names = {spec.name: index for index, spec in enumerate(model.outputs)}
     asked = document.get("outputs")
     if asked is None:
@@ -132,10 +140,10 @@ def requested_outputs(document: dict[str, Any], model: LoadedModel) -> list[tupl
         raise BadRequest("'outputs' must be a list")
     chosen = []
     for output in asked:
-        if not isinstance(output, dict) or output.get("name") not in names:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str) or output["name"] not in names:
             name = output.get("name") if isinstance(output, dict) else output
             raise BadRequest(f"unknown output {name!r}; model {model.name} has {', '.join(names)}")
-        binary = bool((output.get("parameters") or {}).get("binary_data", default_binary))
+        binary = bool(parameters_of(output, f"output {output['name']}").get("binary_data", default_binary))
         chosen.append((names[output["name"]], binary))
     return chosen
 

@@ -102,3 +102,9 @@ def test_arbitrary_json_decodes_only_to_valid_messages(value, kind):
     except ProtocolError:
         return
     assert encode(decoded)  # whatever decodes is a message this side could send itself
+
+
+def test_a_type_that_is_not_a_string_is_a_protocol_error_not_a_crash():
+    # Found by tests/fuzz/fuzz_control.py: an unhashable type raised TypeError.
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        decode(b'{"v": 1, "type": {"streams": true}, "seq": 3}')
