@@ -382,7 +382,14 @@ class Daemon:
         performance = self.recent_performance() if self.supervisor else None
         host, port = self.metrics_address
         tuner = self.guard.view() if self.guard else None
-        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner)
+        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner,
+                            self.state_error())
+
+    def state_error(self) -> str | None:
+        """Why the state directory cannot be written (knobs and decisions then live in memory only)."""
+        errors = [f"knobs.json: {self._knob_store.persist_error}" if self._knob_store.persist_error else None,
+                  f"decisions.jsonl: {self._decision_log_error}" if self._decision_log_error else None]
+        return "; ".join(error for error in errors if error) or None
 
     # --- the work loop ----------------------------------------------------------------------
 
@@ -412,6 +419,8 @@ class Daemon:
             parts.append(f"{performance.throughput:.1f} req/s, p99 {p99}")
         if status.knobs:
             parts.append(" ".join(f"{k}={v}" for k, v in sorted(status.knobs.items())))
+        if self.state_error():
+            parts.append("state not saved, kept in memory")
         return "; ".join(parts)
 
     def wait_until_ready(self, timeout: float) -> None:

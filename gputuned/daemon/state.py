@@ -112,9 +112,10 @@ class KnobStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomically(self.path, json.dumps(document, indent=2, sort_keys=True).encode() + b"\n")
         except OSError as exc:
+            reason = f"{exc.strerror or exc}: {exc.filename or self.path}"
             if self.persist_error is None:
-                log.warning("cannot save knob state to %s (%s); keeping it in memory", self.path, exc.strerror or exc)
-            self.persist_error = f"{exc.strerror or exc}"
+                log.warning("cannot save knob state to %s (%s); keeping it in memory", self.path, reason)
+            self.persist_error = reason
             return
         if self.persist_error is not None:
             log.info("knob state saved to %s again", self.path)

@@ -45,13 +45,14 @@ def _offnode_ratio(store: SampleStore) -> float | None:
 
 
 def build_status(store: SampleStore, worker: Any, performance: Any, started_at: float, metrics_url: str,
-                 tuner: Any = None) -> dict[str, Any]:
+                 tuner: Any = None, state_error: str | None = None) -> dict[str, Any]:
     """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` a
     Measurement of it over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
-    `tuner` the guard's GuardView."""
+    `tuner` the guard's GuardView, `state_error` why the state directory cannot be written."""
     now = time.time()
     report: dict[str, Any] = {
-        "daemon": {"version": __version__, "uptime_seconds": now - started_at, "metrics": metrics_url},
+        "daemon": {"version": __version__, "uptime_seconds": now - started_at, "metrics": metrics_url,
+                   "state_error": state_error},
         "gpus": _gpus(store),
         "collectors": {s.collector: s.success for s in store.snapshots()},
         "worker": None,
@@ -105,6 +106,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
 def format_status(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
     lines = [f"gputuned {daemon['version']}, up {_fmt(daemon['uptime_seconds'], ' s', digits=0)}, metrics at {daemon['metrics']}"]
+    if daemon.get("state_error"):
+        lines.append(f"state not saved ({daemon['state_error']}): tuned knobs and decisions are kept in memory only")
     failing = [name for name, ok in report["collectors"].items() if not ok]
     if failing:
         lines.append(f"collectors failing: {', '.join(failing)} (see the log and gputuned_collector_success)")

@@ -146,6 +146,34 @@ def test_a_killed_daemon_leaves_the_worker_serving_and_the_next_one_adopts_it(tm
     assert "gputuned_worker_up 1.0" in scraped
 
 
+def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_path):
+    state, aside = tmp_path / "state", tmp_path / "state.real"
+    with running_supervising_daemon(tmp_path) as (process, _metrics, _worker, admin):
+        with ControlClient(admin) as client:
+            client.set({"max_batch_size": 8})
+        saved = (state / "knobs.json").read_text()
+        state.rename(aside)
+        state.write_text("not a directory")  # every write below it now fails (ENOTDIR), even for root
+        with ControlClient(admin) as client:
+            applied = client.set({"max_batch_size": 16})  # still applied, kept in memory
+        failing = admin_status(admin)
+        human = subprocess.run([sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
+                               capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout
+        state.unlink()
+        aside.rename(state)
+        assert (state / "knobs.json").read_text() == saved  # the old file, whole
+        with ControlClient(admin) as client:
+            client.set({"streams": 2})
+        recovered = admin_status(admin)
+        assert process.poll() is None
+    print(f"\nstate directory unwritable: {failing['daemon']['state_error']}")
+    assert applied == {"max_batch_size": 16} and failing["knobs"]["max_batch_size"] == 16
+    assert "knobs.json" in failing["daemon"]["state_error"] and "state not saved" in human
+    assert recovered["daemon"]["state_error"] is None
+    workloads = json.loads((state / "knobs.json").read_text())["workloads"]
+    assert list(workloads.values())[0] == {"max_batch_size": 16, "streams": 2}
+
+
 def test_a_hung_worker_is_killed_and_replaced(tmp_path):
     with running_supervising_daemon(tmp_path, ping_timeout_seconds=2.0) as (_, _metrics, worker, admin):
         first_pid = admin_status(admin)["worker"]["pid"]
