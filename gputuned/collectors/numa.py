@@ -181,7 +181,7 @@ class NumaCollector:
     def _collect_worker(self, target: WorkerTarget, node_cpus: dict[int, list[int]], gpu_nodes: dict[int, int], out: Collected) -> None:
         try:
             stat = parse_proc_stat(read_text(self._proc_root, target.pid, "stat"))
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             out.notes.append(f"worker pid {target.pid} is gone")
             return
         except OSError as exc:
@@ -195,8 +195,11 @@ class NumaCollector:
 
         try:
             resident = parse_numa_maps(read_text(self._proc_root, target.pid, "numa_maps"))
-        except FileNotFoundError:
-            out.notes.append(f"no /proc/{target.pid}/numa_maps: the kernel was built without NUMA")
+        except (FileNotFoundError, ProcessLookupError):
+            if not (self._proc_root / str(target.pid)).exists():
+                out.notes.append(f"worker pid {target.pid} is gone")  # it exited between the two reads
+            else:
+                out.notes.append(f"no /proc/{target.pid}/numa_maps: the kernel was built without NUMA")
             return
         except OSError as exc:
             out.errors.append(describe_os_error(exc))

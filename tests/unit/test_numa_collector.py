@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gputuned.collectors import numa
 from gputuned.collectors.numa import NumaCollector
 from gputuned.samples import WorkerTarget
 from tests.conftest import host_root
@@ -120,3 +121,32 @@ def test_the_real_host_reads_without_errors():
     out = NumaCollector(Path("/proc"), Path("/sys"), dict).collect(WorkerTarget(pid=os.getpid()))
     assert out.errors == []
     assert values(out, "gputuned_worker_page_faults_total")[("minor",)] > 0
+
+
+def test_an_unreadable_numastat_fails_that_node_only_and_names_the_file(tmp_path):
+    proc, sys = host_root("dual-socket-8gpu")
+    shutil.copytree(sys, tmp_path / "sys", symlinks=True)
+    numastat = tmp_path / "sys" / "devices" / "system" / "node" / "node1" / "numastat"
+    numastat.unlink()
+    numastat.mkdir()  # reading it fails (EISDIR) as an unreadable file would, even for root
+    out = NumaCollector(proc, tmp_path / "sys", dict).collect(WorkerTarget())
+    assert len(out.errors) == 1 and str(numastat) in out.errors[0]
+    assert values(out, "gputuned_numa_hit_total").keys() == {("0",)}
+    assert "gputuned_vmstat_numa_hit_total" in names(out)
+
+
+def test_a_worker_that_exits_between_reading_its_stat_and_its_numa_maps_is_a_note(tmp_path, monkeypatch):
+    proc, sys = host_root("dual-socket-8gpu")
+    shutil.copytree(proc, tmp_path / "proc")
+    real_read = numa.read_text
+
+    def read_then_exit(root: Path, *parts: str | int) -> str:
+        text = real_read(root, *parts)
+        if parts[-1] == "stat" and len(parts) == 2:  # the worker exits right after its stat was read
+            shutil.rmtree(tmp_path / "proc" / str(parts[0]))
+        return text
+
+    monkeypatch.setattr(numa, "read_text", read_then_exit)
+    out = NumaCollector(tmp_path / "proc", sys, dict).collect(WorkerTarget(pid=4242, gpu=0))
+    assert out.errors == []
+    assert "worker pid 4242 is gone" in out.notes
