@@ -50,7 +50,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     oom_type = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom_type is not None and isinstance(exc, oom_type)) or "out of memory" in str(exc).lower()
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: you tried to allocate ..."
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 class Lane:
@@ -81,10 +85,11 @@ class Lane:
         spec = self._model.input
         shape = (items, *spec.shape)
         nbytes = items * inputs[0][0].numel() * inputs[0].element_size()
-        block, pool_hit = settings.pool.acquire(nbytes)
+        block, pool_hit = None, False
         h2d_bytes = 0
         oom = False
         try:
+            block, pool_hit = settings.pool.acquire(nbytes)
             batch = torch.cat(inputs, out=block.view(spec.torch_dtype, shape))
             with torch.inference_mode():
                 if self._stream is not None:
@@ -102,7 +107,8 @@ class Lane:
                 f"inference failed{' (out of memory)' if oom else ''}: {type(exc).__name__}: {exc}", out_of_memory=oom
             ) from exc
         finally:
-            block.release()
+            if block is not None:
+                block.release()
             self._stats.batch_done(items, time.perf_counter() - started, pool_hit, h2d_bytes, oom)
         per_request: list[list[torch.Tensor]] = []
         offset = 0
@@ -166,10 +172,12 @@ class LaneSet:
     async def _run_batch(self, lane: Lane, batch: list[PendingRequest]) -> None:
         try:
             results = await lane.run([request.tensor for request in batch])
-        except InferenceFailed as exc:
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets an answer, whatever failed
+            failure = exc if isinstance(exc, InferenceFailed) else InferenceFailed(
+                f"inference failed: {type(exc).__name__}: {exc}", out_of_memory=isinstance(exc, MemoryError))
             for request in batch:
                 if not request.future.done():
-                    request.future.set_exception(exc)
+                    request.future.set_exception(failure)
             return
         for request, outputs in zip(batch, results):
             if not request.future.done():

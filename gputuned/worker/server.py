@@ -43,9 +43,13 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers as JSON `error` bodies like ours."""
+    """aiohttp's own 404/405/413 answers as JSON `error` bodies like ours, and a request that
+    cannot even be read into memory (the worker at its memory limit) as a 503 to retry."""
     try:
         return await handler(request)
+    except MemoryError:
+        return _error(503, "out of memory while reading the request; retry later or send fewer items",
+                      **{"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -158,7 +158,7 @@ def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s
     raise TimeoutError(f"the worker was not ready within {deadline_s} s")
 
 
-def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> Path:
+def write_daemon_config(tmp_path: Path, worker_port: int, tuning: dict | None = None, **worker: object) -> Path:
     """A config for a daemon supervising a worker inside `tmp_path`, with fast timeouts."""
     settings = {
         "listen": f"127.0.0.1:{worker_port}",
@@ -173,6 +173,7 @@ def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> P
 
     lines = ["[paths]", f'runtime_dir = "{tmp_path / "run"}"', f'state_dir = "{tmp_path / "state"}"', "", "[worker]"]
     lines += [f"{key} = {toml(value)}" for key, value in settings.items()]
+    lines += ["", "[tuning]", *(f"{key} = {toml(value)}" for key, value in (tuning or {}).items())]
     path = tmp_path / "gputuned.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -181,13 +182,13 @@ def write_daemon_config(tmp_path: Path, worker_port: int, **worker: object) -> P
 @contextlib.contextmanager
 def running_supervising_daemon(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, worker_port: int | None = None,
-    **worker: object,
+    tuning: dict | None = None, **worker: object,
 ) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
     """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket).
 
     The same `tmp_path` and `worker_port` give a second daemon the first one's config and state."""
     worker_port = worker_port or free_port()
-    config = write_daemon_config(tmp_path, worker_port, **worker)
+    config = write_daemon_config(tmp_path, worker_port, tuning, **worker)
     metrics_port = free_port()
     log = (tmp_path / "daemon.log").open("w")
     command = [sys.executable, "-m", "gputuned", "run", "--config", str(config), "--metrics-listen", f"127.0.0.1:{metrics_port}", *args]

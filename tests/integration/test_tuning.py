@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -79,3 +81,32 @@ def test_recommend_mode_changes_nothing_and_a_hand_set_knob_stays_frozen_until_r
         human = run_cli("status", "--socket", str(admin)).stdout
         assert "tuner: auto" in human and "last decisions:" in human
     time.sleep(0.1)
+
+
+def test_a_batch_size_that_runs_out_of_memory_is_reverted_and_the_worker_stays_up(tmp_path):
+    # A model that needs a third of the host's memory per item: the allocator refuses batches of
+    # four. The daemon resumes at batch 2 from its state, so the batch tuner's first step fails.
+    workload = "build|cpu|FP32[4]"  # the model's name is its factory's
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "knobs.json").write_text(json.dumps(
+        {"version": 1, "last_workload": workload, "workloads": {workload: {"max_batch_size": 2}}}))
+    with running_supervising_daemon(tmp_path, "--log-level", "info", device="cpu", model="tests.memory_hungry_model:build",
+                                    input_shape="4", tuning={"slo_p99_ms": 1000.0}) as (_, metrics, worker, admin):
+        result = asyncio.run(run_load(LoadPlan(url=worker, concurrency=16, requests=10**9, duration=15)))
+        request = urllib.request.Request(f"{worker}/v2/models/build/infer", method="POST", data=json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 4], "data": [0.0] * 16}]}).encode())
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)  # noqa: S310 - loopback
+        with ControlClient(admin) as client:
+            report = client.request("status")["status"]
+        scraped = http_get(metrics)
+    decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+    batch = [(d["action"], d["old"], d["new"]) for d in decisions if d["knob"] == "max_batch_size"]
+    print(f"\nout of memory at batch 4: batch decisions {batch}; {result.ok} ok, {dict(result.errors)} failed; "
+          f"worker restarts {report['worker']['restarts']}")
+    assert batch[:2] == [("apply", 2, 4), ("revert", 4, 2)]
+    assert all(new < 4 for action, _, new in batch[2:] if action == "apply")  # the ceiling is remembered
+    assert report["worker"]["restarts"] == 0 and report["worker"]["state"] == "ready"
+    assert result.ok > 0 and set(result.errors) == {"http_503"}  # the failed batches' requests, told why
+    assert "gputuned_worker_oom_events_total 0.0" not in scraped
+    assert refused.value.code == 503 and "out of memory" in json.loads(refused.value.read())["error"]
