@@ -51,6 +51,8 @@ def _build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
     worker.add_argument("--max-queue", type=int, default=4096, help="most items queued before 503 (default 4096)")
     worker.add_argument("--knob", action="append", metavar="KNOB=VALUE", help="start with this knob value (repeatable)")
+    worker.add_argument("--saved-knob", action="append", metavar="KNOB=VALUE",
+                        help="a value gputuned saved: applied when this worker accepts it, else skipped with a warning")
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")

@@ -75,7 +75,7 @@ def builtin_worker_command(config: Config, control_socket: Path, knobs: Mapping[
     if worker.control_group:
         command += ["--control-group", worker.control_group]
     for name, value in sorted(knobs.items()):
-        command += ["--knob", f"{name}={value}"]
+        command += ["--saved-knob", f"{name}={value}"]
     return command
 
 
@@ -240,9 +240,18 @@ class Daemon:
         return builtin_worker_command(config, self.worker_socket, knobs)
 
     def _knobs_for_hello(self, hello: dict[str, Any]) -> dict[str, int]:
+        """The saved knobs of the worker's workload that it accepts; the others are forgotten
+        (saved for another machine or an older worker, they would be refused at every start)."""
         workload = workload_key(hello)
         self._knob_store.remember_workload(workload)
-        return self._knob_store.knobs_for(workload)
+        saved = self._knob_store.knobs_for(workload)
+        specs = hello["knobs"]
+        refused = {name: value for name, value in saved.items() if name not in specs
+                   or not specs[name]["min"] <= value <= specs[name]["max"] or not specs[name]["live"]}
+        if refused:
+            log.warning("saved knobs %s are outside what this worker accepts; forgetting them", refused)
+            self._knob_store.forget(workload, refused)
+        return {name: value for name, value in saved.items() if name not in refused}
 
     def _record_applied(self, hello: dict[str, Any], applied: dict[str, int]) -> None:
         self._knob_store.accept(workload_key(hello), applied)

@@ -101,6 +101,11 @@ class KnobStore:
         self.last_workload = workload
         self._save()
 
+    def forget(self, workload: str, knobs: dict[str, int]) -> None:
+        for name in knobs:
+            self._workloads.get(workload, {}).pop(name, None)
+        self._save()
+
     def remember_workload(self, workload: str) -> None:
         if workload != self.last_workload:
             self.last_workload = workload

@@ -46,6 +46,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         if args.max_queue < 1:
             raise ValueError("--max-queue must be at least 1")
         initial_knobs = parse_assignments(args.knob or [])
+        saved_knobs = parse_assignments(args.saved_knob or [])
     except (ValueError, KeyError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
@@ -55,7 +56,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
     options = WorkerOptions(host=host, port=port, control_socket=args.control_socket, control_group=group,
-                            max_queue_items=args.max_queue, initial_knobs=initial_knobs)
+                            max_queue_items=args.max_queue, initial_knobs=initial_knobs, saved_knobs=saved_knobs)
     try:
         return run_worker(model, options)
     except KnobError as exc:

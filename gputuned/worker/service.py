@@ -19,6 +19,7 @@ import psutil
 import torch
 from aiohttp import web
 
+from gputuned.knobs import KnobError
 from gputuned.worker.agent import Agent
 from gputuned.worker.batcher import DynamicBatcher
 from gputuned.worker.lanes import LaneSet, LiveSettings
@@ -43,6 +44,7 @@ class WorkerOptions:
     max_queue_items: int = 4096
     drain_timeout: float = 30.0
     initial_knobs: dict[str, int] = field(default_factory=dict)  # applied before the worker is ready
+    saved_knobs: dict[str, int] = field(default_factory=dict)  # the same, but a refused one is skipped
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -147,6 +149,11 @@ class WorkerService:
         await web.SockSite(runner, listener).start()
         self.bound_port = listener.getsockname()[1]
         self.agent = self._build_agent(self._options.control_socket)
+        for name, value in self._options.saved_knobs.items():
+            try:
+                self.agent.apply({name: value})
+            except KnobError as exc:  # saved for another machine or an older worker: its default stays
+                log.warning("saved knob skipped: %s", exc)
         if self._options.initial_knobs:
             self.agent.apply(self._options.initial_knobs)  # KnobError: refused before serving anything
         if self._options.control_socket is not None:

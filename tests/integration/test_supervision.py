@@ -174,6 +174,25 @@ def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_
     assert list(workloads.values())[0] == {"max_batch_size": 16, "streams": 2}
 
 
+def test_saved_knobs_this_worker_refuses_are_skipped_and_forgotten_not_a_crash_loop(tmp_path):
+    # Saved on a bigger machine, or by an older worker: a thread count above this host's CPUs,
+    # a knob that no longer exists; the valid value still applies.
+    workload = "resnet-mini|cpu|FP32[3,64,64]"
+    (tmp_path / "state").mkdir()
+    saved = {"max_batch_size": 8, "intra_op_threads": 999, "retired_knob": 3}
+    (tmp_path / "state" / "knobs.json").write_text(json.dumps(
+        {"version": 1, "last_workload": workload, "workloads": {workload: saved}}))
+    with running_supervising_daemon(tmp_path, device="cpu") as (_, _metrics, _worker, admin):
+        status = admin_status(admin)
+    log = (tmp_path / "daemon.log").read_text()
+    kept = json.loads((tmp_path / "state" / "knobs.json").read_text())["workloads"][workload]
+    assert status["worker"]["state"] == "ready" and status["worker"]["restarts"] == 0
+    assert status["knobs"]["max_batch_size"] == 8 and status["knobs"]["intra_op_threads"] <= os.cpu_count()
+    assert "saved knob skipped: intra_op_threads=999 is above its maximum" in log
+    assert "outside what this worker accepts; forgetting them" in log
+    assert kept == {"max_batch_size": 8}
+
+
 def test_a_hung_worker_is_killed_and_replaced(tmp_path):
     with running_supervising_daemon(tmp_path, ping_timeout_seconds=2.0) as (_, _metrics, worker, admin):
         first_pid = admin_status(admin)["worker"]["pid"]
