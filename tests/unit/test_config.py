@@ -74,3 +74,13 @@ def test_listen_address_forms():
     assert parse_listen_address("localhost:1") == ("localhost", 1)
     with pytest.raises(ValueError, match="not a number"):
         parse_listen_address("127.0.0.1:http")
+
+
+def test_metrics_and_the_inference_api_bind_to_loopback_unless_told_otherwise():
+    from gputuned.cli import _build_parser
+
+    config = Config()
+    assert parse_listen_address(config.metrics.listen)[0] == "127.0.0.1"
+    assert parse_listen_address(config.worker.listen)[0] == "127.0.0.1"
+    worker = _build_parser().parse_args(["worker"])
+    assert parse_listen_address(worker.listen)[0] == "127.0.0.1"

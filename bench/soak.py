@@ -1,0 +1,135 @@
+"""Soak: the daemon and its worker under a steady load for ten minutes, with periodic knob
+changes and one worker kill half way.
+
+Runs the real `gputuned run` supervising the built-in worker (CPU), a closed-loop load of
+8 clients, a `gputuned set` through the admin socket every 30 s (alternating batch size
+and lanes), and one SIGKILL of the worker at half time. Reports requests served and
+failed (those in flight at the kill apart), the RSS of the daemon and of each worker
+after a warm-up and at the end (growth in %), and open file descriptors at start and end.
+
+Targets (issue 7): no failed request outside the kill, RSS growth under 5%, no
+descriptor growth.
+
+    python bench/soak.py [--seconds 600] [--warmup 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from gputuned.control.client import ControlClient  # noqa: E402 - needs the path above
+from gputuned.loadgen import LoadPlan, run_load  # noqa: E402
+from tests.integration.processes import running_supervising_daemon  # noqa: E402
+
+REFUSED = {"ClientConnectorError", "http_503"}  # the worker down or starting: nothing was accepted
+CHANGES = [{"max_batch_size": 16}, {"streams": 2}, {"max_batch_size": 8}, {"streams": 1}]
+
+
+def footprint(pid: int) -> tuple[int, int]:
+    """(resident bytes, open descriptors)."""
+    process = psutil.Process(pid)
+    return process.memory_info().rss, process.num_fds()
+
+
+def worker_pid(admin: Path) -> int:
+    with ControlClient(admin) as client:
+        return client.request("status")["status"]["worker"]["pid"]
+
+
+def wait_for_new_worker(admin: Path, old: int, seconds: float = 60) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with ControlClient(admin) as client:
+                worker = client.request("status")["status"]["worker"]
+            if worker["pid"] not in (None, old) and worker["state"] == "ready":
+                return worker["pid"]
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the worker was not restarted")
+
+
+def growth(before: int, after: int) -> str:
+    return f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%)"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=600.0, help="length of the soak (default 600)")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds before the first RSS reading (default 60)")
+    parser.add_argument("--change-every", type=float, default=30.0, help="seconds between knob changes (default 30)")
+    args = parser.parse_args()
+    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"gputuned-soak-{os.getpid()}"
+    workdir.mkdir(parents=True)
+
+    with running_supervising_daemon(workdir, "--log-level", "warning", device="cpu") as (daemon, _metrics, worker, admin):
+        box: dict = {}
+        plan = LoadPlan(url=worker, concurrency=8, requests=10**9, duration=args.seconds)
+        load = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
+        started = time.monotonic()
+        load.start()
+        first = worker_pid(admin)
+        kill_at = started + args.seconds / 2
+        readings: dict[str, tuple[int, int]] = {}
+        killed_at_perf = None
+        second = None
+        changes = 0
+        next_change = started + args.change_every
+        while load.is_alive():
+            now = time.monotonic()
+            if "daemon start" not in readings and now >= started + args.warmup:
+                readings["daemon start"] = footprint(daemon.pid)
+                readings["worker 1 start"] = footprint(first)
+            if second is None and now >= kill_at:
+                readings["worker 1 end"] = footprint(first)
+                killed_at_perf = time.perf_counter()
+                os.kill(first, signal.SIGKILL)
+                second = wait_for_new_worker(admin, first)
+                second_started = time.monotonic()
+            if second is not None and "worker 2 start" not in readings and now >= second_started + args.warmup:
+                readings["worker 2 start"] = footprint(second)
+            if now >= next_change:
+                with ControlClient(admin) as client:
+                    client.set(CHANGES[changes % len(CHANGES)])
+                changes += 1
+                next_change += args.change_every
+            if now >= started + args.seconds - 2 and "daemon end" not in readings:
+                readings["daemon end"] = footprint(daemon.pid)
+                if second is not None:
+                    readings["worker 2 end"] = footprint(second)
+            time.sleep(0.2)
+        load.join()
+
+    result = box["result"]
+    near_kill = [kind for sent, kind in result.failures
+                 if killed_at_perf is not None and killed_at_perf - 2 < sent < killed_at_perf + 60]
+    outside = [kind for sent, kind in result.failures
+               if killed_at_perf is None or not killed_at_perf - 2 < sent < killed_at_perf + 60]
+    in_flight = [kind for kind in near_kill if kind not in REFUSED]
+    print(f"soak: {args.seconds:.0f} s, 8 clients, {changes} knob changes, one worker kill at {args.seconds / 2:.0f} s")
+    print(f"requests: {result.ok} served, {sum(result.errors.values())} failed: {len(in_flight)} in flight at the kill, "
+          f"{len(near_kill) - len(in_flight)} refused while the worker restarted, {len(outside)} anywhere else")
+    print(f"daemon RSS {growth(readings['daemon start'][0], readings['daemon end'][0])}, "
+          f"fds {readings['daemon start'][1]} -> {readings['daemon end'][1]}")
+    for n in ("1", "2"):
+        if f"worker {n} start" in readings and f"worker {n} end" in readings:
+            print(f"worker {n} RSS {growth(readings[f'worker {n} start'][0], readings[f'worker {n} end'][0])}, "
+                  f"fds {readings[f'worker {n} start'][1]} -> {readings[f'worker {n} end'][1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
