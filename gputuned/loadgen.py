@@ -14,6 +14,7 @@ import json
 import math
 import random
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ class LoadPlan:
     batch: int = 1  # items per request
     seed: int = 0
     timeline: bool = False  # keep (completion time, latency) of every request, for curves over time
+    stop: threading.Event | None = None  # set from another thread to end the load early
 
 
 @dataclass
@@ -121,7 +123,8 @@ class _Run:
         self.deadline = self.started + plan.duration
 
     def may_send(self) -> bool:
-        return self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
+        stopped = self.plan.stop is not None and self.plan.stop.is_set()
+        return not stopped and self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
 
     async def one(self, scheduled: float) -> bool:
         """Sends one request; False when it failed."""

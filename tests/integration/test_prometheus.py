@@ -28,20 +28,17 @@ def scraped(tmp_path_factory) -> Iterator[tuple[str, str]]:
     none) on which the worker shows up as a process."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
     args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8")
-    loads: list[threading.Thread] = []
-    try:
-        with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
-            plan = LoadPlan(url=worker, concurrency=2, requests=60000, duration=150)
-            load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
-            load.start()
-            loads.append(load)
-            target = metrics.removeprefix("http://").removesuffix("/metrics")
+    with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
+        plan = LoadPlan(url=worker, concurrency=2, requests=10**6, duration=300, stop=threading.Event())
+        load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
+        load.start()
+        target = metrics.removeprefix("http://").removesuffix("/metrics")
+        try:
             with running_prometheus([target], tmp_path) as prometheus:
                 yield prometheus, target
-    finally:
-        # With the worker gone the remaining requests fail at once, so the load ends quickly.
-        for load in loads:
-            load.join(timeout=180)
+        finally:
+            plan.stop.set()
+            load.join(timeout=60)
 
 
 def wait_for(check, seconds: float):

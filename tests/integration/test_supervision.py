@@ -64,7 +64,9 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
     with running_supervising_daemon(tmp_path, crash_loop_window_seconds=2.0) as (_, metrics, worker, admin):
         with ControlClient(admin) as client:
             assert client.set({"max_batch_size": 8, "streams": 2}) == {"max_batch_size": 8, "streams": 2}
-        thread, box = load_in_background(LoadPlan(url=worker, concurrency=CLIENTS, requests=10**7, duration=KILLS * 4.5 + 5))
+        stop_load = threading.Event()
+        thread, box = load_in_background(LoadPlan(url=worker, concurrency=CLIENTS, requests=10**7, duration=KILLS * 10,
+                                                  stop=stop_load))
         kills, back_after, knobs = [], [], []
         for _ in range(KILLS):
             time.sleep(2.5)  # serving under load
@@ -76,7 +78,9 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
             back_after.append(time.perf_counter() - kills[-1])
             with ControlClient(tmp_path / "run" / "worker.sock") as direct:
                 knobs.append({name: spec["value"] for name, spec in direct.hello["knobs"].items()})
-        thread.join(timeout=KILLS * 4.5 + 60)
+        time.sleep(1.0)
+        stop_load.set()
+        thread.join(timeout=60)
         status = admin_status(admin)
         scraped = http_get(metrics)
     result = box["result"]
