@@ -248,6 +248,17 @@ def test_cuda_requested_on_a_cpu_machine_is_refused():
     assert result.returncode == 2 and "CUDA is not available" in result.stderr
 
 
+@pytest.mark.parametrize(("knob", "error"), [
+    ("max_batch_size=0", "--knob refused: max_batch_size=0 is below its minimum 1"),
+    ("streams=lots", "streams='lots' is not an integer"),
+    ("warp_speed=9", "unknown knob"),
+])
+def test_a_knob_out_of_bounds_on_the_command_line_is_refused_before_serving(knob, error):
+    result = subprocess.run([sys.executable, "-m", "gputuned", "worker", "--device", "cpu", "--listen", "127.0.0.1:0",
+                             "--knob", knob], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    assert result.returncode == 2 and error in result.stderr, result.stderr
+
+
 def test_open_loop_load_keeps_its_rate_and_bounds(worker):
     _, base, _ = worker
     result = asyncio.run(run_load(LoadPlan(url=base, concurrency=None, rate=100.0, requests=10_000, duration=2.0)))
