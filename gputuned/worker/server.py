@@ -268,6 +268,12 @@ class InferenceApp:
             refusal = _error(503, "the worker is not ready (starting or draining)", **{"Retry-After": RETRY_AFTER_SECONDS})
             refusal.force_close()  # no keep-alive: a client should not send its next request down this connection
             return refusal
+        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+            # Refused on its declared length, before reading it: an oversize body costs no copy.
+            self._stats.request_done(0.0, ok=False)
+            refusal = _error(413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
+            refusal.force_close()  # the unread body must not be taken for the next request
+            return refusal
         try:
             document, binary = split_body(await request.read(), request.headers.get(HEADER_LENGTH))
             tensor = decode_input(document, binary, self._model, self._max_request_items)
