@@ -6,9 +6,10 @@ Runs the real `gputuned run` supervising the built-in worker (CPU), a closed-loo
 and lanes), and one SIGKILL of the worker at half time. Reports requests served and
 failed (those in flight at the kill apart), RSS growth in % and open file descriptors.
 
-RSS is read once each process's bounded buffers are full, so that filling them is not
-taken for a leak: the daemon's after --daemon-warmup (its sample rings hold 300 rounds
-at 1 Hz and the supervisor 5 minutes of worker stats), each worker's after --warmup.
+RSS is sampled every 5 s; growth is the median of the last minute against the median of
+the first minute once each process's bounded buffers are full, so that filling them is
+not taken for a leak: the daemon's after --daemon-warmup (its sample rings hold 300
+rounds at 1 Hz and the supervisor 5 minutes of worker stats), each worker's after --warmup.
 
 Targets (issue 7): no failed request outside the kill, RSS growth under 5%, no
 descriptor growth.
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -32,11 +35,12 @@ import psutil
 REPO_ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from gputuned.control.client import ControlClient  # noqa: E402 - needs the path above
-from gputuned.loadgen import LoadPlan, run_load  # noqa: E402
-from tests.integration.processes import running_supervising_daemon  # noqa: E402
+from gputuned.control.client import ControlClient
+from gputuned.loadgen import LoadPlan, run_load
+from tests.integration.processes import running_supervising_daemon
 
 REFUSED = {"ClientConnectorError", "http_503"}  # the worker down or starting: nothing was accepted
+SAMPLE_EVERY = 5.0
 CHANGES = [{"max_batch_size": 16}, {"streams": 2}, {"max_batch_size": 8}, {"streams": 1}]
 
 
@@ -65,8 +69,15 @@ def wait_for_new_worker(admin: Path, old: int, seconds: float = 60) -> int:
     raise TimeoutError("the worker was not restarted")
 
 
-def growth(before: int, after: int) -> str:
-    return f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%)"
+def growth(samples: list[tuple[float, int, int]], warm_at: float) -> str:
+    """RSS and descriptors: the median of the first minute after warm-up against that of the
+    last minute (RSS moves a few % with batch sizes and lanes; a leak keeps climbing)."""
+    warm = [s for s in samples if s[0] >= warm_at]
+    first = [s for s in warm if s[0] < warm[0][0] + 60]
+    last = [s for s in warm if s[0] > warm[-1][0] - 60]
+    before, after = statistics.median(s[1] for s in first), statistics.median(s[1] for s in last)
+    return (f"RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%) from "
+            f"{warm[0][0]:.0f} s to {warm[-1][0]:.0f} s; fds {first[0][2]} -> {last[-1][2]}")
 
 
 def main() -> int:
@@ -88,36 +99,27 @@ def main() -> int:
         load = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
         started = time.monotonic()
         load.start()
-        first = worker_pid(admin)
-        kill_at = started + args.seconds / 2
-        readings: dict[str, tuple[int, int]] = {}
+        workers = [(worker_pid(admin), started)]  # (pid, started at)
+        samples: dict[int, list[tuple[float, int, int]]] = {}  # pid -> (seconds since start, rss, fds)
         killed_at_perf = None
-        second = None
         changes = 0
-        next_change = started + args.change_every
+        next_change, next_sample = started + args.change_every, started
         while load.is_alive():
             now = time.monotonic()
-            if "worker 1 start" not in readings and now >= started + args.warmup:
-                readings["worker 1 start"] = footprint(first)
-            if "daemon start" not in readings and now >= started + args.daemon_warmup:
-                readings["daemon start"] = footprint(daemon.pid)
-            if second is None and now >= kill_at:
-                readings["worker 1 end"] = footprint(first)
+            if killed_at_perf is None and now >= started + args.seconds / 2:
                 killed_at_perf = time.perf_counter()
-                os.kill(first, signal.SIGKILL)
-                second = wait_for_new_worker(admin, first)
-                second_started = time.monotonic()
-            if second is not None and "worker 2 start" not in readings and now >= second_started + args.warmup:
-                readings["worker 2 start"] = footprint(second)
+                os.kill(workers[0][0], signal.SIGKILL)
+                workers.append((wait_for_new_worker(admin, workers[0][0]), time.monotonic()))
             if now >= next_change:
                 with ControlClient(admin) as client:
                     client.set(CHANGES[changes % len(CHANGES)])
                 changes += 1
                 next_change += args.change_every
-            if now >= started + args.seconds - 2 and "daemon end" not in readings:
-                readings["daemon end"] = footprint(daemon.pid)
-                if second is not None:
-                    readings["worker 2 end"] = footprint(second)
+            if now >= next_sample:
+                for pid in (daemon.pid, workers[-1][0]):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        samples.setdefault(pid, []).append((now - started, *footprint(pid)))
+                next_sample += SAMPLE_EVERY
             time.sleep(0.2)
         load.join()
 
@@ -130,12 +132,10 @@ def main() -> int:
     print(f"soak: {args.seconds:.0f} s, 8 clients, {changes} knob changes, one worker kill at {args.seconds / 2:.0f} s")
     print(f"requests: {result.ok} served, {sum(result.errors.values())} failed: {len(in_flight)} in flight at the kill, "
           f"{len(near_kill) - len(in_flight)} refused while the worker restarted, {len(outside)} anywhere else")
-    print(f"daemon RSS from {args.daemon_warmup:.0f} s to the end {growth(readings['daemon start'][0], readings['daemon end'][0])}, "
-          f"fds {readings['daemon start'][1]} -> {readings['daemon end'][1]}")
-    for n in ("1", "2"):
-        if f"worker {n} start" in readings and f"worker {n} end" in readings:
-            print(f"worker {n} RSS {growth(readings[f'worker {n} start'][0], readings[f'worker {n} end'][0])}, "
-                  f"fds {readings[f'worker {n} start'][1]} -> {readings[f'worker {n} end'][1]}")
+    daemon_samples = samples[daemon.pid]
+    print("daemon " + growth(daemon_samples, args.daemon_warmup))
+    for n, (pid, born) in enumerate(workers, 1):
+        print(f"worker {n} " + growth(samples[pid], born - started + args.warmup))
     return 0
 
 
