@@ -37,6 +37,7 @@ from gputuned.sweep import best_point, measure_point, parse_grid, run_sweep  # n
 from tests.integration.processes import running_supervising_daemon, running_worker  # noqa: E402
 
 GRID = ["max_batch_size=1,4,8,16,32,64", "streams=1,2,3", "intra_op_threads=1,2"]
+ORACLE_CANDIDATES = 3  # sweep points re-measured, best first, for one that holds the SLO on its own
 
 
 def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:
@@ -55,6 +56,24 @@ def rolling(values: list[float], width: int) -> list[float]:
 
 def first_at_or_above(values: list[float], threshold: float) -> int | None:
     return next((i for i, v in enumerate(values) if v >= threshold), None)
+
+
+def confirmed_oracle(base: str, control: Path, results: list, slo: float, clients: int) -> tuple:
+    """The best static setting that meets the SLO: the sweep's best points by goodput, each
+    measured once more on its own (two 5 s windows), until one keeps p99 within the SLO. A
+    point the sweep saw just under the SLO can land just over it; that one is no oracle."""
+    within = sorted((p for p in results if p.p99 is not None and p.p99 <= slo), key=lambda p: p.goodput, reverse=True)
+    fallback = None
+    for point in within[:ORACLE_CANDIDATES] or [best_point(results, slo)]:
+        with ControlClient(control) as client:
+            client.set(point.knobs)
+        windows = [measure_point(LoadPlan(url=base, concurrency=clients, requests=10**9, duration=5), slo) for _ in range(2)]
+        goodput, p99 = statistics.median(w[1] for w in windows), max(w[2] for w in windows)
+        fallback = fallback or (point, goodput, p99)
+        if p99 <= slo:
+            return point, goodput, p99
+        print(f"sweep point {point.knobs} measured p99 {p99 * 1000:.1f} ms on its own: over the SLO", file=sys.stderr)
+    return fallback
 
 
 def main() -> int:
@@ -78,12 +97,7 @@ def main() -> int:
             results = run_sweep(base, control, parse_grid(GRID), slo, args.clients, None, warmup=1.0, window=2.0,
                                 repeats=2, progress=sys.stderr)
             sweep_seconds = time.monotonic() - sweep_started
-            oracle = best_point(results, slo)
-            assert oracle is not None
-            with ControlClient(control) as client:  # the oracle's goodput, measured once more on its own
-                client.set(oracle.knobs)
-            oracle_goodput = statistics.median(
-                measure_point(LoadPlan(url=base, concurrency=args.clients, requests=10**9, duration=5), slo)[1] for _ in range(2))
+            oracle, oracle_goodput, oracle_p99 = confirmed_oracle(base, control, results, slo, args.clients)
 
         # 3 and 4: the daemon tunes a fresh worker from the defaults.
         daemon_dir = Path(tmp) / "online"
@@ -131,7 +145,7 @@ def main() -> int:
     print(f"1. defaults (batch 1, one lane):  goodput {default_goodput:7.1f}/s ({default_goodput / oracle_goodput:.2f} of the oracle), "
           f"throughput {default_throughput:.1f}/s, p99 {default_p99 * 1000:.1f} ms")
     print(f"2. oracle ({len(results)}-point sweep, {sweep_seconds:.0f} s): " + " ".join(f"{k}={v}" for k, v in oracle.knobs.items())
-          + f": goodput {oracle_goodput:.1f}/s, p99 {oracle.p99 * 1000:.1f} ms")
+          + f": goodput {oracle_goodput:.1f}/s, p99 {oracle_p99 * 1000:.1f} ms (confirmed on its own)")
     print(f"3. online from the defaults: first >= 95% of the oracle after "
           f"{'never' if reached is None else f'{reached} s'} (target < 90 s); steady state (last 30 s) {steady:.1f}/s = "
           f"{steady / oracle_goodput:.2f} of the oracle (target >= 0.95)")
