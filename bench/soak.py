@@ -71,13 +71,15 @@ def wait_for_new_worker(admin: Path, old: int, seconds: float = 60) -> int:
 
 def growth(samples: list[tuple[float, int, int]], warm_at: float) -> str:
     """RSS and descriptors: the median of the first minute after warm-up against that of the
-    last minute (RSS moves a few % with batch sizes and lanes; a leak keeps climbing)."""
+    last minute (RSS moves a few % with batch sizes and lanes, and a descriptor comes and
+    goes with each admin connection; a leak keeps climbing)."""
     warm = [s for s in samples if s[0] >= warm_at]
     first = [s for s in warm if s[0] < warm[0][0] + 60]
     last = [s for s in warm if s[0] > warm[-1][0] - 60]
     before, after = statistics.median(s[1] for s in first), statistics.median(s[1] for s in last)
     return (f"RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%) from "
-            f"{warm[0][0]:.0f} s to {warm[-1][0]:.0f} s; fds {first[0][2]} -> {last[-1][2]}")
+            f"{warm[0][0]:.0f} s to {warm[-1][0]:.0f} s; fds {statistics.median(s[2] for s in first):.0f} -> "
+            f"{statistics.median(s[2] for s in last):.0f}")
 
 
 def main() -> int:
