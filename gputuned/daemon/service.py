@@ -468,8 +468,11 @@ class Daemon:
         log.info("configuration reloaded")
 
     def stop(self) -> None:
-        """Drains the worker, then stops sampling, the servers, and releases NVML."""
+        """Stops tuning, drains the worker, then stops sampling, the servers, and releases NVML."""
         self.notifier.stopping()
+        if self._scheduler is not None and self._scheduler.get_job(TUNE_JOB_ID) is not None:
+            # No decision about a worker that is draining (a trial in flight is simply not kept).
+            self._scheduler.remove_job(TUNE_JOB_ID)
         if self.supervisor is not None:
             code = self.supervisor.stop()
             log.info("worker exited with code %s", code)
