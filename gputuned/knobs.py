@@ -29,6 +29,11 @@ class KnobSpec:
         return {"type": "int", "value": value, "min": self.minimum, "max": self.maximum, "live": self.live,
                 "description": self.description}
 
+    @classmethod
+    def from_wire(cls, name: str, wire: dict[str, Any]) -> KnobSpec:
+        """The spec a worker declared in its hello (the inverse of to_wire)."""
+        return cls(name, wire["value"], wire["min"], wire["max"], wire["live"], wire.get("description", ""))
+
     def check(self, value: Any) -> int:
         """The value as an int, or KnobError saying why it is refused."""
         if isinstance(value, bool) or not isinstance(value, int):

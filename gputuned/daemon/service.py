@@ -37,7 +37,7 @@ from gputuned.daemon.state import KnobStore, workload_key
 from gputuned.daemon.status import PERFORMANCE_WINDOW_SECONDS, build_status
 from gputuned.daemon.supervisor import RestartPolicy, Supervisor, WorkerLaunch, WorkerState
 from gputuned.exporter import build_registry, serve_metrics
-from gputuned.knobs import KnobError
+from gputuned.knobs import KnobError, KnobSpec
 from gputuned.performance import Measurement, measure
 from gputuned.sampler import Sampler
 from gputuned.samples import WorkerTarget
@@ -245,9 +245,13 @@ class Daemon:
         workload = workload_key(hello)
         self._knob_store.remember_workload(workload)
         saved = self._knob_store.knobs_for(workload)
-        specs = hello["knobs"]
-        refused = {name: value for name, value in saved.items() if name not in specs
-                   or not specs[name]["min"] <= value <= specs[name]["max"] or not specs[name]["live"]}
+        specs = {name: KnobSpec.from_wire(name, wire) for name, wire in hello["knobs"].items()}
+        refused = {}
+        for name, value in saved.items():
+            try:
+                specs[name].check(value)
+            except (KeyError, KnobError):
+                refused[name] = value
         if refused:
             log.warning("saved knobs %s are outside what this worker accepts; forgetting them", refused)
             self._knob_store.forget(workload, refused)
