@@ -86,6 +86,7 @@ class Measurement:
     device_busy: float | None = None  # GPU utilisation (CUDA) or host CPU busy (CPU), 0..1
     pcie_utilization: float | None = None
     p50: float | None = None  # seconds
+    in_system: float = 0.0  # requests inside the worker on average (Little's law: latency-seconds per second)
 
 
 def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_seconds: float,
@@ -126,4 +127,10 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
         device_busy=device_busy,
         pcie_utilization=pcie_utilization,
         p50=p50,
+        in_system=_latency_sum(older, newer) / seconds,
     )
+
+
+def _latency_sum(older: dict[str, Any], newer: dict[str, Any]) -> float:
+    """Seconds spent inside the worker by the requests completed between two reports."""
+    return max(float((newer.get("latency_seconds") or {}).get("sum", 0)) - float((older.get("latency_seconds") or {}).get("sum", 0)), 0.0)

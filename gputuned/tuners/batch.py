@@ -7,6 +7,13 @@ little of the latency is queueing), and step down by
 a quarter while the worker GPU's PCIe link is over 80% busy (bigger batches only queue
 behind the copy). A breach caused by queueing (the batch is quick, requests wait) is
 answered by growing the batch instead: more throughput is what drains a queue.
+
+The climb only goes up, so a second tuner, asked last, probes down: when nothing else
+has a move (doubling was tried and reverted, or batches no longer come out full) and the
+batches are bigger than half the maximum (so half would bind), it tries half. The best
+batch moves down when lanes or threads change: two lanes on two cores each run a batch
+with half the cache, and with a maximum of 16 for 32 clients one lane takes 16 while the
+other waits. A climb that got there with one lane cannot see that.
 """
 
 from __future__ import annotations
@@ -40,4 +47,21 @@ class BatchTuner:
                            f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down", "backoff")
         if window.throughput > 0 and window.mean_batch >= FULL * size:
             return changed(inp, KNOB, size * 2, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
+        return None
+
+
+class BatchDownProbe:
+    """Half the batch, as an explore move (kept only if goodput rises beyond the noise).
+
+    Asked after every other tuner, so it only gets a turn when nothing else has a move; the
+    guard's memory of directions that did not pay keeps it to once per landscape."""
+
+    name = "batch_down"
+
+    def propose(self, inp: TunerInput) -> Proposal | None:
+        if KNOB not in inp.knobs or inp.slo_breached():  # a breach is the batch tuner's to answer
+            return None
+        size, window = inp.knobs[KNOB], inp.window
+        if window.throughput > 0 and window.mean_batch > size / 2:
+            return changed(inp, KNOB, size // 2, f"batches of {window.mean_batch:.1f} at a maximum of {size}: probe {size // 2}")
         return None

@@ -15,9 +15,18 @@ States and transitions (`step(now)` is called by the tuning job every tick):
 Bounds come from the worker's hello; a step is at most what the tuner proposes (x2 or
 one lane); a knob reverted `flap_reverts` times within `flap_window` is left alone for
 that window. A direction once reverted (say, raising the batch from 32) is not tried
-again until another knob's change is kept (the landscape moved) or the workload shifts:
-the arrival rate at unchanged settings moving by more than `shift_threshold` restarts
-exploration. A knob set by hand is frozen until `resume()`. Every decision is recorded
+again until another knob's explore change is kept (the landscape moved) or the workload
+shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
+16) on the same terms.
+
+A workload shift restarts exploration. Our own changes move one of two signals, a real
+shift moves both: in a closed loop (clients waiting for answers) a better setting raises
+the arrival rate but not the requests in the system (the clients); with open-loop traffic
+it changes how many requests are inside but not how fast they come. Fewer or more
+clients, or a slower or faster stream of requests, move both the same way. So a shift is
+both signals having moved the same way, one by more than `shift_threshold` and the other
+by more than half of it, since the baseline of the last change tried (a shift during a
+trial shows at the next baseline; while nothing is tried, slow drift adds up). A knob set by hand is frozen until `resume()`. Every decision is recorded
 with its evidence.
 """
 
@@ -103,7 +112,7 @@ def _summary(m: Measurement | None) -> dict[str, Any] | None:
         return None
     return {"goodput": round(m.goodput, 2), "throughput": round(m.throughput, 2), "arrival": round(m.arrival_rate, 2),
             "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2), "failed": m.failed,
-            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3)}
+            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3), "in_system": round(m.in_system, 2)}
 
 
 @dataclass
@@ -127,6 +136,13 @@ class GuardView:
     decisions: list[Decision]
     counts: dict[tuple[str, str], int]
     ceilings: dict[str, int] = field(default_factory=dict)
+
+
+def _relative_change(before: float, after: float) -> float:
+    """(after - before) / before; from zero, any rise is a full change (1.0 per unit)."""
+    if before <= 0:
+        return 0.0 if after <= 0 else math.inf
+    return (after - before) / before
 
 
 class Guard:
@@ -159,7 +175,7 @@ class Guard:
         self._reverts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._frozen: set[str] = set()
         self._ceilings: dict[str, int] = {}
-        self._reference_arrival: float | None = None
+        self._reference: Measurement | None = None  # the baseline of the last change tried
         self._recent: collections.deque[Decision] = collections.deque(maxlen=50)
         self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
@@ -180,6 +196,7 @@ class Guard:
 
     def restart_exploration(self, now: float) -> None:
         """After the worker restarted or the workload changed: measure afresh, retry everything."""
+        self._reference = None
         self._rejected.clear()
         self._reverts.clear()
         self._phase, self._trial, self._since = Phase.SETTLED, None, now
@@ -258,23 +275,27 @@ class Guard:
                 continue
             if self._blocked(proposal, context.knobs[proposal.knob], now):
                 continue
+            self._reference = baseline
             self._act(proposal, context.knobs[proposal.knob], baseline, margins, now)
             return
 
     def _shifted(self, baseline: Measurement, now: float) -> bool:
-        """Compares arrival rates at unchanged settings (a faster worker in a closed loop
-        also sees more arrivals; that is our doing, not a shift)."""
-        reference = self._reference_arrival
-        self._reference_arrival = reference if reference is not None else baseline.arrival_rate
-        if reference is None or reference == 0 and baseline.arrival_rate == 0:
+        """Whether the arrival rate and the requests in the system both moved the same way
+        since the reference (see the module docstring); on a shift, exploration restarts."""
+        reference = self._reference
+        if reference is None:
+            self._reference = baseline
             return False
-        change = abs(baseline.arrival_rate - reference) / max(reference, 1e-9)
-        if change <= self.settings.shift_threshold:
+        changes = [_relative_change(getattr(reference, name), getattr(baseline, name)) for name in ("arrival_rate", "in_system")]
+        threshold = self.settings.shift_threshold
+        same_way = changes[0] * changes[1] > 0
+        if not same_way or max(map(abs, changes)) <= threshold or min(map(abs, changes)) <= threshold / 2:
             return False
         self._decide(now, "*", "shift", None, None,
-                     f"arrival rate {reference:.0f} -> {baseline.arrival_rate:.0f} req/s: exploring again", baseline)
-        self._reference_arrival = baseline.arrival_rate
+                     f"arrival rate {reference.arrival_rate:.0f} -> {baseline.arrival_rate:.0f} req/s, requests in the "
+                     f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}: exploring again", baseline)
         self.restart_exploration(now)
+        self._reference = baseline
         return True
 
     def _act(self, proposal: Proposal, old: int, baseline: Measurement, margins: dict[str, float], now: float) -> None:
@@ -318,8 +339,11 @@ class Guard:
             knob = trial.proposal.knob
             self._decide(now, knob, "keep", trial.previous[knob], trial.proposal.value,
                          f"{trial.proposal.reason}; kept", trial.baseline, window)
-            # The landscape moved: directions other knobs were refused in may pay now.
-            self._rejected = {entry for entry in self._rejected if entry[0] == knob}
+            if trial.proposal.kind == "explore":
+                # Goodput moved beyond the noise, so the landscape did: directions other
+                # knobs were refused in may pay now.
+                self._rejected = {entry for entry in self._rejected if entry[0] == knob}
+            self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2]))
             self._finish(now, settled_from=trial.start)  # the trial window is the next baseline
         else:
             self._revert(trial, window, now, verdict)
@@ -372,6 +396,5 @@ class Guard:
 
     def _finish(self, now: float, settled_from: float) -> None:
         self._trial = None
-        self._reference_arrival = None  # the next baseline, at the new settings, is the reference
         self._phase, self._until = Phase.COOLDOWN, now + self.settings.cooldown_seconds
         self._settled_from = settled_from

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
 from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import Proposal
+from gputuned.tuners.batch import BatchDownProbe, BatchTuner
+from gputuned.tuners.streams import StreamsTuner
+from gputuned.tuners.threads import ThreadsTuner
 from gputuned.tuners.guard import Context, Guard, GuardSettings, Mode
 
 SLO = 0.1
@@ -23,9 +27,13 @@ BOUNDS = {"max_batch_size": (1, 512), "max_queue_delay_us": (0, 1_000_000), "str
 DEFAULTS = {"max_batch_size": 1, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
 
 
+CLIENTS = 32
+
+
 class SimulatedWorker:
     """Throughput grows with batch size and a second lane (if the cores are not oversubscribed);
-    p99 grows with batch size, so the SLO caps the batch. Closed loop: batches come out full."""
+    p99 grows with batch size, so the SLO caps the batch. Closed loop: batches come out full,
+    and the requests in the worker are the clients (32 x demand) whatever the settings."""
 
     def __init__(self, noise: float = 0.02, seed: int = 1, demand: float = 1.0) -> None:
         self.knobs = dict(DEFAULTS)
@@ -58,7 +66,8 @@ class SimulatedWorker:
         goodput = throughput if p99 <= SLO else throughput * 0.3
         return Measurement(seconds=end - start, arrival_rate=throughput, throughput=throughput, goodput=goodput, p99=p99,
                            failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=p99 / 2, busy_ratio=0.95,
-                           queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0)
+                           queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0,
+                           in_system=CLIENTS * self.demand)
 
     def context(self) -> Context:
         return Context(dict(self.knobs), BOUNDS, "cpu", 2, 3 * 64 * 64 * 4)
@@ -97,7 +106,39 @@ def test_converges_near_the_best_setting_within_the_slo():
     assert throughput >= 0.95 * best_goodput(worker), (worker.knobs, decisions[-5:])
     actions = {d.action for d in decisions}
     assert {"apply", "keep", "revert"} <= actions
+    assert "shift" not in actions  # a closed loop's arrival rate rose 4x with the settings: our doing, not a shift
     assert all(d.baseline is not None for d in decisions if d.action in ("keep", "revert"))
+
+
+class LanesShrinkTheBestBatch(SimulatedWorker):
+    """As on this 2-core machine: one lane climbs to batch 16 (no gain beyond), but with two
+    lanes (a core each, half the cache) batch 8 beats 16. An up-only climb stays at 16."""
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        batch, lanes, threads = knobs["max_batch_size"], knobs["streams"], knobs["intra_op_threads"]
+        throughput = 400 * (1 - 0.6 / min(batch, 16)**0.5)
+        if lanes * threads > 2:
+            throughput *= 0.8
+        elif lanes == 2:
+            throughput *= 1.4 * (1.0 if batch <= 8 else 0.85 if batch == 16 else 0.7)
+        else:
+            throughput *= 1.1 if threads == 2 else 1.0
+        return throughput, 0.01 + 0.002 * batch / (1 + 0.3 * (lanes - 1))
+
+
+def test_the_batch_is_probed_down_once_the_climb_stops_and_the_landscape_moved():
+    worker = LanesShrinkTheBestBatch()
+    # Without the queue-delay and pool tuners: a keep of theirs would (rightly) let the batch retry 16.
+    guard, decisions = make(worker, tuners=[BatchTuner(), ThreadsTuner(), StreamsTuner(), BatchDownProbe()])
+    run(guard, 180)
+    assert (worker.knobs["max_batch_size"], worker.knobs["streams"]) == (8, 2), decisions
+    kept = [(d.knob, d.old, d.new) for d in decisions if d.action == "keep"]
+    assert ("max_batch_size", 16, 8) in kept
+    # Neither undone (16 again after 8 beat it) nor probed twice at the same place (32 is
+    # tried twice: once per lane count).
+    batch_trials = [(d.old, d.new) for d in decisions if d.action == "apply" and d.knob == "max_batch_size"]
+    assert (8, 16) not in batch_trials[batch_trials.index((16, 8)):]
+    assert batch_trials.count((16, 8)) == 1 and batch_trials.count((8, 4)) == 1
 
 
 def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes():
@@ -204,6 +245,34 @@ def test_a_workload_shift_restarts_exploration():
     run(guard, 60, start=now)
     shifts = [d for d in decisions if d.action == "shift"]
     assert len(shifts) == 1 and "exploring again" in shifts[0].reason
+
+
+class OpenLoop(SimulatedWorker):
+    """Requests arrive at a fixed rate whatever the settings; the settings change how long
+    they stay, so the requests in the worker move with them."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__(noise=0.0)
+        self.rate = rate
+
+    def measure(self, start: float, end: float) -> Measurement | None:
+        window = super().measure(start, end)
+        if window is None:
+            return None
+        _, p99 = self.performance(self.knobs)
+        return replace(window, arrival_rate=self.rate, in_system=self.rate * p99 / 2)
+
+
+def test_open_loop_traffic_shifts_when_its_rate_does_not_when_the_settings_move_latency():
+    worker = OpenLoop(rate=300)
+    guard, decisions = make(worker)
+    now = run(guard, 120)
+    assert len({d.new for d in decisions if d.knob == "max_batch_size" and d.action == "keep"}) >= 3
+    assert not [d for d in decisions if d.action == "shift"]  # requests in the worker moved 4x, arrivals did not
+    worker.rate = 75
+    run(guard, 30, start=now)
+    shifts = [d for d in decisions if d.action == "shift"]
+    assert len(shifts) == 1 and "300 -> 75 req/s" in shifts[0].reason
 
 
 def test_a_refused_change_is_recorded_and_not_retried():

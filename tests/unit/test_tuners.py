@@ -7,7 +7,7 @@ from dataclasses import replace
 from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import TunerInput
-from gputuned.tuners.batch import BatchTuner
+from gputuned.tuners.batch import BatchDownProbe, BatchTuner
 from gputuned.tuners.pool import PoolTuner, working_set_mb
 from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.streams import StreamsTuner
@@ -38,6 +38,16 @@ def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
     assert tuner.propose(inp(replace(WINDOW, pcie_utilization=0.93))).value == 6
     assert tuner.propose(inp(knobs={"max_batch_size": 512})) is None  # at its bound
     assert tuner.propose(inp(ceilings={"max_batch_size": 11})).value == 11  # a learned OOM ceiling
+
+
+def test_the_down_probe_halves_full_batches_unless_the_slo_is_breached():
+    probe = BatchDownProbe()
+    proposal = probe.propose(inp())
+    assert (proposal.value, proposal.kind) == (4, "explore")
+    assert probe.propose(inp(replace(WINDOW, mean_batch=5))).value == 4  # not full, but half would bind
+    assert probe.propose(inp(replace(WINDOW, mean_batch=4))) is None  # half would not bind
+    assert probe.propose(inp(replace(WINDOW, p99=0.11, batch_seconds=0.04))) is None  # the batch tuner's case
+    assert probe.propose(inp(knobs={"max_batch_size": 1})) is None  # at its bound
 
 
 def test_queue_delay_targets_the_fill_time_within_the_slo_slack():
