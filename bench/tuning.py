@@ -57,7 +57,7 @@ from tests.integration.processes import running_supervising_daemon, running_work
 
 GRID = ["max_batch_size=1,4,8,16,32,64", "streams=1,2,3", "intra_op_threads=1,2", "max_queue_delay_us=0,10000,30000"]
 ORACLE_CANDIDATES = 4  # the sweep's best points, measured again side by side with the tuned setting
-SIDE_BY_SIDE_ROUNDS = 3
+SIDE_BY_SIDE_ROUNDS = 5  # more rounds: less drift in the ratio, less luck in which candidate wins
 SIDE_BY_SIDE_SECONDS = 3.0
 
 
@@ -171,7 +171,8 @@ def main() -> int:
     ranked = sorted(range(1, len(settings)), key=median_goodput, reverse=True)
     oracle_index = next((i for i in ranked if median_p99(i) <= slo), ranked[0])
     oracle, oracle_goodput, oracle_p99 = settings[oracle_index], median_goodput(oracle_index), median_p99(oracle_index)
-    steady_ratio = statistics.median(t[0] / max(o[0], 1e-9) for t, o in zip(windows[0], windows[oracle_index]))
+    round_ratios = [t[0] / max(o[0], 1e-9) for t, o in zip(windows[0], windows[oracle_index])]
+    steady_ratio = statistics.median(round_ratios)
 
     online = goodput_curve([e for e in timeline if e[0] < shifted_at], started, shifted_at, slo)
     after = goodput_curve([e for e in timeline if shifted_at <= e[0] < back_at], shifted_at, back_at, slo)
@@ -206,7 +207,11 @@ def main() -> int:
     print("   ended at " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
     print(f"   steady state, side by side with the oracle ({SIDE_BY_SIDE_ROUNDS} rounds of {SIDE_BY_SIDE_SECONDS:g} s windows): "
           f"goodput {median_goodput(0):.1f}/s, p99 {median_p99(0) * 1000:.1f} ms, median ratio {steady_ratio:.2f} of the "
-          f"oracle (target >= 0.95)")
+          f"oracle (target >= 0.95); per round " + " ".join(f"{r:.2f}" for r in round_ratios))
+    print("   every setting side by side (median goodput, median p99): " + "; ".join(
+        f"{'tuned' if i == 0 else 'candidate'} {settings[i]['max_batch_size']}/{settings[i]['streams']}/"
+        f"{settings[i]['intra_op_threads']}/{settings[i]['max_queue_delay_us']}: {median_goodput(i):.0f}/s {median_p99(i) * 1000:.0f} ms"
+        for i in range(len(settings))) + " (batch/lanes/threads/queue delay us)")
     print(f"4. arrivals / 4 (open loop, {quarter_rate:.0f}/s): goodput {settled:.1f}/s at the end, p99 {quarter_p99 * 1000:.1f} ms;"
           f" back to {args.clients} clients: "
           f">= 95% of the oracle again after {'never' if reconverged is None else f'{reconverged} s'} (target < 30 s), "

@@ -87,6 +87,7 @@ class Measurement:
     pcie_utilization: float | None = None
     p50: float | None = None  # seconds
     in_system: float = 0.0  # requests inside the worker on average (Little's law: latency-seconds per second)
+    items_per_request: float = 0.0  # the input size: items (rows of the input tensor) per completed request
 
 
 def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_seconds: float,
@@ -128,6 +129,7 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
         pcie_utilization=pcie_utilization,
         p50=p50,
         in_system=_latency_sum(older, newer) / seconds,
+        items_per_request=items / completed if completed > 0 else 0.0,
     )
 
 

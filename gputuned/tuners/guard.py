@@ -26,8 +26,12 @@ it changes how many requests are inside but not how fast they come. Fewer or mor
 clients, or a slower or faster stream of requests, move both the same way. So a shift is
 both signals having moved the same way, one by more than `shift_threshold` and the other
 by more than half of it, since the baseline of the last change tried (a shift during a
-trial shows at the next baseline; while nothing is tried, slow drift adds up). A knob set by hand is frozen until `resume()`. Every decision is recorded
-with its evidence.
+trial shows at the next baseline; while nothing is tried, slow drift adds up). The input
+size (items per request) does not depend on our settings: it moving by more than
+`shift_threshold` is a shift on its own.
+
+A knob set by hand is frozen until `resume()`. Every decision is recorded with its
+evidence.
 """
 
 from __future__ import annotations
@@ -112,7 +116,8 @@ def _summary(m: Measurement | None) -> dict[str, Any] | None:
         return None
     return {"goodput": round(m.goodput, 2), "throughput": round(m.throughput, 2), "arrival": round(m.arrival_rate, 2),
             "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2), "failed": m.failed,
-            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3), "in_system": round(m.in_system, 2)}
+            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3), "in_system": round(m.in_system, 2),
+            "items_per_request": round(m.items_per_request, 2)}
 
 
 @dataclass
@@ -139,7 +144,7 @@ class GuardView:
 
 
 def _relative_change(before: float, after: float) -> float:
-    """(after - before) / before; from zero, any rise is a full change (1.0 per unit)."""
+    """(after - before) / before; from zero, any rise is an infinite change."""
     if before <= 0:
         return 0.0 if after <= 0 else math.inf
     return (after - before) / before
@@ -286,14 +291,17 @@ class Guard:
         if reference is None:
             self._reference = baseline
             return False
-        changes = [_relative_change(getattr(reference, name), getattr(baseline, name)) for name in ("arrival_rate", "in_system")]
         threshold = self.settings.shift_threshold
-        same_way = changes[0] * changes[1] > 0
-        if not same_way or max(map(abs, changes)) <= threshold or min(map(abs, changes)) <= threshold / 2:
+        changes = [_relative_change(getattr(reference, name), getattr(baseline, name)) for name in ("arrival_rate", "in_system")]
+        load_moved = changes[0] * changes[1] > 0 and max(map(abs, changes)) > threshold and min(map(abs, changes)) > threshold / 2
+        sized = reference.items_per_request > 0 and baseline.items_per_request > 0
+        size_moved = sized and abs(_relative_change(reference.items_per_request, baseline.items_per_request)) > threshold
+        if not load_moved and not size_moved:
             return False
         self._decide(now, "*", "shift", None, None,
                      f"arrival rate {reference.arrival_rate:.0f} -> {baseline.arrival_rate:.0f} req/s, requests in the "
-                     f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}: exploring again", baseline)
+                     f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}, items per request "
+                     f"{reference.items_per_request:.1f} -> {baseline.items_per_request:.1f}: exploring again", baseline)
         self.restart_exploration(now)
         self._reference = baseline
         return True

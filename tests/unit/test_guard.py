@@ -42,6 +42,7 @@ class SimulatedWorker:
         self.noise = noise
         self.demand = demand
         self.oom_above: int | None = None
+        self.items_per_request = 1.0
 
     def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
         batch, lanes, threads = knobs["max_batch_size"], knobs["streams"], knobs["intra_op_threads"]
@@ -67,7 +68,7 @@ class SimulatedWorker:
         return Measurement(seconds=end - start, arrival_rate=throughput, throughput=throughput, goodput=goodput, p99=p99,
                            failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=p99 / 2, busy_ratio=0.95,
                            queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0,
-                           in_system=CLIENTS * self.demand)
+                           in_system=CLIENTS * self.demand, items_per_request=self.items_per_request)
 
     def context(self) -> Context:
         return Context(dict(self.knobs), BOUNDS, "cpu", 2, 3 * 64 * 64 * 4)
@@ -245,6 +246,16 @@ def test_a_workload_shift_restarts_exploration():
     run(guard, 60, start=now)
     shifts = [d for d in decisions if d.action == "shift"]
     assert len(shifts) == 1 and "exploring again" in shifts[0].reason
+
+
+def test_bigger_inputs_are_a_shift_even_at_the_same_arrival_rate():
+    worker = SimulatedWorker(noise=0.0)
+    guard, decisions = make(worker)
+    now = run(guard, 120)
+    worker.items_per_request = 4.0  # same clients, same rates in the simulation: only the input grew
+    run(guard, 30, start=now)
+    shifts = [d for d in decisions if d.action == "shift"]
+    assert len(shifts) == 1 and "items per request 1.0 -> 4.0" in shifts[0].reason
 
 
 class OpenLoop(SimulatedWorker):

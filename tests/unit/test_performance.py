@@ -9,9 +9,10 @@ from gputuned.performance import histogram_delta, measure, quantile
 BOUNDS = [0.01, 0.02, 0.05, 0.1]
 
 
-def stats(completed: int, cumulative: list[int], failed: int = 0) -> dict:
+def stats(completed: int, cumulative: list[int], failed: int = 0, latency_sum: float = 0.0, items: int = 0) -> dict:
     return {"completed": completed, "failed": failed,
-            "latency_seconds": {"bounds": BOUNDS, "cumulative": cumulative, "sum": 0.0, "count": cumulative[-1]}}
+            "latency_seconds": {"bounds": BOUNDS, "cumulative": cumulative, "sum": latency_sum, "count": cumulative[-1]},
+            "batch_size": {"sum": items}}
 
 
 def test_quantile_interpolates_inside_the_bucket():
@@ -30,6 +31,14 @@ def test_window_is_the_difference_of_two_reports():
     assert histogram_delta(older["latency_seconds"], newer["latency_seconds"]) == (BOUNDS, [0, 100, 100, 0, 0])
     assert perf.p50 == pytest.approx(0.02)
     assert 0.02 < perf.p99 <= 0.05
+
+
+def test_requests_in_the_worker_and_items_per_request():
+    # 200 requests in 2 s, 4 s spent inside in all (20 ms each): 2 inside on average (Little's law).
+    perf = measure(stats(100, [10, 60, 90, 100, 100], latency_sum=1.0, items=300),
+                   stats(300, [10, 160, 290, 300, 300], latency_sum=5.0, items=900), 2.0, slo_seconds=0.05)
+    assert perf.in_system == pytest.approx(2.0)
+    assert perf.items_per_request == pytest.approx(3.0)
 
 
 def test_a_restart_between_reports_gives_no_window():
