@@ -68,7 +68,7 @@ def parse_knobs(text: str) -> dict[str, int]:
 
 def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:
     """Completions within the SLO per second, one value per second from `start`."""
-    bins = [0] * int(end - start + 1)
+    bins = [0] * int(end - start)  # whole seconds only: a partial last second would read as a drop
     for done, latency in timeline:
         index = int(done - start)
         if 0 <= index < len(bins) and latency <= slo:
