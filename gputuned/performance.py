@@ -135,4 +135,7 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
 
 def _latency_sum(older: dict[str, Any], newer: dict[str, Any]) -> float:
     """Seconds spent inside the worker by the requests completed between two reports."""
-    return max(float((newer.get("latency_seconds") or {}).get("sum", 0)) - float((older.get("latency_seconds") or {}).get("sum", 0)), 0.0)
+    def total(report: dict[str, Any]) -> float:
+        return float((report.get("latency_seconds") or {}).get("sum", 0))
+
+    return max(total(newer) - total(older), 0.0)

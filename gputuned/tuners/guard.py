@@ -285,8 +285,9 @@ class Guard:
             return
 
     def _shifted(self, baseline: Measurement, now: float) -> bool:
-        """Whether the arrival rate and the requests in the system both moved the same way
-        since the reference (see the module docstring); on a shift, exploration restarts."""
+        """Whether the arrival rate and the requests in the system both moved the same way,
+        or the input size moved, since the reference (see the module docstring); on a
+        shift, exploration restarts."""
         reference = self._reference
         if reference is None:
             self._reference = baseline
