@@ -29,7 +29,7 @@ Pick the load so that the best settings can meet the SLO on the machine at hand:
 slow day here every setting breaks 100 ms at 64 clients, and goodput is then mostly noise.
 
     python bench/tuning.py [--clients 32] [--slo-ms 100] [--online 120] [--shifted 60]
-                           [--oracle max_batch_size=8,streams=2,intra_op_threads=1]
+                           [--oracle max_batch_size=8 streams=2 intra_op_threads=1]
 
 `--oracle` skips the sweep and takes the given setting as the only candidate (for
 iterating on the tuner once a full run has found the oracle; the figures to report come
@@ -51,6 +51,7 @@ REPO_ROOT = Path(__file__).parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from gputuned.control.client import ControlClient  # noqa: E402
+from gputuned.knobs import KnobError, parse_assignments  # noqa: E402
 from gputuned.loadgen import LoadPlan, run_load  # noqa: E402
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep  # noqa: E402
 from tests.integration.processes import running_supervising_daemon, running_worker  # noqa: E402
@@ -61,9 +62,10 @@ SIDE_BY_SIDE_ROUNDS = 5  # more rounds: less drift in the ratio, less luck in wh
 SIDE_BY_SIDE_SECONDS = 3.0
 
 
-def parse_knobs(text: str) -> dict[str, int]:
-    """'max_batch_size=8,streams=2' -> {'max_batch_size': 8, 'streams': 2}."""
-    return {name: int(value) for name, _, value in (word.partition("=") for word in text.split(","))}
+def timed_load(url: str, seconds: float, clients: int | None = None, rate: float | None = None,
+               timeline: bool = False) -> LoadPlan:
+    """A load bounded by time alone: `clients` in a closed loop, or `rate` requests/s in an open one."""
+    return LoadPlan(url=url, concurrency=clients, rate=rate, requests=10**9, duration=seconds, timeline=timeline)
 
 
 def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:
@@ -93,9 +95,8 @@ def side_by_side(admin: Path, base: str, settings: list[dict[str, int]], slo: fl
         for index, knobs in enumerate(settings):
             with ControlClient(admin) as client:
                 client.set(knobs)
-            measure_point(LoadPlan(url=base, concurrency=clients, requests=10**9, duration=1), slo)
-            _, goodput, p99, _ = measure_point(LoadPlan(url=base, concurrency=clients, requests=10**9,
-                                                        duration=SIDE_BY_SIDE_SECONDS), slo)
+            measure_point(timed_load(base, 1, clients), slo)
+            _, goodput, p99, _ = measure_point(timed_load(base, SIDE_BY_SIDE_SECONDS, clients), slo)
             windows[index].append((goodput, p99 if p99 is not None else float("inf")))
             print(f"round {round_index + 1} {knobs}: goodput {goodput:.0f}/s, p99 {windows[index][-1][1] * 1000:.1f} ms",
                   file=sys.stderr)
@@ -109,20 +110,24 @@ def main() -> int:
     parser.add_argument("--online", type=float, default=120.0, help="seconds of online tuning")
     parser.add_argument("--shifted", type=float, default=60.0, help="seconds at a quarter of the arrival rate, then as long at the full load")
     parser.add_argument("--png", type=Path, default=Path("tuning.png"))
-    parser.add_argument("--oracle", type=parse_knobs, help="KNOB=V,...: confirm this setting instead of sweeping")
+    parser.add_argument("--oracle", nargs="+", metavar="KNOB=VALUE",
+                        help="take this setting as the only candidate instead of sweeping")
     args = parser.parse_args()
     slo = args.slo_ms / 1000
+    try:
+        oracle_knobs = parse_assignments(args.oracle) if args.oracle else None
+    except KnobError as exc:
+        parser.error(str(exc))
 
     with tempfile.TemporaryDirectory() as tmp:
-        # 1 and 2: defaults and the oracle, on a worker of their own.
+        # 1 and 2: the defaults and the sweep, on a worker of their own.
         (Path(tmp) / "oracle").mkdir()
         with running_worker(Path(tmp) / "oracle", "--log-level", "warning") as (_, base, control):
-            measure_point(LoadPlan(url=base, concurrency=args.clients, requests=10**9, duration=3), slo)  # warm-up
-            default_throughput, default_goodput, default_p99, _ = measure_point(
-                LoadPlan(url=base, concurrency=args.clients, requests=10**9, duration=10), slo)
+            measure_point(timed_load(base, 3, args.clients), slo)  # warm-up
+            default_throughput, default_goodput, default_p99, _ = measure_point(timed_load(base, 10, args.clients), slo)
             sweep_started = time.monotonic()
-            if args.oracle:
-                results = [SweepPoint(args.oracle, 0.0, 0.0, None, 0)]
+            if oracle_knobs:
+                results = [SweepPoint(oracle_knobs, 0.0, 0.0, None, 0)]
             else:
                 results = run_sweep(base, control, parse_grid(GRID), slo, args.clients, None, warmup=1.0, window=2.0,
                                     repeats=2, progress=sys.stderr)
@@ -139,15 +144,12 @@ def main() -> int:
 
             async def phases() -> tuple[list, float, float, float, float, float]:
                 started = time.perf_counter()
-                first = await run_load(LoadPlan(url=worker, concurrency=args.clients, requests=10**9,
-                                                duration=args.online, timeline=True))
+                first = await run_load(timed_load(worker, args.online, args.clients, timeline=True))
                 shifted_at = time.perf_counter()
                 reached_rate = statistics.mean(goodput_curve(first.timeline, started, shifted_at, slo)[-30:])
-                second = await run_load(LoadPlan(url=worker, concurrency=None, rate=reached_rate / 4, requests=10**9,
-                                                 duration=args.shifted, timeline=True))
+                second = await run_load(timed_load(worker, args.shifted, rate=reached_rate / 4, timeline=True))
                 back_at = time.perf_counter()
-                third = await run_load(LoadPlan(url=worker, concurrency=args.clients, requests=10**9,
-                                                duration=args.shifted, timeline=True))
+                third = await run_load(timed_load(worker, args.shifted, args.clients, timeline=True))
                 timeline = first.timeline + second.timeline + third.timeline
                 return timeline, started, shifted_at, back_at, time.perf_counter(), reached_rate / 4
 
