@@ -313,7 +313,7 @@ class Guard:
             self._rejected.add(self._direction(proposal, old))  # say it once
             return
         if proposal.kind == "backoff" and baseline.oom and proposal.knob == "max_batch_size":
-            self._ceilings[proposal.knob] = old - 1
+            self._learn_ceiling(proposal.knob, old - 1)
         context = self._context()
         previous = {knob: context.knobs[knob] for knob in proposal.changes()} if context else {proposal.knob: old}
         try:
@@ -399,9 +399,16 @@ class Guard:
             why = f"{why}; the revert itself failed: {exc}"
         self._decide(now, knob, "revert", trial.proposal.value, trial.previous[knob], f"{trial.proposal.reason}; {why}",
                      trial.baseline, window)
+        if window.oom and trial.proposal.value > trial.previous[knob]:
+            # Raising it ran out of memory: it stays below that value for good, not only until
+            # the refused direction is forgotten (another knob's keep, a shift).
+            self._learn_ceiling(knob, trial.proposal.value - 1)
         self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
         self._reverts[knob].append(now)
         self._finish(now, settled_from=now + self.settings.warmup_seconds)
+
+    def _learn_ceiling(self, knob: str, highest: int) -> None:
+        self._ceilings[knob] = min(self._ceilings.get(knob, highest), highest)
 
     def _finish(self, now: float, settled_from: float) -> None:
         self._trial = None

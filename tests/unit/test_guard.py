@@ -238,6 +238,19 @@ def test_out_of_memory_halves_the_batch_and_remembers_the_ceiling():
     assert not any(change.get("max_batch_size", 0) > 15 for change in worker.applied)
 
 
+def test_a_trial_that_runs_out_of_memory_sets_a_ceiling_that_outlives_a_shift():
+    worker = SimulatedWorker(noise=0.0)
+    worker.knobs["max_batch_size"] = 8
+    worker.oom_above = 8  # the climb's next step, 16, runs out of memory
+    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    now = run(guard, 30)
+    assert ("revert", 16, 8) in [(d.action, d.old, d.new) for d in decisions]
+    assert guard.view().ceilings["max_batch_size"] == 15
+    guard.restart_exploration(now)  # forgets refused directions, not what ran out of memory
+    run(guard, 60, start=now)
+    assert [change for change in worker.applied if change.get("max_batch_size", 0) > 15] == [{"max_batch_size": 16}]
+
+
 def test_a_workload_shift_restarts_exploration():
     worker = SimulatedWorker(noise=0.0)
     guard, decisions = make(worker)
