@@ -84,8 +84,8 @@ def test_recommend_mode_changes_nothing_and_a_hand_set_knob_stays_frozen_until_r
 
 
 def test_a_batch_size_that_runs_out_of_memory_is_reverted_and_the_worker_stays_up(tmp_path):
-    # A model that needs a third of the host's memory per item: the allocator refuses batches of
-    # four. The daemon resumes at batch 2 from its state, so the batch tuner's first step fails.
+    # A model whose batches of more than two items the CPU allocator refuses (tests/memory_hungry_model.py).
+    # The daemon resumes at batch 2 from its state, so the batch tuner's first step fails.
     workload = "build|cpu|FP32[4]"  # the model's name is its factory's
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "knobs.json").write_text(json.dumps(
