@@ -1,7 +1,7 @@
 """Daemon overhead: CPU per wall second, peak RSS and /metrics scrape latency.
 
 Runs the real `gputuned run --no-worker` process sampling at 1 Hz with eight fake GPUs
-(tests/fakes/fake_nvml.py:hgx8, an HGX board's worth of series) plus the host and NUMA
+(gputuned/testing/fake_nvml.py:hgx8, an HGX board's worth of series) plus the host and NUMA
 collectors on this machine's live /proc and /sys, and a real child process as the
 worker. Phase 1 measures the daemon's CPU time over a quiet window with no scrapes;
 phase 2 times sequential scrapes from a client on loopback.
@@ -23,10 +23,7 @@ from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.integration.processes import running_daemon  # noqa: E402 - needs the path above
+from gputuned.testing.processes import running_daemon
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -39,7 +36,7 @@ def peak_rss_bytes(pid: int) -> int:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> int:
@@ -51,7 +48,14 @@ def main() -> int:
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     try:
         env = {"GPUTUNED_FAKE_WORKER_PID": str(worker.pid)}
-        daemon_args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8", "--worker-pid", str(worker.pid), "--log-level", "warning")
+        daemon_args = (
+            "--nvml-module",
+            "gputuned.testing.fake_nvml:hgx8",
+            "--worker-pid",
+            str(worker.pid),
+            "--log-level",
+            "warning",
+        )
         with running_daemon(*daemon_args, env=env) as (process, url):
             daemon = psutil.Process(process.pid)
             time.sleep(3)  # past start-up: imports and the first rounds
@@ -77,9 +81,13 @@ def main() -> int:
     cpu_share = cpu / wall
     p50, p99 = statistics.median(latencies_ms), percentile(latencies_ms, 99)
     print(f"daemon: 8 fake GPUs + numa + host at 1 Hz, {series} series per scrape ({len(body)} bytes)")
-    print(f"cpu:    {cpu:.3f} s over {wall:.1f} s = {cpu_share * 100:.3f}% of one core   (target < 1%)   {'OK' if cpu_share < 0.01 else 'MISSED'}")
+    print(
+        f"cpu:    {cpu:.3f} s over {wall:.1f} s = {cpu_share * 100:.3f}% of one core   (target < 1%)   {'OK' if cpu_share < 0.01 else 'MISSED'}"
+    )
     print(f"rss:    peak {rss / 1e6:.1f} MB                              (target < 80 MB) {'OK' if rss < 80e6 else 'MISSED'}")
-    print(f"scrape: p50 {p50:.2f} ms, p99 {p99:.2f} ms over {len(latencies_ms)} scrapes (target p99 < 10 ms) {'OK' if p99 < 10 else 'MISSED'}")
+    print(
+        f"scrape: p50 {p50:.2f} ms, p99 {p99:.2f} ms over {len(latencies_ms)} scrapes (target p99 < 10 ms) {'OK' if p99 < 10 else 'MISSED'}"
+    )
     return 0
 
 

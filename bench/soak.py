@@ -25,19 +25,15 @@ import contextlib
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import psutil
 
-REPO_ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
-from tests.integration.processes import running_supervising_daemon
+from gputuned.testing.processes import running_supervising_daemon
 
 REFUSED = {"ClientConnectorError", "http_503"}  # the worker down or starting: nothing was accepted
 SAMPLE_EVERY = 5.0
@@ -77,17 +73,23 @@ def growth(samples: list[tuple[float, int, int]], warm_at: float) -> str:
     first = [s for s in warm if s[0] < warm[0][0] + 60]
     last = [s for s in warm if s[0] > warm[-1][0] - 60]
     before, after = statistics.median(s[1] for s in first), statistics.median(s[1] for s in last)
-    return (f"RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%) from "
-            f"{warm[0][0]:.0f} s to {warm[-1][0]:.0f} s; fds {statistics.median(s[2] for s in first):.0f} -> "
-            f"{statistics.median(s[2] for s in last):.0f}")
+    return (
+        f"RSS {before / 2**20:.1f} -> {after / 2**20:.1f} MiB ({(after - before) / before * 100:+.1f}%) from "
+        f"{warm[0][0]:.0f} s to {warm[-1][0]:.0f} s; fds {statistics.median(s[2] for s in first):.0f} -> "
+        f"{statistics.median(s[2] for s in last):.0f}"
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=600.0, help="length of the soak (default 600)")
     parser.add_argument("--warmup", type=float, default=60.0, help="seconds before a worker's first RSS reading (default 60)")
-    parser.add_argument("--daemon-warmup", type=float, default=320.0,
-                        help="seconds before the daemon's first RSS reading (default 320: its buffers are full)")
+    parser.add_argument(
+        "--daemon-warmup",
+        type=float,
+        default=320.0,
+        help="seconds before the daemon's first RSS reading (default 320: its buffers are full)",
+    )
     parser.add_argument("--change-every", type=float, default=30.0, help="seconds between knob changes (default 30)")
     args = parser.parse_args()
     if not args.warmup < args.seconds / 2 or not args.daemon_warmup < args.seconds - 10:
@@ -126,14 +128,18 @@ def main() -> int:
         load.join()
 
     result = box["result"]
-    near_kill = [kind for sent, kind in result.failures
-                 if killed_at_perf is not None and killed_at_perf - 2 < sent < killed_at_perf + 60]
-    outside = [kind for sent, kind in result.failures
-               if killed_at_perf is None or not killed_at_perf - 2 < sent < killed_at_perf + 60]
+    near_kill = [
+        kind for sent, kind in result.failures if killed_at_perf is not None and killed_at_perf - 2 < sent < killed_at_perf + 60
+    ]
+    outside = [
+        kind for sent, kind in result.failures if killed_at_perf is None or not killed_at_perf - 2 < sent < killed_at_perf + 60
+    ]
     in_flight = [kind for kind in near_kill if kind not in REFUSED]
     print(f"soak: {args.seconds:.0f} s, 8 clients, {changes} knob changes, one worker kill at {args.seconds / 2:.0f} s")
-    print(f"requests: {result.ok} served, {sum(result.errors.values())} failed: {len(in_flight)} in flight at the kill, "
-          f"{len(near_kill) - len(in_flight)} refused while the worker restarted, {len(outside)} anywhere else")
+    print(
+        f"requests: {result.ok} served, {sum(result.errors.values())} failed: {len(in_flight)} in flight at the kill, "
+        f"{len(near_kill) - len(in_flight)} refused while the worker restarted, {len(outside)} anywhere else"
+    )
     daemon_samples = samples[daemon.pid]
     print("daemon " + growth(daemon_samples, args.daemon_warmup))
     for n, (pid, born) in enumerate(workers, 1):

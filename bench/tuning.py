@@ -47,14 +47,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from gputuned.control.client import ControlClient  # noqa: E402
-from gputuned.knobs import KnobError, parse_assignments  # noqa: E402
-from gputuned.loadgen import LoadPlan, run_load  # noqa: E402
-from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep  # noqa: E402
-from tests.integration.processes import running_supervising_daemon, running_worker  # noqa: E402
+from gputuned.control.client import ControlClient
+from gputuned.knobs import KnobError, parse_assignments
+from gputuned.loadgen import LoadPlan, run_load
+from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
+from gputuned.testing.processes import running_supervising_daemon, running_worker
 
 GRID = ["max_batch_size=1,4,8,16,32,64", "streams=1,2,3", "intra_op_threads=1,2", "max_queue_delay_us=0,10000,30000"]
 ORACLE_CANDIDATES = 4  # the sweep's best points, measured again side by side with the tuned setting
@@ -62,8 +59,9 @@ SIDE_BY_SIDE_ROUNDS = 5  # more rounds: less drift in the ratio, less luck in wh
 SIDE_BY_SIDE_SECONDS = 3.0
 
 
-def timed_load(url: str, seconds: float, clients: int | None = None, rate: float | None = None,
-               timeline: bool = False) -> LoadPlan:
+def timed_load(
+    url: str, seconds: float, clients: int | None = None, rate: float | None = None, timeline: bool = False
+) -> LoadPlan:
     """A load bounded by time alone: `clients` in a closed loop, or `rate` requests/s in an open one."""
     return LoadPlan(url=url, concurrency=clients, rate=rate, requests=10**9, duration=seconds, timeline=timeline)
 
@@ -79,7 +77,7 @@ def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float,
 
 
 def rolling(values: list[float], width: int) -> list[float]:
-    return [statistics.mean(values[max(0, i - width + 1): i + 1]) for i in range(len(values))]
+    return [statistics.mean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
 
 
 def first_at_or_above(values: list[float], threshold: float) -> int | None:
@@ -98,8 +96,10 @@ def side_by_side(admin: Path, base: str, settings: list[dict[str, int]], slo: fl
             measure_point(timed_load(base, 1, clients), slo)
             _, goodput, p99, _ = measure_point(timed_load(base, SIDE_BY_SIDE_SECONDS, clients), slo)
             windows[index].append((goodput, p99 if p99 is not None else float("inf")))
-            print(f"round {round_index + 1} {knobs}: goodput {goodput:.0f}/s, p99 {windows[index][-1][1] * 1000:.1f} ms",
-                  file=sys.stderr)
+            print(
+                f"round {round_index + 1} {knobs}: goodput {goodput:.0f}/s, p99 {windows[index][-1][1] * 1000:.1f} ms",
+                file=sys.stderr,
+            )
     return windows
 
 
@@ -108,10 +108,13 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--online", type=float, default=120.0, help="seconds of online tuning")
-    parser.add_argument("--shifted", type=float, default=60.0, help="seconds at a quarter of the arrival rate, then as long at the full load")
+    parser.add_argument(
+        "--shifted", type=float, default=60.0, help="seconds at a quarter of the arrival rate, then as long at the full load"
+    )
     parser.add_argument("--png", type=Path, default=Path("tuning.png"))
-    parser.add_argument("--oracle", nargs="+", metavar="KNOB=VALUE",
-                        help="take this setting as the only candidate instead of sweeping")
+    parser.add_argument(
+        "--oracle", nargs="+", metavar="KNOB=VALUE", help="take this setting as the only candidate instead of sweeping"
+    )
     args = parser.parse_args()
     slo = args.slo_ms / 1000
     try:
@@ -129,8 +132,18 @@ def main() -> int:
             if oracle_knobs:
                 results = [SweepPoint(oracle_knobs, 0.0, 0.0, None, 0)]
             else:
-                results = run_sweep(base, control, parse_grid(GRID), slo, args.clients, None, warmup=1.0, window=2.0,
-                                    repeats=2, progress=sys.stderr)
+                results = run_sweep(
+                    base,
+                    control,
+                    parse_grid(GRID),
+                    slo,
+                    args.clients,
+                    None,
+                    warmup=1.0,
+                    window=2.0,
+                    repeats=2,
+                    progress=sys.stderr,
+                )
             sweep_seconds = time.monotonic() - sweep_started
             candidates = sorted(results, key=lambda p: p.goodput, reverse=True)[:ORACLE_CANDIDATES]
 
@@ -196,33 +209,52 @@ def main() -> int:
     shifts = [d for d in decisions if d["action"] == "shift"]
 
     print(f"\nbuilt-in resnet-mini on CPU, {args.clients} closed-loop clients, SLO p99 {args.slo_ms:g} ms\n")
-    print(f"1. defaults (batch 1, one lane):  goodput {default_goodput:7.1f}/s ({default_goodput / oracle_goodput:.2f} of the oracle), "
-          f"throughput {default_throughput:.1f}/s, p99 {default_p99 * 1000:.1f} ms")
-    print(f"2. oracle ({len(results)}-point sweep, {sweep_seconds:.0f} s; the best of its top {len(candidates)} side by side): "
-          + " ".join(f"{k}={v}" for k, v in sorted(oracle.items()))
-          + f": goodput {oracle_goodput:.1f}/s, p99 {oracle_p99 * 1000:.1f} ms")
-    print(f"3. online from the defaults: first >= 95% of the oracle after "
-          f"{'never' if reached is None else f'{reached} s'} (target < 90 s); last 30 s of the online run {steady:.1f}/s = "
-          f"{steady / oracle_goodput:.2f} of the oracle's side-by-side figure (the machine drifts in between)")
-    print(f"   requests over the SLO until then: {missed:.1%} (the defaults' own misses included); "
-          f"after reaching 95%, while trials went on: {missed_after:.2%} (target < 1%)")
+    print(
+        f"1. defaults (batch 1, one lane):  goodput {default_goodput:7.1f}/s ({default_goodput / oracle_goodput:.2f} of the oracle), "
+        f"throughput {default_throughput:.1f}/s, p99 {(default_p99 or 0.0) * 1000:.1f} ms"
+    )
+    print(
+        f"2. oracle ({len(results)}-point sweep, {sweep_seconds:.0f} s; the best of its top {len(candidates)} side by side): "
+        + " ".join(f"{k}={v}" for k, v in sorted(oracle.items()))
+        + f": goodput {oracle_goodput:.1f}/s, p99 {oracle_p99 * 1000:.1f} ms"
+    )
+    print(
+        f"3. online from the defaults: first >= 95% of the oracle after "
+        f"{'never' if reached is None else f'{reached} s'} (target < 90 s); last 30 s of the online run {steady:.1f}/s = "
+        f"{steady / oracle_goodput:.2f} of the oracle's side-by-side figure (the machine drifts in between)"
+    )
+    print(
+        f"   requests over the SLO until then: {missed:.1%} (the defaults' own misses included); "
+        f"after reaching 95%, while trials went on: {missed_after:.2%} (target < 1%)"
+    )
     print("   ended at " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
-    print(f"   steady state, side by side with the oracle ({SIDE_BY_SIDE_ROUNDS} rounds of {SIDE_BY_SIDE_SECONDS:g} s windows): "
-          f"goodput {median_goodput(0):.1f}/s, p99 {median_p99(0) * 1000:.1f} ms, median ratio {steady_ratio:.2f} of the "
-          f"oracle (target >= 0.95); per round " + " ".join(f"{r:.2f}" for r in round_ratios))
-    print("   every setting side by side (median goodput, median p99): " + "; ".join(
-        f"{'tuned' if i == 0 else 'candidate'} {settings[i]['max_batch_size']}/{settings[i]['streams']}/"
-        f"{settings[i]['intra_op_threads']}/{settings[i]['max_queue_delay_us']}: {median_goodput(i):.0f}/s {median_p99(i) * 1000:.0f} ms"
-        for i in range(len(settings))) + " (batch/lanes/threads/queue delay us)")
-    print(f"4. arrivals / 4 (open loop, {quarter_rate:.0f}/s): goodput {settled:.1f}/s at the end, p99 {quarter_p99 * 1000:.1f} ms;"
-          f" back to {args.clients} clients: "
-          f">= 95% of the oracle again after {'never' if reconverged is None else f'{reconverged} s'} (target < 30 s), "
-          f"{back_steady / oracle_goodput:.2f} of the oracle over its last 20 s; the tuner saw {len(shifts)} shift(s)")
+    print(
+        f"   steady state, side by side with the oracle ({SIDE_BY_SIDE_ROUNDS} rounds of {SIDE_BY_SIDE_SECONDS:g} s windows): "
+        f"goodput {median_goodput(0):.1f}/s, p99 {median_p99(0) * 1000:.1f} ms, median ratio {steady_ratio:.2f} of the "
+        f"oracle (target >= 0.95); per round " + " ".join(f"{r:.2f}" for r in round_ratios)
+    )
+    print(
+        "   every setting side by side (median goodput, median p99): "
+        + "; ".join(
+            f"{'tuned' if i == 0 else 'candidate'} {settings[i]['max_batch_size']}/{settings[i]['streams']}/"
+            f"{settings[i]['intra_op_threads']}/{settings[i]['max_queue_delay_us']}: {median_goodput(i):.0f}/s {median_p99(i) * 1000:.0f} ms"
+            for i in range(len(settings))
+        )
+        + " (batch/lanes/threads/queue delay us)"
+    )
+    print(
+        f"4. arrivals / 4 (open loop, {quarter_rate:.0f}/s): goodput {settled:.1f}/s at the end, p99 {quarter_p99 * 1000:.1f} ms;"
+        f" back to {args.clients} clients: "
+        f">= 95% of the oracle again after {'never' if reconverged is None else f'{reconverged} s'} (target < 30 s), "
+        f"{back_steady / oracle_goodput:.2f} of the oracle over its last 20 s; the tuner saw {len(shifts)} shift(s)"
+    )
     print("\ndecisions (seconds from the start of the online load):")
     for d in decisions:
         if d["action"] in ("keep", "revert", "shift", "refuse"):
             batch = f" (batches of {d['baseline']['mean_batch']})" if d["baseline"] else ""
-            print(f"  {d['t'] - online_wall:6.1f} {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}{batch}: {d['reason'][:110]}")
+            print(
+                f"  {d['t'] - online_wall:6.1f} {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}{batch}: {d['reason'][:110]}"
+            )
 
     import matplotlib
 

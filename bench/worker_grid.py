@@ -24,12 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
-from gputuned.control.client import ControlClient  # noqa: E402
-from gputuned.loadgen import LoadPlan, run_load  # noqa: E402
-from tests.integration.processes import running_worker  # noqa: E402
+from gputuned.control.client import ControlClient
+from gputuned.loadgen import LoadPlan, run_load
+from gputuned.testing.processes import running_worker
 
 
 def measure(base: str, concurrency: int, seconds: float) -> dict:
@@ -39,7 +36,7 @@ def measure(base: str, concurrency: int, seconds: float) -> dict:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def round_trips(client: ControlClient, count: int) -> tuple[list[float], list[float]]:
@@ -88,26 +85,36 @@ def main() -> int:
             load.join()
 
     print(f"\nbuilt-in resnet-mini on CPU, closed loop with {args.concurrency} clients, {args.window:g} s per point\n")
-    print(f"{'max_batch':>9} {'streams':>7} {'threads':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6}")
+    print(
+        f"{'max_batch':>9} {'streams':>7} {'threads':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} {'errors':>6}"
+    )
     best = max(rows, key=lambda row: row[3]["throughput_per_second"])
     for batch, streams, threads, summary, mean_batch in rows:
         latency = summary["latency_seconds"]
         mark = "  <- best" if (batch, streams, threads) == best[:3] else ""
-        print(f"{batch:>9} {streams:>7} {threads:>7} {summary['throughput_per_second']:>9.1f} {latency['p50'] * 1e3:>8.2f} "
-              f"{latency['p99'] * 1e3:>8.2f} {mean_batch:>10.1f} {summary['errors']:>6}{mark}")
+        print(
+            f"{batch:>9} {streams:>7} {threads:>7} {summary['throughput_per_second']:>9.1f} {latency['p50'] * 1e3:>8.2f} "
+            f"{latency['p99'] * 1e3:>8.2f} {mean_batch:>10.1f} {summary['errors']:>6}{mark}"
+        )
     default = rows[0][3]["throughput_per_second"]
     print(f"\nbest / first point: {best[3]['throughput_per_second'] / default:.2f}x")
 
     batch_seconds = (after["lane_busy_seconds"] - before["lane_busy_seconds"]) / max(after["batches"] - before["batches"], 1)
     print("\ncontrol round trip (ms)       p50      p99")
-    for label, values in (("set->ack idle", idle_sets), ("ping idle", idle_pings), ("set->ack under load", busy_sets),
-                          ("ping under load", busy_pings)):
+    for label, values in (
+        ("set->ack idle", idle_sets),
+        ("ping idle", idle_pings),
+        ("set->ack under load", busy_sets),
+        ("ping under load", busy_pings),
+    ):
         print(f"  {label:<22} {statistics.median(values) * 1e3:>8.3f} {percentile(values, 99) * 1e3:>8.3f}")
     idle_p99 = percentile(idle_sets, 99) * 1e3
     busy_p99 = percentile(busy_sets, 99)
     print(f"\nidle set->ack p99 {idle_p99:.3f} ms (target < 5 ms): {'OK' if idle_p99 < 5 else 'MISSED'}")
-    print(f"under load: set->ack p99 {busy_p99 * 1e3:.2f} ms vs mean batch {batch_seconds * 1e3:.2f} ms: "
-          f"{'OK, acknowledged within one batch' if busy_p99 < batch_seconds else 'MISSED'}; the next batch formed uses it")
+    print(
+        f"under load: set->ack p99 {busy_p99 * 1e3:.2f} ms vs mean batch {batch_seconds * 1e3:.2f} ms: "
+        f"{'OK, acknowledged within one batch' if busy_p99 < batch_seconds else 'MISSED'}; the next batch formed uses it"
+    )
     print(f"load during the round trips: {box['s']['throughput_per_second']:.1f} req/s, {box['s']['errors']} errors")
     return 0
 

@@ -10,4 +10,12 @@ from gputuned.collectors import host, numa, nvml, pcie, tuner, worker
 from gputuned.exporter import SELF_SPECS
 from gputuned.samples import MetricSpec
 
-METRIC_SPECS: tuple[MetricSpec, ...] = (*nvml.SPECS, *pcie.SPECS, *numa.SPECS, *host.SPECS, *worker.SPECS, *tuner.SPECS, *SELF_SPECS)
+METRIC_SPECS: tuple[MetricSpec, ...] = (
+    *nvml.SPECS,
+    *pcie.SPECS,
+    *numa.SPECS,
+    *host.SPECS,
+    *worker.SPECS,
+    *tuner.SPECS,
+    *SELF_SPECS,
+)

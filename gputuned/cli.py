@@ -11,6 +11,7 @@ from types import ModuleType
 
 from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
+from gputuned.tuners.mode import MODE_NAMES
 
 
 def _add_admin_arguments(parser: argparse.ArgumentParser, socket_help: str) -> None:
@@ -30,7 +31,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-worker", action="store_true", help="monitor only; do not start and supervise a worker")
     run.add_argument("--runtime-dir", type=Path, help="sockets live here (overrides paths.runtime_dir)")
     run.add_argument("--state-dir", type=Path, help="accepted knobs persist here (overrides paths.state_dir)")
-    run.add_argument("--worker-pid", type=int, metavar="PID", help="watch this process as the worker (one gputuned does not start)")
+    run.add_argument(
+        "--worker-pid", type=int, metavar="PID", help="watch this process as the worker (one gputuned does not start)"
+    )
     run.add_argument("--worker-gpu", type=int, metavar="INDEX", help="NVML index of the GPU the watched worker uses")
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log.level")
     run.add_argument("--nvml-module", metavar="MODULE[:FACTORY]", help="NVML binding (overrides nvml.module)")
@@ -39,20 +42,32 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
 
     worker = commands.add_parser("worker", help="serve a PyTorch model over the v2 inference API (needs the [worker] extra)")
-    worker.add_argument("--model", default="resnet-mini", metavar="SPEC",
-                        help="resnet-mini (built in), a TorchScript .pt/.ts file, a torch.export .pt2 archive, or module:factory")
+    worker.add_argument(
+        "--model",
+        default="resnet-mini",
+        metavar="SPEC",
+        help="resnet-mini (built in), a TorchScript .pt/.ts file, a torch.export .pt2 archive, or module:factory",
+    )
     worker.add_argument("--model-name", help="name served under /v2/models/ (default: from the spec)")
-    worker.add_argument("--input-shape", metavar="D1,D2,...", help="input shape without the batch dimension (required for your own model)")
+    worker.add_argument(
+        "--input-shape", metavar="D1,D2,...", help="input shape without the batch dimension (required for your own model)"
+    )
     worker.add_argument("--input-dtype", default="FP32", help="input datatype, e.g. FP32, FP16, INT64 (default FP32)")
     worker.add_argument("--input-name", default="input", help="input tensor name (default 'input')")
     worker.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
-    worker.add_argument("--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8000)")
+    worker.add_argument(
+        "--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8000)"
+    )
     worker.add_argument("--control-socket", type=Path, metavar="PATH", help="Unix socket for gputuned's control channel")
     worker.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
     worker.add_argument("--max-queue", type=int, default=4096, help="most items queued before 503 (default 4096)")
     worker.add_argument("--knob", action="append", metavar="KNOB=VALUE", help="start with this knob value (repeatable)")
-    worker.add_argument("--saved-knob", action="append", metavar="KNOB=VALUE",
-                        help="a value gputuned saved: applied when this worker accepts it, else skipped with a warning")
+    worker.add_argument(
+        "--saved-knob",
+        action="append",
+        metavar="KNOB=VALUE",
+        help="a value gputuned saved: applied when this worker accepts it, else skipped with a warning",
+    )
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
@@ -61,7 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
     _add_admin_arguments(tune, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
-    tune.add_argument("--mode", choices=("auto", "recommend", "frozen"), help="auto, recommend (dry run) or frozen")
+    tune.add_argument("--mode", choices=MODE_NAMES, help="auto, recommend (dry run) or frozen")
     tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
 
     sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
@@ -137,8 +152,9 @@ def _run(args: argparse.Namespace, config: Config) -> int:
         print("gputuned: --worker-pid watches a worker gputuned does not start; add --no-worker", file=sys.stderr)
         return 2
     watch = WorkerTarget(pid=args.worker_pid, gpu=args.worker_gpu)
-    daemon = Daemon(config, nvml, psutil, supervise=not args.no_worker, watch=watch, environ=daemon_environment(),
-                    config_path=args.config)
+    daemon = Daemon(
+        config, nvml, psutil, supervise=not args.no_worker, watch=watch, environ=daemon_environment(), config_path=args.config
+    )
     try:
         return run_until_signalled(daemon)
     except ConfigError as exc:
@@ -207,7 +223,11 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _dashboards(args: argparse.Namespace) -> int:
-    from gputuned.dashboards import generated_files, write_files
+    try:
+        from gputuned.dashboards import generated_files, write_files
+    except ImportError as exc:
+        print(f"gputuned dashboards: {exc}; install the SDK with: pip install 'gputuned[dashboards]'", file=sys.stderr)
+        return 1
 
     try:
         written = write_files(generated_files(), args.out)
@@ -248,12 +268,23 @@ def _load(args: argparse.Namespace) -> int:
     from gputuned.loadgen import LoadPlan
     from gputuned.loadgen import main as load_main
 
-    if args.requests < 1 or args.duration <= 0 or args.batch < 1 or (args.rate is not None and args.rate <= 0) or args.concurrency < 1:
+    if (
+        args.requests < 1
+        or args.duration <= 0
+        or args.batch < 1
+        or (args.rate is not None and args.rate <= 0)
+        or args.concurrency < 1
+    ):
         print("gputuned load: --requests, --duration, --batch, --concurrency and --rate must be positive", file=sys.stderr)
         return 2
     plan = LoadPlan(
-        url=args.url.rstrip("/"), model=args.model, concurrency=None if args.rate else args.concurrency, rate=args.rate,
-        requests=args.requests, duration=args.duration, batch=args.batch,
+        url=args.url.rstrip("/"),
+        model=args.model,
+        concurrency=None if args.rate else args.concurrency,
+        rate=args.rate,
+        requests=args.requests,
+        duration=args.duration,
+        batch=args.batch,
     )
     return load_main(plan, args.json)
 

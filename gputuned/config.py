@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from gputuned.tuners.mode import MODE_NAMES
+
 DEFAULT_CONFIG_PATH = Path("/etc/gputuned/gputuned.toml")
 DEFAULT_METRICS_PORT = 9842
 
@@ -153,7 +155,7 @@ class WorkerConfig:
 class TuningConfig:
     """The autotuning loop: what it optimises and how carefully it changes things."""
 
-    mode: str = _choice("auto", "auto", "recommend", "frozen")
+    mode: str = _choice("auto", *MODE_NAMES)
     slo_p99_ms: float = _bounded(100.0, 0.1, 600_000.0)
     interval_seconds: float = _bounded(0.5, 0.1, 60.0)
     baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
@@ -201,7 +203,7 @@ def _check_value(key: str, value: Any, expected: type, meta: dict[str, Any]) -> 
     return value
 
 
-def _build(cls: type, table: Any, prefix: str) -> Any:
+def _build(cls: Any, table: Any, prefix: str) -> Any:
     if not isinstance(table, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {type(table).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -212,7 +214,7 @@ def _build(cls: type, table: Any, prefix: str) -> Any:
     values = {}
     for name, value in table.items():
         expected = hints[name]
-        if dataclasses.is_dataclass(expected):
+        if isinstance(expected, type) and dataclasses.is_dataclass(expected):
             values[name] = _build(expected, value, f"{prefix}{name}.")
         else:
             values[name] = _check_value(f"{prefix}{name}", value, expected, dict(fields[name].metadata))

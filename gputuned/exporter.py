@@ -18,9 +18,15 @@ from gputuned.samples import HistogramSample, MetricSpec
 from gputuned.store import SampleStore
 
 COLLECTOR = ("collector",)
-COLLECTOR_SUCCESS = MetricSpec("gputuned_collector_success", "gauge", "1 if the collector's last tick read everything it should, else 0.", COLLECTOR)
-COLLECTOR_DURATION = MetricSpec("gputuned_collector_duration_seconds", "gauge", "How long the collector's last tick took.", COLLECTOR)
-SAMPLE_AGE = MetricSpec("gputuned_sample_age_seconds", "gauge", "Seconds since the served samples were taken (the last complete round).", ())
+COLLECTOR_SUCCESS = MetricSpec(
+    "gputuned_collector_success", "gauge", "1 if the collector's last tick read everything it should, else 0.", COLLECTOR
+)
+COLLECTOR_DURATION = MetricSpec(
+    "gputuned_collector_duration_seconds", "gauge", "How long the collector's last tick took.", COLLECTOR
+)
+SAMPLE_AGE = MetricSpec(
+    "gputuned_sample_age_seconds", "gauge", "Seconds since the served samples were taken (the last complete round).", ()
+)
 
 SKIPPED_ROUNDS = MetricSpec(
     "gputuned_sampler_skipped_rounds_total", "counter", "Sampling rounds skipped because the previous one was still running.", ()
@@ -29,7 +35,7 @@ SKIPPED_ROUNDS = MetricSpec(
 SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS)
 
 
-def _family(spec: MetricSpec) -> Metric:
+def _family(spec: MetricSpec) -> Any:
     if spec.kind == "counter":
         # CounterMetricFamily takes the name without _total and adds it back to the sample.
         return CounterMetricFamily(spec.name.removesuffix("_total"), spec.help, labels=spec.labels)
@@ -50,7 +56,7 @@ class StoreExporter:
         self._wall_clock = wall_clock
 
     def collect(self) -> Iterator[Metric]:
-        families: dict[str, Metric] = {}
+        families: dict[str, Any] = {}
         success = _family(COLLECTOR_SUCCESS)
         duration = _family(COLLECTOR_DURATION)
         for snapshot in self._store.snapshots():

@@ -26,8 +26,14 @@ class KnobSpec:
     description: str = ""
 
     def to_wire(self, value: int) -> dict[str, Any]:
-        return {"type": "int", "value": value, "min": self.minimum, "max": self.maximum, "live": self.live,
-                "description": self.description}
+        return {
+            "type": "int",
+            "value": value,
+            "min": self.minimum,
+            "max": self.maximum,
+            "live": self.live,
+            "description": self.description,
+        }
 
     @classmethod
     def from_wire(cls, name: str, wire: dict[str, Any]) -> KnobSpec:

@@ -22,8 +22,8 @@ from typing import Any, TextIO
 
 import aiohttp
 
-_NUMPY_TYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT8": "int8", "INT16": "int16",
-                "INT32": "int32", "INT64": "int64", "UINT8": "uint8", "BOOL": "bool"}
+from gputuned.datatypes import DATATYPES
+
 MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
 MAX_FAILURES_KEPT = 100_000
 # A closed-loop client waits this long after a failure, as real clients back off, so that a
@@ -63,7 +63,7 @@ class LoadResult:
         if not self.latencies:
             return None
         ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -73,8 +73,12 @@ class LoadResult:
             "errors_by_kind": dict(self.errors),
             "elapsed_seconds": self.elapsed,
             "throughput_per_second": self.ok / self.elapsed if self.elapsed else 0.0,
-            "latency_seconds": {"p50": self.percentile(50), "p95": self.percentile(95), "p99": self.percentile(99),
-                                "mean": sum(self.latencies) / len(self.latencies) if self.latencies else None},
+            "latency_seconds": {
+                "p50": self.percentile(50),
+                "p95": self.percentile(95),
+                "p99": self.percentile(99),
+                "mean": sum(self.latencies) / len(self.latencies) if self.latencies else None,
+            },
         }
 
 
@@ -100,14 +104,21 @@ def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[byte
     import numpy as np  # the load generator works without the worker extra; numpy comes with it
 
     spec = metadata["inputs"][0]
-    if spec["datatype"] not in _NUMPY_TYPES:
+    if spec["datatype"] not in DATATYPES:
         raise LoadError(f"input datatype {spec['datatype']} is not supported by the load generator")
     shape = [batch, *spec["shape"][1:]]
     rng = np.random.default_rng(seed)
-    data = rng.random(math.prod(shape)).astype(_NUMPY_TYPES[spec["datatype"]]).tobytes()
+    data = rng.random(math.prod(shape)).astype(DATATYPES[spec["datatype"]].numpy).tobytes()
     header = json.dumps(
         {
-            "inputs": [{"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "parameters": {"binary_data_size": len(data)}}],
+            "inputs": [
+                {
+                    "name": spec["name"],
+                    "datatype": spec["datatype"],
+                    "shape": shape,
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
             "outputs": [{"name": output["name"], "parameters": {"binary_data": True}} for output in metadata["outputs"]],
         }
     ).encode()
@@ -141,7 +152,7 @@ class _Run:
                         self.result.timeline.append((done, done - scheduled))
                     return True
                 kind = f"http_{response.status}"
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             kind = type(exc).__name__
         self.result.errors[kind] += 1
         if len(self.result.failures) < MAX_FAILURES_KEPT:
@@ -169,7 +180,7 @@ class _Run:
                 self.result.sent += 1
                 self.result.errors["client_overloaded"] += 1
                 continue
-            task = asyncio.create_task(self.one(next_at))
+            task: asyncio.Task[Any] = asyncio.create_task(self.one(next_at))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
         await asyncio.gather(*in_flight)
@@ -201,7 +212,7 @@ async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult
             else:
                 await run.closed_loop(plan.concurrency or 1)
         finally:
-            if reporter is not None:
+            if reporter is not None and progress is not None:
                 reporter.cancel()
                 progress.write("\n")
         run.result.elapsed = time.perf_counter() - run.started

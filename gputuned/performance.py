@@ -90,8 +90,14 @@ class Measurement:
     items_per_request: float = 0.0  # the input size: items (rows of the input tensor) per completed request
 
 
-def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_seconds: float,
-            device_busy: float | None = None, pcie_utilization: float | None = None) -> Measurement | None:
+def measure(
+    older: dict[str, Any],
+    newer: dict[str, Any],
+    seconds: float,
+    slo_seconds: float,
+    device_busy: float | None = None,
+    pcie_utilization: float | None = None,
+) -> Measurement | None:
     """The window between two stats reports; None when it is empty or spans a restart."""
     if seconds <= 0:
         return None
@@ -135,6 +141,7 @@ def measure(older: dict[str, Any], newer: dict[str, Any], seconds: float, slo_se
 
 def _latency_sum(older: dict[str, Any], newer: dict[str, Any]) -> float:
     """Seconds spent inside the worker by the requests completed between two reports."""
+
     def total(report: dict[str, Any]) -> float:
         return float((report.get("latency_seconds") or {}).get("sum", 0))
 

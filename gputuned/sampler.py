@@ -46,7 +46,7 @@ class Sampler:
             started = self._clock()
             try:
                 collected = collector.collect(target)
-            except Exception as exc:  # noqa: BLE001 - a collector bug must not stop the others
+            except Exception as exc:
                 message = f"collector crashed: {type(exc).__name__}: {exc}"
                 if message not in self._reported[collector.name]:
                     log.exception("collector %s crashed", collector.name)  # the traceback, once

@@ -32,7 +32,7 @@ class Ring:
     of 300 points for every series of an 8-GPU host stays within a few MB.
     """
 
-    __slots__ = ("_times", "_values", "_next", "_count")
+    __slots__ = ("_count", "_next", "_times", "_values")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -52,10 +52,7 @@ class Ring:
         """Oldest first."""
         capacity = len(self._times)
         start = (self._next - self._count) % capacity
-        return [
-            (self._times[(start + i) % capacity], self._values[(start + i) % capacity])
-            for i in range(self._count)
-        ]
+        return [(self._times[(start + i) % capacity], self._values[(start + i) % capacity]) for i in range(self._count)]
 
 
 SeriesKey = tuple[str, tuple[str, ...]]

@@ -104,8 +104,9 @@ def run_sweep(
                 elapsed = time.monotonic() - started
                 bar = "#" * (20 * index // len(settings))
                 setting = " ".join(f"{k}={v}" for k, v in knobs.items())
-                progress.write(f"\r[{bar:<20}] {index}/{len(settings)} {elapsed:5.0f}s  {setting}: "
-                               f"{point.goodput:.0f}/s within SLO ")
+                progress.write(
+                    f"\r[{bar:<20}] {index}/{len(settings)} {elapsed:5.0f}s  {setting}: {point.goodput:.0f}/s within SLO "
+                )
                 progress.flush()
     if progress is not None:
         progress.write("\n")
@@ -125,8 +126,15 @@ def write_csv(results: list[SweepPoint], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow([*names, "throughput_per_second", "goodput_per_second", "p99_seconds", "errors"])
         for point in results:
-            writer.writerow([*(point.knobs[n] for n in names), f"{point.throughput:.3f}", f"{point.goodput:.3f}",
-                             "" if point.p99 is None else f"{point.p99:.6f}", point.errors])
+            writer.writerow(
+                [
+                    *(point.knobs[n] for n in names),
+                    f"{point.throughput:.3f}",
+                    f"{point.goodput:.3f}",
+                    "" if point.p99 is None else f"{point.p99:.6f}",
+                    point.errors,
+                ]
+            )
 
 
 def plot(results: list[SweepPoint], slo_seconds: float, best: SweepPoint | None, path: Path) -> None:
@@ -136,14 +144,23 @@ def plot(results: list[SweepPoint], slo_seconds: float, best: SweepPoint | None,
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 5.5))
-    measured = [p for p in results if p.p99 is not None]
-    axes.scatter([p.p99 * 1000 for p in measured], [p.throughput for p in measured], s=18, color="tab:blue", label="setting")
-    for p in measured:
-        axes.annotate(" ".join(str(v) for v in p.knobs.values()), (p.p99 * 1000, p.throughput), fontsize=6, alpha=0.6)
+    measured = [(p, p.p99) for p in results if p.p99 is not None]
+    axes.scatter(
+        [p99 * 1000 for _, p99 in measured], [p.throughput for p, _ in measured], s=18, color="tab:blue", label="setting"
+    )
+    for p, p99 in measured:
+        axes.annotate(" ".join(str(v) for v in p.knobs.values()), (p99 * 1000, p.throughput), fontsize=6, alpha=0.6)
     axes.axvline(slo_seconds * 1000, color="tab:red", linestyle="--", label=f"SLO p99 {slo_seconds * 1000:g} ms")
     if best is not None and best.p99 is not None:
-        axes.scatter([best.p99 * 1000], [best.throughput], s=160, marker="*", color="tab:orange", zorder=3,
-                     label="best: " + ", ".join(f"{k}={v}" for k, v in best.knobs.items()))
+        axes.scatter(
+            [best.p99 * 1000],
+            [best.throughput],
+            s=160,
+            marker="*",
+            color="tab:orange",
+            zorder=3,
+            label="best: " + ", ".join(f"{k}={v}" for k, v in best.knobs.items()),
+        )
     axes.set_xlabel("p99 latency (ms)")
     axes.set_ylabel("throughput (requests/s)")
     axes.set_title(f"gputuned sweep: {len(results)} settings (labels: {', '.join(results[0].knobs) if results else ''})")
@@ -163,8 +180,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     slo = args.slo_ms / 1000
     try:
-        results = run_sweep(args.url, args.socket, grid, slo, None if args.rate else args.concurrency, args.rate,
-                            args.warmup, args.window, args.repeats, sys.stderr)
+        results = run_sweep(
+            args.url,
+            args.socket,
+            grid,
+            slo,
+            None if args.rate else args.concurrency,
+            args.rate,
+            args.warmup,
+            args.window,
+            args.repeats,
+            sys.stderr,
+        )
     except ControlError as exc:
         print(f"gputuned sweep: {exc}", file=sys.stderr)
         return 1
@@ -173,8 +200,10 @@ def main(args: argparse.Namespace) -> int:
     plot(results, slo, best, args.png)
     print(f"wrote {args.csv} and {args.png}")
     if best is not None:
-        print("best: " + " ".join(f"{k}={v}" for k, v in best.knobs.items())
-              + f"  goodput {best.goodput:.1f}/s, throughput {best.throughput:.1f}/s, p99 "
-              + ("-" if best.p99 is None else f"{best.p99 * 1000:.1f} ms"))
+        print(
+            "best: "
+            + " ".join(f"{k}={v}" for k, v in best.knobs.items())
+            + f"  goodput {best.goodput:.1f}/s, throughput {best.throughput:.1f}/s, p99 "
+            + ("-" if best.p99 is None else f"{best.p99 * 1000:.1f} ms")
+        )
     return 0
-

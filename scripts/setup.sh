@@ -17,7 +17,7 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check "${GPUTUNED_TORCH:-torch==2.13.0}"
 if [ "$with_tests" = 1 ]; then
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep,test]"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep,dashboards,test]"
 else
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep]"
 fi

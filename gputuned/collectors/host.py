@@ -14,9 +14,13 @@ from typing import Any
 
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
-CPU_BUSY = MetricSpec("gputuned_host_cpu_busy_ratio", "gauge", "Share of the last tick each CPU spent outside idle and iowait.", ("cpu",))
+CPU_BUSY = MetricSpec(
+    "gputuned_host_cpu_busy_ratio", "gauge", "Share of the last tick each CPU spent outside idle and iowait.", ("cpu",)
+)
 MEMORY_TOTAL = MetricSpec("gputuned_host_memory_total_bytes", "gauge", "Physical memory.", ())
-MEMORY_AVAILABLE = MetricSpec("gputuned_host_memory_available_bytes", "gauge", "Memory available to new work without swapping.", ())
+MEMORY_AVAILABLE = MetricSpec(
+    "gputuned_host_memory_available_bytes", "gauge", "Memory available to new work without swapping.", ()
+)
 MEMORY_USED = MetricSpec("gputuned_host_memory_used_bytes", "gauge", "Memory in use (total minus free, buffers and cache).", ())
 WORKER_CPU = MetricSpec("gputuned_worker_cpu_seconds_total", "counter", "CPU time of the worker process.", ("mode",))
 WORKER_RSS = MetricSpec("gputuned_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.", ())

@@ -52,16 +52,28 @@ NODE = ("node",)
 # /sys/devices/system/node/nodeN/numastat keys -> exported per-node counters.
 NUMASTAT_SPECS = {
     "numa_hit": MetricSpec("gputuned_numa_hit_total", "counter", "Pages allocated on this node as intended.", NODE),
-    "numa_miss": MetricSpec("gputuned_numa_miss_total", "counter", "Pages allocated on this node although another was intended.", NODE),
-    "numa_foreign": MetricSpec("gputuned_numa_foreign_total", "counter", "Pages intended for this node but allocated elsewhere.", NODE),
-    "interleave_hit": MetricSpec("gputuned_numa_interleave_hit_total", "counter", "Interleave-policy pages allocated on this node as intended.", NODE),
-    "local_node": MetricSpec("gputuned_numa_local_node_total", "counter", "Pages allocated on this node by a CPU of this node.", NODE),
-    "other_node": MetricSpec("gputuned_numa_other_node_total", "counter", "Pages allocated on this node by a CPU of another node.", NODE),
+    "numa_miss": MetricSpec(
+        "gputuned_numa_miss_total", "counter", "Pages allocated on this node although another was intended.", NODE
+    ),
+    "numa_foreign": MetricSpec(
+        "gputuned_numa_foreign_total", "counter", "Pages intended for this node but allocated elsewhere.", NODE
+    ),
+    "interleave_hit": MetricSpec(
+        "gputuned_numa_interleave_hit_total", "counter", "Interleave-policy pages allocated on this node as intended.", NODE
+    ),
+    "local_node": MetricSpec(
+        "gputuned_numa_local_node_total", "counter", "Pages allocated on this node by a CPU of this node.", NODE
+    ),
+    "other_node": MetricSpec(
+        "gputuned_numa_other_node_total", "counter", "Pages allocated on this node by a CPU of another node.", NODE
+    ),
 }
 NODE_MEMORY_TOTAL = MetricSpec("gputuned_numa_memory_total_bytes", "gauge", "Memory installed on the node.", NODE)
 NODE_MEMORY_FREE = MetricSpec("gputuned_numa_memory_free_bytes", "gauge", "Free memory on the node.", NODE)
 NODE_CPUS = MetricSpec("gputuned_numa_node_cpus", "gauge", "Online CPUs on the node.", NODE)
-GPU_NUMA_NODE = MetricSpec("gputuned_gpu_numa_node", "gauge", "NUMA node of the GPU's PCIe root (-1 when the platform does not say).", ("gpu",))
+GPU_NUMA_NODE = MetricSpec(
+    "gputuned_gpu_numa_node", "gauge", "NUMA node of the GPU's PCIe root (-1 when the platform does not say).", ("gpu",)
+)
 WORKER_PAGE_FAULTS = MetricSpec("gputuned_worker_page_faults_total", "counter", "Page faults of the worker process.", ("kind",))
 WORKER_NUMA_RESIDENT = MetricSpec("gputuned_worker_numa_resident_bytes", "gauge", "Worker memory resident on each node.", NODE)
 WORKER_OFFNODE = MetricSpec(
@@ -72,8 +84,16 @@ WORKER_HOME_NODE = MetricSpec(
 )
 
 SPECS = (
-    *VMSTAT_SPECS.values(), *NUMASTAT_SPECS.values(), NODE_MEMORY_TOTAL, NODE_MEMORY_FREE, NODE_CPUS,
-    GPU_NUMA_NODE, WORKER_PAGE_FAULTS, WORKER_NUMA_RESIDENT, WORKER_OFFNODE, WORKER_HOME_NODE,
+    *VMSTAT_SPECS.values(),
+    *NUMASTAT_SPECS.values(),
+    NODE_MEMORY_TOTAL,
+    NODE_MEMORY_FREE,
+    NODE_CPUS,
+    GPU_NUMA_NODE,
+    WORKER_PAGE_FAULTS,
+    WORKER_NUMA_RESIDENT,
+    WORKER_OFFNODE,
+    WORKER_HOME_NODE,
 )
 
 _NODE_DIR = re.compile(r"node(\d+)")
@@ -164,6 +184,8 @@ class NumaCollector:
         if target.gpu is not None:
             node = gpu_nodes.get(target.gpu, -1)
             return node if node >= 0 else None
+        if target.pid is None:
+            return None
         try:
             status = read_text(self._proc_root, target.pid, "status")
         except OSError:
@@ -178,7 +200,11 @@ class NumaCollector:
         homes = [node for node, cpus in node_cpus.items() if allowed & set(cpus)]
         return homes[0] if len(homes) == 1 else None
 
-    def _collect_worker(self, target: WorkerTarget, node_cpus: dict[int, list[int]], gpu_nodes: dict[int, int], out: Collected) -> None:
+    def _collect_worker(
+        self, target: WorkerTarget, node_cpus: dict[int, list[int]], gpu_nodes: dict[int, int], out: Collected
+    ) -> None:
+        if target.pid is None:
+            return
         try:
             stat = parse_proc_stat(read_text(self._proc_root, target.pid, "stat"))
         except (FileNotFoundError, ProcessLookupError):

@@ -8,6 +8,7 @@ the whole collector's success to 0 until NVML answers again.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from gputuned.collectors.nvml_session import (
@@ -31,13 +32,20 @@ GPU_INFO = MetricSpec(
     "GPU identity; always 1.",
     ("gpu", "uuid", "name", "pci_bus_id", "driver_version", "numa_node"),
 )
-UTILIZATION = MetricSpec("gputuned_gpu_utilization_ratio", "gauge", "Share of the last sample period in which a kernel ran on the GPU.", GPU)
+UTILIZATION = MetricSpec(
+    "gputuned_gpu_utilization_ratio", "gauge", "Share of the last sample period in which a kernel ran on the GPU.", GPU
+)
 MEMORY_UTILIZATION = MetricSpec(
-    "gputuned_gpu_memory_utilization_ratio", "gauge", "Share of the last sample period in which device memory was read or written.", GPU
+    "gputuned_gpu_memory_utilization_ratio",
+    "gauge",
+    "Share of the last sample period in which device memory was read or written.",
+    GPU,
 )
 MEMORY_USED = MetricSpec("gputuned_gpu_memory_used_bytes", "gauge", "Device memory allocated by processes.", GPU)
 MEMORY_TOTAL = MetricSpec("gputuned_gpu_memory_total_bytes", "gauge", "Installed device memory.", GPU)
-MEMORY_RESERVED = MetricSpec("gputuned_gpu_memory_reserved_bytes", "gauge", "Device memory reserved by the driver and firmware.", GPU)
+MEMORY_RESERVED = MetricSpec(
+    "gputuned_gpu_memory_reserved_bytes", "gauge", "Device memory reserved by the driver and firmware.", GPU
+)
 MEMORY_FREE = MetricSpec("gputuned_gpu_memory_free_bytes", "gauge", "Device memory neither used nor reserved.", GPU)
 POWER = MetricSpec("gputuned_gpu_power_watts", "gauge", "Board power draw.", GPU)
 ENERGY = MetricSpec("gputuned_gpu_energy_joules_total", "counter", "Energy consumed since the driver was loaded.", GPU)
@@ -65,9 +73,24 @@ WORKER_GPU_MEMORY_UTILIZATION = MetricSpec(
 )
 
 SPECS = (
-    GPU_INFO, UTILIZATION, MEMORY_UTILIZATION, MEMORY_USED, MEMORY_TOTAL, MEMORY_RESERVED, MEMORY_FREE,
-    POWER, ENERGY, TEMPERATURE, SM_CLOCK, MEMORY_CLOCK, CLOCK_EVENT, ECC_ERRORS, XID_ERRORS,
-    WORKER_GPU_MEMORY, WORKER_GPU_UTILIZATION, WORKER_GPU_MEMORY_UTILIZATION,
+    GPU_INFO,
+    UTILIZATION,
+    MEMORY_UTILIZATION,
+    MEMORY_USED,
+    MEMORY_TOTAL,
+    MEMORY_RESERVED,
+    MEMORY_FREE,
+    POWER,
+    ENERGY,
+    TEMPERATURE,
+    SM_CLOCK,
+    MEMORY_CLOCK,
+    CLOCK_EVENT,
+    ECC_ERRORS,
+    XID_ERRORS,
+    WORKER_GPU_MEMORY,
+    WORKER_GPU_UTILIZATION,
+    WORKER_GPU_MEMORY_UTILIZATION,
 )
 
 # NVML's clock event reason bits (nvmlClocksEventReason*), named as in the NVML docs.
@@ -107,7 +130,9 @@ class NvmlCollector:
     def _collect_device(self, device: GpuDevice, target: WorkerTarget, out: Collected) -> None:
         nvml = self._nvml
         gpu = str(device.index)
-        out.add(GPU_INFO, 1, gpu, device.uuid, device.name, device.pci_bus_id, self._session.driver_version, str(device.numa_node))
+        out.add(
+            GPU_INFO, 1, gpu, device.uuid, device.name, device.pci_bus_id, self._session.driver_version, str(device.numa_node)
+        )
 
         rates = self._optional(out, device, "nvmlDeviceGetUtilizationRates")
         if rates is not None:
@@ -229,10 +254,9 @@ class NvmlCollector:
             out.add(WORKER_GPU_MEMORY_UTILIZATION, newest.memUtil / 100.0, gpu)
 
     def _free_event_set(self, event_set: Any) -> None:
-        try:
+        # The library is going away anyway; nothing else holds the set.
+        with contextlib.suppress(NvmlProblem):
             self._session.call("nvmlEventSetFree", event_set)
-        except NvmlProblem:
-            pass  # the library is going away anyway; nothing else holds the set
 
     def close(self) -> None:
         """Frees the event sets; the composition root closes the shared session after."""

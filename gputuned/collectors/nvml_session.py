@@ -121,7 +121,7 @@ class NvmlSession:
         return list(self._open_problems)
 
     def _problem(self, exc: Exception, what: str) -> NvmlProblem:
-        kind = self._code_to_problem.get(getattr(exc, "value", None), NvmlProblem)
+        kind = self._code_to_problem.get(getattr(exc, "value", -1), NvmlProblem)
         return kind(f"{what}: {exc}")
 
     def devices(self) -> list[GpuDevice]:

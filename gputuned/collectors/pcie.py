@@ -23,14 +23,32 @@ LINK_MAX_GENERATION = MetricSpec("gputuned_pcie_link_max_generation", "gauge", "
 LINK_WIDTH = MetricSpec("gputuned_pcie_link_width", "gauge", "Current PCIe link width in lanes.", GPU)
 LINK_MAX_WIDTH = MetricSpec("gputuned_pcie_link_max_width", "gauge", "Widest the link can train, in lanes.", GPU)
 LINK_CAPACITY = MetricSpec(
-    "gputuned_pcie_link_capacity_bytes_per_second", "gauge", "Payload bandwidth of the link per direction at its current generation and width.", GPU
+    "gputuned_pcie_link_capacity_bytes_per_second",
+    "gauge",
+    "Payload bandwidth of the link per direction at its current generation and width.",
+    GPU,
 )
 UTILIZATION = MetricSpec(
-    "gputuned_pcie_utilization_ratio", "gauge", "Busier direction's throughput over the tick, as a share of the link capacity.", GPU
+    "gputuned_pcie_utilization_ratio",
+    "gauge",
+    "Busier direction's throughput over the tick, as a share of the link capacity.",
+    GPU,
 )
-REPLAYS = MetricSpec("gputuned_pcie_replays_total", "counter", "PCIe replays (link-level retransmissions); growth means a bad link.", GPU)
+REPLAYS = MetricSpec(
+    "gputuned_pcie_replays_total", "counter", "PCIe replays (link-level retransmissions); growth means a bad link.", GPU
+)
 
-SPECS = (TX_BYTES, RX_BYTES, LINK_GENERATION, LINK_MAX_GENERATION, LINK_WIDTH, LINK_MAX_WIDTH, LINK_CAPACITY, UTILIZATION, REPLAYS)
+SPECS = (
+    TX_BYTES,
+    RX_BYTES,
+    LINK_GENERATION,
+    LINK_MAX_GENERATION,
+    LINK_WIDTH,
+    LINK_MAX_WIDTH,
+    LINK_CAPACITY,
+    UTILIZATION,
+    REPLAYS,
+)
 
 # Per-lane payload bandwidth in bytes/s: transfer rate x line-code efficiency / 8
 # (8b/10b for gen 1-2, 128b/130b for gen 3-5, 242/256 FLIT for gen 6).

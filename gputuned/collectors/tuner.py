@@ -8,6 +8,7 @@ from typing import Any
 from gputuned.performance import Measurement
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 from gputuned.tuners.guard import KNOB_ACTIONS
+from gputuned.tuners.mode import MODE_NAMES
 
 DECISIONS = MetricSpec("gputuned_tuner_decisions_total", "counter", "Tuning decisions by knob and action.", ("knob", "action"))
 TRIAL_ACTIVE = MetricSpec("gputuned_tuner_trial_active", "gauge", "1 while a change is on trial.", ())
@@ -15,19 +16,25 @@ MODE = MetricSpec("gputuned_tuner_mode", "gauge", "1 for the tuner's current mod
 FROZEN = MetricSpec("gputuned_tuner_knob_frozen", "gauge", "1 for a knob set by hand and left alone until resumed.", ("knob",))
 SLO = MetricSpec("gputuned_tuner_slo_p99_seconds", "gauge", "The p99 latency objective the tuner holds the worker to.", ())
 GOODPUT = MetricSpec(
-    "gputuned_tuner_goodput_requests_per_second", "gauge",
-    "Requests completed within the SLO per second over the last 10 s, as the tuner measures them.", (),
+    "gputuned_tuner_goodput_requests_per_second",
+    "gauge",
+    "Requests completed within the SLO per second over the last 10 s, as the tuner measures them.",
+    (),
 )
 
 SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, GOODPUT)
-MODES = ("auto", "recommend", "frozen")
 
 
 class TunerCollector:
     name = "tuner"
 
-    def __init__(self, view: Callable[[], Any], knobs: Callable[[], Iterable[str]], slo_seconds: Callable[[], float],
-                 performance: Callable[[], Measurement | None]) -> None:
+    def __init__(
+        self,
+        view: Callable[[], Any],
+        knobs: Callable[[], Iterable[str]],
+        slo_seconds: Callable[[], float],
+        performance: Callable[[], Measurement | None],
+    ) -> None:
         """`view` returns the guard's GuardView; `knobs` the worker's knob names, whose decision
         counters start at 0 so that Prometheus's increase() sees even the first decision;
         `slo_seconds` the configured SLO (it changes on reload); `performance` the worker's recent
@@ -47,7 +54,7 @@ class TunerCollector:
         for (knob, action), count in sorted(counts.items()):
             out.add(DECISIONS, count, knob, action)
         out.add(TRIAL_ACTIVE, 1 if view.trial_active else 0)
-        for mode in MODES:
+        for mode in MODE_NAMES:
             out.add(MODE, 1 if view.mode == mode else 0, mode)
         for knob in view.frozen_knobs:
             out.add(FROZEN, 1, knob)

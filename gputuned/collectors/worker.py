@@ -15,10 +15,14 @@ from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 WORKER_UP = MetricSpec("gputuned_worker_up", "gauge", "1 while the supervised worker is running and ready.", ())
 WORKER_CRASH_LOOP = MetricSpec("gputuned_worker_crash_loop", "gauge", "1 when restarts stopped after a crash loop.", ())
-WORKER_RESTARTS = MetricSpec("gputuned_worker_restarts_total", "counter", "Times the worker exited and was (or was to be) restarted.", ())
+WORKER_RESTARTS = MetricSpec(
+    "gputuned_worker_restarts_total", "counter", "Times the worker exited and was (or was to be) restarted.", ()
+)
 WORKER_EXIT_CODE = MetricSpec(
-    "gputuned_worker_last_exit_code", "gauge",
-    "Exit code of the worker's last exit (negative: killed by that signal; 255: unknown, an adopted worker).", (),
+    "gputuned_worker_last_exit_code",
+    "gauge",
+    "Exit code of the worker's last exit (negative: killed by that signal; 255: unknown, an adopted worker).",
+    (),
 )
 WORKER_UPTIME = MetricSpec("gputuned_worker_uptime_seconds", "gauge", "Seconds since the running worker started.", ())
 WORKER_INFO = MetricSpec("gputuned_worker_info", "gauge", "The supervised worker; always 1.", ("pid", "model", "device"))
@@ -32,7 +36,9 @@ LATENCY = MetricSpec("gputuned_worker_latency_seconds", "histogram", "Request la
 BATCH_SIZE = MetricSpec("gputuned_worker_batch_size", "histogram", "Items per batch.", ())
 QUEUE_DEPTH = MetricSpec("gputuned_worker_queue_depth", "gauge", "Items waiting for a batch.", ())
 LANES = MetricSpec("gputuned_worker_lanes", "gauge", "Execution lanes running.", ())
-LANE_BUSY = MetricSpec("gputuned_worker_lane_busy_seconds_total", "counter", "Time lanes spent running batches, summed over lanes.", ())
+LANE_BUSY = MetricSpec(
+    "gputuned_worker_lane_busy_seconds_total", "counter", "Time lanes spent running batches, summed over lanes.", ()
+)
 POOL_HITS = MetricSpec("gputuned_worker_pool_hits_total", "counter", "Batches assembled in a pooled buffer.", ())
 POOL_MISSES = MetricSpec("gputuned_worker_pool_misses_total", "counter", "Batches that needed a fresh buffer.", ())
 OOM = MetricSpec("gputuned_worker_oom_events_total", "counter", "Batches that failed for lack of memory.", ())
@@ -40,9 +46,26 @@ H2D = MetricSpec("gputuned_worker_h2d_bytes_total", "counter", "Bytes copied fro
 STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", ())
 
 SPECS = (
-    WORKER_UP, WORKER_CRASH_LOOP, WORKER_RESTARTS, WORKER_EXIT_CODE, WORKER_UPTIME, WORKER_INFO, WORKER_PLACEMENT,
-    KNOB_VALUE, REQUESTS, BATCHES, LATENCY, BATCH_SIZE, QUEUE_DEPTH, LANES, LANE_BUSY, POOL_HITS, POOL_MISSES, OOM,
-    H2D, STATS_AGE,
+    WORKER_UP,
+    WORKER_CRASH_LOOP,
+    WORKER_RESTARTS,
+    WORKER_EXIT_CODE,
+    WORKER_UPTIME,
+    WORKER_INFO,
+    WORKER_PLACEMENT,
+    KNOB_VALUE,
+    REQUESTS,
+    BATCHES,
+    LATENCY,
+    BATCH_SIZE,
+    QUEUE_DEPTH,
+    LANES,
+    LANE_BUSY,
+    POOL_HITS,
+    POOL_MISSES,
+    OOM,
+    H2D,
+    STATS_AGE,
 )
 
 # stats field -> (spec, label values)
@@ -75,7 +98,7 @@ def histogram_buckets(stats: Any) -> tuple[list[tuple[float, float]], float] | N
         return None
     if not all(_number(v) for v in bounds + cumulative):
         return None
-    return [*zip(bounds, cumulative), (float("inf"), cumulative[-1])], float(total)
+    return [*zip(bounds, cumulative), (float("inf"), cumulative[-1])], float(total)  # type: ignore[arg-type]
 
 
 class WorkerCollector:
@@ -118,7 +141,7 @@ class WorkerCollector:
         for field_name, (spec, labels) in _SCALARS.items():
             value = stats.get(field_name)
             if _number(value):
-                out.add(spec, value, *labels)
+                out.add(spec, float(value), *labels)  # type: ignore[arg-type]
         for field_name, spec in (("latency_seconds", LATENCY), ("batch_size", BATCH_SIZE)):
             histogram = histogram_buckets(stats.get(field_name))
             if histogram is not None:

@@ -73,7 +73,7 @@ def validate(message: Any) -> dict[str, Any]:
     if not isinstance(kind, str) or kind not in _SCHEMAS:
         raise ProtocolError(f"unknown message type {kind!r}; known types: {', '.join(MESSAGE_TYPES)}", seq)
     required, optional = _SCHEMAS[kind]
-    for name, types in required.items():
+    for name in required:
         if name not in message:
             raise ProtocolError(f"{kind}: missing field {name!r}", seq)
     for name, value in message.items():

@@ -176,7 +176,9 @@ class ControlServer:
             return message("status", seq=request["seq"], status=self._handler.status())
         if kind == "tune" and hasattr(self._handler, "tune"):
             try:
-                return message("status", seq=request["seq"], status=self._handler.tune(request.get("mode"), request.get("resume", False)))
+                return message(
+                    "status", seq=request["seq"], status=self._handler.tune(request.get("mode"), request.get("resume", False))
+                )
             except KnobError as exc:
                 return nack(str(exc), request["seq"])
         if kind == "set":

@@ -20,9 +20,13 @@ from gputuned.knobs import KnobError
 
 
 class AdminHandler:
-    def __init__(self, status: Callable[[], dict[str, Any]], worker_hello: Callable[[], dict[str, Any] | None],
-                 set_knobs: Callable[[dict[str, int]], dict[str, int]] | None,
-                 tune: Callable[[str | None, bool], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        status: Callable[[], dict[str, Any]],
+        worker_hello: Callable[[], dict[str, Any] | None],
+        set_knobs: Callable[[dict[str, int]], dict[str, int]] | None,
+        tune: Callable[[str | None, bool], dict[str, Any]],
+    ) -> None:
         self._status = status
         self._worker_hello = worker_hello
         self._set_knobs = set_knobs
@@ -33,8 +37,12 @@ class AdminHandler:
         identity = {"pid": os.getpid(), "role": "gputuned daemon", "version": __version__}
         if worker is None:
             return message("hello", worker=identity, knobs={})
-        return message("hello", worker={**identity, "worker": worker["worker"]}, knobs=worker["knobs"],
-                       restart_only=worker.get("restart_only", {}))
+        return message(
+            "hello",
+            worker={**identity, "worker": worker["worker"]},
+            knobs=worker["knobs"],
+            restart_only=worker.get("restart_only", {}),
+        )
 
     def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
         if self._set_knobs is None:

@@ -40,7 +40,7 @@ def format_cpulist(cpus: tuple[int, ...] | list[int]) -> str:
     ranges: list[str] = []
     ordered = sorted(cpus)
     start = previous = None
-    for cpu in ordered + [None]:  # type: ignore[list-item]
+    for cpu in [*ordered, None]:
         if cpu is not None and previous is not None and cpu == previous + 1:
             previous = cpu
             continue
@@ -88,8 +88,17 @@ def choose_placement(setting: str, gpu_node: int | None, sys_root: Path) -> tupl
 
 
 def shim_command(placement: Placement, command: list[str]) -> list[str]:
-    return [sys.executable, "-m", "gputuned.daemon.placement_exec", "--node", str(placement.node),
-            "--cpus", placement.cpulist(), "--", *command]
+    return [
+        sys.executable,
+        "-m",
+        "gputuned.daemon.placement_exec",
+        "--node",
+        str(placement.node),
+        "--cpus",
+        placement.cpulist(),
+        "--",
+        *command,
+    ]
 
 
 def set_preferred_node(node: int) -> None:

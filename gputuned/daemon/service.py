@@ -66,8 +66,20 @@ def worker_gpu(device: str, gpu_count: int) -> int | None:
 
 def builtin_worker_command(config: Config, control_socket: Path, knobs: Mapping[str, int]) -> list[str]:
     worker = config.worker
-    command = [sys.executable, "-m", "gputuned", "worker", "--listen", worker.listen, "--control-socket", str(control_socket),
-               "--model", worker.model, "--input-dtype", worker.input_dtype]
+    command = [
+        sys.executable,
+        "-m",
+        "gputuned",
+        "worker",
+        "--listen",
+        worker.listen,
+        "--control-socket",
+        str(control_socket),
+        "--model",
+        worker.model,
+        "--input-dtype",
+        worker.input_dtype,
+    ]
     if worker.device != "auto":
         command += ["--device", worker.device]
     if worker.input_shape:
@@ -217,9 +229,13 @@ class Daemon:
         log.info("worker placement: %s", why)
         w = config.worker
         policy = RestartPolicy(
-            initial_delay=w.restart_backoff_seconds, max_delay=w.restart_backoff_max_seconds,
-            crash_loop_exits=w.crash_loop_exits, crash_loop_window=w.crash_loop_window_seconds,
-            ping_interval=w.ping_interval_seconds, ping_timeout=w.ping_timeout_seconds, drain_timeout=w.drain_timeout_seconds,
+            initial_delay=w.restart_backoff_seconds,
+            max_delay=w.restart_backoff_max_seconds,
+            crash_loop_exits=w.crash_loop_exits,
+            crash_loop_window=w.crash_loop_window_seconds,
+            ping_interval=w.ping_interval_seconds,
+            ping_timeout=w.ping_timeout_seconds,
+            drain_timeout=w.drain_timeout_seconds,
         )
         launch = WorkerLaunch(
             command=self._worker_command,
@@ -265,12 +281,25 @@ class Daemon:
     def _build_guard(self) -> Guard:
         t = self._config.tuning
         settings = GuardSettings(
-            slo_seconds=t.slo_p99_ms / 1000, baseline_seconds=t.baseline_seconds, warmup_seconds=t.warmup_seconds,
-            trial_seconds=t.trial_seconds, cooldown_seconds=t.cooldown_seconds, min_margin=t.min_margin,
-            flap_reverts=t.flap_reverts, flap_window=t.flap_window_seconds, shift_threshold=t.shift_threshold,
+            slo_seconds=t.slo_p99_ms / 1000,
+            baseline_seconds=t.baseline_seconds,
+            warmup_seconds=t.warmup_seconds,
+            trial_seconds=t.trial_seconds,
+            cooldown_seconds=t.cooldown_seconds,
+            min_margin=t.min_margin,
+            flap_reverts=t.flap_reverts,
+            flap_window=t.flap_window_seconds,
+            shift_threshold=t.shift_threshold,
         )
-        return Guard(settings, default_tuners(), self._tuning_context, self._measure_window, self._tuning_apply,
-                     self._record_decision, Mode(t.mode))
+        return Guard(
+            settings,
+            default_tuners(),
+            self._tuning_context,
+            self._measure_window,
+            self._tuning_apply,
+            self._record_decision,
+            Mode(t.mode),
+        )
 
     def _tune(self) -> None:
         """The tuning job: restart exploration for a new worker, then one guard step."""
@@ -299,8 +328,11 @@ class Daemon:
 
     def _ring_mean(self, name: str, labels: tuple[str, ...] | None, start: float, end: float) -> float | None:
         """Mean of a sampled series over [start, end]; labels None averages every series of it."""
-        series = [labels] if labels is not None else sorted({s.labels for snap in self.store.snapshots()
-                                                             for s in snap.samples if s.spec.name == name})
+        series = (
+            [labels]
+            if labels is not None
+            else sorted({s.labels for snap in self.store.snapshots() for s in snap.samples if s.spec.name == name})
+        )
         values = [v for key in series for t, v in self.store.window(name, key) if start <= t <= end]
         return sum(values) / len(values) if values else None
 
@@ -385,7 +417,9 @@ class Daemon:
             status = self.supervisor.status()
             if status.hello is None:
                 return None
-            knobs = {name: {**spec, "value": status.knobs.get(name, spec["value"])} for name, spec in status.hello["knobs"].items()}
+            knobs = {
+                name: {**spec, "value": status.knobs.get(name, spec["value"])} for name, spec in status.hello["knobs"].items()
+            }
             return {**status.hello, "knobs": knobs}
 
         return AdminHandler(self.status_report, worker_hello, self.manual_set if self.supervisor else None, self.tune)
@@ -395,13 +429,16 @@ class Daemon:
         performance = self.recent_performance() if self.supervisor else None
         host, port = self.metrics_address
         tuner = self.guard.view() if self.guard else None
-        return build_status(self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner,
-                            self.state_error())
+        return build_status(
+            self.store, worker, performance, self._started_at, f"http://{host}:{port}/metrics", tuner, self.state_error()
+        )
 
     def state_error(self) -> str | None:
         """Why the state directory cannot be written (knobs and decisions then live in memory only)."""
-        errors = [f"knobs.json: {self._knob_store.persist_error}" if self._knob_store.persist_error else None,
-                  f"decisions.jsonl: {self._decision_log_error}" if self._decision_log_error else None]
+        errors = [
+            f"knobs.json: {self._knob_store.persist_error}" if self._knob_store.persist_error else None,
+            f"decisions.jsonl: {self._decision_log_error}" if self._decision_log_error else None,
+        ]
         return "; ".join(error for error in errors if error) or None
 
     # --- the work loop ----------------------------------------------------------------------
@@ -462,8 +499,7 @@ class Daemon:
         logging.getLogger().setLevel(new.log.level.upper())
         if new.sampling.interval_seconds != old.sampling.interval_seconds and self._scheduler is not None:
             self._scheduler.reschedule_job(SAMPLE_JOB_ID, trigger="interval", seconds=new.sampling.interval_seconds)
-        needs_restart = [name for name in ("metrics", "collectors", "nvml", "paths")
-                         if getattr(new, name) != getattr(old, name)]
+        needs_restart = [name for name in ("metrics", "collectors", "nvml", "paths") if getattr(new, name) != getattr(old, name)]
         if needs_restart:
             log.warning("reload: changes to [%s] take effect when the daemon restarts", ", ".join(needs_restart))
         if new.worker != old.worker:

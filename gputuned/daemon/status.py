@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from gputuned import __version__
+from gputuned.samples import Sample
 from gputuned.store import SampleStore
 
 PERFORMANCE_WINDOW_SECONDS = 10.0
@@ -34,7 +35,7 @@ def _gpus(store: SampleStore) -> list[dict[str, Any]]:
                 gpus.setdefault(labels["gpu"], {}).update(
                     gpu=int(labels["gpu"]), name=labels["name"], uuid=labels["uuid"], numa_node=int(labels["numa_node"])
                 )
-            elif name in _GPU_FIELDS:
+            elif name in _GPU_FIELDS and isinstance(sample, Sample):
                 gpus.setdefault(sample.labels[0], {})[_GPU_FIELDS[name]] = sample.value
     return [gpus[key] for key in sorted(gpus, key=int) if "name" in gpus[key]]
 
@@ -44,15 +45,26 @@ def _offnode_ratio(store: SampleStore) -> float | None:
     return points[-1][1] if points else None
 
 
-def build_status(store: SampleStore, worker: Any, performance: Any, started_at: float, metrics_url: str,
-                 tuner: Any = None, state_error: str | None = None) -> dict[str, Any]:
+def build_status(
+    store: SampleStore,
+    worker: Any,
+    performance: Any,
+    started_at: float,
+    metrics_url: str,
+    tuner: Any = None,
+    state_error: str | None = None,
+) -> dict[str, Any]:
     """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` a
     Measurement of it over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
     `tuner` the guard's GuardView, `state_error` why the state directory cannot be written."""
     now = time.time()
     report: dict[str, Any] = {
-        "daemon": {"version": __version__, "uptime_seconds": now - started_at, "metrics": metrics_url,
-                   "state_error": state_error},
+        "daemon": {
+            "version": __version__,
+            "uptime_seconds": now - started_at,
+            "metrics": metrics_url,
+            "state_error": state_error,
+        },
         "gpus": _gpus(store),
         "collectors": {s.collector: s.success for s in store.snapshots()},
         "worker": None,
@@ -75,7 +87,9 @@ def build_status(store: SampleStore, worker: Any, performance: Any, started_at: 
             "restarts": worker.restarts,
             "last_exit_code": worker.last_exit_code,
             "uptime_seconds": now - worker.started_at if worker.pid is not None and worker.started_at else None,
-            "placement": None if worker.placement is None else {"node": worker.placement.node, "cpus": worker.placement.cpulist()},
+            "placement": None
+            if worker.placement is None
+            else {"node": worker.placement.node, "cpus": worker.placement.cpulist()},
             "offnode_ratio": _offnode_ratio(store),
         }
         report["knobs"] = dict(worker.knobs)
@@ -114,10 +128,16 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("")
     if report["gpus"]:
         rows = [
-            [str(g["gpu"]), g["name"], _fmt(g.get("utilization"), "%", 100, 0),
-             f"{_fmt(g.get('memory_used_bytes'), '', 2**-30)}/{_fmt(g.get('memory_total_bytes'), ' GiB', 2**-30)}",
-             _fmt(g.get("power_watts"), " W", digits=0), _fmt(g.get("temperature_celsius"), " C", digits=0),
-             _fmt(g.get("pcie_utilization"), "%", 100, 0), str(g["numa_node"])]
+            [
+                str(g["gpu"]),
+                g["name"],
+                _fmt(g.get("utilization"), "%", 100, 0),
+                f"{_fmt(g.get('memory_used_bytes'), '', 2**-30)}/{_fmt(g.get('memory_total_bytes'), ' GiB', 2**-30)}",
+                _fmt(g.get("power_watts"), " W", digits=0),
+                _fmt(g.get("temperature_celsius"), " C", digits=0),
+                _fmt(g.get("pcie_utilization"), "%", 100, 0),
+                str(g["numa_node"]),
+            ]
             for g in report["gpus"]
         ]
         lines += _table(["GPU", "NAME", "UTIL", "MEMORY", "POWER", "TEMP", "PCIE", "NUMA"], rows)
@@ -132,9 +152,19 @@ def format_status(report: dict[str, Any]) -> str:
         where = f"NUMA node {placement['node']} (CPUs {placement['cpus']})" if placement else "not placed"
         lines += _table(
             ["WORKER", "STATE", "PID", "MODEL", "DEVICE", "UPTIME", "RESTARTS", "PLACEMENT", "OFF-NODE"],
-            [["worker", worker["state"], str(worker["pid"] or "-"), worker["model"] or "-", worker["device"] or "-",
-              _fmt(worker["uptime_seconds"], " s", digits=0), str(worker["restarts"]), where,
-              _fmt(worker["offnode_ratio"], "%", 100, 1)]],
+            [
+                [
+                    "worker",
+                    worker["state"],
+                    str(worker["pid"] or "-"),
+                    worker["model"] or "-",
+                    worker["device"] or "-",
+                    _fmt(worker["uptime_seconds"], " s", digits=0),
+                    str(worker["restarts"]),
+                    where,
+                    _fmt(worker["offnode_ratio"], "%", 100, 1),
+                ]
+            ],
         )
         if worker["state"] != "ready":
             lines.append(f"  {worker['message']}")

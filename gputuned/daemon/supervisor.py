@@ -282,8 +282,11 @@ class Supervisor:
             self._handle_exit(127)
             return
         self._begin(process)
-        log.info("worker started, pid %d%s", process.pid,
-                 f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else "")
+        log.info(
+            "worker started, pid %d%s",
+            process.pid,
+            f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else "",
+        )
 
     def _adopt(self) -> bool:
         """Takes over a worker still serving on the control socket (its daemon died without
@@ -329,8 +332,10 @@ class Supervisor:
             self._restarts += 1
             if self._crash_loop.record_exit(now):
                 self._state = WorkerState.CRASH_LOOP
-                self._message = (f"crash loop: {self._policy.crash_loop_exits} exits within "
-                                 f"{self._policy.crash_loop_window:g} s; not restarting (last exit code {code})")
+                self._message = (
+                    f"crash loop: {self._policy.crash_loop_exits} exits within "
+                    f"{self._policy.crash_loop_window:g} s; not restarting (last exit code {code})"
+                )
                 log.error("worker %s", self._message)
                 self._ready_event.set()  # nothing more to wait for
                 return
@@ -365,13 +370,17 @@ class Supervisor:
             self._hello = hello
             self._knobs = current
             self._last_message = self._last_ping = now
-        log.info("connected to the worker's control socket (model %s on %s)", hello["worker"].get("model"), hello["worker"].get("device"))
+        log.info(
+            "connected to the worker's control socket (model %s on %s)",
+            hello["worker"].get("model"),
+            hello["worker"].get("device"),
+        )
 
     def _http_ready(self) -> bool:
         if self._launch.ready_url is None:
             return True
         try:
-            with urllib.request.urlopen(self._launch.ready_url, timeout=1.0) as response:
+            with urllib.request.urlopen(self._launch.ready_url, timeout=1.0) as response:  # noqa: S310 - an http:// URL we built
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False

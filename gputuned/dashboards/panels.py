@@ -30,18 +30,38 @@ def query(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
 
 def table_query(expr: str, ref_id: str) -> prometheus.Dataquery:
     """An instant query whose result is a table (one row per series)."""
-    return prometheus.Dataquery().expr(expr).ref_id(ref_id).instant().format(
-        PromQueryFormat.TABLE).datasource(DATASOURCE)
+    return prometheus.Dataquery().expr(expr).ref_id(ref_id).instant().format(PromQueryFormat.TABLE).datasource(DATASOURCE)
 
 
-def graph(title: str, description: str, unit: str, queries: list[tuple[str, str]], *, width: int = 8,
-          height: int = 8, maximum: float | None = None, minimum: float | None = 0) -> timeseries.Panel:
+def graph(
+    title: str,
+    description: str,
+    unit: str,
+    queries: list[tuple[str, str]],
+    *,
+    width: int = 8,
+    height: int = 8,
+    maximum: float | None = None,
+    minimum: float | None = 0,
+) -> timeseries.Panel:
     """A time-series panel: `queries` are (expr, legend) pairs, lettered A, B, ..."""
     panel = (
-        timeseries.Panel().title(title).description(description).unit(unit).datasource(DATASOURCE)
-        .span(width).height(height).line_width(1).fill_opacity(10)
-        .legend(viz.VizLegendOptions().display_mode(common.LegendDisplayMode.TABLE)
-                .placement(common.LegendPlacement.BOTTOM).show_legend(True).calcs(["lastNotNull", "max"]))
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .unit(unit)
+        .datasource(DATASOURCE)
+        .span(width)
+        .height(height)
+        .line_width(1)
+        .fill_opacity(10)
+        .legend(
+            viz.VizLegendOptions()
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.BOTTOM)
+            .show_legend(True)
+            .calcs(["lastNotNull", "max"])
+        )
         .tooltip(viz.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING))
         .targets([query(expr, legend, chr(ord("A") + index)) for index, (expr, legend) in enumerate(queries)])
     )
@@ -66,18 +86,28 @@ def dashed_red(series: str) -> tuple[model.MatcherConfig, list[model.DynamicConf
 
 def column(name: str, header: str, unit: str) -> tuple[str, list[model.DynamicConfigValue]]:
     """A table column override: the merged field `name` shown as `header` in `unit`."""
-    return name, [model.DynamicConfigValue(id_val="displayName", value=header),
-                  model.DynamicConfigValue(id_val="unit", value=unit)]
+    return name, [
+        model.DynamicConfigValue(id_val="displayName", value=header),
+        model.DynamicConfigValue(id_val="unit", value=unit),
+    ]
 
 
 def fleet_table(title: str, description: str, columns: list[tuple[str, str, str]]) -> table.Panel:
     """One row per instance: `columns` are (instant expr by instance, header, unit), merged on `instance`."""
     panel = (
-        table.Panel().title(title).description(description).datasource(DATASOURCE).span(24).height(10)
+        table.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .span(24)
+        .height(10)
         .targets([table_query(expr, chr(ord("A") + index)) for index, (expr, _, _) in enumerate(columns)])
         .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
-        .with_transformation(model.DataTransformerConfig(id_val="organize", options={
-            "excludeByName": {"Time": True, "job": True}, "indexByName": {"instance": 0}}))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize", options={"excludeByName": {"Time": True, "job": True}, "indexByName": {"instance": 0}}
+            )
+        )
         .override_by_name("instance", [model.DynamicConfigValue(id_val="displayName", value="Instance")])
     )
     for index, (_, header, unit) in enumerate(columns):
@@ -91,24 +121,46 @@ class Board:
     def __init__(self, uid: str, title: str, description: str, *, gpu_variable_multi: bool = True) -> None:
         self._next_id = 1
         self.builder = (
-            sdk.Dashboard(title).uid(uid).description(description).tags([TAG]).editable()
-            .time("now-1h", "now").refresh("10s").timezone(common.TimeZoneBrowser)
+            sdk.Dashboard(title)
+            .uid(uid)
+            .description(description)
+            .tags([TAG])
+            .editable()
+            .time("now-1h", "now")
+            .refresh("10s")
+            .timezone(common.TimeZoneBrowser)
             .tooltip(model.DashboardCursorSync.CROSSHAIR)
             .with_variable(sdk.DatasourceVariable("datasource").label("Data source").type("prometheus"))
             .with_variable(
-                sdk.QueryVariable("instance").label("Instance").datasource(DATASOURCE)
+                sdk.QueryVariable("instance")
+                .label("Instance")
+                .datasource(DATASOURCE)
                 .query("label_values(gputuned_sample_age_seconds, instance)")
-                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(model.VariableSort.ALPHABETICAL_ASC)
-                .multi(True).include_all(True).all_value(".*")
+                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(model.VariableSort.ALPHABETICAL_ASC)
+                .multi(True)
+                .include_all(True)
+                .all_value(".*")
             )
             .with_variable(
-                sdk.QueryVariable("gpu").label("GPU").datasource(DATASOURCE)
+                sdk.QueryVariable("gpu")
+                .label("GPU")
+                .datasource(DATASOURCE)
                 .query('label_values(gputuned_gpu_info{instance=~"$instance"}, gpu)')
-                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(model.VariableSort.NUMERICAL_ASC)
-                .multi(gpu_variable_multi).include_all(True).all_value(".*")
+                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(model.VariableSort.NUMERICAL_ASC)
+                .multi(gpu_variable_multi)
+                .include_all(True)
+                .all_value(".*")
             )
-            .link(sdk.DashboardLink("gputuned").type(model.DashboardLinkType.DASHBOARDS).tags([TAG])
-                  .as_dropdown(False).include_vars(True).keep_time(True))
+            .link(
+                sdk.DashboardLink("gputuned")
+                .type(model.DashboardLinkType.DASHBOARDS)
+                .tags([TAG])
+                .as_dropdown(False)
+                .include_vars(True)
+                .keep_time(True)
+            )
         )
 
     def row(self, title: str) -> Board:

@@ -25,85 +25,189 @@ LATENCY_BUCKETS = f"gputuned_worker_latency_seconds_bucket{{{INSTANCE}}}"
 def decisions_annotation() -> sdk.AnnotationQuery:
     """A marker on every time panel where the tuner applied, kept or reverted a change."""
     return (
-        sdk.AnnotationQuery().name("Tuner decisions").datasource(DATASOURCE).enable(True).icon_color("orange")
+        sdk.AnnotationQuery()
+        .name("Tuner decisions")
+        .datasource(DATASOURCE)
+        .enable(True)
+        .icon_color("orange")
         .expr(f"sum by (knob, action) (increase(gputuned_tuner_decisions_total{{{INSTANCE}}}[$__interval])) > 0")
-        .title_format("{{action}} {{knob}}").tag_keys("knob,action").step("$__interval").use_value_for_time(False)
+        .title_format("{{action}} {{knob}}")
+        .tag_keys("knob,action")
+        .step("$__interval")
+        .use_value_for_time(False)
     )
 
 
 def batch_size_heatmap() -> heatmap.Panel:
     expr = f"sum by (le) (increase(gputuned_worker_batch_size_bucket{{{INSTANCE}}}[{RATE}]))"
     return (
-        heatmap.Panel().title("Batch size distribution")
+        heatmap.Panel()
+        .title("Batch size distribution")
         .description("How many requests each batch carried, per interval: the batcher's work at the current knobs.")
-        .datasource(DATASOURCE).span(12).height(8).calculate(False)
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(8)
+        .calculate(False)
         .with_target(query(expr, "{{le}}", "A").format(PromQueryFormat.HEATMAP))
     )
 
 
 def build() -> Board:
-    board = Board(UID, "gputuned / Tuning", "The worker gputuned supervises: goodput and latency against the SLO, "
-                  "each knob over time with the tuner's decisions marked, and what the changes cost.")
+    board = Board(
+        UID,
+        "gputuned / Tuning",
+        "The worker gputuned supervises: goodput and latency against the SLO, "
+        "each knob over time with the tuner's decisions marked, and what the changes cost.",
+    )
     board.annotate(decisions_annotation())
     board.row("Serving").add(
-        graph("Goodput and throughput", "Requests completed within the p99 SLO per second (goodput, what the tuner "
-              "maximises), all completed requests per second, and failed or refused ones.", "reqps",
-              [(f"gputuned_tuner_goodput_requests_per_second{{{INSTANCE}}}", "goodput"),
-               (f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="completed"}}[{RATE}]))',
-                "throughput"),
-               (f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome!="completed"}}[{RATE}]))',
-                "failed or refused")], width=12),
-        graph("Latency against the SLO", "Worker latency (queue and compute) at the 50th and 99th percentiles, "
-              "with the SLO the tuner holds p99 under.", "s",
-              [(f"histogram_quantile(0.5, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p50"),
-               (f"histogram_quantile(0.99, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p99"),
-               (f"gputuned_tuner_slo_p99_seconds{{{INSTANCE}}}", "SLO")], width=12).with_override(*dashed_red("SLO")),
-        graph("Queue depth", "Requests waiting for a batch.", "short",
-              [(f"gputuned_worker_queue_depth{{{INSTANCE}}}", "queued")], width=12),
+        graph(
+            "Goodput and throughput",
+            "Requests completed within the p99 SLO per second (goodput, what the tuner "
+            "maximises), all completed requests per second, and failed or refused ones.",
+            "reqps",
+            [
+                (f"gputuned_tuner_goodput_requests_per_second{{{INSTANCE}}}", "goodput"),
+                (
+                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="completed"}}[{RATE}]))',
+                    "throughput",
+                ),
+                (
+                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome!="completed"}}[{RATE}]))',
+                    "failed or refused",
+                ),
+            ],
+            width=12,
+        ),
+        graph(
+            "Latency against the SLO",
+            "Worker latency (queue and compute) at the 50th and 99th percentiles, with the SLO the tuner holds p99 under.",
+            "s",
+            [
+                (f"histogram_quantile(0.5, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p50"),
+                (f"histogram_quantile(0.99, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p99"),
+                (f"gputuned_tuner_slo_p99_seconds{{{INSTANCE}}}", "SLO"),
+            ],
+            width=12,
+        ).with_override(*dashed_red("SLO")),
+        graph(
+            "Queue depth",
+            "Requests waiting for a batch.",
+            "short",
+            [(f"gputuned_worker_queue_depth{{{INSTANCE}}}", "queued")],
+            width=12,
+        ),
         batch_size_heatmap(),
-        graph("Lane utilisation", "Share of time the execution lanes spent running batches; near 100% the "
-              "streams tuner adds a lane.", "percentunit",
-              [((f"rate(gputuned_worker_lane_busy_seconds_total{{{INSTANCE}}}[{RATE}]) / "
-                 f"gputuned_worker_lanes{{{INSTANCE}}}"), "busy")], width=12, maximum=1),
-        graph("Requests by outcome", "Completed, failed (a batch error such as out of memory) and rejected (full queue, "
-              "draining) requests per second.", "reqps",
-              [(f"sum by (outcome) (rate(gputuned_worker_requests_total{{{INSTANCE}}}[{RATE}]))", "{{outcome}}")],
-              width=12),
+        graph(
+            "Lane utilisation",
+            "Share of time the execution lanes spent running batches; near 100% the streams tuner adds a lane.",
+            "percentunit",
+            [
+                (
+                    (
+                        f"rate(gputuned_worker_lane_busy_seconds_total{{{INSTANCE}}}[{RATE}]) / "
+                        f"gputuned_worker_lanes{{{INSTANCE}}}"
+                    ),
+                    "busy",
+                )
+            ],
+            width=12,
+            maximum=1,
+        ),
+        graph(
+            "Requests by outcome",
+            "Completed, failed (a batch error such as out of memory) and rejected (full queue, draining) requests per second.",
+            "reqps",
+            [(f"sum by (outcome) (rate(gputuned_worker_requests_total{{{INSTANCE}}}[{RATE}]))", "{{outcome}}")],
+            width=12,
+        ),
     )
     board.row("Knobs (orange markers: the tuner's decisions)")
     for knob, title, unit, what in KNOBS:
-        board.add(graph(title, f"{what} Markers show the tuner's decisions.", unit,
-                        [(f'gputuned_knob_value{{{INSTANCE}, knob="{knob}"}}', knob)], width=8, height=7))
+        board.add(
+            graph(
+                title,
+                f"{what} Markers show the tuner's decisions.",
+                unit,
+                [(f'gputuned_knob_value{{{INSTANCE}, knob="{knob}"}}', knob)],
+                width=8,
+                height=7,
+            )
+        )
     board.add(
-        graph("Tuner decisions", "Changes the tuner applied, kept, reverted or refused, per interval, by knob.",
-              "short", [(f"sum by (knob, action) (increase(gputuned_tuner_decisions_total{{{INSTANCE}}}[{RATE}]))",
-                         "{{action}} {{knob}}")], width=8, height=7),
-        graph("Tuner state", "1 while a change is on trial; the mode in force (auto, recommend or frozen); knobs "
-              "frozen by hand until `gputuned tune --resume`.", "short",
-              [(f"gputuned_tuner_trial_active{{{INSTANCE}}}", "trial active"),
-               (f"gputuned_tuner_mode{{{INSTANCE}}} == 1", "mode {{mode}}"),
-               ((f"count by (instance) (gputuned_tuner_knob_frozen{{{INSTANCE}}}) or "
-                 f"0 * group by (instance) (gputuned_tuner_trial_active{{{INSTANCE}}})"), "frozen knobs")],
-              width=24, height=7),
+        graph(
+            "Tuner decisions",
+            "Changes the tuner applied, kept, reverted or refused, per interval, by knob.",
+            "short",
+            [(f"sum by (knob, action) (increase(gputuned_tuner_decisions_total{{{INSTANCE}}}[{RATE}]))", "{{action}} {{knob}}")],
+            width=8,
+            height=7,
+        ),
+        graph(
+            "Tuner state",
+            "1 while a change is on trial; the mode in force (auto, recommend or frozen); knobs "
+            "frozen by hand until `gputuned tune --resume`.",
+            "short",
+            [
+                (f"gputuned_tuner_trial_active{{{INSTANCE}}}", "trial active"),
+                (f"gputuned_tuner_mode{{{INSTANCE}}} == 1", "mode {{mode}}"),
+                (
+                    (
+                        f"count by (instance) (gputuned_tuner_knob_frozen{{{INSTANCE}}}) or "
+                        f"0 * group by (instance) (gputuned_tuner_trial_active{{{INSTANCE}}})"
+                    ),
+                    "frozen knobs",
+                ),
+            ],
+            width=24,
+            height=7,
+        ),
     )
     board.row("Memory and health").add(
-        graph("Pool hits and misses", "Batches assembled in a pooled buffer (hit) or needing a fresh allocation "
-              "(miss) per second; misses mean the pool is smaller than the batches.", "short",
-              [(f"rate(gputuned_worker_pool_hits_total{{{INSTANCE}}}[{RATE}])", "hits"),
-               (f"rate(gputuned_worker_pool_misses_total{{{INSTANCE}}}[{RATE}])", "misses")]),
-        graph("Out-of-memory events", "Batches that failed for lack of memory per interval; the batch tuner halves "
-              "the batch size and remembers the ceiling.", "short",
-              [(f"increase(gputuned_worker_oom_events_total{{{INSTANCE}}}[{RATE}])", "OOM")]),
-        graph("Worker restarts and health", "Worker exits (each restarted with backoff), whether it is up and "
-              "ready, and whether restarts stopped after a crash loop.", "short",
-              [(f"increase(gputuned_worker_restarts_total{{{INSTANCE}}}[{RATE}])", "restarts"),
-               (f"gputuned_worker_up{{{INSTANCE}}}", "up"),
-               (f"gputuned_worker_crash_loop{{{INSTANCE}}}", "crash loop")]),
-        graph("Worker memory", "Resident host memory of the worker, and device memory it holds on its GPU (needs a "
-              "GPU).", "bytes",
-              [(f"gputuned_worker_resident_memory_bytes{{{INSTANCE}}}", "host resident"),
-               (f"gputuned_worker_gpu_memory_used_bytes{{{GPU}}}", "GPU {{gpu}}")], width=12),
-        graph("Host-to-device copies", "Input bytes the worker copied to its GPU per second (zero on a CPU worker).",
-              "Bps", [(f"rate(gputuned_worker_h2d_bytes_total{{{INSTANCE}}}[{RATE}])", "host to device")], width=12),
+        graph(
+            "Pool hits and misses",
+            "Batches assembled in a pooled buffer (hit) or needing a fresh allocation "
+            "(miss) per second; misses mean the pool is smaller than the batches.",
+            "short",
+            [
+                (f"rate(gputuned_worker_pool_hits_total{{{INSTANCE}}}[{RATE}])", "hits"),
+                (f"rate(gputuned_worker_pool_misses_total{{{INSTANCE}}}[{RATE}])", "misses"),
+            ],
+        ),
+        graph(
+            "Out-of-memory events",
+            "Batches that failed for lack of memory per interval; the batch tuner halves "
+            "the batch size and remembers the ceiling.",
+            "short",
+            [(f"increase(gputuned_worker_oom_events_total{{{INSTANCE}}}[{RATE}])", "OOM")],
+        ),
+        graph(
+            "Worker restarts and health",
+            "Worker exits (each restarted with backoff), whether it is up and "
+            "ready, and whether restarts stopped after a crash loop.",
+            "short",
+            [
+                (f"increase(gputuned_worker_restarts_total{{{INSTANCE}}}[{RATE}])", "restarts"),
+                (f"gputuned_worker_up{{{INSTANCE}}}", "up"),
+                (f"gputuned_worker_crash_loop{{{INSTANCE}}}", "crash loop"),
+            ],
+        ),
+        graph(
+            "Worker memory",
+            "Resident host memory of the worker, and device memory it holds on its GPU (needs a GPU).",
+            "bytes",
+            [
+                (f"gputuned_worker_resident_memory_bytes{{{INSTANCE}}}", "host resident"),
+                (f"gputuned_worker_gpu_memory_used_bytes{{{GPU}}}", "GPU {{gpu}}"),
+            ],
+            width=12,
+        ),
+        graph(
+            "Host-to-device copies",
+            "Input bytes the worker copied to its GPU per second (zero on a CPU worker).",
+            "Bps",
+            [(f"rate(gputuned_worker_h2d_bytes_total{{{INSTANCE}}}[{RATE}])", "host to device")],
+            width=12,
+        ),
     )
     return board

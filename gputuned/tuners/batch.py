@@ -37,14 +37,26 @@ class BatchTuner:
         if window.oom:
             return changed(inp, KNOB, size // 2, f"{window.oom} out-of-memory events at {size}: halve", "backoff")
         batch_seconds = window.batch_seconds or 0.0
-        compute_bound = batch_seconds > SLO_SHARE * inp.slo_seconds and COMPUTE_SHARE_OF_P99 * (window.p99 or 0.0) <= batch_seconds
+        compute_bound = (
+            batch_seconds > SLO_SHARE * inp.slo_seconds and COMPUTE_SHARE_OF_P99 * (window.p99 or 0.0) <= batch_seconds
+        )
         if inp.slo_breached() and compute_bound:
-            return changed(inp, KNOB, size // 2,
-                           f"p99 {window.p99 * 1000:.1f} ms over the {inp.slo_seconds * 1000:.0f} ms SLO with "
-                           f"{(window.batch_seconds or 0) * 1000:.1f} ms batches: halve", "backoff")
+            return changed(
+                inp,
+                KNOB,
+                size // 2,
+                f"p99 {(window.p99 or 0.0) * 1000:.1f} ms over the {inp.slo_seconds * 1000:.0f} ms SLO with "
+                f"{(window.batch_seconds or 0) * 1000:.1f} ms batches: halve",
+                "backoff",
+            )
         if window.pcie_utilization is not None and window.pcie_utilization > PCIE_LIMIT:
-            return changed(inp, KNOB, size - max(size // 4, 1),
-                           f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down", "backoff")
+            return changed(
+                inp,
+                KNOB,
+                size - max(size // 4, 1),
+                f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down",
+                "backoff",
+            )
         if window.throughput > 0 and window.mean_batch >= FULL * size:
             return changed(inp, KNOB, size * 2, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
         return None

@@ -46,18 +46,13 @@ from typing import Any
 
 from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
+from gputuned.tuners.mode import Mode
 
 log = logging.getLogger(__name__)
 
 OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
 MAX_MARGIN = 0.10
 HARM_WINDOW_SECONDS = 1.0  # the shortest window harm is judged on
-
-
-class Mode(enum.Enum):
-    AUTO = "auto"
-    RECOMMEND = "recommend"
-    FROZEN = "frozen"
 
 
 class Phase(enum.Enum):
@@ -114,10 +109,17 @@ class Decision:
 def _summary(m: Measurement | None) -> dict[str, Any] | None:
     if m is None:
         return None
-    return {"goodput": round(m.goodput, 2), "throughput": round(m.throughput, 2), "arrival": round(m.arrival_rate, 2),
-            "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2), "failed": m.failed,
-            "mean_batch": round(m.mean_batch, 2), "busy": round(m.busy_ratio, 3), "in_system": round(m.in_system, 2),
-            "items_per_request": round(m.items_per_request, 2)}
+    return {
+        "goodput": round(m.goodput, 2),
+        "throughput": round(m.throughput, 2),
+        "arrival": round(m.arrival_rate, 2),
+        "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2),
+        "failed": m.failed,
+        "mean_batch": round(m.mean_batch, 2),
+        "busy": round(m.busy_ratio, 3),
+        "in_system": round(m.in_system, 2),
+        "items_per_request": round(m.items_per_request, 2),
+    }
 
 
 @dataclass
@@ -207,8 +209,15 @@ class Guard:
         self._phase, self._trial, self._since = Phase.SETTLED, None, now
 
     def view(self) -> GuardView:
-        return GuardView(self.mode.value, self._phase.value, self._phase in (Phase.WARMUP, Phase.TRIAL),
-                         sorted(self._frozen), list(self._recent), dict(self._counts), dict(self._ceilings))
+        return GuardView(
+            self.mode.value,
+            self._phase.value,
+            self._phase in (Phase.WARMUP, Phase.TRIAL),
+            sorted(self._frozen),
+            list(self._recent),
+            dict(self._counts),
+            dict(self._ceilings),
+        )
 
     # --- the state machine ----------------------------------------------------------------
 
@@ -224,8 +233,17 @@ class Guard:
             return
         self._step_settled(now)
 
-    def _decide(self, now: float, knob: str, action: str, old: int | None, new: int | None, reason: str,
-                baseline: Measurement | None = None, trial: Measurement | None = None) -> None:
+    def _decide(
+        self,
+        now: float,
+        knob: str,
+        action: str,
+        old: int | None,
+        new: int | None,
+        reason: str,
+        baseline: Measurement | None = None,
+        trial: Measurement | None = None,
+    ) -> None:
         decision = Decision(now, knob, action, old, new, reason, _summary(baseline), _summary(trial))
         self._recent.append(decision)
         self._counts[(knob, action)] += 1
@@ -271,8 +289,16 @@ class Guard:
         baseline, margins = measured
         if self._shifted(baseline, now):
             return
-        inp = TunerInput(baseline, context.knobs, context.bounds, self.settings.slo_seconds, context.device,
-                         context.cores, context.item_bytes, self._ceilings)
+        inp = TunerInput(
+            baseline,
+            context.knobs,
+            context.bounds,
+            self.settings.slo_seconds,
+            context.device,
+            context.cores,
+            context.item_bytes,
+            self._ceilings,
+        )
         idle = baseline.arrival_rate == 0
         for tuner in self._tuners:
             proposal = tuner.propose(inp)
@@ -299,10 +325,17 @@ class Guard:
         size_moved = sized and abs(_relative_change(reference.items_per_request, baseline.items_per_request)) > threshold
         if not load_moved and not size_moved:
             return False
-        self._decide(now, "*", "shift", None, None,
-                     f"arrival rate {reference.arrival_rate:.0f} -> {baseline.arrival_rate:.0f} req/s, requests in the "
-                     f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}, items per request "
-                     f"{reference.items_per_request:.1f} -> {baseline.items_per_request:.1f}: exploring again", baseline)
+        self._decide(
+            now,
+            "*",
+            "shift",
+            None,
+            None,
+            f"arrival rate {reference.arrival_rate:.0f} -> {baseline.arrival_rate:.0f} req/s, requests in the "
+            f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}, items per request "
+            f"{reference.items_per_request:.1f} -> {baseline.items_per_request:.1f}: exploring again",
+            baseline,
+        )
         self.restart_exploration(now)
         self._reference = baseline
         return True
@@ -324,8 +357,14 @@ class Guard:
             return
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
-        self._trial = _Trial(Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also), previous,
-                             baseline, margins, now + self.settings.warmup_seconds, now)
+        self._trial = _Trial(
+            Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also),
+            previous,
+            baseline,
+            margins,
+            now + self.settings.warmup_seconds,
+            now,
+        )
         self._phase = Phase.WARMUP
 
     def _step_trial(self, now: float) -> None:
@@ -346,8 +385,16 @@ class Guard:
         verdict = self._judge(trial, window)
         if verdict is None:
             knob = trial.proposal.knob
-            self._decide(now, knob, "keep", trial.previous[knob], trial.proposal.value,
-                         f"{trial.proposal.reason}; kept", trial.baseline, window)
+            self._decide(
+                now,
+                knob,
+                "keep",
+                trial.previous[knob],
+                trial.proposal.value,
+                f"{trial.proposal.reason}; kept",
+                trial.baseline,
+                window,
+            )
             if trial.proposal.kind == "explore":
                 # Goodput moved beyond the noise, so the landscape did: directions other
                 # knobs were refused in may pay now.
@@ -397,8 +444,16 @@ class Guard:
             self._apply(dict(trial.previous))
         except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
             why = f"{why}; the revert itself failed: {exc}"
-        self._decide(now, knob, "revert", trial.proposal.value, trial.previous[knob], f"{trial.proposal.reason}; {why}",
-                     trial.baseline, window)
+        self._decide(
+            now,
+            knob,
+            "revert",
+            trial.proposal.value,
+            trial.previous[knob],
+            f"{trial.proposal.reason}; {why}",
+            trial.baseline,
+            window,
+        )
         if window.oom and trial.proposal.value > trial.previous[knob]:
             # Raising it ran out of memory: it stays below that value for good, not only until
             # the refused direction is forgotten (another knob's keep, a shift).

@@ -34,8 +34,9 @@ class PoolTuner:
             return changed(inp, KNOB, 0, "no requests: release the pool", "shrink")
         need = working_set_mb(inp)
         if window.pool_misses > 0 and need > current:
-            return changed(inp, KNOB, need, f"{window.pool_misses} batches missed the pool: size it for the working set",
-                           "neutral")
+            return changed(
+                inp, KNOB, need, f"{window.pool_misses} batches missed the pool: size it for the working set", "neutral"
+            )
         if current > 2 * need:
             return changed(inp, KNOB, need, f"pool of {current} MiB is over twice the {need} MiB working set", "shrink")
         return None

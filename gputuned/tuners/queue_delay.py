@@ -8,7 +8,7 @@ queueing), and only changed when the target differs enough to matter.
 
 from __future__ import annotations
 
-from gputuned.tuners.base import Proposal, TunerInput, changed
+from gputuned.tuners.base import Proposal, ProposalKind, TunerInput, changed
 
 KNOB = "max_queue_delay_us"
 MIN_CHANGE_US = 200
@@ -30,5 +30,7 @@ class QueueDelayTuner:
             target = int(min(fill, slack) * 1e6)
         if abs(target - current) < max(MIN_CHANGE_US, MIN_CHANGE_RATIO * current):
             return None
-        kind = "shrink" if target < current else "explore"
-        return changed(inp, KNOB, target, f"a batch of {size} fills in about {target} us at {window.arrival_rate:.0f} req/s", kind)
+        kind: ProposalKind = "shrink" if target < current else "explore"
+        return changed(
+            inp, KNOB, target, f"a batch of {size} fills in about {target} us at {window.arrival_rate:.0f} req/s", kind
+        )

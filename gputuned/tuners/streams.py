@@ -26,8 +26,7 @@ def with_threads(inp: TunerInput, proposal: Proposal | None) -> Proposal | None:
     threads = inp.clamp("intra_op_threads", max(inp.cores // proposal.value, 1))
     if threads == inp.knobs["intra_op_threads"]:
         return proposal
-    return replace(proposal, also={"intra_op_threads": threads},
-                   reason=f"{proposal.reason}, with {threads} thread(s) per lane")
+    return replace(proposal, also={"intra_op_threads": threads}, reason=f"{proposal.reason}, with {threads} thread(s) per lane")
 
 
 class StreamsTuner:
@@ -38,8 +37,9 @@ class StreamsTuner:
             return None
         lanes, window = inp.knobs[KNOB], inp.window
         if lanes > 1 and window.busy_ratio < IDLE:
-            return with_threads(inp, changed(inp, KNOB, lanes - 1, f"lanes busy {window.busy_ratio:.0%} of the time: drop one",
-                                             "shrink"))
+            return with_threads(
+                inp, changed(inp, KNOB, lanes - 1, f"lanes busy {window.busy_ratio:.0%} of the time: drop one", "shrink")
+            )
         device_full = inp.device == "cuda" and window.device_busy is not None and window.device_busy >= DEVICE_SATURATED
         cores_full = inp.device == "cpu" and lanes >= inp.cores  # another lane would only contend for a core
         if window.busy_ratio >= SATURATED and not device_full and not cores_full:

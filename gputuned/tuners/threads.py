@@ -21,4 +21,3 @@ class ThreadsTuner:
         lanes = inp.knobs.get("streams", 1)
         target = max(inp.cores // max(lanes, 1), 1)
         return changed(inp, KNOB, target, f"{inp.cores} cores over {lanes} lane(s): {target} thread(s) each")
-

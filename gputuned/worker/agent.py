@@ -110,7 +110,7 @@ class Agent:
             for name, value in checked.items():
                 try:
                     result = self._appliers[name](value)
-                except Exception as exc:  # noqa: BLE001 - a server's callback must not kill the agent
+                except Exception as exc:
                     done = f"; applied {applied}" if applied else ""
                     raise KnobError(f"{name}={value} could not be applied: {exc}{done}") from exc
                 applied[name] = value if result is None else int(result)

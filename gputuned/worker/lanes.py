@@ -101,7 +101,7 @@ class Lane:
                     self._stream.synchronize()  # the block may be reused and outputs read after this
                 else:
                     outputs = list(_as_tuple(self._model.module(batch)))
-        except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the lane
+        except Exception as exc:
             oom = _is_out_of_memory(exc)
             raise InferenceFailed(
                 f"inference failed{' (out of memory)' if oom else ''}: {type(exc).__name__}: {exc}", out_of_memory=oom
@@ -173,8 +173,11 @@ class LaneSet:
         try:
             results = await lane.run([request.tensor for request in batch])
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets an answer, whatever failed
-            failure = exc if isinstance(exc, InferenceFailed) else InferenceFailed(
-                f"inference failed: {type(exc).__name__}: {exc}", out_of_memory=isinstance(exc, MemoryError))
+            failure = (
+                exc
+                if isinstance(exc, InferenceFailed)
+                else InferenceFailed(f"inference failed: {type(exc).__name__}: {exc}", out_of_memory=isinstance(exc, MemoryError))
+            )
             for request in batch:
                 if not request.future.done():
                     request.future.set_exception(failure)

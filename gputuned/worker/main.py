@@ -55,8 +55,15 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
-    options = WorkerOptions(host=host, port=port, control_socket=args.control_socket, control_group=group,
-                            max_queue_items=args.max_queue, initial_knobs=initial_knobs, saved_knobs=saved_knobs)
+    options = WorkerOptions(
+        host=host,
+        port=port,
+        control_socket=args.control_socket,
+        control_group=group,
+        max_queue_items=args.max_queue,
+        initial_knobs=initial_knobs,
+        saved_knobs=saved_knobs,
+    )
     try:
         return run_worker(model, options)
     except KnobError as exc:

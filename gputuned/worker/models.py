@@ -17,22 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from gputuned.datatypes import DATATYPES
+
 BUILTIN_MODEL = "resnet-mini"
 BUILTIN_INPUT_SHAPE = (3, 64, 64)
 
-# Open Inference Protocol datatypes <-> torch and numpy dtypes.
-DATATYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    "FP32": (torch.float32, np.dtype(np.float32)),
-    "FP16": (torch.float16, np.dtype(np.float16)),
-    "FP64": (torch.float64, np.dtype(np.float64)),
-    "INT8": (torch.int8, np.dtype(np.int8)),
-    "INT16": (torch.int16, np.dtype(np.int16)),
-    "INT32": (torch.int32, np.dtype(np.int32)),
-    "INT64": (torch.int64, np.dtype(np.int64)),
-    "UINT8": (torch.uint8, np.dtype(np.uint8)),
-    "BOOL": (torch.bool, np.dtype(np.bool_)),
+# Open Inference Protocol datatypes <-> torch and numpy dtypes (numpy's names are torch's too).
+DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
+    name: (getattr(torch, datatype.numpy), np.dtype(datatype.numpy)) for name, datatype in DATATYPES.items()
 }
-_TORCH_TO_DATATYPE = {torch_dtype: name for name, (torch_dtype, _) in DATATYPES.items()}
+_TORCH_TO_DATATYPE = {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
 
 
 class ModelLoadError(Exception):
@@ -49,11 +43,11 @@ class TensorSpec:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return DATATYPES[self.datatype][0]
+        return DTYPES[self.datatype][0]
 
     @property
     def numpy_dtype(self) -> np.dtype:
-        return DATATYPES[self.datatype][1]
+        return DTYPES[self.datatype][1]
 
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
@@ -78,7 +72,9 @@ class _ResidualBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or channels_in != channels_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(channels_in, channels_out, 1, stride, bias=False), nn.BatchNorm2d(channels_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -135,28 +131,26 @@ def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
         try:
             program = torch.export.load(str(path))
             if device.type != "cpu":
-                program = torch.export.passes.move_to_device_pass(program, device)
+                program = torch.export.passes.move_to_device_pass(program, device)  # type: ignore[attr-defined]
             # An exported program keeps the mode it was traced in; it has no .eval().
             return program.module(), "pytorch_export", path.stem
-        except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear error
+        except Exception as exc:
             raise ModelLoadError(f"cannot load torch.export archive {path}: {exc}") from exc
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         try:
             return torch.jit.load(str(path), map_location=device).eval(), "pytorch_libtorch", path.stem
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelLoadError(f"cannot load TorchScript file {path}: {exc}") from exc
     module_name, sep, factory_name = spec.partition(":")
     if not sep:
-        raise ModelLoadError(
-            f"model {spec!r} is neither '{BUILTIN_MODEL}', an existing .pt/.ts/.pt2 file, nor module:factory"
-        )
+        raise ModelLoadError(f"model {spec!r} is neither '{BUILTIN_MODEL}', an existing .pt/.ts/.pt2 file, nor module:factory")
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
         module = factory()
         if isinstance(module, nn.Module):
             module = module.to(device).eval()
         return module, "pytorch", factory_name
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(f"cannot build model {spec}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -180,7 +174,7 @@ def load_model(
     try:
         with torch.inference_mode():
             result = module(torch.zeros((1, *input_shape), dtype=input_spec.torch_dtype, device=device))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelLoadError(
             f"model {spec} fails on its declared input {input_datatype}{list(input_shape)}: {type(exc).__name__}: {exc}"
         ) from exc

@@ -20,6 +20,7 @@ import torch
 from aiohttp import web
 
 from gputuned import __version__
+from gputuned.datatypes import DATATYPES
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest, QueueFull
 from gputuned.worker.lanes import InferenceFailed
 from gputuned.worker.models import LoadedModel
@@ -28,9 +29,6 @@ from gputuned.worker.stats import WorkerStats
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_SECONDS = "1"
-
-_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "FP64": "TYPE_FP64", "INT8": "TYPE_INT8", "INT16": "TYPE_INT16",
-                 "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL"}
 
 
 class BadRequest(Exception):
@@ -48,8 +46,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
     try:
         return await handler(request)
     except MemoryError:
-        return _error(503, "out of memory while reading the request; retry later or send fewer items",
-                      **{"Retry-After": "1"})
+        return _error(503, "out of memory while reading the request; retry later or send fewer items", **{"Retry-After": "1"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -212,7 +209,9 @@ class InferenceApp:
             raise web.HTTPNotFound(text=f"model {name} has no version {version!r}; it has version 1")
 
     async def server_metadata(self, _request: web.Request) -> web.Response:
-        return web.json_response({"name": "gputuned-worker", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]})
+        return web.json_response(
+            {"name": "gputuned-worker", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
+        )
 
     async def live(self, _request: web.Request) -> web.Response:
         return web.json_response({"live": True})
@@ -246,7 +245,7 @@ class InferenceApp:
         model = self._model
 
         def dims(spec: Any) -> dict[str, Any]:
-            return {"name": spec.name, "data_type": _TRITON_TYPES[spec.datatype], "dims": list(spec.shape)}
+            return {"name": spec.name, "data_type": DATATYPES[spec.datatype].triton, "dims": list(spec.shape)}
 
         return web.json_response(
             {

@@ -116,17 +116,47 @@ class WorkerService:
             group=self._options.control_group,
         )
         s = self.settings
-        agent.knob("max_batch_size", default=s.max_batch_size, minimum=1, maximum=MAX_BATCH_SIZE,
-                   apply=self._set_batch_size, description="most items merged into one batch")
-        agent.knob("max_queue_delay_us", default=s.max_queue_delay_us, minimum=0, maximum=MAX_QUEUE_DELAY_US,
-                   apply=self._set_queue_delay, description="longest a request waits for its batch to fill")
-        agent.knob("streams", default=s.streams, minimum=1, maximum=MAX_STREAMS,
-                   apply=self._set_streams, description="batches run at once (CUDA streams / CPU threads)")
-        agent.knob("pool_mb", default=s.pool_mb, minimum=0, maximum=max(pool_limit_mb(model.device), 0),
-                   apply=self._set_pool, description="preallocated input buffer pool, MiB")
+        agent.knob(
+            "max_batch_size",
+            default=s.max_batch_size,
+            minimum=1,
+            maximum=MAX_BATCH_SIZE,
+            apply=self._set_batch_size,
+            description="most items merged into one batch",
+        )
+        agent.knob(
+            "max_queue_delay_us",
+            default=s.max_queue_delay_us,
+            minimum=0,
+            maximum=MAX_QUEUE_DELAY_US,
+            apply=self._set_queue_delay,
+            description="longest a request waits for its batch to fill",
+        )
+        agent.knob(
+            "streams",
+            default=s.streams,
+            minimum=1,
+            maximum=MAX_STREAMS,
+            apply=self._set_streams,
+            description="batches run at once (CUDA streams / CPU threads)",
+        )
+        agent.knob(
+            "pool_mb",
+            default=s.pool_mb,
+            minimum=0,
+            maximum=max(pool_limit_mb(model.device), 0),
+            apply=self._set_pool,
+            description="preallocated input buffer pool, MiB",
+        )
         if model.device.type == "cpu":
-            agent.knob("intra_op_threads", default=s.intra_op_threads, minimum=1, maximum=available_cpus(),
-                       apply=self._set_threads, description="torch intra-op threads per lane")
+            agent.knob(
+                "intra_op_threads",
+                default=s.intra_op_threads,
+                minimum=1,
+                maximum=available_cpus(),
+                apply=self._set_threads,
+                description="torch intra-op threads per lane",
+            )
         agent.restart_only("interop_threads", torch.get_num_interop_threads())
         assert self.stats is not None
         agent.stats_source(self.stats.snapshot)
@@ -139,7 +169,8 @@ class WorkerService:
         self._batcher = DynamicBatcher(
             self._options.max_queue_items, lambda: settings.max_batch_size, lambda: settings.max_queue_delay_us
         )
-        self.stats = WorkerStats(lambda: self._batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
+        batcher = self._batcher
+        self.stats = WorkerStats(lambda: batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
         self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
         app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_BATCH_SIZE)
         # Everything in flight is finished by the drain; the runner's own grace period is a backstop.

@@ -9,10 +9,10 @@ import sys
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.processes import REPO_ROOT, free_port, http_get, running_daemon, stop
+from gputuned.testing.processes import REPO_ROOT, free_port, http_get, running_daemon, stop
 
 pytestmark = pytest.mark.integration
-FAKE_HGX = "tests.fakes.fake_nvml:hgx8"
+FAKE_HGX = "gputuned.testing.fake_nvml:hgx8"
 
 
 def test_on_this_gpu_less_machine_nvml_reports_failure_and_the_rest_flows(promtool):
@@ -75,8 +75,16 @@ def test_a_busy_port_is_a_clear_error(tmp_path):
 
 
 def test_an_unloadable_nvml_binding_is_a_clear_error(tmp_path):
-    result = run_cli("run", "--no-worker", "--metrics-listen", f"127.0.0.1:{free_port()}", "--nvml-module", "no_such_module",
-                     "--runtime-dir", str(tmp_path))
+    result = run_cli(
+        "run",
+        "--no-worker",
+        "--metrics-listen",
+        f"127.0.0.1:{free_port()}",
+        "--nvml-module",
+        "no_such_module",
+        "--runtime-dir",
+        str(tmp_path),
+    )
     assert result.returncode == 2
     assert "cannot load the NVML binding nvml.module='no_such_module'" in result.stderr
 

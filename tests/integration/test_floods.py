@@ -21,7 +21,7 @@ import pytest
 from gputuned.control.client import ControlClient
 from gputuned.control.protocol import MAX_MESSAGE_BYTES
 from gputuned.loadgen import LoadPlan, LoadResult, run_load
-from tests.integration.processes import running_supervising_daemon, running_worker
+from gputuned.testing.processes import running_supervising_daemon, running_worker
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,11 @@ async def http_flood(base: str, rate: float, seconds: float, oversize_every: int
     """Bad requests at `rate` per second (every `oversize_every`-th a 65 MiB body); status counts."""
     statuses: collections.Counter = collections.Counter()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+
         async def send(index: int) -> None:
-            path, body, headers = OVERSIZE if index % oversize_every == oversize_every - 1 else BAD_REQUESTS[index % len(BAD_REQUESTS)]
+            path, body, headers = (
+                OVERSIZE if index % oversize_every == oversize_every - 1 else BAD_REQUESTS[index % len(BAD_REQUESTS)]
+            )
             try:
                 async with session.post(base + path, data=body, headers=headers) as response:
                     await response.read()
@@ -84,9 +87,11 @@ def test_a_flood_of_bad_http_requests_gets_4xx_and_valid_requests_keep_their_p99
         after = valid_load(base, 2.0)
         assert process.poll() is None
     p99_before, p99_during = before.percentile(99), during.percentile(99)
-    print(f"\nHTTP flood of {sum(statuses.values())} bad requests (200/s, every 400th 65 MiB): answers {dict(statuses)}; "
-          f"valid requests ({CLIENTS} clients): p99 {p99_before * 1000:.1f} ms before, {p99_during * 1000:.1f} ms during "
-          f"({p99_during / p99_before:.2f}x), {before.ok / before.elapsed:.0f}/s before, {during.ok / during.elapsed:.0f}/s during")
+    print(
+        f"\nHTTP flood of {sum(statuses.values())} bad requests (200/s, every 400th 65 MiB): answers {dict(statuses)}; "
+        f"valid requests ({CLIENTS} clients): p99 {p99_before * 1000:.1f} ms before, {p99_during * 1000:.1f} ms during "
+        f"({p99_during / p99_before:.2f}x), {before.ok / before.elapsed:.0f}/s before, {during.ok / during.elapsed:.0f}/s during"
+    )
     assert set(statuses) <= {400, 404, 413} and statuses[413] >= 1
     assert sum(before.errors.values()) == sum(during.errors.values()) == sum(after.errors.values()) == 0
     assert p99_during <= 2 * p99_before
@@ -153,7 +158,9 @@ def control_flood(path: Path) -> dict:
     slow.close()
     junk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     junk.connect(str(path))
-    junk.sendall(b"".join(b'{"v": 1, "type": "set", "seq": %d, "knobs": {"max_batch_size": "x"}}\nnot json\n' % i for i in range(2000)))
+    junk.sendall(
+        b"".join(b'{"v": 1, "type": "set", "seq": %d, "knobs": {"max_batch_size": "x"}}\nnot json\n' % i for i in range(2000))
+    )
     junk.settimeout(10)
     reader = junk.makefile("rb")
     nacks = 0
@@ -183,8 +190,10 @@ def test_a_control_socket_flood_stops_neither_serving_nor_tuning(tmp_path):
         load.join(timeout=60)
         assert process.poll() is None
     during = box["during"]
-    print(f"\ncontrol socket flood: worker socket {worker_figures}; admin socket {admin_figures}; valid requests p99 "
-          f"{before.percentile(99) * 1000:.1f} ms before, {during.percentile(99) * 1000:.1f} ms during")
+    print(
+        f"\ncontrol socket flood: worker socket {worker_figures}; admin socket {admin_figures}; valid requests p99 "
+        f"{before.percentile(99) * 1000:.1f} ms before, {during.percentile(99) * 1000:.1f} ms during"
+    )
     for figures in (worker_figures, admin_figures):
         assert figures["24 connections"]["nack"] >= 24 - 16 and figures["24 connections"]["hello"] >= 16 - 2
         assert figures["oversize closed after"] is not None and figures["oversize nack"]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.integration.processes import REPO_ROOT
+from gputuned.testing.processes import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 SECONDS = int(os.environ.get("FUZZ_SECONDS", "20"))
@@ -21,13 +21,24 @@ SECONDS = int(os.environ.get("FUZZ_SECONDS", "20"))
 def test_the_decoder_survives_coverage_guided_fuzzing(tmp_path, target):
     corpus = REPO_ROOT / "tests" / "fuzz" / "corpus" / target
     command = [
-        sys.executable, str(REPO_ROOT / "tests" / "fuzz" / f"fuzz_{target}.py"),
-        f"-max_total_time={SECONDS}", "-timeout=5", "-rss_limit_mb=4096", f"-artifact_prefix={tmp_path}/",
-        str(tmp_path / "new"), str(corpus),  # new inputs go to the first directory, not into the repository
+        sys.executable,
+        str(REPO_ROOT / "tests" / "fuzz" / f"fuzz_{target}.py"),
+        f"-max_total_time={SECONDS}",
+        "-timeout=5",
+        "-rss_limit_mb=4096",
+        f"-artifact_prefix={tmp_path}/",
+        str(tmp_path / "new"),
+        str(corpus),  # new inputs go to the first directory, not into the repository
     ]
     (tmp_path / "new").mkdir()
-    result = subprocess.run(command, capture_output=True, text=True, timeout=SECONDS + 120, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 120,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     summary = [line for line in result.stderr.splitlines() if line.startswith("Done ")]
     print(f"\nfuzz {target}: {summary[-1] if summary else 'no summary'}; seed corpus {len(list(corpus.iterdir()))} inputs")
     crashes = sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(("crash-", "timeout-", "oom-")))

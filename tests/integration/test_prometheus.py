@@ -13,8 +13,8 @@ import pytest
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.loadgen import LoadPlan, run_load
+from gputuned.testing.processes import prometheus_query, running_prometheus, running_supervising_daemon
 from tests.dashboard_queries import load_dashboards, queries
-from tests.integration.processes import prometheus_query, running_prometheus, running_supervising_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def scraped(tmp_path_factory) -> Iterator[tuple[str, str]]:
     psutil, the daemon's real worker under real load, and eight fake GPUs (this machine has
     none) on which the worker shows up as a process."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
-    args = ("--nvml-module", "tests.fakes.fake_nvml:hgx8")
+    args = ("--nvml-module", "gputuned.testing.fake_nvml:hgx8")
     with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
         plan = LoadPlan(url=worker, concurrency=2, requests=10**6, duration=300, stop=threading.Event())
         load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
@@ -77,8 +77,7 @@ def test_prometheus_scrapes_every_metric_family(scraped):
 
 def substitute(expr: str, instance: str) -> str:
     """What Grafana sends for one instance, every GPU, a 1 s scrape interval and a short range."""
-    for variable, value in (("$__rate_interval", "10s"), ("$__interval", "30s"), ("$instance", instance),
-                            ("$gpu", ".*")):
+    for variable, value in (("$__rate_interval", "10s"), ("$__interval", "30s"), ("$instance", instance), ("$gpu", ".*")):
         expr = expr.replace(variable, value)
     return expr
 

@@ -18,7 +18,7 @@ import pytest
 
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
-from tests.integration.processes import REPO_ROOT, free_port, http_get, running_supervising_daemon, stop
+from gputuned.testing.processes import REPO_ROOT, free_port, http_get, running_supervising_daemon, stop
 
 pytestmark = pytest.mark.integration
 REFUSED = "ClientConnectorError"  # the worker's port was closed: the request was never accepted
@@ -65,8 +65,9 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
         with ControlClient(admin) as client:
             assert client.set({"max_batch_size": 8, "streams": 2}) == {"max_batch_size": 8, "streams": 2}
         stop_load = threading.Event()
-        thread, box = load_in_background(LoadPlan(url=worker, concurrency=CLIENTS, requests=10**7, duration=KILLS * 10,
-                                                  stop=stop_load))
+        thread, box = load_in_background(
+            LoadPlan(url=worker, concurrency=CLIENTS, requests=10**7, duration=KILLS * 10, stop=stop_load)
+        )
         kills, back_after, knobs = [], [], []
         for _ in range(KILLS):
             time.sleep(2.5)  # serving under load
@@ -88,10 +89,12 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
     # In flight at a kill: sent before it, or in the milliseconds the process took to die.
     per_kill = [sum(1 for sent in in_flight if kill - 2.0 < sent <= kill + 0.05) for kill in kills]
     not_killed = len(in_flight) - sum(per_kill)  # failures that no kill explains
-    print(f"\n{KILLS} x kill -9 under {CLIENTS} clients: serving again after mean {sum(back_after) / KILLS:.2f} s, "
-          f"max {max(back_after):.2f} s; failed in flight per kill: mean {sum(per_kill) / KILLS:.1f}, max {max(per_kill)} "
-          f"(of {CLIENTS} in flight); {result.ok} ok; {result.errors.get(REFUSED, 0) + result.errors.get(STARTING, 0)} "
-          "refused while down or starting")
+    print(
+        f"\n{KILLS} x kill -9 under {CLIENTS} clients: serving again after mean {sum(back_after) / KILLS:.2f} s, "
+        f"max {max(back_after):.2f} s; failed in flight per kill: mean {sum(per_kill) / KILLS:.1f}, max {max(per_kill)} "
+        f"(of {CLIENTS} in flight); {result.ok} ok; {result.errors.get(REFUSED, 0) + result.errors.get(STARTING, 0)} "
+        "refused while down or starting"
+    )
     assert status["worker"]["restarts"] == KILLS and status["worker"]["state"] == "ready"
     assert status["worker"]["last_exit_code"] == -signal.SIGKILL
     assert all(k["max_batch_size"] == 8 and k["streams"] == 2 for k in knobs)
@@ -142,8 +145,10 @@ def test_a_killed_daemon_leaves_the_worker_serving_and_the_next_one_adopts_it(tm
         for orphan in worker_processes(port):
             os.kill(orphan, signal.SIGKILL)
     result = box["result"]
-    print(f"\ndaemon killed: {result.ok} requests served, {sum(result.errors.values())} failed; the next daemon "
-          f"adopted worker {pid} and was ready after {adopted_after:.2f} s")
+    print(
+        f"\ndaemon killed: {result.ok} requests served, {sum(result.errors.values())} failed; the next daemon "
+        f"adopted worker {pid} and was ready after {adopted_after:.2f} s"
+    )
     assert sum(result.errors.values()) == 0 and result.ok > 0
     assert status["worker"]["pid"] == pid and still_one == [pid] and gone
     assert knobs["max_batch_size"] == 8  # the persisted knobs, not the unaccepted trial value
@@ -161,8 +166,13 @@ def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_
         with ControlClient(admin) as client:
             applied = client.set({"max_batch_size": 16})  # still applied, kept in memory
         failing = admin_status(admin)
-        human = subprocess.run([sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
-                               capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout
+        human = subprocess.run(
+            [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO_ROOT,
+        ).stdout
         state.unlink()
         aside.rename(state)
         assert (state / "knobs.json").read_text() == saved  # the old file, whole
@@ -175,7 +185,7 @@ def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_
     assert "knobs.json" in failing["daemon"]["state_error"] and "state not saved" in human
     assert recovered["daemon"]["state_error"] is None
     workloads = json.loads((state / "knobs.json").read_text())["workloads"]
-    assert list(workloads.values())[0] == {"max_batch_size": 16, "streams": 2}
+    assert next(iter(workloads.values())) == {"max_batch_size": 16, "streams": 2}
 
 
 def test_saved_knobs_this_worker_refuses_are_skipped_and_forgotten_not_a_crash_loop(tmp_path):
@@ -184,8 +194,9 @@ def test_saved_knobs_this_worker_refuses_are_skipped_and_forgotten_not_a_crash_l
     workload = "resnet-mini|cpu|FP32[3,64,64]"
     (tmp_path / "state").mkdir()
     saved = {"max_batch_size": 8, "intra_op_threads": 999, "retired_knob": 3}
-    (tmp_path / "state" / "knobs.json").write_text(json.dumps(
-        {"version": 1, "last_workload": workload, "workloads": {workload: saved}}))
+    (tmp_path / "state" / "knobs.json").write_text(
+        json.dumps({"version": 1, "last_workload": workload, "workloads": {workload: saved}})
+    )
     with running_supervising_daemon(tmp_path, device="cpu") as (_, _metrics, _worker, admin):
         status = admin_status(admin)
     log = (tmp_path / "daemon.log").read_text()
@@ -207,20 +218,32 @@ def test_a_hung_worker_is_killed_and_replaced(tmp_path):
         wait_for(lambda: admin_status(admin)["worker"]["pid"] not in (None, first_pid), 30, "a new worker")
         wait_for(lambda: is_ready(worker), 60, "the new worker to serve")
         replaced_after = time.monotonic() - stopped_at
-    print(f"\nhung worker (ping every 0.5 s, timeout 2 s) killed after {detected_after:.2f} s, "
-          f"replaced and serving after {replaced_after:.2f} s")
+    print(
+        f"\nhung worker (ping every 0.5 s, timeout 2 s) killed after {detected_after:.2f} s, "
+        f"replaced and serving after {replaced_after:.2f} s"
+    )
     assert detected_after < 2.0 + 0.5 + 1.0  # the timeout, one ping interval, and scheduling slack
 
 
 def test_a_crash_loop_stops_the_restarts_and_the_daemon_stays_up(tmp_path):
     crashing = [sys.executable, "-c", "import sys; sys.exit(3)"]
-    with running_supervising_daemon(tmp_path, wait_ready=False, command=crashing, crash_loop_exits=3) as (process, metrics, _w, admin):
+    with running_supervising_daemon(tmp_path, wait_ready=False, command=crashing, crash_loop_exits=3) as (
+        process,
+        metrics,
+        _w,
+        admin,
+    ):
         status = wait_for(lambda: (s := admin_status(admin))["worker"]["state"] == "crash_loop" and s, 30, "the crash loop")
         time.sleep(1.0)
         later = admin_status(admin)
         scraped = http_get(metrics)
-        human = subprocess.run([sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
-                               capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+        human = subprocess.run(
+            [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO_ROOT,
+        )
         assert process.poll() is None
     assert status["worker"]["restarts"] == 3 and later["worker"]["restarts"] == 3
     assert status["worker"]["last_exit_code"] == 3
@@ -239,8 +262,10 @@ def test_sigterm_under_load_drains_without_failing_accepted_requests(tmp_path):
         thread.join(timeout=60)
     result = box["result"]
     failed_before = [kind for sent, kind in result.failures if sent < signalled_at]
-    print(f"\nSIGTERM under load: daemon gone after {elapsed:.2f} s; {result.ok} ok; {len(failed_before)} sent before the "
-          f"signal failed; after it: {dict(result.errors)} (refusals: the worker had stopped accepting)")
+    print(
+        f"\nSIGTERM under load: daemon gone after {elapsed:.2f} s; {result.ok} ok; {len(failed_before)} sent before the "
+        f"signal failed; after it: {dict(result.errors)} (refusals: the worker had stopped accepting)"
+    )
     assert process.returncode == 0 and elapsed < 35
     assert failed_before == []
     log = (tmp_path / "daemon.log").read_text()
@@ -248,9 +273,8 @@ def test_sigterm_under_load_drains_without_failing_accepted_requests(tmp_path):
 
 
 def test_accepted_knobs_survive_a_daemon_restart_and_a_corrupt_state_file_does_not_stop_it(tmp_path):
-    with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
-        with ControlClient(admin) as client:
-            client.set({"max_batch_size": 12, "max_queue_delay_us": 500})
+    with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin), ControlClient(admin) as client:
+        client.set({"max_batch_size": 12, "max_queue_delay_us": 500})
     state = json.loads((tmp_path / "state" / "knobs.json").read_text())
     assert state["workloads"]["resnet-mini|cpu|FP32[3,64,64]"] == {"max_batch_size": 12, "max_queue_delay_us": 500}
     with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
@@ -297,7 +321,9 @@ def test_status_shows_the_worker_knobs_and_performance(tmp_path):
         time.sleep(1.0)
         command = [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)]
         human = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
-        machine = json.loads(subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout)
+        machine = json.loads(
+            subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout
+        )
     assert human.returncode == 0
     assert "ready" in human.stdout and "resnet-mini" in human.stdout and "max_batch_size" in human.stdout
     assert "req/s" in human.stdout and "p99" in human.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import signal
 import socket
@@ -13,14 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.processes import REPO_ROOT, free_port, running_daemon, running_supervising_daemon
+from gputuned.testing.processes import REPO_ROOT, free_port, running_daemon, running_supervising_daemon
 
 pytestmark = pytest.mark.integration
 
 
 def install(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gputuned", "install", "--root", str(root)],
-                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "gputuned", "install", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
 
 
 def test_install_puts_the_unit_and_config_in_place_and_keeps_an_existing_config(tmp_path):
@@ -31,10 +37,10 @@ def test_install_puts_the_unit_and_config_in_place_and_keeps_an_existing_config(
     assert f"ExecStart={sys.executable} -m gputuned run" in unit.read_text() or "bin/gputuned run" in unit.read_text()
     assert config.read_text() == (REPO_ROOT / "systemd/gputuned.toml").read_text()
     assert "systemctl enable --now gputuned" in first.stdout
-    config.write_text("[log]\nlevel = \"debug\"\n")
+    config.write_text('[log]\nlevel = "debug"\n')
     second = install(tmp_path)
     assert f"kept the existing {config}" in second.stdout
-    assert config.read_text() == "[log]\nlevel = \"debug\"\n"
+    assert config.read_text() == '[log]\nlevel = "debug"\n'
 
 
 def test_install_puts_the_dashboards_where_grafana_provisioning_reads_them(tmp_path):
@@ -51,15 +57,23 @@ def test_install_puts_the_dashboards_where_grafana_provisioning_reads_them(tmp_p
 
 def test_the_installed_unit_verifies(tmp_path, systemd_analyze):
     assert install(tmp_path).returncode == 0
-    result = subprocess.run([systemd_analyze, "verify", str(tmp_path / "etc/systemd/system/gputuned.service")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [systemd_analyze, "verify", str(tmp_path / "etc/systemd/system/gputuned.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_unit_is_hardened_to_an_exposure_of_at_most_3(tmp_path, systemd_analyze):
     assert install(tmp_path).returncode == 0
-    result = subprocess.run([systemd_analyze, "security", "--offline=yes", str(tmp_path / "etc/systemd/system/gputuned.service")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [systemd_analyze, "security", "--offline=yes", str(tmp_path / "etc/systemd/system/gputuned.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     match = re.search(r"Overall exposure level for gputuned.service: ([0-9.]+)", result.stdout)
     assert match, result.stdout[-2000:] + result.stderr
     exposure = float(match.group(1))
@@ -69,9 +83,21 @@ def test_the_unit_is_hardened_to_an_exposure_of_at_most_3(tmp_path, systemd_anal
 
 def test_the_unit_declares_what_the_service_needs():
     unit = (REPO_ROOT / "systemd/gputuned.service").read_text()
-    for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "RuntimeDirectory=gputuned", "StateDirectory=gputuned",
-                      "ConfigurationDirectory=gputuned", "User=gputuned", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                      "ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=char-nvidia-frontend rw", "ExecReload="):
+    for directive in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "RuntimeDirectory=gputuned",
+        "StateDirectory=gputuned",
+        "ConfigurationDirectory=gputuned",
+        "User=gputuned",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "DeviceAllow=char-nvidia-frontend rw",
+        "ExecReload=",
+    ):
         assert directive in unit, directive
     assert "# - MemoryDenyWriteExecute=yes breaks PyTorch" in unit
 
@@ -102,7 +128,7 @@ def test_ready_watchdog_and_stopping_on_a_real_notify_socket(tmp_path, abstract)
     address = f"@gputuned-test-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify.sock")
     notify = NotifySocket(address)
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "2000000"}  # ping every 1 s
-    with running_daemon("--nvml-module", "tests.fakes.fake_nvml:hgx8", env=env) as (process, _):
+    with running_daemon("--nvml-module", "gputuned.testing.fake_nvml:hgx8", env=env) as (process, _):
         notify.collect(4.5)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=10)
@@ -112,7 +138,7 @@ def test_ready_watchdog_and_stopping_on_a_real_notify_socket(tmp_path, abstract)
     stopping = notify.times_of("STOPPING=1")
     assert len(ready) == 1 and len(stopping) == 1
     assert ready[0] <= watchdog[0] and watchdog[-1] <= stopping[0]
-    gaps = [b - a for a, b in zip(watchdog, watchdog[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(watchdog)]
     assert len(watchdog) >= 3 and all(0.6 < gap < 1.6 for gap in gaps), gaps
     assert any(text.startswith("STATUS=") or "\nSTATUS=" in text for _, text in notify.messages)
 
@@ -120,15 +146,18 @@ def test_ready_watchdog_and_stopping_on_a_real_notify_socket(tmp_path, abstract)
 def test_ready_is_sent_only_once_the_worker_is_ready(tmp_path):
     notify = NotifySocket(str(tmp_path / "notify.sock"))
     with running_supervising_daemon(tmp_path, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}, wait_ready=False) as (
-        _process, _metrics, worker, _admin
+        _process,
+        _metrics,
+        worker,
+        _admin,
     ):
         deadline = time.monotonic() + 60
         while not notify.times_of("READY=1") and time.monotonic() < deadline:
             notify.collect(0.2)
         assert notify.times_of("READY=1")
-        with urllib.request.urlopen(f"{worker}/v2/health/ready", timeout=5) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(f"{worker}/v2/health/ready", timeout=5) as response:
             assert response.status == 200
-    status = [text for _, text in notify.messages if "READY=1" in text][0]
+    status = next(text for _, text in notify.messages if "READY=1" in text)
     assert "STATUS=worker ready" in status and "max_batch_size=1" in status
 
 

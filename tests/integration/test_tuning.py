@@ -14,7 +14,7 @@ import pytest
 
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
-from tests.integration.processes import REPO_ROOT, http_get, running_supervising_daemon, running_worker
+from gputuned.testing.processes import REPO_ROOT, http_get, running_supervising_daemon, running_worker
 
 pytestmark = pytest.mark.integration
 SLO = 0.1
@@ -38,8 +38,10 @@ def test_the_daemon_tunes_a_real_worker_to_a_better_goodput_and_logs_every_decis
             report = client.request("status")["status"]
         scraped = http_get(metrics)
     decisions = [json.loads(line) for line in (tmp_path / "online" / "state" / "decisions.jsonl").read_text().splitlines()]
-    print(f"\ngoodput at the defaults {default:.1f}/s, after 45 s of tuning {tuned:.1f}/s ({tuned / default:.1f}x); "
-          f"knobs {report['knobs']}; {len(decisions)} decisions")
+    print(
+        f"\ngoodput at the defaults {default:.1f}/s, after 45 s of tuning {tuned:.1f}/s ({tuned / default:.1f}x); "
+        f"knobs {report['knobs']}; {len(decisions)} decisions"
+    )
     assert tuned > 1.3 * default
     kept = [d for d in decisions if d["action"] == "keep"]
     assert kept and all(d["baseline"] and d["trial"] for d in kept)
@@ -88,22 +90,35 @@ def test_a_batch_size_that_runs_out_of_memory_is_reverted_and_the_worker_stays_u
     # The daemon resumes at batch 2 from its state, so the batch tuner's first step fails.
     workload = "build|cpu|FP32[4]"  # the model's name is its factory's
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "knobs.json").write_text(json.dumps(
-        {"version": 1, "last_workload": workload, "workloads": {workload: {"max_batch_size": 2}}}))
-    with running_supervising_daemon(tmp_path, "--log-level", "info", device="cpu", model="tests.memory_hungry_model:build",
-                                    input_shape="4", tuning={"slo_p99_ms": 1000.0}) as (_, metrics, worker, admin):
+    (tmp_path / "state" / "knobs.json").write_text(
+        json.dumps({"version": 1, "last_workload": workload, "workloads": {workload: {"max_batch_size": 2}}})
+    )
+    with running_supervising_daemon(
+        tmp_path,
+        "--log-level",
+        "info",
+        device="cpu",
+        model="tests.memory_hungry_model:build",
+        input_shape="4",
+        tuning={"slo_p99_ms": 1000.0},
+    ) as (_, metrics, worker, admin):
         result = asyncio.run(run_load(LoadPlan(url=worker, concurrency=16, requests=10**9, duration=15)))
-        request = urllib.request.Request(f"{worker}/v2/models/build/infer", method="POST", data=json.dumps(
-            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 4], "data": [0.0] * 16}]}).encode())
+        request = urllib.request.Request(
+            f"{worker}/v2/models/build/infer",
+            method="POST",
+            data=json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 4], "data": [0.0] * 16}]}).encode(),
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)  # noqa: S310 - loopback
+            urllib.request.urlopen(request, timeout=30)
         with ControlClient(admin) as client:
             report = client.request("status")["status"]
         scraped = http_get(metrics)
     decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
     batch = [(d["action"], d["old"], d["new"]) for d in decisions if d["knob"] == "max_batch_size"]
-    print(f"\nout of memory at batch 4: batch decisions {batch}; {result.ok} ok, {dict(result.errors)} failed; "
-          f"worker restarts {report['worker']['restarts']}")
+    print(
+        f"\nout of memory at batch 4: batch decisions {batch}; {result.ok} ok, {dict(result.errors)} failed; "
+        f"worker restarts {report['worker']['restarts']}"
+    )
     assert batch[:2] == [("apply", 2, 4), ("revert", 4, 2)]
     assert all(new < 4 for action, _, new in batch[2:] if action == "apply")  # the ceiling is remembered
     assert report["worker"]["restarts"] == 0 and report["worker"]["state"] == "ready"

@@ -19,8 +19,8 @@ import tritonclient.http as triton
 
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
+from gputuned.testing.processes import REPO_ROOT, running_worker, stop
 from gputuned.worker.models import build_builtin_model
-from tests.integration.processes import REPO_ROOT, running_worker, stop
 
 pytestmark = pytest.mark.integration
 MODEL = "resnet-mini"
@@ -35,7 +35,7 @@ def worker(tmp_path_factory):
 def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"}, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, dict(response.headers), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, dict(exc.headers), exc.read()
@@ -49,7 +49,10 @@ def expected_logits(x: np.ndarray) -> np.ndarray:
 def test_json_inference_matches_the_model(worker):
     _, base, _ = worker
     x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    body = {"id": "r1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 64, 64], "data": x.reshape(-1).tolist()}]}
+    body = {
+        "id": "r1",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 64, 64], "data": x.reshape(-1).tolist()}],
+    }
     status, _, raw = post(f"{base}/v2/models/{MODEL}/infer", json.dumps(body).encode())
     assert status == 200
     reply = json.loads(raw)
@@ -93,28 +96,90 @@ BINARY_HEADER = json.dumps(
         (f"/v2/models/{MODEL}/infer", b"[1]", None, 400, "request body must be a JSON object"),
         ("/v2/models/other/infer", json.dumps({"inputs": [GOOD_INPUT]}).encode(), None, 404, "unknown model 'other'"),
         (f"/v2/models/{MODEL}/versions/2/infer", json.dumps({"inputs": [GOOD_INPUT]}).encode(), None, 404, "has no version '2'"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": []}).encode(), None, 400, "'inputs' must be a list holding one tensor"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "name": "image"}]}).encode(), None, 400, "unknown input 'image'"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "shape": [1, 3, 32, 32]}]}).encode(), None, 400,
-         "has shape [1, 3, 32, 32]; expected [batch, 3, 64, 64]"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "datatype": "INT64"}]}).encode(), None, 400,
-         "input input must be FP32, got 'INT64'"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "data": [1.0, 2.0]}]}).encode(), None, 400,
-         "2 values for shape [1, 3, 64, 64] (12288 needed)"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "data": ["a"] * 12288}]}).encode(), None, 400,
-         "data is not FP32"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [{**GOOD_INPUT, "shape": [513, 3, 64, 64]}]}).encode(), None, 400,
-         "batch dimension 513 is outside 1..512"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}).encode(), None, 400,
-         "unknown output 'probs'"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": ["logits"]}]}).encode(), None,
-         400, "unknown output ['logits']"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [GOOD_INPUT], "parameters": [1]}).encode(), None, 400,
-         "request: 'parameters' must be an object"),
-        (f"/v2/models/{MODEL}/infer", json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": "logits", "parameters": 5}]}).encode(),
-         None, 400, "output logits: 'parameters' must be an object"),
-        (f"/v2/models/{MODEL}/infer", BINARY_HEADER + b"x" * 10, {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
-         400, "binary data of 10 bytes (declared 10); [1, 3, 64, 64] FP32 needs 49152"),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": []}).encode(),
+            None,
+            400,
+            "'inputs' must be a list holding one tensor",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "name": "image"}]}).encode(),
+            None,
+            400,
+            "unknown input 'image'",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "shape": [1, 3, 32, 32]}]}).encode(),
+            None,
+            400,
+            "has shape [1, 3, 32, 32]; expected [batch, 3, 64, 64]",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "datatype": "INT64"}]}).encode(),
+            None,
+            400,
+            "input input must be FP32, got 'INT64'",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "data": [1.0, 2.0]}]}).encode(),
+            None,
+            400,
+            "2 values for shape [1, 3, 64, 64] (12288 needed)",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "data": ["a"] * 12288}]}).encode(),
+            None,
+            400,
+            "data is not FP32",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [{**GOOD_INPUT, "shape": [513, 3, 64, 64]}]}).encode(),
+            None,
+            400,
+            "batch dimension 513 is outside 1..512",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": "probs"}]}).encode(),
+            None,
+            400,
+            "unknown output 'probs'",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": ["logits"]}]}).encode(),
+            None,
+            400,
+            "unknown output ['logits']",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [GOOD_INPUT], "parameters": [1]}).encode(),
+            None,
+            400,
+            "request: 'parameters' must be an object",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            json.dumps({"inputs": [GOOD_INPUT], "outputs": [{"name": "logits", "parameters": 5}]}).encode(),
+            None,
+            400,
+            "output logits: 'parameters' must be an object",
+        ),
+        (
+            f"/v2/models/{MODEL}/infer",
+            BINARY_HEADER + b"x" * 10,
+            {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
+            400,
+            "binary data of 10 bytes (declared 10); [1, 3, 64, 64] FP32 needs 49152",
+        ),
         (f"/v2/models/{MODEL}/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400, "is outside the body"),
         (f"/v2/models/{MODEL}/infer", b"x" * (65 * 1024 * 1024), None, 413, "exceeds the limit of 67108864 bytes"),
     ],
@@ -132,17 +197,19 @@ def test_bad_requests_get_a_4xx_with_a_json_error_and_the_worker_stays_up(worker
 def test_a_get_on_the_infer_route_is_405_with_a_json_error(worker):
     _, base, _ = worker
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(f"{base}/v2/models/{MODEL}/infer", timeout=10)  # noqa: S310
+        urllib.request.urlopen(f"{base}/v2/models/{MODEL}/infer", timeout=10)
     assert caught.value.code == 405 and "error" in json.loads(caught.value.read())
 
 
 def test_a_full_queue_answers_503_with_retry_after(tmp_path):
     with running_worker(tmp_path, "--max-queue", "2") as (_, base, _):
+
         async def burst() -> list[tuple[int, str | None]]:
             import aiohttp
 
             body = json.dumps({"inputs": [{**GOOD_INPUT, "shape": [2, 3, 64, 64], "data": [0.0] * (2 * 3 * 64 * 64)}]})
             async with aiohttp.ClientSession() as session:
+
                 async def one() -> tuple[int, str | None]:
                     async with session.post(f"{base}/v2/models/{MODEL}/infer", data=body) as response:
                         await response.read()
@@ -172,8 +239,14 @@ def test_knob_changes_under_load_fail_no_request(tmp_path):
     with running_worker(tmp_path) as (_, base, control):
         thread, box = run_load_in_thread(LoadPlan(url=base, concurrency=8, requests=600, duration=120))
         changes = [
-            {"max_batch_size": 8}, {"streams": 2}, {"max_queue_delay_us": 2000}, {"pool_mb": 16},
-            {"intra_op_threads": 1}, {"max_batch_size": 32, "streams": 3}, {"pool_mb": 0}, {"streams": 1},
+            {"max_batch_size": 8},
+            {"streams": 2},
+            {"max_queue_delay_us": 2000},
+            {"pool_mb": 16},
+            {"intra_op_threads": 1},
+            {"max_batch_size": 32, "streams": 3},
+            {"pool_mb": 0},
+            {"streams": 1},
             {"max_batch_size": 2, "max_queue_delay_us": 0, "intra_op_threads": 2},
         ]
         acks = []
@@ -194,7 +267,9 @@ def test_knob_changes_under_load_fail_no_request(tmp_path):
 def test_gputuned_set_refuses_out_of_bounds_and_changes_nothing(worker):
     _, _, control = worker
     command = [sys.executable, "-m", "gputuned", "set", "--socket", str(control)]
-    refused = subprocess.run([*command, "max_batch_size=4", "streams=99"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+    refused = subprocess.run(
+        [*command, "max_batch_size=4", "streams=99"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
     assert refused.returncode == 1
     assert "streams=99 is above its maximum 16" in refused.stderr
     with ControlClient(control) as client:
@@ -234,7 +309,10 @@ def test_sigterm_drains_and_exits_cleanly(tmp_path):
 def test_a_model_that_cannot_load_is_a_clear_error_at_start(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gputuned", "worker", "--model", str(tmp_path / "missing.pt"), "--input-shape", "4"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 2
     assert f"cannot load TorchScript file {tmp_path / 'missing.pt'}" in result.stderr
@@ -243,19 +321,32 @@ def test_a_model_that_cannot_load_is_a_clear_error_at_start(tmp_path):
 def test_cuda_requested_on_a_cpu_machine_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = subprocess.run([sys.executable, "-m", "gputuned", "worker", "--device", "cuda:0"],
-                            capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "gputuned", "worker", "--device", "cuda:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 2 and "CUDA is not available" in result.stderr
 
 
-@pytest.mark.parametrize(("knob", "error"), [
-    ("max_batch_size=0", "--knob refused: max_batch_size=0 is below its minimum 1"),
-    ("streams=lots", "streams='lots' is not an integer"),
-    ("warp_speed=9", "unknown knob"),
-])
+@pytest.mark.parametrize(
+    ("knob", "error"),
+    [
+        ("max_batch_size=0", "--knob refused: max_batch_size=0 is below its minimum 1"),
+        ("streams=lots", "streams='lots' is not an integer"),
+        ("warp_speed=9", "unknown knob"),
+    ],
+)
 def test_a_knob_out_of_bounds_on_the_command_line_is_refused_before_serving(knob, error):
-    result = subprocess.run([sys.executable, "-m", "gputuned", "worker", "--device", "cpu", "--listen", "127.0.0.1:0",
-                             "--knob", knob], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "gputuned", "worker", "--device", "cpu", "--listen", "127.0.0.1:0", "--knob", knob],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
     assert result.returncode == 2 and error in result.stderr, result.stderr
 
 
@@ -271,7 +362,10 @@ def test_the_load_command_prints_json(worker):
     _, base, _ = worker
     completed = subprocess.run(
         [sys.executable, "-m", "gputuned", "load", base, "--concurrency", "4", "--requests", "50", "--json"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
     assert completed.returncode == 0, completed.stderr
     summary = json.loads(completed.stdout)
@@ -282,7 +376,10 @@ def test_the_load_command_prints_json(worker):
 def test_the_load_command_says_when_the_target_is_unreachable():
     completed = subprocess.run(
         [sys.executable, "-m", "gputuned", "load", "http://127.0.0.1:9", "--requests", "5"],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
     )
     assert completed.returncode == 2 and "cannot reach http://127.0.0.1:9" in completed.stderr
 
@@ -302,8 +399,9 @@ def test_kserves_own_client_works_unchanged(worker):
             for binary in (False, True):
                 tensor = InferInput(name="input", shape=list(x.shape), datatype="FP32")
                 tensor.set_data_from_numpy(x, binary_data=binary)
-                response = await client.infer(base, InferRequest(model_name=MODEL, infer_inputs=[tensor], request_id="k"),
-                                              model_name=MODEL)
+                response = await client.infer(
+                    base, InferRequest(model_name=MODEL, infer_inputs=[tensor], request_id="k"), model_name=MODEL
+                )
                 outputs.append(response.outputs[0].as_numpy())
             return outputs
         finally:

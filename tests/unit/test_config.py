@@ -22,7 +22,9 @@ def test_the_shipped_example_config_is_valid_and_equals_the_defaults():
 
 
 def test_values_from_the_file_are_used(tmp_path):
-    config = load_config(write(tmp_path, '[metrics]\nlisten = "[::1]:9999"\n[sampling]\ninterval_seconds = 2\n[collectors]\nnvml = false\n'))
+    config = load_config(
+        write(tmp_path, '[metrics]\nlisten = "[::1]:9999"\n[sampling]\ninterval_seconds = 2\n[collectors]\nnvml = false\n')
+    )
     assert config.metrics.address == ("::1", 9999)
     assert config.sampling.interval_seconds == 2.0
     assert config.collectors.nvml is False and config.collectors.numa is True
@@ -58,14 +60,14 @@ def test_broken_toml_is_refused_with_the_position(tmp_path):
 
 
 def test_an_explicit_path_that_does_not_exist_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read config .*No such file"):
+    with pytest.raises(ConfigError, match=r"cannot read config .*No such file"):
         load_config(tmp_path / "missing.toml")
 
 
 def test_overrides_are_validated_like_the_file():
     config = with_overrides(Config(), metrics={"listen": "127.0.0.1:0"})
     assert config.metrics.address == ("127.0.0.1", 0)
-    with pytest.raises(ConfigError, match="metrics.listen"):
+    with pytest.raises(ConfigError, match=r"metrics\.listen"):
         with_overrides(Config(), metrics={"listen": "nonsense"})
 
 

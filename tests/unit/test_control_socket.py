@@ -224,8 +224,7 @@ def test_a_peer_with_another_uid_is_refused_unless_in_the_group(group_allowed):
     base = Path(tempfile.mkdtemp(prefix="gputuned-peer-"))  # pytest's tmp dirs are 0700: nobody could not enter
     base.chmod(0o755)
     path = base / "ctl" / "w.sock"
-    agent = Agent(path, model="m", device="cpu", input_shape=[1], input_dtype="FP32",
-                  group=nobody_gid if group_allowed else None)
+    agent = Agent(path, model="m", device="cpu", input_shape=[1], input_dtype="FP32", group=nobody_gid if group_allowed else None)
     agent.knob("streams", default=1, minimum=1, maximum=4, apply=lambda v: None)
     agent.start()
     try:
@@ -282,7 +281,10 @@ class Sender:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.binary(max_size=300) | st.builds(lambda m: encode(m), st.sampled_from([message("ping", seq=1), message("nack", error="x")])))
+@given(
+    st.binary(max_size=300)
+    | st.builds(lambda m: encode(m), st.sampled_from([message("ping", seq=1), message("nack", error="x")]))
+)
 def test_the_client_side_turns_any_bytes_into_a_control_error_or_a_hello(tmp_path_factory, payload):
     path = tmp_path_factory.mktemp("c") / "s.sock"
     Sender(path, payload)

@@ -47,8 +47,12 @@ def test_panel_ids_are_unique_and_panels_do_not_overlap(name):
         assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
     for a, b in itertools.combinations(every, 2):
         ga, gb = a["gridPos"], b["gridPos"]
-        apart = (ga["x"] + ga["w"] <= gb["x"] or gb["x"] + gb["w"] <= ga["x"]
-                 or ga["y"] + ga["h"] <= gb["y"] or gb["y"] + gb["h"] <= ga["y"])
+        apart = (
+            ga["x"] + ga["w"] <= gb["x"]
+            or gb["x"] + gb["w"] <= ga["x"]
+            or ga["y"] + ga["h"] <= gb["y"]
+            or gb["y"] + gb["h"] <= ga["y"]
+        )
         assert apart, f"{a['title']!r} overlaps {b['title']!r}"
 
 
@@ -63,8 +67,9 @@ def test_every_panel_has_a_query_a_description_and_a_unit(name):
         if panel["type"] == "timeseries":
             assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
         if panel["type"] == "table":
-            units = [prop for override in panel["fieldConfig"]["overrides"] for prop in override["properties"]
-                     if prop["id"] == "unit"]
+            units = [
+                prop for override in panel["fieldConfig"]["overrides"] for prop in override["properties"] if prop["id"] == "unit"
+            ]
             assert len(units) == len(panel["targets"]), panel["title"]
 
 

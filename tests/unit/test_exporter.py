@@ -18,8 +18,8 @@ from gputuned.config import Config, PathsConfig, with_overrides
 from gputuned.daemon.service import Daemon
 from gputuned.exporter import build_registry
 from gputuned.samples import WorkerTarget
+from gputuned.testing.fake_nvml import FakeNvml
 from tests.conftest import host_root
-from tests.fakes.fake_nvml import FakeNvml
 
 PROC, SYS = host_root("dual-socket-8gpu")
 
@@ -55,8 +55,11 @@ def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvm
     # where the fixture's worker pid 4242 does not exist (the integration test covers both).
     # The worker and tuner collectors run only when the daemon supervises a worker (this one does not).
     not_here = {
-        "gputuned_pcie_utilization_ratio", "gputuned_host_cpu_busy_ratio",
-        "gputuned_worker_cpu_seconds", "gputuned_worker_resident_memory_bytes", "gputuned_worker_threads",
+        "gputuned_pcie_utilization_ratio",
+        "gputuned_host_cpu_busy_ratio",
+        "gputuned_worker_cpu_seconds",
+        "gputuned_worker_resident_memory_bytes",
+        "gputuned_worker_threads",
         *(spec.name.removesuffix("_total") for spec in (*worker_collector.SPECS, *tuner_collector.SPECS)),
     }
     assert expected - served == not_here

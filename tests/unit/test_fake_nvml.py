@@ -8,7 +8,7 @@ import inspect
 import pynvml
 import pytest
 
-from tests.fakes.fake_nvml import FakeNvml
+from gputuned.testing.fake_nvml import FakeNvml
 
 FAKE = FakeNvml.with_gpus(1)
 FAKE_FUNCTIONS = sorted(name for name, _ in inspect.getmembers(FakeNvml, inspect.isfunction) if name.startswith("nvml"))

@@ -17,13 +17,19 @@ from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import Proposal
 from gputuned.tuners.batch import BatchDownProbe, BatchTuner
+from gputuned.tuners.guard import Context, Guard, GuardSettings
+from gputuned.tuners.mode import Mode
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
-from gputuned.tuners.guard import Context, Guard, GuardSettings, Mode
 
 SLO = 0.1
-BOUNDS = {"max_batch_size": (1, 512), "max_queue_delay_us": (0, 1_000_000), "streams": (1, 16), "pool_mb": (0, 4096),
-          "intra_op_threads": (1, 2)}
+BOUNDS = {
+    "max_batch_size": (1, 512),
+    "max_queue_delay_us": (0, 1_000_000),
+    "streams": (1, 16),
+    "pool_mb": (0, 4096),
+    "intra_op_threads": (1, 2),
+}
 DEFAULTS = {"max_batch_size": 1, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
 
 
@@ -65,10 +71,24 @@ class SimulatedWorker:
         throughput *= 1 + self.rng.uniform(-self.noise, self.noise)
         oom = 1 if self.oom_above is not None and self.knobs["max_batch_size"] > self.oom_above else 0
         goodput = throughput if p99 <= SLO else throughput * 0.3
-        return Measurement(seconds=end - start, arrival_rate=throughput, throughput=throughput, goodput=goodput, p99=p99,
-                           failed=0, mean_batch=self.knobs["max_batch_size"], batch_seconds=p99 / 2, busy_ratio=0.95,
-                           queue_depth=3, lanes=self.knobs["streams"], oom=oom, pool_hits=0, pool_misses=0,
-                           in_system=CLIENTS * self.demand, items_per_request=self.items_per_request)
+        return Measurement(
+            seconds=end - start,
+            arrival_rate=throughput,
+            throughput=throughput,
+            goodput=goodput,
+            p99=p99,
+            failed=0,
+            mean_batch=self.knobs["max_batch_size"],
+            batch_seconds=p99 / 2,
+            busy_ratio=0.95,
+            queue_depth=3,
+            lanes=self.knobs["streams"],
+            oom=oom,
+            pool_hits=0,
+            pool_misses=0,
+            in_system=CLIENTS * self.demand,
+            items_per_request=self.items_per_request,
+        )
 
     def context(self) -> Context:
         return Context(dict(self.knobs), BOUNDS, "cpu", 2, 3 * 64 * 64 * 4)
@@ -84,8 +104,15 @@ def run(guard: Guard, seconds: float, start: float = 0.0, tick: float = 0.5) -> 
 
 def make(worker: SimulatedWorker, mode: Mode = Mode.AUTO, tuners=None, **settings) -> tuple[Guard, list]:
     decisions: list = []
-    guard = Guard(GuardSettings(slo_seconds=SLO, **settings), tuners or default_tuners(), worker.context, worker.measure,
-                  worker.apply, decisions.append, mode)
+    guard = Guard(
+        GuardSettings(slo_seconds=SLO, **settings),
+        tuners or default_tuners(),
+        worker.context,
+        worker.measure,
+        worker.apply,
+        decisions.append,
+        mode,
+    )
     return guard, decisions
 
 
@@ -117,7 +144,7 @@ class LanesShrinkTheBestBatch(SimulatedWorker):
 
     def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
         batch, lanes, threads = knobs["max_batch_size"], knobs["streams"], knobs["intra_op_threads"]
-        throughput = 400 * (1 - 0.6 / min(batch, 16)**0.5)
+        throughput = 400 * (1 - 0.6 / min(batch, 16) ** 0.5)
         if lanes * threads > 2:
             throughput *= 0.8
         elif lanes == 2:
@@ -138,7 +165,7 @@ def test_the_batch_is_probed_down_once_the_climb_stops_and_the_landscape_moved()
     # Neither undone (16 again after 8 beat it) nor probed twice at the same place (32 is
     # tried twice: once per lane count).
     batch_trials = [(d.old, d.new) for d in decisions if d.action == "apply" and d.knob == "max_batch_size"]
-    assert (8, 16) not in batch_trials[batch_trials.index((16, 8)):]
+    assert (8, 16) not in batch_trials[batch_trials.index((16, 8)) :]
     assert batch_trials.count((16, 8)) == 1 and batch_trials.count((8, 4)) == 1
 
 
@@ -192,14 +219,14 @@ def test_each_change_waits_for_warmup_trial_and_cooldown_unless_it_does_harm():
     worker = SimulatedWorker(noise=0.0)
     guard, decisions = make(worker, baseline_seconds=3, warmup_seconds=2, trial_seconds=4, cooldown_seconds=1)
     run(guard, 90)
-    judged = [(apply, end) for apply, end in zip(decisions, decisions[1:]) if apply.action == "apply"]
+    judged = [(apply, end) for apply, end in itertools.pairwise(decisions) if apply.action == "apply"]
     assert judged
     for apply, end in judged:
         if "harmful" in end.reason:
             assert end.t - apply.t < 2 + 4  # harm is reverted without waiting for the trial
         else:
             assert end.t - apply.t >= 2 + 4
-    for end, following in zip(decisions, decisions[1:]):
+    for end, following in itertools.pairwise(decisions):
         if end.action in ("keep", "revert") and following.action == "apply":
             assert following.t - end.t >= 1  # the cooldown
 
@@ -231,7 +258,7 @@ def test_out_of_memory_halves_the_batch_and_remembers_the_ceiling():
     worker = SimulatedWorker(noise=0.0)
     worker.knobs["max_batch_size"] = 16
     worker.oom_above = 8
-    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    guard, _decisions = make(worker, tuners=[default_tuners()[0]])
     run(guard, 120)
     assert worker.knobs["max_batch_size"] <= 8
     assert guard.view().ceilings["max_batch_size"] == 15

@@ -47,7 +47,9 @@ def test_torchscript_file(tmp_path):
 
 def test_torch_export_archive(tmp_path):
     path = tmp_path / "doubler.pt2"
-    torch.export.save(torch.export.export(Doubler(), (torch.ones(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path))
+    torch.export.save(
+        torch.export.export(Doubler(), (torch.ones(2, 4),), dynamic_shapes=({0: torch.export.Dim("batch")},)), str(path)
+    )
     model = load_model(str(path), CPU, (4,), "FP32", name="exported")
     assert model.name == "exported" and model.platform == "pytorch_export"
     assert model.module(torch.ones(3, 4)).tolist() == [8.0, 8.0, 8.0]

@@ -14,8 +14,21 @@ from gputuned.samples import WorkerTarget
 from tests.conftest import host_root
 from tests.helpers import names, values
 
-HGX_BDFS = {i: bdf for i, bdf in enumerate(["0000:18:00.0", "0000:2a:00.0", "0000:3a:00.0", "0000:5d:00.0",
-                                            "0000:9a:00.0", "0000:ab:00.0", "0000:ba:00.0", "0000:db:00.0"])}
+HGX_BDFS = {
+    i: bdf
+    for i, bdf in enumerate(
+        [
+            "0000:18:00.0",
+            "0000:2a:00.0",
+            "0000:3a:00.0",
+            "0000:5d:00.0",
+            "0000:9a:00.0",
+            "0000:ab:00.0",
+            "0000:ba:00.0",
+            "0000:db:00.0",
+        ]
+    )
+}
 PAGE = 4096
 
 

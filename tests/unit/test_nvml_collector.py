@@ -8,8 +8,8 @@ import pytest
 from gputuned.collectors.nvml import NvmlCollector
 from gputuned.collectors.nvml_session import NvmlSession
 from gputuned.samples import WorkerTarget
+from gputuned.testing.fake_nvml import FakeNvml
 from tests.conftest import host_root
-from tests.fakes.fake_nvml import FakeNvml
 from tests.helpers import ManualClock, names, values
 
 _, DUAL_SOCKET_SYS = host_root("dual-socket-8gpu")

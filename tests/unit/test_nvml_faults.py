@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.config import with_overrides
 from gputuned.daemon.service import Daemon
-from tests.fakes.fake_nvml import FakeNvml
+from gputuned.testing.fake_nvml import FakeNvml
 from tests.unit.test_exporter import fixture_config, scrape
 
 
@@ -26,8 +26,10 @@ def wait_rounds(daemon: Daemon, rounds: int = 3) -> float:
 
 
 def served(daemon: Daemon) -> dict[str, dict[tuple, float]]:
-    return {family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
-            for family in text_string_to_metric_families(scrape(daemon))}
+    return {
+        family.name: {tuple(sorted(s.labels.items())): s.value for s in family.samples}
+        for family in text_string_to_metric_families(scrape(daemon))
+    }
 
 
 def gpus_of(samples: dict[tuple, float]) -> set[str]:
@@ -61,4 +63,4 @@ def test_a_lost_gpu_an_unsupported_field_and_a_vanished_library_mid_run():
     assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0}
     assert "gputuned_gpu_power_watts" not in without_nvml
     assert without_nvml["gputuned_numa_hit"] and without_nvml["gputuned_host_memory_total_bytes"]
-    assert list(without_nvml["gputuned_sample_age_seconds"].values())[0] < 1.0
+    assert next(iter(without_nvml["gputuned_sample_age_seconds"].values())) < 1.0

@@ -29,8 +29,13 @@ pgmajfault 698
 def test_key_value_counters_reads_every_counter():
     values = parse_key_value_counters(VMSTAT)
     assert values == {
-        "nr_free_pages": 1168943, "numa_hit": 1068554, "numa_miss": 0, "numa_foreign": 0,
-        "numa_interleave": 1128, "pgfault": 1122168, "pgmajfault": 698,
+        "nr_free_pages": 1168943,
+        "numa_hit": 1068554,
+        "numa_miss": 0,
+        "numa_foreign": 0,
+        "numa_interleave": 1128,
+        "pgfault": 1122168,
+        "pgmajfault": 698,
     }
 
 
@@ -42,7 +47,9 @@ def test_key_value_counters_skips_a_truncated_or_garbled_line_but_keeps_the_rest
 def test_node_meminfo_converts_kb_to_bytes_and_keeps_plain_counts():
     text = "Node 1 MemTotal:       1056934648 kB\nNode 1 MemFree:        803554416 kB\nNode 1 HugePages_Total:     4\n"
     assert parse_node_meminfo(text) == {
-        "MemTotal": 1056934648 * 1024, "MemFree": 803554416 * 1024, "HugePages_Total": 4,
+        "MemTotal": 1056934648 * 1024,
+        "MemFree": 803554416 * 1024,
+        "HugePages_Total": 4,
     }
 
 

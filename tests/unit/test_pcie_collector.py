@@ -7,8 +7,8 @@ import pytest
 from gputuned.collectors.nvml_session import NvmlSession
 from gputuned.collectors.pcie import PcieCollector, link_capacity_bytes_per_second
 from gputuned.samples import WorkerTarget
+from gputuned.testing.fake_nvml import FakeGpu, FakeNvml
 from tests.conftest import host_root
-from tests.fakes.fake_nvml import FakeGpu, FakeNvml
 from tests.helpers import ManualClock, names, values
 
 _, SYS = host_root("dual-socket-8gpu")
@@ -24,7 +24,13 @@ def make(gpus: list[FakeGpu]) -> tuple[PcieCollector, FakeNvml, ManualClock]:
 
 @pytest.mark.parametrize(
     ("generation", "width", "expected"),
-    [(1, 16, 4.0e9), (3, 16, 8e9 * 128 / 130 / 8 * 16), (4, 8, 16e9 * 128 / 130), (5, 16, GEN5_X16), (6, 16, 64e9 * 242 / 256 / 8 * 16)],
+    [
+        (1, 16, 4.0e9),
+        (3, 16, 8e9 * 128 / 130 / 8 * 16),
+        (4, 8, 16e9 * 128 / 130),
+        (5, 16, GEN5_X16),
+        (6, 16, 64e9 * 242 / 256 / 8 * 16),
+    ],
 )
 def test_link_capacity(generation, width, expected):
     assert link_capacity_bytes_per_second(generation, width) == pytest.approx(expected)
@@ -81,7 +87,7 @@ def test_a_downtrained_link_shows_the_reduced_capacity_and_higher_utilisation():
 def test_missing_link_readings_are_skipped_and_the_rest_still_reported():
     gpus = FakeNvml.with_gpus(1).gpus
     gpus[0].unsupported.update({"nvmlDeviceGetPcieReplayCounter", "nvmlDeviceGetCurrPcieLinkGeneration"})
-    collector, _, clock = make(gpus)
+    collector, _, _clock = make(gpus)
     out = collector.collect(WorkerTarget())
     assert out.errors == []
     assert "gputuned_pcie_replays_total" not in names(out)

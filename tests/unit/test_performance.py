@@ -10,9 +10,12 @@ BOUNDS = [0.01, 0.02, 0.05, 0.1]
 
 
 def stats(completed: int, cumulative: list[int], failed: int = 0, latency_sum: float = 0.0, items: int = 0) -> dict:
-    return {"completed": completed, "failed": failed,
-            "latency_seconds": {"bounds": BOUNDS, "cumulative": cumulative, "sum": latency_sum, "count": cumulative[-1]},
-            "batch_size": {"sum": items}}
+    return {
+        "completed": completed,
+        "failed": failed,
+        "latency_seconds": {"bounds": BOUNDS, "cumulative": cumulative, "sum": latency_sum, "count": cumulative[-1]},
+        "batch_size": {"sum": items},
+    }
 
 
 def test_quantile_interpolates_inside_the_bucket():
@@ -35,8 +38,12 @@ def test_window_is_the_difference_of_two_reports():
 
 def test_requests_in_the_worker_and_items_per_request():
     # 200 requests in 2 s, 4 s spent inside in all (20 ms each): 2 inside on average (Little's law).
-    perf = measure(stats(100, [10, 60, 90, 100, 100], latency_sum=1.0, items=300),
-                   stats(300, [10, 160, 290, 300, 300], latency_sum=5.0, items=900), 2.0, slo_seconds=0.05)
+    perf = measure(
+        stats(100, [10, 60, 90, 100, 100], latency_sum=1.0, items=300),
+        stats(300, [10, 160, 290, 300, 300], latency_sum=5.0, items=900),
+        2.0,
+        slo_seconds=0.05,
+    )
     assert perf.in_system == pytest.approx(2.0)
     assert perf.items_per_request == pytest.approx(3.0)
 

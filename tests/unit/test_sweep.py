@@ -33,7 +33,13 @@ def test_the_best_point_is_the_highest_goodput_within_the_slo():
 def test_csv_and_png(tmp_path):
     write_csv(RESULTS, tmp_path / "s.csv")
     rows = list(csv.DictReader((tmp_path / "s.csv").open()))
-    assert rows[1] == {"max_batch_size": "16", "streams": "2", "throughput_per_second": "900.000",
-                       "goodput_per_second": "890.000", "p99_seconds": "0.089000", "errors": "0"}
+    assert rows[1] == {
+        "max_batch_size": "16",
+        "streams": "2",
+        "throughput_per_second": "900.000",
+        "goodput_per_second": "890.000",
+        "p99_seconds": "0.089000",
+        "errors": "0",
+    }
     plot(RESULTS, 0.1, best_point(RESULTS, 0.1), tmp_path / "s.png")
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

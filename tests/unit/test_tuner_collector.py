@@ -7,9 +7,22 @@ from gputuned.performance import Measurement
 from gputuned.samples import WorkerTarget
 from gputuned.tuners.guard import GuardView
 
-MEASURED = Measurement(seconds=10.0, arrival_rate=120.0, throughput=118.0, goodput=110.0, p99=0.09, failed=0,
-                       mean_batch=4.0, batch_seconds=0.02, busy_ratio=0.5, queue_depth=2, lanes=1, oom=0, pool_hits=0,
-                       pool_misses=0)
+MEASURED = Measurement(
+    seconds=10.0,
+    arrival_rate=120.0,
+    throughput=118.0,
+    goodput=110.0,
+    p99=0.09,
+    failed=0,
+    mean_batch=4.0,
+    batch_seconds=0.02,
+    busy_ratio=0.5,
+    queue_depth=2,
+    lanes=1,
+    oom=0,
+    pool_hits=0,
+    pool_misses=0,
+)
 
 
 def collect(view: GuardView, performance: Measurement | None) -> dict[tuple[str, tuple[str, ...]], float]:

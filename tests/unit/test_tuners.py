@@ -13,11 +13,30 @@ from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
 
-WINDOW = Measurement(seconds=3, arrival_rate=500, throughput=500, goodput=500, p99=0.05, failed=0, mean_batch=8,
-                     batch_seconds=0.02, busy_ratio=0.9, queue_depth=4, lanes=1, oom=0, pool_hits=0, pool_misses=10)
+WINDOW = Measurement(
+    seconds=3,
+    arrival_rate=500,
+    throughput=500,
+    goodput=500,
+    p99=0.05,
+    failed=0,
+    mean_batch=8,
+    batch_seconds=0.02,
+    busy_ratio=0.9,
+    queue_depth=4,
+    lanes=1,
+    oom=0,
+    pool_hits=0,
+    pool_misses=10,
+)
 KNOBS = {"max_batch_size": 8, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
-BOUNDS = {"max_batch_size": (1, 512), "max_queue_delay_us": (0, 1_000_000), "streams": (1, 16), "pool_mb": (0, 4096),
-          "intra_op_threads": (1, 2)}
+BOUNDS = {
+    "max_batch_size": (1, 512),
+    "max_queue_delay_us": (0, 1_000_000),
+    "streams": (1, 16),
+    "pool_mb": (0, 4096),
+    "intra_op_threads": (1, 2),
+}
 
 
 def inp(window=WINDOW, knobs=None, device="cpu", **kw) -> TunerInput:

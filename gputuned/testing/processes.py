@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read().decode()
 
 
@@ -63,8 +63,20 @@ def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
     """`gputuned run --no-worker` on a free loopback port; yields (process, metrics URL)."""
     port = free_port()
     runtime_dir = tempfile.mkdtemp(prefix="gputuned-run-")
-    command = [sys.executable, "-m", "gputuned", "run", "--no-worker", "--metrics-listen", f"127.0.0.1:{port}",
-               "--runtime-dir", runtime_dir, "--state-dir", runtime_dir, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "gputuned",
+        "run",
+        "--no-worker",
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+        "--runtime-dir",
+        runtime_dir,
+        "--state-dir",
+        runtime_dir,
+        *args,
+    ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     process = subprocess.Popen(command, env=full_env, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -74,7 +86,8 @@ def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
     finally:
         if process.poll() is None:
             stop(process)
-        process.stderr.close()
+        if process.stderr is not None:
+            process.stderr.close()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
@@ -127,9 +140,21 @@ def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Pope
     """A real `gputuned worker` on a free loopback port; yields (process, base URL, control socket)."""
     port = free_port()
     control = tmp_path / "ctl" / "worker.sock"
-    command = [sys.executable, "-m", "gputuned", "worker", "--listen", f"127.0.0.1:{port}", "--control-socket", str(control), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "gputuned",
+        "worker",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--control-socket",
+        str(control),
+        *args,
+    ]
     log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=log, stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{base}/v2/health/ready", process, deadline_s=60)
@@ -181,8 +206,13 @@ def write_daemon_config(tmp_path: Path, worker_port: int, tuning: dict | None = 
 
 @contextlib.contextmanager
 def running_supervising_daemon(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, worker_port: int | None = None,
-    tuning: dict | None = None, **worker: object,
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    worker_port: int | None = None,
+    tuning: dict | None = None,
+    **worker: object,
 ) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
     """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket).
 
@@ -191,9 +221,24 @@ def running_supervising_daemon(
     config = write_daemon_config(tmp_path, worker_port, tuning, **worker)
     metrics_port = free_port()
     log = (tmp_path / "daemon.log").open("w")
-    command = [sys.executable, "-m", "gputuned", "run", "--config", str(config), "--metrics-listen", f"127.0.0.1:{metrics_port}", *args]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-                               stdout=log, stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        "-m",
+        "gputuned",
+        "run",
+        "--config",
+        str(config),
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
+        *args,
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     worker_base = f"http://127.0.0.1:{worker_port}"
     try:
         wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", process, deadline_s=30)

@@ -45,12 +45,18 @@ _CONSTANTS = (
     "nvmlClocksEventReasonHwPowerBrakeSlowdown",
     "nvmlClocksEventReasonDisplayClockSetting",
 )
-_ERRORS = tuple(name for name in dir(pynvml) if name.startswith("NVML_ERROR_") or name.startswith("NVMLError"))
+_ERRORS = tuple(name for name in dir(pynvml) if name.startswith(("NVML_ERROR_", "NVMLError")))
 
 # Bus ids of an 8-GPU HGX board (the dual-socket fixture host has sysfs entries for them).
 HGX_BUS_IDS = (
-    "00000000:18:00.0", "00000000:2A:00.0", "00000000:3A:00.0", "00000000:5D:00.0",
-    "00000000:9A:00.0", "00000000:AB:00.0", "00000000:BA:00.0", "00000000:DB:00.0",
+    "00000000:18:00.0",
+    "00000000:2A:00.0",
+    "00000000:3A:00.0",
+    "00000000:5D:00.0",
+    "00000000:9A:00.0",
+    "00000000:AB:00.0",
+    "00000000:BA:00.0",
+    "00000000:DB:00.0",
 )
 
 
@@ -106,7 +112,9 @@ class FakeEventSet:
 class FakeNvml:
     """Drop-in for the `pynvml` module as the collectors use it."""
 
-    def __init__(self, gpus: list[FakeGpu], driver_version: str = "550.54.15", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, gpus: list[FakeGpu], driver_version: str = "550.54.15", clock: Callable[[], float] = time.monotonic
+    ) -> None:
         for name in _CONSTANTS + _ERRORS:
             setattr(self, name, getattr(pynvml, name))
         self.NVMLError = pynvml.NVMLError
@@ -238,7 +246,7 @@ class FakeNvml:
     def nvmlDeviceGetCurrentClocksThrottleReasons(self, handle: FakeHandle) -> int:
         return self._gpu(handle, "nvmlDeviceGetCurrentClocksThrottleReasons").clock_event_reasons
 
-    def nvmlDeviceGetTotalEccErrors(self, handle: FakeHandle, errorType: int, counterType: int) -> int:  # noqa: N803
+    def nvmlDeviceGetTotalEccErrors(self, handle: FakeHandle, errorType: int, counterType: int) -> int:
         gpu = self._gpu(handle, "nvmlDeviceGetTotalEccErrors")
         if errorType == pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED:
             return gpu.ecc_corrected
@@ -248,11 +256,11 @@ class FakeNvml:
         self._check_library()
         return FakeEventSet()
 
-    def nvmlDeviceRegisterEvents(self, handle: FakeHandle, eventTypes: int, eventSet: FakeEventSet) -> None:  # noqa: N803
+    def nvmlDeviceRegisterEvents(self, handle: FakeHandle, eventTypes: int, eventSet: FakeEventSet) -> None:
         gpu = self._gpu(handle, "nvmlDeviceRegisterEvents")
         eventSet.gpus.append(gpu)
 
-    def nvmlEventSetWait(self, eventSet: FakeEventSet, timeoutms: int) -> pynvml.c_nvmlEventData_t:  # noqa: N803
+    def nvmlEventSetWait(self, eventSet: FakeEventSet, timeoutms: int) -> pynvml.c_nvmlEventData_t:
         self._check_library()
         for gpu in eventSet.gpus:
             if gpu.pending_xids:
@@ -262,7 +270,7 @@ class FakeNvml:
                 return data
         raise pynvml.NVMLError_Timeout()
 
-    def nvmlEventSetFree(self, eventSet: FakeEventSet) -> None:  # noqa: N803
+    def nvmlEventSetFree(self, eventSet: FakeEventSet) -> None:
         self._check_library()
         eventSet.freed = True
 
@@ -276,18 +284,22 @@ class FakeNvml:
             for pid, used in self._processes(gpu).items()
         ]
 
-    def nvmlDeviceGetProcessUtilization(self, handle: FakeHandle, timeStamp: int) -> list[pynvml.c_nvmlProcessUtilizationSample_t]:  # noqa: N803
+    def nvmlDeviceGetProcessUtilization(
+        self, handle: FakeHandle, timeStamp: int
+    ) -> list[pynvml.c_nvmlProcessUtilizationSample_t]:
         gpu = self._gpu(handle, "nvmlDeviceGetProcessUtilization")
         now_us = int(self._clock() * 1e6)
         processes = self._processes(gpu)
         if not processes or now_us <= timeStamp:
             raise pynvml.NVMLError_NotFound()
         return [
-            pynvml.c_nvmlProcessUtilizationSample_t(pid=pid, timeStamp=now_us, smUtil=gpu.process_sm_util, memUtil=gpu.process_mem_util)
+            pynvml.c_nvmlProcessUtilizationSample_t(
+                pid=pid, timeStamp=now_us, smUtil=gpu.process_sm_util, memUtil=gpu.process_mem_util
+            )
             for pid in processes
         ]
 
-    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, fieldIds: list[int]) -> object:  # noqa: N803
+    def nvmlDeviceGetFieldValues(self, handle: FakeHandle, fieldIds: list[int]) -> object:
         gpu = self._gpu(handle, "nvmlDeviceGetFieldValues")
         values = (pynvml.c_nvmlFieldValue_t * len(fieldIds))()
         counters = {
@@ -333,7 +345,7 @@ def _children_on_gpu() -> dict[int, int]:
 
 
 def hgx8() -> FakeNvml:
-    """8 H100s of a dual-socket HGX host, for `gputuned run --nvml-module tests.fakes.fake_nvml:hgx8`.
+    """8 H100s of a dual-socket HGX host, for `gputuned run --nvml-module gputuned.testing.fake_nvml:hgx8`.
 
     The integration tests and the overhead benchmark run the real daemon with it. GPU 0
     runs the daemon's child processes (its supervised worker) and, when
