@@ -32,7 +32,11 @@ SKIPPED_ROUNDS = MetricSpec(
     "gputuned_sampler_skipped_rounds_total", "counter", "Sampling rounds skipped because the previous one was still running.", ()
 )
 
-SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS)
+JOB_ERRORS = MetricSpec(
+    "gputuned_job_errors_total", "counter", "Runs of a scheduled job (sampling, a worker's tuning) that raised.", ("job",)
+)
+
+SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS, JOB_ERRORS)
 
 
 def _family(spec: MetricSpec) -> Any:
@@ -51,9 +55,9 @@ def _bound(upper: float) -> str:
 class StoreExporter:
     """prometheus-client collector over a SampleStore."""
 
-    def __init__(self, store: SampleStore, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: SampleStore, clock: Callable[[], float] = time.monotonic) -> None:
         self._store = store
-        self._wall_clock = wall_clock
+        self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
         families: dict[str, Any] = {}
@@ -77,10 +81,14 @@ class StoreExporter:
         skipped = _family(SKIPPED_ROUNDS)
         skipped.add_metric([], self._store.skipped_rounds())
         yield skipped
+        job_errors = _family(JOB_ERRORS)
+        for job, count in sorted(self._store.job_errors().items()):
+            job_errors.add_metric([job], count)
+        yield job_errors
         last_round = self._store.last_round_at()
         if last_round is not None:
             age = _family(SAMPLE_AGE)
-            age.add_metric([], max(self._wall_clock() - last_round, 0.0))
+            age.add_metric([], max(self._clock() - last_round, 0.0))
             yield age
 
 

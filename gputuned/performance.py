@@ -70,11 +70,11 @@ class Measurement:
     """One window of the worker's behaviour, everything a tuner decides on."""
 
     seconds: float
-    arrival_rate: float  # requests received per second (served, failed or refused)
+    arrival_rate: float  # requests received per second, whatever their outcome
     throughput: float  # completed per second
     goodput: float  # completed within the SLO per second
     p99: float | None  # seconds
-    failed: int  # failed or refused requests in the window
+    failed: int  # requests that failed by the server's fault in the window (the only ones held against a trial)
     mean_batch: float  # items per batch
     batch_seconds: float | None  # mean lane time per batch
     busy_ratio: float  # lane busy time / (window x lanes)
@@ -88,6 +88,8 @@ class Measurement:
     p50: float | None = None  # seconds
     in_system: float = 0.0  # requests inside the worker on average (Little's law: latency-seconds per second)
     items_per_request: float = 0.0  # the input size: items (rows of the input tensor) per completed request
+    refused: int = 0  # not taken now: queue full, not ready, draining
+    rejected: int = 0  # the clients' mistakes: malformed, unknown model, wrong shape, oversize
 
 
 def measure(
@@ -122,7 +124,7 @@ def measure(
         throughput=completed / seconds,
         goodput=(within if within is not None else 0.0) * completed / seconds,
         p99=p99,
-        failed=int(delta("failed") + delta("rejected")),
+        failed=int(delta("failed")),
         mean_batch=items / batches if batches > 0 else 0.0,
         batch_seconds=busy / batches if batches > 0 else None,
         busy_ratio=busy / (seconds * lanes),
@@ -136,6 +138,8 @@ def measure(
         p50=p50,
         in_system=_latency_sum(older, newer) / seconds,
         items_per_request=items / completed if completed > 0 else 0.0,
+        refused=int(delta("refused")),
+        rejected=int(delta("rejected")),
     )
 
 

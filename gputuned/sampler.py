@@ -25,14 +25,13 @@ class Sampler:
         collectors: Sequence[Collector],
         store: SampleStore,
         target: Callable[[], WorkerTarget],
-        clock: Callable[[], float] = time.perf_counter,
-        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock` times the collectors and stamps the snapshots (monotonic seconds)."""
         self._collectors = list(collectors)
         self._store = store
         self._target = target
         self._clock = clock
-        self._wall_clock = wall_clock
         self._reported: dict[str, set[str]] = {c.name: set() for c in self._collectors}
         self.rounds = 0
 
@@ -46,7 +45,7 @@ class Sampler:
             started = self._clock()
             try:
                 collected = collector.collect(target)
-            except Exception as exc:
+            except Exception as exc:  # a collector bug must not stop the others
                 message = f"collector crashed: {type(exc).__name__}: {exc}"
                 if message not in self._reported[collector.name]:
                     log.exception("collector %s crashed", collector.name)  # the traceback, once
@@ -59,11 +58,11 @@ class Sampler:
                     samples=tuple(collected.samples),
                     success=not collected.errors,
                     duration_seconds=duration,
-                    taken_at=self._wall_clock(),
+                    taken_at=self._clock(),
                 )
             )
         self.rounds += 1
-        self._store.finish_round(self._wall_clock())
+        self._store.finish_round(self._clock())
 
     def _report(self, name: str, collected: Collected) -> None:
         """Logs each problem once when it appears and once when it is gone."""

@@ -22,7 +22,7 @@ class Snapshot:
     samples: tuple[Sample | HistogramSample, ...]
     success: bool
     duration_seconds: float
-    taken_at: float  # wall-clock seconds since the epoch
+    taken_at: float  # monotonic seconds (the clock worker stats and tuning windows use too)
 
 
 class Ring:
@@ -68,6 +68,7 @@ class SampleStore:
         self._rings: dict[SeriesKey, Ring] = {}
         self._last_round_at: float | None = None
         self._skipped_rounds = 0
+        self._job_errors: dict[str, int] = {}
 
     def publish(self, snapshot: Snapshot) -> None:
         with self._lock:
@@ -95,6 +96,19 @@ class SampleStore:
         with self._lock:
             return self._skipped_rounds
 
+    def register_job(self, job: str) -> None:
+        """A scheduler job whose failures are counted (its counter starts at 0)."""
+        with self._lock:
+            self._job_errors.setdefault(job, 0)
+
+    def count_job_error(self, job: str) -> None:
+        with self._lock:
+            self._job_errors[job] = self._job_errors.get(job, 0) + 1
+
+    def job_errors(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._job_errors)
+
     def snapshots(self) -> list[Snapshot]:
         with self._lock:
             return list(self._snapshots.values())
@@ -108,3 +122,15 @@ class SampleStore:
         with self._lock:
             ring = self._rings.get((name, labels))
             return ring.points() if ring is not None else []
+
+    def mean(self, name: str, labels: tuple[str, ...] | None, start: float, end: float) -> float | None:
+        """Mean of a series' points within [start, end]; `labels` None averages every series of
+        that name; None when there is no point."""
+        with self._lock:
+            rings = [
+                ring
+                for (ring_name, ring_labels), ring in self._rings.items()
+                if ring_name == name and (labels is None or ring_labels == labels)
+            ]
+            points = [value for ring in rings for t, value in ring.points() if start <= t <= end]
+        return sum(points) / len(points) if points else None

@@ -30,7 +30,13 @@ WORKER_PLACEMENT = MetricSpec(
     "gputuned_worker_placement_info", "gauge", "NUMA node and CPUs the worker was placed on; always 1.", ("node", "cpus")
 )
 KNOB_VALUE = MetricSpec("gputuned_knob_value", "gauge", "Current value of each worker knob.", ("knob",))
-REQUESTS = MetricSpec("gputuned_worker_requests_total", "counter", "Inference requests by outcome.", ("outcome",))
+REQUESTS = MetricSpec(
+    "gputuned_worker_requests_total",
+    "counter",
+    "Inference requests by outcome: ok, rejected (the client's mistake), refused (queue full, not ready, draining), "
+    "failed (the server's fault).",
+    ("outcome",),
+)
 BATCHES = MetricSpec("gputuned_worker_batches_total", "counter", "Batches the worker ran.", ())
 LATENCY = MetricSpec("gputuned_worker_latency_seconds", "histogram", "Request latency in the worker (queue + compute).", ())
 BATCH_SIZE = MetricSpec("gputuned_worker_batch_size", "histogram", "Items per batch.", ())
@@ -70,9 +76,10 @@ SPECS = (
 
 # stats field -> (spec, label values)
 _SCALARS = {
-    "completed": (REQUESTS, ("completed",)),
+    "completed": (REQUESTS, ("ok",)),
     "failed": (REQUESTS, ("failed",)),
     "rejected": (REQUESTS, ("rejected",)),
+    "refused": (REQUESTS, ("refused",)),
     "batches": (BATCHES, ()),
     "queue_depth": (QUEUE_DEPTH, ()),
     "lanes": (LANES, ()),
@@ -104,15 +111,15 @@ def histogram_buckets(stats: Any) -> tuple[list[tuple[float, float]], float] | N
 class WorkerCollector:
     name = "worker"
 
-    def __init__(self, status: Callable[[], Any], wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, status: Callable[[], Any], clock: Callable[[], float] = time.monotonic) -> None:
         """`status` returns the supervisor's WorkerStatus."""
         self._status = status
-        self._wall_clock = wall_clock
+        self._clock = clock
 
     def collect(self, target: WorkerTarget) -> Collected:
         out = Collected()
         status = self._status()
-        now = self._wall_clock()
+        now = self._clock()
         ready = status.state.value == "ready"
         out.add(WORKER_UP, 1 if ready and status.pid is not None else 0)
         out.add(WORKER_CRASH_LOOP, 1 if status.state.value == "crash_loop" else 0)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gputuned.control.peers import peer_credentials
-from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message
+from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message, validate_hello
 
 
 class ControlError(Exception):
@@ -22,6 +22,10 @@ class ControlError(Exception):
 
 class ControlTimeout(ControlError):
     """Nothing arrived from the worker within the timeout (it may be hung)."""
+
+
+class ControlProtocolError(ControlError):
+    """The worker answered, but not as the protocol says (e.g. a hello without knob bounds)."""
 
 
 class ControlClient:
@@ -57,8 +61,12 @@ class ControlClient:
             raise ControlError(f"worker refused the connection: {first['error']}")
         if first["type"] != "hello":
             self.close()
-            raise ControlError(f"expected a hello from the worker, got {first['type']}")
-        self.hello = first
+            raise ControlProtocolError(f"expected a hello from the worker, got {first['type']}")
+        try:
+            self.hello = validate_hello(first)
+        except ProtocolError as exc:
+            self.close()
+            raise ControlProtocolError(str(exc)) from None
         return first
 
     def peer_pid(self) -> int:
@@ -133,9 +141,16 @@ class ControlClient:
         self.request("ping")
         return time.perf_counter() - started
 
+    def knobs(self) -> dict[str, int]:
+        """The worker's knob values now, from its status (after a nack, what it really holds)."""
+        knobs = self.request("status").get("status", {}).get("knobs")
+        if not isinstance(knobs, dict) or not all(isinstance(v, int) and not isinstance(v, bool) for v in knobs.values()):
+            raise ControlProtocolError(f"the worker's status has no knob values: {knobs!r}")
+        return knobs
+
     def next_stats(self, timeout: float | None = None) -> dict[str, Any]:
         """The first stats message taken after this call (older ones still buffered are skipped)."""
-        asked_at = time.time()
+        asked_at = time.monotonic()
         while True:
             reply = self.receive(timeout)
             if reply["type"] == "stats" and reply["t"] >= asked_at:

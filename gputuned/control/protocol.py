@@ -10,8 +10,11 @@ the receiver can answer with a nack and carry on. Version 1 messages:
     set    client -> worker  {"seq": n, "knobs": {name: int}}
     ack    worker -> client  {"seq": n, "applied": {name: int}}
     nack   either            {"error": "...", "seq": n (when known)}
-    stats  worker -> client  {"t": unix_time, "stats": {...cumulative counters and gauges}}
-    status client -> either  {"seq": n}; the answer carries {"seq": n, "status": {...}}
+    stats  worker -> client  {"t": monotonic_seconds, "stats": {...cumulative counters and gauges}}
+                             (t is CLOCK_MONOTONIC, which is system-wide on Linux: the daemon
+                             compares it with its own monotonic clock)
+    status client -> either  {"seq": n}; the answer carries {"seq": n, "status": {...}}; a worker's
+                             status holds its current "knobs" (the daemon re-reads them after a nack)
     tune   client -> daemon  {"seq": n, "mode": "auto|recommend|frozen", "resume": true}; answered with a status
     ping / pong  either      {"seq": n}
 """
@@ -91,6 +94,26 @@ def validate(message: Any) -> dict[str, Any]:
             if not _is(value, int):
                 raise ProtocolError(f"set: knob {name!r} must be an integer, got {type(value).__name__} {value!r}", seq)
     return message
+
+
+def validate_hello(hello: dict[str, Any]) -> dict[str, Any]:
+    """Checks what a hello declares beyond its framing: every knob an object with integer
+    `value`, `min` and `max` (min <= value <= max) and a boolean `live`. Raises ProtocolError
+    naming the knob and the field, so a worker that speaks the protocol wrongly is reported
+    as such rather than taken for a hung one."""
+    for name, spec in hello["knobs"].items():
+        if not isinstance(spec, dict):
+            raise ProtocolError(f"hello: knob {name!r} must be an object, got {type(spec).__name__}")
+        for field in ("value", "min", "max"):
+            if field not in spec:
+                raise ProtocolError(f"hello: knob {name!r} has no {field!r}")
+            if not _is(spec[field], int):
+                raise ProtocolError(f"hello: knob {name!r}: {field!r} must be an integer, got {spec[field]!r}")
+        if not _is(spec.get("live"), bool):
+            raise ProtocolError(f"hello: knob {name!r}: 'live' must be a boolean, got {spec.get('live')!r}")
+        if not spec["min"] <= spec["value"] <= spec["max"]:
+            raise ProtocolError(f"hello: knob {name!r}: value {spec['value']} is outside {spec['min']}..{spec['max']}")
+    return hello
 
 
 def decode(line: bytes) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""The accepting side of the control socket, run inside a worker (through the agent).
+"""Serving the control protocol on a Unix socket: the connection discipline both sockets share.
 
-Each connection is checked with SO_PEERCRED (same uid, root, or a configured group),
-greeted with a hello, streamed stats, and served set/ping requests. A bad line gets a
-nack and the connection carries on; a line over the size limit, a partial line that
-trickles for longer than `partial_timeout`, or a client that stops reading closes that
-connection only. The number of connections is capped. None of it can stop the worker.
+`LineServer` is what a worker's control socket and the daemon's admin socket have in
+common: each connection is checked with SO_PEERCRED (same uid, root, or a configured
+group), the number of connections is capped, a bad line gets a nack and the connection
+carries on, and a line over the size limit, a partial line that trickles for longer than
+`partial_timeout`, or a client that stops reading closes that connection only. What a
+connection is greeted with and how requests are answered is the subclass's
+(`ControlServer` here for workers; `gputuned.daemon.admin.AdminServer` for the daemon).
+None of it can stop the process that serves it.
 """
 
 from __future__ import annotations
@@ -27,16 +30,18 @@ from gputuned.knobs import KnobError
 
 log = logging.getLogger(__name__)
 
-MAX_WRITE_BUFFER = 1024 * 1024  # a client this far behind on reading stats is dropped
+MAX_WRITE_BUFFER = 1024 * 1024  # a client this far behind on reading is dropped
 
 
 class ControlHandler(Protocol):
+    """What a worker offers on its control socket (the Agent implements it)."""
+
     def hello(self) -> dict[str, Any]:
         """The hello message (identity and knob schema with current values)."""
         ...
 
     def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
-        """Validates and applies a change set; returns what was applied or raises KnobError."""
+        """Validates and applies a change set, all or nothing; returns what was applied or raises KnobError."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -44,7 +49,7 @@ class ControlHandler(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """The answer to a status request: what a person or tool wants to see now."""
+        """The answer to a status request: identity and the knob values now."""
         ...
 
 
@@ -73,30 +78,35 @@ def bind_unix_socket(path: Path, group: int | None) -> socket.socket:
     return sock
 
 
-class ControlServer:
-    """Serves the control protocol on a Unix socket inside a running asyncio loop."""
+class LineServer:
+    """Serves JSON-line requests on a Unix socket inside a running asyncio loop (see the module docstring)."""
 
     def __init__(
         self,
         path: Path,
-        handler: ControlHandler,
         *,
         group: int | None = None,
         max_connections: int = 16,
-        stats_interval: float = 0.5,
         partial_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
-        self._handler = handler
         self._group = group
         self._max_connections = max_connections
-        self._stats_interval = stats_interval
         self._partial_timeout = partial_timeout
         self._clock = clock
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self.refused_peers = 0
+
+    async def greet(self, writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:
+        """Sends what a new connection is greeted with; may return a task that runs beside the
+        connection's read loop (cancelled when it ends)."""
+        return None
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The reply to one valid request."""
+        raise NotImplementedError
 
     async def start(self) -> None:
         sock = bind_unix_socket(self.path, self._group)
@@ -130,17 +140,17 @@ class ControlServer:
         if not peer_allowed(creds, self._group, os.getuid()):
             self.refused_peers += 1
             log.warning("control: refused peer pid %d uid %d gid %d", creds.pid, creds.uid, creds.gid)
-            await self._send(writer, nack(f"permission denied: uid {creds.uid} is not allowed on this socket"))
+            await self.send(writer, nack(f"permission denied: uid {creds.uid} is not allowed on this socket"))
             return
         if len(self._connections) > self._max_connections:
-            await self._send(writer, nack(f"too many control connections (limit {self._max_connections})"))
+            await self.send(writer, nack(f"too many control connections (limit {self._max_connections})"))
             return
-        await self._send(writer, self._handler.hello())
-        stats_task = asyncio.create_task(self._stream_stats(writer))
+        beside = await self.greet(writer)
         try:
             await self._read_loop(reader, writer)
         finally:
-            stats_task.cancel()
+            if beside is not None:
+                beside.cancel()
 
     async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = b""
@@ -150,7 +160,7 @@ class ControlServer:
             try:
                 chunk = await asyncio.wait_for(reader.read(65536), timeout)
             except TimeoutError:
-                await self._send(writer, nack(f"incomplete message for {self._partial_timeout:g} s; closing"))
+                await self.send(writer, nack(f"incomplete message for {self._partial_timeout:g} s; closing"))
                 return
             if not chunk:
                 return
@@ -158,47 +168,22 @@ class ControlServer:
             *lines, buffer = buffer.split(b"\n")
             for line in lines:
                 if line.strip():
-                    await self._send(writer, self._answer(line))
+                    await self.send(writer, await self._answer_line(line))
             if len(buffer) > MAX_MESSAGE_BYTES:
-                await self._send(writer, nack(f"message exceeds the limit of {MAX_MESSAGE_BYTES} bytes; closing"))
+                await self.send(writer, nack(f"message exceeds the limit of {MAX_MESSAGE_BYTES} bytes; closing"))
                 return
             partial_since = (partial_since or self._clock()) if buffer else None
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    async def _answer_line(self, line: bytes) -> dict[str, Any]:
         try:
             request = decode(line)
         except ProtocolError as exc:
             return nack(str(exc), exc.seq)
-        kind = request["type"]
-        if kind == "ping":
+        if request["type"] == "ping":
             return message("pong", seq=request["seq"])
-        if kind == "status" and "status" not in request:
-            return message("status", seq=request["seq"], status=self._handler.status())
-        if kind == "tune" and hasattr(self._handler, "tune"):
-            try:
-                return message(
-                    "status", seq=request["seq"], status=self._handler.tune(request.get("mode"), request.get("resume", False))
-                )
-            except KnobError as exc:
-                return nack(str(exc), request["seq"])
-        if kind == "set":
-            try:
-                applied = self._handler.apply(request["knobs"])
-            except KnobError as exc:
-                return nack(str(exc), request["seq"])
-            return message("ack", seq=request["seq"], applied=applied)
-        return nack(f"{kind} is not a request a worker accepts", request.get("seq"))
+        return await self.answer(request)
 
-    async def _stream_stats(self, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await asyncio.sleep(self._stats_interval)
-                await self._send(writer, message("stats", t=time.time(), stats=self._handler.stats()))
-        except ConnectionError as exc:
-            log.info("control: closing a connection: %s", exc)
-            writer.close()  # ends the read loop too
-
-    async def _send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
+    async def send(self, writer: asyncio.StreamWriter, reply: dict[str, Any]) -> None:
         if writer.is_closing():
             raise ConnectionResetError("control connection closed")
         if writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
@@ -206,11 +191,47 @@ class ControlServer:
         writer.write(encode(reply))
 
 
+class ControlServer(LineServer):
+    """A worker's control socket: greets with the hello, streams stats every `stats_interval`
+    seconds, and answers set and status through its handler."""
+
+    def __init__(self, path: Path, handler: ControlHandler, *, stats_interval: float = 0.5, **options: Any) -> None:
+        super().__init__(path, **options)
+        self._handler = handler
+        self._stats_interval = stats_interval
+
+    async def greet(self, writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:
+        await self.send(writer, self._handler.hello())
+        return asyncio.create_task(self._stream_stats(writer))
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind, seq = request["type"], request.get("seq")
+        if kind == "status" and "status" not in request:
+            return message("status", seq=seq, status=self._handler.status())
+        if kind == "set":
+            try:
+                applied = self._handler.apply(request["knobs"])
+            except KnobError as exc:
+                return nack(str(exc), seq)
+            return message("ack", seq=seq, applied=applied)
+        return nack(f"{kind} is not a request a worker accepts", seq)
+
+    async def _stream_stats(self, writer: asyncio.StreamWriter) -> None:
+        """Stats stamped with the monotonic clock, which the daemon shares (see protocol.py)."""
+        try:
+            while True:
+                await asyncio.sleep(self._stats_interval)
+                await self.send(writer, message("stats", t=time.monotonic(), stats=self._handler.stats()))
+        except ConnectionError as exc:
+            log.info("control: closing a connection: %s", exc)
+            writer.close()  # ends the read loop too
+
+
 class ServerThread:
-    """Runs a ControlServer in an event loop on a daemon thread of its own, so it serves
+    """Runs a LineServer in an event loop on a daemon thread of its own, so it serves
     beside any host program (a user's server, the daemon) without sharing its loop."""
 
-    def __init__(self, server: ControlServer, name: str) -> None:
+    def __init__(self, server: LineServer, name: str) -> None:
         self.server = server
         self._name = name
         self._thread: threading.Thread | None = None

@@ -1,40 +1,59 @@
-"""The daemon's admin socket: what `gputuned status` and `gputuned set` talk to.
+"""The daemon's admin socket: what `gputuned status`, `set` and `tune` talk to.
 
-It speaks the control protocol (the same framing, validation, size limits, peer
-credential check and connection cap as a worker's socket): a hello carrying the
-worker's knob schema, `set` forwarded to the worker (recorded as accepted, and frozen
-for the tuner until `tune --resume`), `tune` to change the tuner's mode, and `status`
-answered with the report built in `gputuned/daemon/status.py`.
+It speaks the control protocol with the same connection discipline as a worker's socket
+(framing, validation, size limits, peer credentials, connection cap: `LineServer`), and
+answers:
+
+- a hello carrying the worker's knob schema with the values the daemon holds;
+- `status` with the report of `gputuned/daemon/status.py`, built from snapshots only, in
+  the socket's own event loop: it never waits on a worker;
+- `set`, forwarded to the worker (recorded as accepted and frozen for the tuner until
+  `tune --resume`), and `tune`, which changes the tuner's mode. Both run in a thread of
+  their own, so a worker that is slow to acknowledge holds up that one request and no
+  other client of the socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gputuned import __version__
 from gputuned.control.client import ControlError
-from gputuned.control.protocol import message
+from gputuned.control.protocol import message, nack
+from gputuned.control.server import LineServer
 from gputuned.knobs import KnobError
 
 
-class AdminHandler:
-    def __init__(
-        self,
-        status: Callable[[], dict[str, Any]],
-        worker_hello: Callable[[], dict[str, Any] | None],
-        set_knobs: Callable[[dict[str, int]], dict[str, int]] | None,
-        tune: Callable[[str | None, bool], dict[str, Any]],
-    ) -> None:
-        self._status = status
-        self._worker_hello = worker_hello
-        self._set_knobs = set_knobs
-        self.tune = tune
+class AdminHandler(Protocol):
+    """What the daemon offers on its admin socket."""
+
+    def worker_hello(self) -> dict[str, Any] | None:
+        """The supervised worker's hello with the knob values the daemon holds; None without one."""
+        ...
+
+    def status_report(self) -> dict[str, Any]:
+        """The report `gputuned status` shows; must not wait on a worker."""
+        ...
+
+    def manual_set(self, changes: dict[str, int]) -> dict[str, int]:
+        """Applies knobs by hand; raises KnobError or ControlError with the reason."""
+        ...
+
+    def tune(self, mode: str | None, resume: bool) -> dict[str, Any]:
+        """Changes the tuner's mode and/or unfreezes hand-set knobs; returns the status report."""
+        ...
+
+
+class AdminServer(LineServer):
+    def __init__(self, path: Any, handler: AdminHandler, **options: Any) -> None:
+        super().__init__(path, **options)
+        self._handler = handler
 
     def hello(self) -> dict[str, Any]:
-        worker = self._worker_hello()
         identity = {"pid": os.getpid(), "role": "gputuned daemon", "version": __version__}
+        worker = self._handler.worker_hello()
         if worker is None:
             return message("hello", worker=identity, knobs={})
         return message(
@@ -44,16 +63,21 @@ class AdminHandler:
             restart_only=worker.get("restart_only", {}),
         )
 
-    def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
-        if self._set_knobs is None:
-            raise KnobError("this daemon runs without a worker (--no-worker); there are no knobs to set")
+    async def greet(self, writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:
+        await self.send(writer, self.hello())
+        return None
+
+    async def answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind, seq = request["type"], request.get("seq")
         try:
-            return self._set_knobs(knobs)
-        except ControlError as exc:
-            raise KnobError(str(exc)) from None
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def status(self) -> dict[str, Any]:
-        return self._status()
+            if kind == "status" and "status" not in request:
+                return message("status", seq=seq, status=self._handler.status_report())
+            if kind == "set":
+                applied = await asyncio.to_thread(self._handler.manual_set, request["knobs"])
+                return message("ack", seq=seq, applied=applied)
+            if kind == "tune":
+                report = await asyncio.to_thread(self._handler.tune, request.get("mode"), request.get("resume", False))
+                return message("status", seq=seq, status=report)
+        except (KnobError, ControlError) as exc:
+            return nack(str(exc), seq)
+        return nack(f"{kind} is not a request the daemon accepts", seq)

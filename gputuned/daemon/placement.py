@@ -69,11 +69,13 @@ def host_nodes(sys_root: Path) -> dict[int, tuple[tuple[int, ...], int]]:
     return nodes
 
 
-def choose_placement(setting: str, gpu_node: int | None, sys_root: Path) -> tuple[Placement | None, str]:
-    """(placement or None, why) for `worker.placement` = auto | off | node number."""
+def choose_placement(
+    setting: str, gpu_node: int | None, nodes: dict[int, tuple[tuple[int, ...], int]]
+) -> tuple[Placement | None, str]:
+    """(placement or None, why) for `worker.placement` = auto | off | node number, given the
+    host's nodes as `host_nodes` reads them (node -> (CPUs, free bytes)). Pure."""
     if setting == "off":
         return None, "placement is off"
-    nodes = host_nodes(sys_root)
     if setting.isdigit():
         node = int(setting)
         if node not in nodes:

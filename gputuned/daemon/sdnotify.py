@@ -56,3 +56,14 @@ class Notifier:
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=stopping")
+
+
+def watchdog_due(now: float, last_sent: float, interval: float | None, sampling_interval: float) -> bool:
+    """Whether to send WATCHDOG=1 in this sampling round: waiting for the next round would
+    stretch the gap since the last one past `interval` (None: no watchdog)."""
+    return interval is not None and now - last_sent + sampling_interval > interval
+
+
+def status_due(now: float, last_sent: float, every: float) -> bool:
+    """Whether STATUS= is due again (sent every `every` seconds, not every round)."""
+    return now - last_sent >= every

@@ -1,7 +1,8 @@
 """The status report: GPUs, the worker, its knobs, throughput and p99, for `gputuned status`.
 
 `build_status` gathers it from what the daemon already holds (the store's newest samples
-and the supervisor's view), `format_status` renders it as tables for a person.
+and the supervisor's view), `format_status` renders it as tables for a person, and
+`status_line` condenses it into systemd's one-line STATUS=. All pure over their inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from gputuned import __version__
 from gputuned.samples import Sample
 from gputuned.store import SampleStore
 
-PERFORMANCE_WINDOW_SECONDS = 10.0
 DECISIONS_SHOWN = 10
 _GPU_FIELDS = {
     "gputuned_gpu_utilization_ratio": "utilization",
@@ -49,15 +49,16 @@ def build_status(
     store: SampleStore,
     worker: Any,
     performance: Any,
+    now: float,
     started_at: float,
     metrics_url: str,
     tuner: Any = None,
     state_error: str | None = None,
 ) -> dict[str, Any]:
     """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` a
-    Measurement of it over the last PERFORMANCE_WINDOW_SECONDS (None when unknown),
-    `tuner` the guard's GuardView, `state_error` why the state directory cannot be written."""
-    now = time.time()
+    Measurement of it over the recent seconds (None when unknown), `tuner` the guard's
+    GuardView, `state_error` why the state directory cannot be written; `now` and
+    `started_at` (the daemon's start) are monotonic seconds, like the worker's times."""
     report: dict[str, Any] = {
         "daemon": {
             "version": __version__,
@@ -100,8 +101,25 @@ def build_status(
             "p50_seconds": performance.p50,
             "p99_seconds": performance.p99,
             "failed": performance.failed,
+            "refused": performance.refused,
+            "rejected": performance.rejected,
         }
     return report
+
+
+def status_line(worker: Any, performance: Any, state_error: str | None) -> str:
+    """One line for systemd's STATUS=: worker state, throughput, p99, knobs."""
+    if worker is None:
+        return "monitoring (no worker)"
+    parts = [f"worker {worker.state.value}"]
+    if performance is not None:
+        p99 = f"{performance.p99 * 1000:.1f} ms" if performance.p99 is not None else "-"
+        parts.append(f"{performance.throughput:.1f} req/s, p99 {p99}")
+    if worker.knobs:
+        parts.append(" ".join(f"{k}={v}" for k, v in sorted(worker.knobs.items())))
+    if state_error:
+        parts.append("state not saved, kept in memory")
+    return "; ".join(parts)
 
 
 def _fmt(value: Any, unit: str = "", scale: float = 1.0, digits: int = 1) -> str:
@@ -173,7 +191,8 @@ def format_status(report: dict[str, Any]) -> str:
         if performance is not None:
             lines.append(
                 f"throughput {performance['throughput_per_second']:.1f} req/s, p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, "
-                f"p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, {performance['failed']} failed or refused "
+                f"p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, {performance['failed']} failed, "
+                f"{performance.get('refused', 0)} refused, {performance.get('rejected', 0)} rejected "
                 f"(last {performance['window_seconds']:.0f} s)"
             )
         if report["knobs"]:

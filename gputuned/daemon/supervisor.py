@@ -1,9 +1,11 @@
-"""The supervisor: starts the worker, watches it, restarts it, and drains it.
+"""The supervisor: starts one worker, watches it, restarts it, and drains it.
 
 It runs one thread that owns the worker process and the control connection:
 
     STARTING --connected (and HTTP ready)--> READY
-    STARTING/READY --exit--> BACKOFF --delay--> STARTING
+    STARTING --a hello that breaks the protocol--> PROTOCOL_ERROR (left running, not tuned;
+               the connection is retried every PROTOCOL_RETRY_SECONDS)
+    STARTING/READY/PROTOCOL_ERROR --exit--> BACKOFF --delay--> STARTING
     BACKOFF --too many exits in the window--> CRASH_LOOP (no more restarts; daemon stays up)
     READY --no pong / no message within the ping timeout--> killed (SIGKILL) --exit--> BACKOFF
     any --stop()--> STOPPING (SIGTERM: the worker drains) --exit or drain timeout (SIGKILL)--> STOPPED
@@ -11,14 +13,16 @@ It runs one thread that owns the worker process and the control connection:
 Before its first start it looks for a worker that a previous daemon left running (one
 answering on the control socket) and adopts it rather than starting a second one.
 
-Restart delays grow exponentially with jitter and reset once a worker has run for a
-whole crash-loop window. Knob changes from other threads go through `set_knobs`, which
-shares the connection under a lock.
+Locks. `_lock` guards the state `status()` publishes and is never held across I/O or a
+wait, so sampling, scrapes, `gputuned status` and the systemd watchdog, which only call
+`status()`, never wait on the worker. `_io` serialises the control connection: the
+supervisor's stats reads and pings, and `set_knobs` from the tuning job or the admin
+socket. A set is all-or-nothing on the worker's side; after a refused one the supervisor
+re-reads the worker's knobs, so its view and the worker's never diverge.
 """
 
 from __future__ import annotations
 
-import collections
 import enum
 import logging
 import os
@@ -30,22 +34,26 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from gputuned.control.client import ControlClient, ControlError, ControlTimeout
+from gputuned.control.client import ControlClient, ControlError, ControlProtocolError, ControlTimeout
 from gputuned.daemon.adopted import AdoptedProcess
+from gputuned.daemon.history import StatsHistory
+from gputuned.daemon.launch import WorkerLaunch
 from gputuned.daemon.placement import Placement, shim_command
+from gputuned.daemon.restarts import RestartPlan, RestartPolicy
 
 log = logging.getLogger(__name__)
 
-STATS_HISTORY = 600  # stats reports kept for windows (5 minutes at the worker's 0.5 s)
+PROTOCOL_RETRY_SECONDS = 5.0
+IO_POLL_SECONDS = 0.05  # how long the supervisor waits for a message or for the connection when a set holds it
 
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
     READY = "ready"
+    PROTOCOL_ERROR = "protocol_error"
     BACKOFF = "backoff"
     CRASH_LOOP = "crash_loop"
     STOPPING = "stopping"
@@ -53,54 +61,15 @@ class WorkerState(enum.Enum):
 
 
 @dataclass(frozen=True)
-class RestartPolicy:
-    initial_delay: float = 0.5
-    max_delay: float = 30.0
-    crash_loop_exits: int = 5
-    crash_loop_window: float = 60.0
-    ping_interval: float = 2.0
-    ping_timeout: float = 10.0
-    start_timeout: float = 120.0
-    drain_timeout: float = 30.0
-
-    def delay(self, consecutive_exits: int, rng: random.Random) -> float:
-        """Exponential backoff with +-20% jitter (so a fleet does not restart in lockstep)."""
-        base = min(self.initial_delay * 2 ** max(consecutive_exits - 1, 0), self.max_delay)
-        return base * rng.uniform(0.8, 1.2)
-
-
-class CrashLoopDetector:
-    """True once `exits` exits fall within `window` seconds."""
-
-    def __init__(self, exits: int, window: float) -> None:
-        self._exits = exits
-        self._window = window
-        self._times: collections.deque[float] = collections.deque()
-
-    def record_exit(self, at: float) -> bool:
-        self._times.append(at)
-        while self._times and at - self._times[0] > self._window:
-            self._times.popleft()
-        return len(self._times) >= self._exits
-
-
-@dataclass(frozen=True)
-class WorkerLaunch:
-    command: Callable[[], list[str]]  # built at each start: the last accepted knobs go along
-    control_socket: Path
-    ready_url: str | None  # the built-in worker's HTTP readiness; None: ready once connected
-    env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class WorkerStatus:
-    """A consistent view of the supervised worker for collectors, status and sd_notify."""
+    """A consistent view of the supervised worker for collectors, status and sd_notify.
+    Times are monotonic seconds."""
 
     state: WorkerState
     pid: int | None
     restarts: int
     last_exit_code: int | None
-    started_at: float | None  # wall clock
+    started_at: float | None
     ready_at: float | None
     hello: dict[str, Any] | None
     knobs: dict[str, int]
@@ -116,40 +85,40 @@ class Supervisor:
         launch: WorkerLaunch,
         policy: RestartPolicy,
         placement: Placement | None,
+        history: StatsHistory,
         on_hello: Callable[[dict[str, Any]], dict[str, int]],
         on_applied: Callable[[dict[str, Any], dict[str, int]], None],
         rng: random.Random | None = None,
     ) -> None:
-        """`on_hello(hello)` returns the knobs to (re-)apply to a newly connected worker;
-        `on_applied(hello, knobs)` records knobs the worker acknowledged."""
+        """`history` receives the worker's stats reports; `on_hello(hello)` returns the knobs to
+        (re-)apply to a newly connected worker; `on_applied(hello, knobs)` records knobs the
+        worker acknowledged."""
         self._launch = launch
         self._policy = policy
         self._placement = placement
+        self._history = history
         self._on_hello = on_hello
         self._on_applied = on_applied
-        self._rng = rng or random.Random()
-        self._lock = threading.RLock()  # guards the fields below and the control client
+        self._restart_plan = RestartPlan(policy, rng)
+        self._lock = threading.Lock()  # the published state below; never held across I/O
+        self._io = threading.Lock()  # the control connection
         self._process: subprocess.Popen[bytes] | AdoptedProcess | None = None
-        self._first_start = True
         self._client: ControlClient | None = None
+        self._first_start = True
         self._state = WorkerState.STARTING
+        self._message = "starting"
+        self._pid: int | None = None
         self._restarts = 0
-        self._consecutive_exits = 0
         self._last_exit_code: int | None = None
         self._started_at: float | None = None
-        self._started_monotonic = 0.0
         self._ready_at: float | None = None
-        self._next_start = 0.0
         self._hello: dict[str, Any] | None = None
         self._knobs: dict[str, int] = {}
-        self._stats: dict[str, Any] | None = None
-        self._stats_at: float | None = None
-        self._history: collections.deque[tuple[float, dict[str, Any]]] = collections.deque(maxlen=STATS_HISTORY)
+        self._next_start = 0.0
+        self._connect_deadline = 0.0
         self._last_message = 0.0
         self._last_ping = 0.0
-        self._connect_deadline = 0.0
-        self._message = "starting"
-        self._crash_loop = CrashLoopDetector(policy.crash_loop_exits, policy.crash_loop_window)
+        self._protocol_complaint = ""
         self._stop = threading.Event()
         self._ready_event = threading.Event()
         self._thread: threading.Thread | None = None
@@ -165,42 +134,48 @@ class Supervisor:
         return self._ready_event.wait(timeout)
 
     def status(self) -> WorkerStatus:
+        latest = self._history.latest()
         with self._lock:
             return WorkerStatus(
                 state=self._state,
-                pid=self._process.pid if self._process is not None and self._process.poll() is None else None,
+                pid=self._pid,
                 restarts=self._restarts,
                 last_exit_code=self._last_exit_code,
                 started_at=self._started_at,
                 ready_at=self._ready_at,
                 hello=self._hello,
                 knobs=dict(self._knobs),
-                stats=self._stats,
-                stats_at=self._stats_at,
+                stats=latest[1] if latest else None,
+                stats_at=latest[0] if latest else None,
                 placement=self._placement,
                 message=self._message,
             )
-
-    def stats_between(self, start: float, end: float) -> tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None:
-        """The stats reports that bound [start, end] best: the last at or before each time."""
-        with self._lock:
-            history = list(self._history)
-        older = [entry for entry in history if entry[0] <= start] or history[:1]
-        newer = [entry for entry in history if entry[0] <= end]
-        if not older or not newer or newer[-1][0] <= older[-1][0]:
-            return None
-        return older[-1], newer[-1]
 
     def set_knobs(self, changes: dict[str, int], persist: bool = True) -> dict[str, int]:
         """Sends a set to the worker; returns what it applied. ControlError if refused or not connected.
 
         `persist` records the values as accepted (the tuner's trials are not, until kept)."""
-        with self._lock:
-            if self._client is None or self._hello is None:
-                raise ControlError(f"the worker is not connected ({self._state.value}: {self._message})")
-            applied = self._client.set(changes)
-            self._knobs.update(applied)
-            hello = self._hello
+        if not self._io.acquire(timeout=self._policy.ping_timeout):
+            raise ControlError(f"the worker's control connection stayed busy for {self._policy.ping_timeout:g} s")
+        try:
+            client = self._client
+            with self._lock:
+                hello, state, message = self._hello, self._state, self._message
+            if client is None or hello is None:
+                raise ControlError(f"the worker is not connected ({state.value}: {message})")
+            try:
+                applied = client.set(changes)
+            except ControlTimeout:
+                raise ControlError(f"the worker did not answer the set within {self._policy.ping_timeout:g} s") from None
+            except ControlError:
+                self._reread_knobs(client)
+                raise
+            finally:
+                self._last_message = time.monotonic()
+            with self._lock:
+                self._knobs.update(applied)
+        finally:
+            self._io.release()
         if persist:
             self._on_applied(hello, applied)
         return applied
@@ -214,7 +189,7 @@ class Supervisor:
             process = self._process
             self._state = WorkerState.STOPPING
             self._message = "draining"
-            self._close_client()
+        self._close_client()
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -226,6 +201,7 @@ class Supervisor:
         with self._lock:
             self._state = WorkerState.STOPPED
             self._message = "stopped"
+            self._pid = None
             if process is not None:
                 self._last_exit_code = process.returncode
         return process.returncode if process is not None else None
@@ -263,11 +239,10 @@ class Supervisor:
         code = process.poll()
         if code is not None:
             self._handle_exit(code)
-            return
-        if self._client is None:
-            self._try_connect(now)
-            return
-        self._watch(now)
+        elif self._client is None:
+            self._try_connect(now, state)
+        else:
+            self._watch(now, state)
 
     def _spawn(self) -> None:
         launch = self._launch
@@ -282,11 +257,8 @@ class Supervisor:
             self._handle_exit(127)
             return
         self._begin(process)
-        log.info(
-            "worker started, pid %d%s",
-            process.pid,
-            f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else "",
-        )
+        where = f", on NUMA node {self._placement.node} CPUs {self._placement.cpulist()}" if self._placement else ""
+        log.info("worker started, pid %d%s", process.pid, where)
 
     def _adopt(self) -> bool:
         """Takes over a worker still serving on the control socket (its daemon died without
@@ -309,44 +281,47 @@ class Supervisor:
 
     def _begin(self, process: subprocess.Popen[bytes] | AdoptedProcess) -> None:
         """Watches `process` from now on: connect, apply the knobs, wait for ready."""
+        now = time.monotonic()
+        self._history.clear()
+        self._connect_deadline = now + self._policy.start_timeout
         with self._lock:
             self._process = process
+            self._pid = process.pid
             self._state = WorkerState.STARTING
             self._message = "starting"
-            self._started_at = time.time()
-            self._started_monotonic = time.monotonic()
-            self._connect_deadline = self._started_monotonic + self._policy.start_timeout
+            self._started_at = now
             self._ready_at = None
-            self._stats = self._stats_at = None
-            self._history.clear()
 
     def _handle_exit(self, code: int) -> None:
         now = time.monotonic()
+        self._close_client()
         with self._lock:
-            self._close_client()
+            started_at = self._started_at if self._process is not None else None
             self._process = None
+            self._pid = None
             self._last_exit_code = code
-            if self._started_monotonic and now - self._started_monotonic >= self._policy.crash_loop_window:
-                self._consecutive_exits = 0  # it ran well for a whole window: start the backoff afresh
-            self._consecutive_exits += 1
             self._restarts += 1
-            if self._crash_loop.record_exit(now):
+            delay = self._restart_plan.on_exit(now, started_at)
+            if delay is None:
                 self._state = WorkerState.CRASH_LOOP
-                self._message = (
-                    f"crash loop: {self._policy.crash_loop_exits} exits within "
-                    f"{self._policy.crash_loop_window:g} s; not restarting (last exit code {code})"
-                )
-                log.error("worker %s", self._message)
-                self._ready_event.set()  # nothing more to wait for
-                return
-            delay = self._policy.delay(self._consecutive_exits, self._rng)
-            self._next_start = now + delay
-            self._state = WorkerState.BACKOFF
-            self._message = f"exited with code {code}; restarting in {delay:.1f} s"
-        log.warning("worker %s", self._message)
+                self._message = self._restart_plan.crash_loop_message(code)
+            else:
+                self._next_start = now + delay
+                self._state = WorkerState.BACKOFF
+                self._message = f"exited with code {code}; restarting in {delay:.1f} s"
+            message = self._message
+        if delay is None:
+            log.error("worker %s", message)
+            self._ready_event.set()  # nothing more to wait for
+        else:
+            log.warning("worker %s", message)
 
-    def _try_connect(self, now: float) -> None:
-        if now > self._connect_deadline:
+    def _try_connect(self, now: float, state: WorkerState) -> None:
+        if state is WorkerState.PROTOCOL_ERROR:
+            if now < self._next_start:
+                self._stop.wait(min(self._next_start - now, 0.2))
+                return
+        elif now > self._connect_deadline:
             self._kill("its control socket did not answer in time")
             return
         if not self._launch.control_socket.exists():
@@ -357,24 +332,45 @@ class Supervisor:
             hello = client.connect()
             wanted = self._on_hello(hello)
             current = {name: spec["value"] for name, spec in hello["knobs"].items()}
-            differing = {name: value for name, value in wanted.items() if current.get(name) != value and name in current}
+            differing = {name: value for name, value in wanted.items() if name in current and current[name] != value}
             if differing:
                 current.update(client.set(differing))
+        except ControlProtocolError as exc:
+            client.close()
+            self._protocol_error(str(exc), now)
+            return
         except ControlError as exc:
             client.close()
             log.debug("control connection not ready: %s", exc)
             self._stop.wait(0.1)
             return
-        with self._lock:
+        with self._io:
             self._client = client
+        self._last_message = self._last_ping = now
+        with self._lock:
             self._hello = hello
             self._knobs = current
-            self._last_message = self._last_ping = now
+            if self._state is WorkerState.PROTOCOL_ERROR:
+                self._state, self._message = WorkerState.STARTING, "starting"
+        self._protocol_complaint = ""
         log.info(
             "connected to the worker's control socket (model %s on %s)",
             hello["worker"].get("model"),
             hello["worker"].get("device"),
         )
+
+    def _protocol_error(self, reason: str, now: float) -> None:
+        """The worker answers but breaks the protocol: say so, leave it running untuned, retry later."""
+        self._next_start = now + PROTOCOL_RETRY_SECONDS
+        with self._lock:
+            self._state = WorkerState.PROTOCOL_ERROR
+            self._message = f"protocol error: {reason}; the worker is left running, not tuned"
+            self._hello = None
+            self._knobs = {}
+        if reason != self._protocol_complaint:
+            log.error("worker pid %s breaks the control protocol: %s; it is left running and not tuned", self._pid, reason)
+            self._protocol_complaint = reason
+        self._ready_event.set()  # as ready as it will get
 
     def _http_ready(self) -> bool:
         if self._launch.ready_url is None:
@@ -385,74 +381,89 @@ class Supervisor:
         except (urllib.error.URLError, OSError):
             return False
 
-    def _watch(self, now: float) -> None:
-        with self._lock:
-            client = self._client
-            if client is None:
-                return
-            try:
-                message = client.receive(timeout=0.05)
-            except ControlTimeout:
-                message = None
-            except ControlError as exc:
-                self._lose_connection(str(exc))
-                return
-            if message is not None:
-                self._last_message = now
-            arrived = [*client.stats, *([message] if message is not None and message["type"] == "stats" else [])]
-            client.stats.clear()
-            for report in arrived:
-                self._stats, self._stats_at = report["stats"], report["t"]
-                self._history.append((report["t"], report["stats"]))
-                self._last_message = now
-            state = self._state
+    def _watch(self, now: float, state: WorkerState) -> None:
+        """Reads what the worker sent, pings it when due, and kills it when it stays silent.
+        While a set holds the connection, the set's own timeout watches the worker."""
+        if not self._io.acquire(timeout=IO_POLL_SECONDS):
+            return
+        try:
+            hung = self._exchange(now)
+        finally:
+            self._io.release()
+        if hung is not None:
+            self._kill(hung)
+            return
         if state is WorkerState.STARTING and self._http_ready():
             with self._lock:
                 self._state = WorkerState.READY
                 self._message = "serving"
-                self._ready_at = time.time()
+                self._ready_at = time.monotonic()
             self._ready_event.set()
             log.info("worker ready")
-        if now - self._last_ping >= self._policy.ping_interval:
-            self._ping(now)
-        if time.monotonic() - self._last_message > self._policy.ping_timeout:
-            self._kill(f"no message from the worker for {self._policy.ping_timeout:g} s")
 
-    def _ping(self, now: float) -> None:
-        with self._lock:
-            client = self._client
-            if client is None:
-                return
+    def _exchange(self, now: float) -> str | None:
+        """Under `_io`: takes the stats that arrived and pings when due; returns why the worker
+        looks hung, or None."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            message = client.receive(timeout=IO_POLL_SECONDS)
+        except ControlTimeout:
+            message = None
+        except ControlError as exc:
+            self._lose_connection(str(exc))
+            return None
+        arrived = [*client.stats, *([message] if message is not None and message["type"] == "stats" else [])]
+        client.stats.clear()
+        if message is not None:
+            self._last_message = now
+        for report in arrived:
+            self._history.append(report["t"], report["stats"])
+        if now - self._last_ping >= self._policy.ping_interval:
             self._last_ping = now
             try:
                 client.ping()
                 self._last_message = time.monotonic()
-                return
             except ControlTimeout:
-                pass
+                return f"no answer to a ping within {self._policy.ping_timeout:g} s"
             except ControlError as exc:
                 self._lose_connection(str(exc))
-                return
-        self._kill(f"no answer to a ping within {self._policy.ping_timeout:g} s")
+                return None
+        if time.monotonic() - self._last_message > self._policy.ping_timeout:
+            return f"no message from the worker for {self._policy.ping_timeout:g} s"
+        return None
+
+    def _reread_knobs(self, client: ControlClient) -> None:
+        """After a refused set: what the worker holds now (it restores what it had changed)."""
+        try:
+            knobs = client.knobs()
+        except ControlError as exc:
+            log.warning("cannot re-read the worker's knobs after a refused set: %s", exc)
+            return
+        with self._lock:
+            self._knobs = {name: value for name, value in knobs.items() if name in self._knobs}
 
     def _lose_connection(self, reason: str) -> None:
         """The connection broke but the process may live: reconnect within the ping timeout."""
-        with self._lock:
-            self._close_client()
-            self._connect_deadline = time.monotonic() + self._policy.ping_timeout
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._connect_deadline = time.monotonic() + self._policy.ping_timeout
         log.warning("lost the control connection: %s", reason)
 
     def _kill(self, reason: str) -> None:
         with self._lock:
             process = self._process
-            self._close_client()
             self._message = f"killed: {reason}"
+        self._close_client()
         if process is not None and process.poll() is None:
             log.error("worker %d is hung (%s); killing it", process.pid, reason)
             process.kill()
             process.wait()
 
     def _close_client(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Closes the connection; a set in flight on it fails with a connection error."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()

@@ -64,17 +64,17 @@ def build() -> Board:
         graph(
             "Goodput and throughput",
             "Requests completed within the p99 SLO per second (goodput, what the tuner "
-            "maximises), all completed requests per second, and failed or refused ones.",
+            "maximises), all completed requests per second, and those the server failed (its own fault).",
             "reqps",
             [
                 (f"gputuned_tuner_goodput_requests_per_second{{{INSTANCE}}}", "goodput"),
                 (
-                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="completed"}}[{RATE}]))',
+                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="ok"}}[{RATE}]))',
                     "throughput",
                 ),
                 (
-                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome!="completed"}}[{RATE}]))',
-                    "failed or refused",
+                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="failed"}}[{RATE}]))',
+                    "failed",
                 ),
             ],
             width=12,
@@ -116,7 +116,9 @@ def build() -> Board:
         ),
         graph(
             "Requests by outcome",
-            "Completed, failed (a batch error such as out of memory) and rejected (full queue, draining) requests per second.",
+            "Requests per second by outcome: ok; rejected, the client's mistake (malformed, unknown model, wrong shape, "
+            "oversize); refused, not taken now (full queue, not ready, draining); failed, the server's fault (a batch "
+            "error such as out of memory).",
             "reqps",
             [(f"sum by (outcome) (rate(gputuned_worker_requests_total{{{INSTANCE}}}[{RATE}]))", "{{outcome}}")],
             width=12,

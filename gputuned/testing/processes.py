@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def http_get(url: str, timeout: float = 5.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
         return response.read().decode()
 
 

@@ -32,6 +32,14 @@ size (items per request) does not depend on our settings: it moving by more than
 
 A knob set by hand is frozen until `resume()`. Every decision is recorded with its
 evidence.
+
+Time: `now`, which every step is given, is monotonic seconds (the clock the worker's stats
+and the measured windows use), so a wall-clock jump cannot stretch or cut a trial; the
+wall clock only stamps decisions for people (`Decision.t`).
+
+`reconfigure` takes new settings whole (a reload of the `[tuning]` section): a trial in
+flight was set up against the old objective, so it is reverted, and exploration starts
+afresh under the new settings.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ import collections
 import enum
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -93,7 +102,7 @@ KNOB_ACTIONS = ("apply", "keep", "revert", "refuse", "recommend")
 
 @dataclass(frozen=True)
 class Decision:
-    t: float
+    t: float  # wall clock, for people; decisions are taken on the monotonic clock
     knob: str
     action: str  # apply, keep, revert, refuse, recommend, shift
     old: int | None
@@ -162,16 +171,19 @@ class Guard:
         apply: Callable[[dict[str, int]], dict[str, int]],
         record: Callable[[Decision], None],
         mode: Mode = Mode.AUTO,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        """`measure(start, end)` returns the worker's behaviour between two times (None if
-        unknown); `apply(knobs)` sets knobs on the worker and returns what it applied (it
-        raises on refusal); `record(decision)` logs and persists a decision."""
+        """`measure(start, end)` returns the worker's behaviour between two monotonic times
+        (None if unknown); `apply(knobs)` sets knobs on the worker and returns what it applied
+        (it raises on refusal); `record(decision)` logs and persists a decision;
+        `wall_clock` stamps decisions."""
         self.settings = settings
         self._tuners = tuners
         self._context = context
         self._measure = measure
         self._apply = apply
         self._record = record
+        self._wall_clock = wall_clock
         self.mode = mode
         self._phase = Phase.SETTLED
         self._since = -math.inf  # the current settings have been in force (and settled) since then
@@ -207,6 +219,17 @@ class Guard:
         self._rejected.clear()
         self._reverts.clear()
         self._phase, self._trial, self._since = Phase.SETTLED, None, now
+
+    def reconfigure(self, settings: GuardSettings, mode: Mode | None, now: float) -> None:
+        """New settings, whole: a trial in flight is reverted, exploration restarts."""
+        trial = self._trial
+        if trial is not None:
+            window = self._measure(trial.start, now) or trial.baseline
+            self._revert(trial, window, now, "the tuning settings were reloaded")
+        self.settings = settings
+        if mode is not None:
+            self.mode = mode
+        self.restart_exploration(now)
 
     def view(self) -> GuardView:
         return GuardView(
@@ -244,7 +267,7 @@ class Guard:
         baseline: Measurement | None = None,
         trial: Measurement | None = None,
     ) -> None:
-        decision = Decision(now, knob, action, old, new, reason, _summary(baseline), _summary(trial))
+        decision = Decision(self._wall_clock(), knob, action, old, new, reason, _summary(baseline), _summary(trial))
         self._recent.append(decision)
         self._counts[(knob, action)] += 1
         log.info("tuner %s %s %s -> %s: %s", action, knob, old, new, reason)

@@ -16,6 +16,16 @@ at its next batch) and a function returning its stats::
     ...
     agent.stop()
 
+A set is all-or-nothing: every value is checked before any is applied, and when a
+callback fails part-way (a pool that cannot be allocated after the batch size was
+changed), the values already changed are set back to what they were and the set is
+answered with a nack saying so; the knobs are then exactly as before the set.
+
+A set is all-or-nothing: every value is checked before any is applied, and when a
+callback fails part-way (a pool that cannot be allocated after the batch size was
+changed), the values already changed are set back to what they were and the set is
+answered with a nack saying so; the knobs are then exactly as before the set.
+
 The server keeps running with its last values if the daemon disconnects; the daemon
 reconnects to the same socket.
 """
@@ -104,18 +114,37 @@ class Agent:
         return message("hello", worker=self._identity, knobs=knobs, restart_only=dict(self._restart_only))
 
     def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
+        """Applies every change or none: see the module docstring."""
         with self._lock:
             checked = validate_changes(self._specs, knobs, self._restart_only)
+            before = dict(self._values)
             applied: dict[str, int] = {}
             for name, value in checked.items():
                 try:
                     result = self._appliers[name](value)
-                except Exception as exc:
-                    done = f"; applied {applied}" if applied else ""
-                    raise KnobError(f"{name}={value} could not be applied: {exc}{done}") from exc
+                except Exception as exc:  # a server's callback must not kill the agent
+                    undone = self._restore(before, applied)
+                    raise KnobError(f"{name}={value} could not be applied: {exc}; {undone}") from exc
                 applied[name] = value if result is None else int(result)
                 self._values[name] = applied[name]
             return applied
+
+    def _restore(self, before: dict[str, int], applied: dict[str, int]) -> str:
+        """Sets the knobs changed so far back to `before`, last first; says what it did, for the nack."""
+        if not applied:
+            return "nothing was changed"
+        restored, stuck = [], []
+        for name in reversed(list(applied)):
+            try:
+                self._appliers[name](before[name])
+            except Exception as exc:  # noqa: BLE001 - reported in the nack; the others are still restored
+                stuck.append(f"{name} stays {applied[name]} ({exc})")
+                continue
+            self._values[name] = before[name]
+            restored.append(f"{name}={before[name]}")
+        if stuck:
+            return f"restored {', '.join(restored) or 'nothing'}; could not restore {'; '.join(stuck)}"
+        return f"restored {', '.join(restored)}: nothing was changed"
 
     def stats(self) -> dict[str, Any]:
         return self._stats()

@@ -101,7 +101,7 @@ class Lane:
                     self._stream.synchronize()  # the block may be reused and outputs read after this
                 else:
                     outputs = list(_as_tuple(self._model.module(batch)))
-        except Exception as exc:
+        except Exception as exc:  # one failed batch must not stop the lane
             oom = _is_out_of_memory(exc)
             raise InferenceFailed(
                 f"inference failed{' (out of memory)' if oom else ''}: {type(exc).__name__}: {exc}", out_of_memory=oom

@@ -134,12 +134,12 @@ def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
                 program = torch.export.passes.move_to_device_pass(program, device)  # type: ignore[attr-defined]
             # An exported program keeps the mode it was traced in; it has no .eval().
             return program.module(), "pytorch_export", path.stem
-        except Exception as exc:
+        except Exception as exc:  # any load failure becomes one clear error
             raise ModelLoadError(f"cannot load torch.export archive {path}: {exc}") from exc
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         try:
             return torch.jit.load(str(path), map_location=device).eval(), "pytorch_libtorch", path.stem
-        except Exception as exc:
+        except Exception as exc:  # any load failure becomes one clear error
             raise ModelLoadError(f"cannot load TorchScript file {path}: {exc}") from exc
     module_name, sep, factory_name = spec.partition(":")
     if not sep:

@@ -259,17 +259,23 @@ class InferenceApp:
         )
 
     async def infer(self, request: web.Request) -> web.Response:
-        self._check_model(request)
+        """Every request ends in exactly one outcome of WorkerStats: completed, rejected (the
+        client's mistake), refused (not now) or failed (the server's fault)."""
         started = time.perf_counter()
         self._stats.request_received()
+        try:
+            self._check_model(request)
+        except web.HTTPNotFound:
+            self._stats.request_rejected()
+            raise
         if not self.ready:
-            self._stats.request_done(0.0, ok=False)
+            self._stats.request_refused()
             refusal = _error(503, "the worker is not ready (starting or draining)", **{"Retry-After": RETRY_AFTER_SECONDS})
             refusal.force_close()  # no keep-alive: a client should not send its next request down this connection
             return refusal
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
             # Refused on its declared length, before reading it: an oversize body costs no copy.
-            self._stats.request_done(0.0, ok=False)
+            self._stats.request_rejected()
             refusal = _error(413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
             refusal.force_close()  # the unread body must not be taken for the next request
             return refusal
@@ -278,19 +284,25 @@ class InferenceApp:
             tensor = decode_input(document, binary, self._model, self._max_request_items)
             requested_outputs(document, self._model)  # refuse bad output names before queueing
         except BadRequest as exc:
-            self._stats.request_done(0.0, ok=False)
+            self._stats.request_rejected()
             return _error(400, str(exc))
+        except web.HTTPRequestEntityTooLarge:  # a body without a declared length that ran past the limit
+            self._stats.request_rejected()
+            raise
+        except MemoryError:  # answered by json_errors with a 503 to retry
+            self._stats.request_refused()
+            raise
         future: asyncio.Future[list[torch.Tensor]] = asyncio.get_running_loop().create_future()
         try:
             self._batcher.submit(PendingRequest(tensor, future, started))
         except QueueFull as exc:
-            self._stats.request_rejected()
+            self._stats.request_refused()
             return _error(503, f"queue full: {exc}; retry later", **{"Retry-After": RETRY_AFTER_SECONDS})
         try:
             outputs = await future
         except InferenceFailed as exc:
-            self._stats.request_done(time.perf_counter() - started, ok=False)
+            self._stats.request_failed()
             return _error(503 if exc.out_of_memory else 500, str(exc))
         response = encode_response(document, self._model, outputs)
-        self._stats.request_done(time.perf_counter() - started, ok=True)
+        self._stats.request_completed(time.perf_counter() - started)
         return response

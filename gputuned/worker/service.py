@@ -84,6 +84,8 @@ class WorkerService:
         self.bound_port = 0
 
     # --- knob appliers: run in the agent's thread, must be thread-safe ------------------
+    # Each one changes everything or nothing: what can fail (allocating a pool) happens before
+    # any setting is touched, so the agent's all-or-nothing set only has to undo whole appliers.
 
     def _set_batch_size(self, value: int) -> None:
         self.settings.max_batch_size = value
@@ -92,15 +94,15 @@ class WorkerService:
         self.settings.max_queue_delay_us = value
 
     def _set_streams(self, value: int) -> None:
-        self.settings.streams = value
-        self._set_pool(self.settings.pool_mb)  # one block per lane, plus one
+        pool = BufferPool(self.settings.pool_mb * 2**20, value + 1, self._pin)  # one block per lane, plus one
+        self.settings.streams, self.settings.pool = value, pool
         assert self._loop is not None and self._lanes is not None
         self._loop.call_soon_threadsafe(self._lanes.resize, value)
 
     def _set_pool(self, value: int) -> None:
         # Allocated here, in the agent's thread, so the serving loop never waits for it.
-        self.settings.pool = BufferPool(value * 2**20, self.settings.streams + 1, self._pin)
-        self.settings.pool_mb = value
+        pool = BufferPool(value * 2**20, self.settings.streams + 1, self._pin)
+        self.settings.pool, self.settings.pool_mb = pool, value
 
     def _set_threads(self, value: int) -> None:
         self.settings.intra_op_threads = value

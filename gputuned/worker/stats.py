@@ -3,6 +3,12 @@
 Counters are cumulative from the worker's start (a lost stats message loses nothing; the
 daemon takes differences), histograms carry cumulative bucket counts in Prometheus form.
 Updated from the event loop and the lane threads, so every update takes the lock.
+
+Every request ends in one outcome, so the tuner can tell whose fault a failure was:
+`completed` (answered), `rejected` (the client's mistake: a malformed body, an unknown
+model, a wrong shape or dtype, an oversize request), `refused` (the worker could not take
+it now: queue full, not ready, draining) and `failed` (the server's fault: the model raised,
+out of memory). Only `failed` counts against a tuning trial.
 """
 
 from __future__ import annotations
@@ -76,8 +82,9 @@ class WorkerStats:
         self._lanes = lanes
         self.requests = 0
         self.completed = 0
-        self.failed = 0
-        self.rejected = 0  # queue full (503)
+        self.failed = 0  # the server's fault
+        self.rejected = 0  # the client's mistake (4xx)
+        self.refused = 0  # could not be taken now: queue full, not ready, draining (503)
         self.oom = 0
         self.batches = 0
         self.pool_hits = 0
@@ -92,16 +99,24 @@ class WorkerStats:
             self.requests += 1
 
     def request_rejected(self) -> None:
+        """The client's mistake."""
         with self._lock:
             self.rejected += 1
 
-    def request_done(self, latency_seconds: float, ok: bool) -> None:
+    def request_refused(self) -> None:
+        """Not taken now (queue full, not ready, draining); the client may retry."""
         with self._lock:
-            if ok:
-                self.completed += 1
-                self.latency.observe(latency_seconds)
-            else:
-                self.failed += 1
+            self.refused += 1
+
+    def request_failed(self) -> None:
+        """The server's fault."""
+        with self._lock:
+            self.failed += 1
+
+    def request_completed(self, latency_seconds: float) -> None:
+        with self._lock:
+            self.completed += 1
+            self.latency.observe(latency_seconds)
 
     def batch_done(self, size: int, busy_seconds: float, pool_hit: bool, h2d_bytes: int, oom: bool) -> None:
         with self._lock:
@@ -123,6 +138,7 @@ class WorkerStats:
                 "completed": self.completed,
                 "failed": self.failed,
                 "rejected": self.rejected,
+                "refused": self.refused,
                 "oom": self.oom,
                 "batches": self.batches,
                 "pool_hits": self.pool_hits,

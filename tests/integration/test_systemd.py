@@ -155,7 +155,7 @@ def test_ready_is_sent_only_once_the_worker_is_ready(tmp_path):
         while not notify.times_of("READY=1") and time.monotonic() < deadline:
             notify.collect(0.2)
         assert notify.times_of("READY=1")
-        with urllib.request.urlopen(f"{worker}/v2/health/ready", timeout=5) as response:
+        with urllib.request.urlopen(f"{worker}/v2/health/ready", timeout=5) as response:  # loopback
             assert response.status == 200
     status = next(text for _, text in notify.messages if "READY=1" in text)
     assert "STATUS=worker ready" in status and "max_batch_size=1" in status

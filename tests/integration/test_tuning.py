@@ -109,7 +109,7 @@ def test_a_batch_size_that_runs_out_of_memory_is_reverted_and_the_worker_stays_u
             data=json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [4, 4], "data": [0.0] * 16}]}).encode(),
         )
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=30)
+            urllib.request.urlopen(request, timeout=30)  # loopback
         with ControlClient(admin) as client:
             report = client.request("status")["status"]
         scraped = http_get(metrics)

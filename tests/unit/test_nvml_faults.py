@@ -44,7 +44,7 @@ def test_a_lost_gpu_an_unsupported_field_and_a_vanished_library_mid_run():
         wait_rounds(daemon)
         fake.gpus[3].lost = True
         fake.gpus[1].unsupported.add("nvmlDeviceGetTemperature")
-        lost_at = time.time()
+        lost_at = time.monotonic()
         wait_rounds(daemon)
         degraded = served(daemon)
         after_loss = [t for t, _ in daemon.store.window("gputuned_gpu_utilization_ratio", ("3",)) if t > lost_at]

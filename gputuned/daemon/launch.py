@@ -1,0 +1,75 @@
+"""How a worker is started: its command line, environment and readiness probe.
+
+The built-in worker (`gputuned worker`) gets its settings from the `[worker]` table and the
+last accepted knobs of its workload as `--saved-knob` (skipped by the worker if it refuses
+one, never a crash loop); a user's own server (`command`) is run as written, with the
+control socket's path in its environment and in place of '{control_socket}'.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gputuned.config import WorkerConfig, parse_listen_address
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    command: Callable[[], list[str]]  # built at each start: the last accepted knobs go along
+    control_socket: Path
+    ready_url: str | None  # the built-in worker's HTTP readiness; None: ready once connected
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def worker_gpu(device: str, gpu_count: int) -> int | None:
+    """The NVML index of the worker's GPU: cuda:N -> N; auto -> 0 when there are GPUs."""
+    if device == "cpu":
+        return None
+    if device.startswith("cuda"):
+        _, _, index = device.partition(":")
+        return int(index) if index.isdigit() else 0
+    return 0 if gpu_count else None
+
+
+def builtin_worker_command(worker: WorkerConfig, control_socket: Path, knobs: Mapping[str, int]) -> list[str]:
+    command = [sys.executable, "-m", "gputuned", "worker", "--listen", worker.listen, "--control-socket", str(control_socket)]
+    command += ["--model", worker.model, "--input-dtype", worker.input_dtype]
+    if worker.device != "auto":
+        command += ["--device", worker.device]
+    if worker.input_shape:
+        command += ["--input-shape", worker.input_shape]
+    if worker.control_group:
+        command += ["--control-group", worker.control_group]
+    for name, value in sorted(knobs.items()):
+        command += ["--saved-knob", f"{name}={value}"]
+    return command
+
+
+def ready_url(listen: str) -> str:
+    host, port = parse_listen_address(listen)
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v2/health/ready"
+
+
+def worker_launch(
+    worker: Callable[[], WorkerConfig], control_socket: Path, saved_knobs: Callable[[], Mapping[str, int]]
+) -> WorkerLaunch:
+    """The launch of a configured worker. `worker` returns the current [worker] table (a reload
+    takes effect at the next start); `saved_knobs` the last accepted knobs of its workload."""
+
+    def command() -> list[str]:
+        config = worker()
+        if config.command:
+            return [word.replace("{control_socket}", str(control_socket)) for word in config.command]
+        return builtin_worker_command(config, control_socket, saved_knobs())
+
+    config = worker()
+    return WorkerLaunch(
+        command=command,
+        control_socket=control_socket,
+        ready_url=None if config.command else ready_url(config.listen),
+        # NVML numbers GPUs in PCI bus order; make CUDA agree so cuda:N is NVML's GPU N.
+        env={"GPUTUNED_CONTROL_SOCKET": str(control_socket), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+    )

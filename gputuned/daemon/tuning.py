@@ -1,0 +1,155 @@
+"""The tuning loop of one worker: measured windows in, the guard's decisions out.
+
+The tuning job calls `step()` every `tuning.interval_seconds`, in a scheduler thread of
+its own; it is the only caller of the guard's state machine. Everything else (status,
+the metrics) reads the guard's `view()` and its settings, which are replaced whole.
+
+Windows are measured on the monotonic clock the worker stamps its stats with; the wall
+clock only stamps decisions. A reload's new `[tuning]` section is handed over with
+`reconfigure` and taken whole at the start of the next step, so the guard, the exported
+SLO and the goodput it is measured by always use one value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gputuned.config import TuningConfig
+from gputuned.datatypes import DATATYPES
+from gputuned.performance import Measurement, measure
+from gputuned.tuners import default_tuners
+from gputuned.tuners.guard import Context, Decision, Guard, GuardSettings
+from gputuned.tuners.mode import Mode
+
+log = logging.getLogger(__name__)
+
+RECENT_SECONDS = 10.0  # the window status, sd_notify and the goodput metric describe
+
+# (start, end) -> (device busy 0..1, PCIe utilisation 0..1) over that window, when known.
+DeviceSignals = Callable[[float, float], tuple[float | None, float | None]]
+# (start, end) -> the bounding stats reports ((t, stats), (t, stats)), or None.
+StatsBetween = Callable[[float, float], tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None]
+
+
+def guard_settings(tuning: TuningConfig) -> GuardSettings:
+    return GuardSettings(
+        slo_seconds=tuning.slo_p99_ms / 1000,
+        baseline_seconds=tuning.baseline_seconds,
+        warmup_seconds=tuning.warmup_seconds,
+        trial_seconds=tuning.trial_seconds,
+        cooldown_seconds=tuning.cooldown_seconds,
+        min_margin=tuning.min_margin,
+        flap_reverts=tuning.flap_reverts,
+        flap_window=tuning.flap_window_seconds,
+        shift_threshold=tuning.shift_threshold,
+    )
+
+
+def tuning_context(hello: dict[str, Any], knobs: dict[str, int], cores: int) -> Context:
+    """What the tuners need to know of a connected worker, from its hello: the live knobs'
+    bounds, CPU or CUDA, the cores it may use and the bytes of one input item."""
+    identity = hello.get("worker", {})
+    bounds = {name: (spec["min"], spec["max"]) for name, spec in hello["knobs"].items() if spec.get("live", True)}
+    spec = identity.get("input", {})
+    items = 1
+    for dim in spec.get("shape", []):
+        items *= int(dim)
+    datatype = DATATYPES.get(spec.get("dtype", "FP32"), DATATYPES["FP32"])
+    device = "cuda" if str(identity.get("device", "cpu")).startswith("cuda") else "cpu"
+    return Context(knobs, bounds, device, cores, items * datatype.item_bytes)
+
+
+class TuningLoop:
+    def __init__(
+        self,
+        tuning: TuningConfig,
+        worker: Any,
+        stats_between: StatsBetween,
+        device_signals: DeviceSignals,
+        on_kept: Callable[[], None],
+        record: Callable[[Decision], None],
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """`worker` is the Supervisor (status() and set_knobs()); `on_kept()` persists the
+        worker's knobs after a kept change; `record(decision)` writes the decision log."""
+        self._worker = worker
+        self._stats_between = stats_between
+        self._device_signals = device_signals
+        self._on_kept = on_kept
+        self._record = record
+        self._clock = clock
+        self._pending: TuningConfig | None = None
+        self._tuning = tuning
+        self._tuned_pid: int | None = None
+        self.guard = Guard(
+            guard_settings(tuning),
+            default_tuners(),
+            self._context,
+            self.measure,
+            self._apply,
+            self._decided,
+            Mode(tuning.mode),
+            wall_clock,
+        )
+
+    @property
+    def slo_seconds(self) -> float:
+        return self.guard.settings.slo_seconds
+
+    def reconfigure(self, tuning: TuningConfig) -> None:
+        """A reloaded [tuning] section; taken whole at the start of the next step."""
+        if tuning != self._tuning:
+            self._pending = tuning
+
+    def step(self) -> None:
+        """The tuning job: new settings first, exploration afresh for a new worker, then one guard step."""
+        now = self._clock()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            mode = Mode(pending.mode) if pending.mode != self._tuning.mode else None
+            self.guard.reconfigure(guard_settings(pending), mode, now)
+            self._tuning = pending
+            log.info("tuning settings reloaded: SLO p99 %g ms, mode %s", pending.slo_p99_ms, self.guard.mode.value)
+        pid = self._worker.status().pid
+        if pid != self._tuned_pid:
+            self._tuned_pid = pid
+            self.guard.restart_exploration(now)
+        self.guard.step(now)
+
+    def measure(self, start: float, end: float, min_coverage: float = 0.5) -> Measurement | None:
+        """The worker between two monotonic times; None when its reports cover less than
+        `min_coverage` of the window."""
+        bounds = self._stats_between(start, end)
+        if bounds is None:
+            return None
+        (t0, older), (t1, newer) = bounds
+        if t1 - t0 < min_coverage * (end - start):
+            return None
+        device_busy, pcie = self._device_signals(t0, t1)
+        return measure(older, newer, t1 - t0, self.slo_seconds, device_busy, pcie)
+
+    def recent(self) -> Measurement | None:
+        """The worker over the last RECENT_SECONDS (or since its first report)."""
+        now = self._clock()
+        return self.measure(now - RECENT_SECONDS, now, min_coverage=0.0)
+
+    def _context(self) -> Context | None:
+        status = self._worker.status()
+        if status.state.value != "ready" or status.hello is None:
+            return None
+        cores = len(status.placement.cpus) if status.placement else len(os.sched_getaffinity(0))
+        return tuning_context(status.hello, status.knobs, cores)
+
+    def _apply(self, changes: dict[str, int]) -> dict[str, int]:
+        applied: dict[str, int] = self._worker.set_knobs(changes, persist=False)
+        return applied
+
+    def _decided(self, decision: Decision) -> None:
+        if decision.action == "keep":
+            self._on_kept()
+        self._record(decision)
