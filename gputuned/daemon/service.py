@@ -173,7 +173,7 @@ class Daemon:
         gpu = worker_gpu(config.worker.device, len(bus_ids))
         gpu_node = read_pci_numa_node(context.sys_root, bus_ids[gpu]) if gpu is not None and gpu in bus_ids else None
         placement, why = choose_placement(config.worker.placement, gpu_node, host_nodes(context.sys_root))
-        log.info("worker %s placement: %s", name, why)
+        log.info("placement of worker %s: %s", name, why)
         runtime_dir = Path(config.paths.runtime_dir)
         return SlotPlan(name, runtime_dir / "worker.sock", Path(config.paths.state_dir), gpu, placement)
 

@@ -166,7 +166,7 @@ class WorkerSlot:
             except (KeyError, KnobError):
                 refused[name] = value
         if refused:
-            log.warning("saved knobs %s are outside what worker %s accepts; forgetting them", refused, self.name)
+            log.warning("saved knobs %s are outside what this worker (%s) accepts; forgetting them", refused, self.name)
             self.knob_store.forget(workload, refused)
         return {name: value for name, value in saved.items() if name not in refused}
 

@@ -15,8 +15,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).parent.parent.parent
 
@@ -251,3 +252,22 @@ def running_supervising_daemon(
         if process.poll() is None:
             stop(process, timeout=60)
         log.close()
+
+
+def admin_status(admin: Path, timeout: float = 5.0) -> dict:
+    """A daemon's status report, asked over its admin socket."""
+    from gputuned.control.client import ControlClient
+
+    with ControlClient(admin, timeout=timeout) as client:
+        return client.request("status")["status"]
+
+
+def wait_for(predicate: Callable[[], object], seconds: float, what: str) -> Any:
+    """Polls `predicate` every 0.1 s until it returns something true, and returns that."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")

@@ -76,7 +76,7 @@ def flood_process(base: str, rate: float, seconds: float, oversize_every: int) -
 
 
 def test_a_flood_of_bad_http_requests_gets_4xx_and_valid_requests_keep_their_p99(tmp_path):
-    with running_worker(tmp_path, "--knob", "max_batch_size=8", "--log-level", "warning") as (process, base, _):
+    with running_worker(tmp_path, "--knob", "max_batch_size=8", "--log-level", "warning") as (process, base, control):
         valid_load(base, 2.0)  # warm-up
         before = valid_load(base, WINDOW)
         # The flood runs in its own process so that it does not hold the measuring client's GIL.
@@ -85,6 +85,8 @@ def test_a_flood_of_bad_http_requests_gets_4xx_and_valid_requests_keep_their_p99
             during = valid_load(base, WINDOW)
             statuses = flooding.get(timeout=120)
         after = valid_load(base, 2.0)
+        with ControlClient(control) as client:
+            outcomes = client.next_stats(timeout=5)["stats"]
         assert process.poll() is None
     p99_before, p99_during = before.percentile(99), during.percentile(99)
     print(
@@ -93,6 +95,9 @@ def test_a_flood_of_bad_http_requests_gets_4xx_and_valid_requests_keep_their_p99
         f"({p99_during / p99_before:.2f}x), {before.ok / before.elapsed:.0f}/s before, {during.ok / during.elapsed:.0f}/s during"
     )
     assert set(statuses) <= {400, 404, 413} and statuses[413] >= 1
+    # The clients' mistakes are counted as theirs, not as the server's failures.
+    assert outcomes["rejected"] == sum(statuses.values())
+    assert outcomes["failed"] == outcomes["refused"] == 0
     assert sum(before.errors.values()) == sum(during.errors.values()) == sum(after.errors.values()) == 0
     assert p99_during <= 2 * p99_before
 

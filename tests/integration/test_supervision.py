@@ -18,26 +18,11 @@ import pytest
 
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import REPO_ROOT, free_port, http_get, running_supervising_daemon, stop
+from gputuned.testing.processes import REPO_ROOT, admin_status, free_port, http_get, running_supervising_daemon, stop, wait_for
 
 pytestmark = pytest.mark.integration
 REFUSED = "ClientConnectorError"  # the worker's port was closed: the request was never accepted
 STARTING = "http_503"  # the new worker answered "not ready yet" with Retry-After
-
-
-def admin_status(admin: Path) -> dict:
-    with ControlClient(admin) as client:
-        return client.request("status")["status"]
-
-
-def wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def is_ready(base: str) -> bool:
@@ -204,25 +189,8 @@ def test_saved_knobs_this_worker_refuses_are_skipped_and_forgotten_not_a_crash_l
     assert status["worker"]["state"] == "ready" and status["worker"]["restarts"] == 0
     assert status["knobs"]["max_batch_size"] == 8 and status["knobs"]["intra_op_threads"] <= os.cpu_count()
     assert "saved knob skipped: intra_op_threads=999 is above its maximum" in log
-    assert "outside what this worker accepts; forgetting them" in log
+    assert "outside what this worker (worker) accepts; forgetting them" in log
     assert kept == {"max_batch_size": 8}
-
-
-def test_a_hung_worker_is_killed_and_replaced(tmp_path):
-    with running_supervising_daemon(tmp_path, ping_timeout_seconds=2.0) as (_, _metrics, worker, admin):
-        first_pid = admin_status(admin)["worker"]["pid"]
-        os.kill(first_pid, signal.SIGSTOP)
-        stopped_at = time.monotonic()
-        wait_for(lambda: not Path(f"/proc/{first_pid}").exists(), 30, "the hung worker to be killed")
-        detected_after = time.monotonic() - stopped_at
-        wait_for(lambda: admin_status(admin)["worker"]["pid"] not in (None, first_pid), 30, "a new worker")
-        wait_for(lambda: is_ready(worker), 60, "the new worker to serve")
-        replaced_after = time.monotonic() - stopped_at
-    print(
-        f"\nhung worker (ping every 0.5 s, timeout 2 s) killed after {detected_after:.2f} s, "
-        f"replaced and serving after {replaced_after:.2f} s"
-    )
-    assert detected_after < 2.0 + 0.5 + 1.0  # the timeout, one ping interval, and scheduling slack
 
 
 def test_a_crash_loop_stops_the_restarts_and_the_daemon_stays_up(tmp_path):

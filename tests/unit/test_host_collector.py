@@ -1,10 +1,7 @@
-"""The host collector through the real psutil, on this machine and a real child process."""
+"""The host collector through the real psutil, on this machine (a real child process: tests/integration)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections import namedtuple
 
 import psutil
@@ -42,23 +39,3 @@ def test_host_memory_and_per_core_busy_after_two_ticks():
         mem_total_kb = int(meminfo.readline().split()[1])
     assert total == mem_total_kb * 1024
     assert 0 < values(second, "gputuned_host_memory_available_bytes")[()] <= total
-
-
-def test_a_real_worker_process_cpu_memory_and_threads():
-    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50_000_000); time.sleep(30)"])
-    try:
-        collector = HostCollector(psutil)
-        for _ in range(100):  # until the child has allocated its buffer (bounded: 5 s)
-            out = collector.collect(WorkerTarget(pid=child.pid))
-            if values(out, "gputuned_worker_resident_memory_bytes").get((), 0) > 50_000_000:
-                break
-            time.sleep(0.05)
-        assert values(out, "gputuned_worker_resident_memory_bytes")[()] > 50_000_000
-        assert values(out, "gputuned_worker_threads") == {(): 1.0}
-        assert set(values(out, "gputuned_worker_cpu_seconds_total")) == {("user",), ("system",)}
-    finally:
-        child.kill()
-        child.wait()
-    gone = collector.collect(WorkerTarget(pid=child.pid))
-    assert gone.errors == []
-    assert f"worker pid {child.pid} is gone" in gone.notes

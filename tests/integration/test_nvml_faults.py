@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gputuned.config import with_overrides
 from gputuned.daemon.service import Daemon
 from gputuned.testing.fake_nvml import FakeNvml
-from tests.unit.test_exporter import fixture_config, scrape
+from tests.integration.test_exporter import fixture_config, scrape
 
 
 def wait_rounds(daemon: Daemon, rounds: int = 3) -> float:
