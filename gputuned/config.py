@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from gputuned.collectors.parsers import ParseError, parse_cpulist
 from gputuned.tuners.mode import MODE_NAMES
 
 DEFAULT_CONFIG_PATH = Path("/etc/gputuned/gputuned.toml")
@@ -65,7 +66,7 @@ class MetricsConfig:
         try:
             parse_listen_address(self.listen)
         except ValueError as exc:
-            raise ConfigError(f"metrics.listen: {exc}; expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}") from None
+            raise ConfigError(f"listen: {exc}; expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}") from None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -111,7 +112,24 @@ class PathsConfig:
 
 def _check_placement(value: str) -> None:
     if value not in ("auto", "off") and not value.isdigit():
-        raise ConfigError(f"worker.placement: {value!r} is not allowed; allowed values: auto, off, or a NUMA node number")
+        raise ConfigError(f"placement: {value!r} is not allowed; allowed values: auto, off, or a NUMA node number")
+
+
+def _check_name(value: str) -> None:
+    """A worker's name is a metric label, part of a socket's and a state file's name."""
+    if not value or len(value) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value) or value[0] == ".":
+        raise ConfigError(f"name: {value!r} is not allowed; use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'")
+
+
+def _check_cpus(value: str) -> None:
+    if not value:
+        return
+    try:
+        cpus = parse_cpulist(value)
+    except ParseError as exc:
+        raise ConfigError(f"cpus: {value!r} is not a CPU list like '0-3,8': {exc}") from None
+    if not cpus:
+        raise ConfigError(f"cpus: {value!r} names no CPU")
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,7 @@ class WorkerConfig:
     environment and '{control_socket}' in its arguments replaced by the socket path.
     """
 
+    name: str = "worker"  # names it in metrics, status, logs, `--worker`, its socket and state files
     command: list = field(default_factory=list)
     model: str = "resnet-mini"
     device: str = "auto"
@@ -130,6 +149,7 @@ class WorkerConfig:
     input_dtype: str = "FP32"
     listen: str = "127.0.0.1:8000"
     placement: str = "auto"
+    cpus: str = ""  # an explicit CPU set ("0-3,8") instead of a whole NUMA node's CPUs
     control_group: str = ""
     ping_interval_seconds: float = _bounded(2.0, 0.1, 60.0)
     ping_timeout_seconds: float = _bounded(10.0, 0.5, 600.0)
@@ -140,15 +160,17 @@ class WorkerConfig:
     drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
 
     def __post_init__(self) -> None:
+        _check_name(self.name)
         _check_placement(self.placement)
+        _check_cpus(self.cpus)
         if not all(isinstance(word, str) for word in self.command):
-            raise ConfigError("worker.command: expected a list of strings")
+            raise ConfigError("command: expected a list of strings")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"worker.device: {self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N")
+            raise ConfigError(f"device: {self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N")
         try:
             parse_listen_address(self.listen)
         except ValueError as exc:
-            raise ConfigError(f"worker.listen: {exc}") from None
+            raise ConfigError(f"listen: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -183,6 +205,57 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Several named workers ([[workers]]), or one per visible GPU ([workers_per_gpu]); without
+    # either, [worker] is the one worker, named "worker".
+    workers: tuple[WorkerConfig, ...] = ()
+    workers_per_gpu: WorkerConfig | None = None
+
+    def worker_definitions(self, gpu_count: int) -> tuple[WorkerConfig, ...]:
+        """The workers to supervise on a host with `gpu_count` GPUs."""
+        if self.workers:
+            return self.workers
+        if self.workers_per_gpu is not None:
+            return expand_per_gpu(self.workers_per_gpu, gpu_count)
+        return (self.worker,)
+
+
+def expand_per_gpu(template: WorkerConfig, gpu_count: int) -> tuple[WorkerConfig, ...]:
+    """One worker per GPU: named gpuN, on cuda:N, listening on the template's port + N, and
+    (with placement "auto") placed on that GPU's NUMA node."""
+    host, port = parse_listen_address(template.listen)
+    where = f"[{host}]" if ":" in host else host
+    if port and port + gpu_count - 1 > 65535:
+        raise ConfigError(f"workers_per_gpu.listen: ports {port}..{port + gpu_count - 1} for {gpu_count} GPUs run past 65535")
+    workers = tuple(
+        dataclasses.replace(template, name=f"gpu{index}", device=f"cuda:{index}", listen=f"{where}:{port + index if port else 0}")
+        for index in range(gpu_count)
+    )
+    check_distinct(workers, "workers_per_gpu")
+    return workers
+
+
+def check_distinct(workers: tuple[WorkerConfig, ...], where: str) -> None:
+    """Two workers may share neither a name (which names their sockets and state files) nor
+    an inference port; the error names both."""
+    names: dict[str, int] = {}
+    ports: dict[tuple[str, int], str] = {}
+    for index, worker in enumerate(workers):
+        if worker.name in names:
+            raise ConfigError(
+                f"{where}[{index}].name: {worker.name!r} is also the name of {where}[{names[worker.name]}]; "
+                "each worker needs its own (it names its socket and state files)"
+            )
+        names[worker.name] = index
+        host, port = parse_listen_address(worker.listen)
+        if port == 0:
+            continue  # the kernel picks a free port for each
+        for (other_host, other_port), other in ports.items():
+            wildcard = {"0.0.0.0", "::"} & {host, other_host}
+            if port == other_port and (host == other_host or wildcard):
+                raise ConfigError(
+                    f"{where}[{index}].listen: worker {worker.name!r} and worker {other!r} both listen on port {port}"
+                )
+        ports[(host, port)] = worker.name
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
@@ -218,12 +291,44 @@ def _build(cls: Any, table: Any, prefix: str) -> Any:
             values[name] = _build(expected, value, f"{prefix}{name}.")
         else:
             values[name] = _check_value(f"{prefix}{name}", value, expected, dict(fields[name].metadata))
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a check across keys (a section's own __post_init__)
+        raise ConfigError(f"{prefix}{exc}") from None
+
+
+def _build_workers(data: dict[str, Any]) -> dict[str, Any]:
+    """[[workers]] and [workers_per_gpu], which the generic builder does not cover."""
+    built: dict[str, Any] = {}
+    given = [section for section in ("worker", "workers", "workers_per_gpu") if section in data]
+    if len(given) > 1:
+        raise ConfigError(f"{' and '.join(given)}: use one of [worker], [[workers]] or [workers_per_gpu]")
+    tables = data.get("workers")
+    if tables is not None:
+        if not isinstance(tables, list) or not tables:
+            raise ConfigError("workers: expected one or more [[workers]] tables")
+        workers = []
+        for index, table in enumerate(tables):
+            label = f"workers[{index}]" + (
+                f" ({table['name']})" if isinstance(table, dict) and isinstance(table.get("name"), str) else ""
+            )
+            if isinstance(table, dict) and "name" not in table:
+                raise ConfigError(f"{label}: missing key 'name'; every worker of [[workers]] is named")
+            workers.append(_build(WorkerConfig, table, f"{label}."))
+        built["workers"] = tuple(workers)
+        check_distinct(built["workers"], "workers")
+    template = data.get("workers_per_gpu")
+    if template is not None:
+        if isinstance(template, dict) and ("name" in template or "device" in template):
+            raise ConfigError("workers_per_gpu: 'name' and 'device' are set per GPU (gpuN on cuda:N); leave them out")
+        built["workers_per_gpu"] = _build(WorkerConfig, template, "workers_per_gpu.")
+    return built
 
 
 def config_from_mapping(data: dict[str, Any]) -> Config:
-    """Validates an already-parsed TOML document (also used for command-line overrides)."""
-    return _build(Config, data, "")
+    """Validates an already-parsed TOML document."""
+    sections = {key: value for key, value in data.items() if key not in ("workers", "workers_per_gpu")}
+    return dataclasses.replace(_build(Config, sections, ""), **_build_workers(data))
 
 
 def load_config(path: Path | None) -> Config:
@@ -253,8 +358,10 @@ def load_config(path: Path | None) -> Config:
 
 
 def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
-    """A copy of `config` with some keys replaced, validated like the file was."""
-    merged = dataclasses.asdict(config)
+    """A copy of `config` with some keys of some sections replaced, validated like the file was
+    (the command line's overrides)."""
+    changes = {}
     for section, values in sections.items():
-        merged[section].update(values)
-    return config_from_mapping(merged)
+        current = getattr(config, section)
+        changes[section] = _build(type(current), {**dataclasses.asdict(current), **values}, f"{section}.")
+    return dataclasses.replace(config, **changes)

@@ -25,7 +25,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -34,7 +33,7 @@ from gputuned.collectors.nvml_session import NvmlSession, read_pci_numa_node
 from gputuned.config import Config, ConfigError, load_config
 from gputuned.control.server import ServerThread
 from gputuned.daemon.admin import AdminServer
-from gputuned.daemon.jobs import JobErrors
+from gputuned.daemon.jobs import JobEvents
 from gputuned.daemon.launch import worker_gpu
 from gputuned.daemon.placement import choose_placement, host_nodes
 from gputuned.daemon.sdnotify import Notifier, status_due, watchdog_due
@@ -84,7 +83,7 @@ class Daemon:
         self._watch = watch or WorkerTarget()
         self.notifier = Notifier(environ if environ is not None else {})
         self.store = SampleStore(config.sampling.window_samples)
-        self._job_errors = JobErrors(self.store)
+        self._job_events = JobEvents(self.store, SAMPLE_JOB_ID)
         self.slots: list[WorkerSlot] = []
         self._session: NvmlSession | None = None
         self._sampler: Sampler | None = None
@@ -141,13 +140,13 @@ class Daemon:
         self._scheduler = BackgroundScheduler(
             executors=executors, job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
-        self._scheduler.add_listener(self._on_job_event, EVENT_JOB_ERROR | EVENT_JOB_MAX_INSTANCES)
-        self._job_errors.register(SAMPLE_JOB_ID)
+        self._job_events.attach(self._scheduler)
+        self._job_events.register(SAMPLE_JOB_ID)
         self._scheduler.add_job(
             self._sample_round, "interval", seconds=config.sampling.interval_seconds, id=SAMPLE_JOB_ID, executor=SAMPLING_EXECUTOR
         )
         for slot in self.slots:
-            self._job_errors.register(tune_job_id(slot))
+            self._job_events.register(tune_job_id(slot))
             self._scheduler.add_job(slot.tuning.step, "interval", seconds=config.tuning.interval_seconds, id=tune_job_id(slot))
         self._scheduler.start()
 
@@ -243,13 +242,6 @@ class Daemon:
         for slot in self.slots:
             slot.supervisor.wait_ready(max(deadline - time.monotonic(), 0.0))
         self.notifier.ready(self.status_line())
-
-    def _on_job_event(self, event: JobExecutionEvent) -> None:
-        if event.code == EVENT_JOB_MAX_INSTANCES:
-            if event.job_id == SAMPLE_JOB_ID:
-                self.store.count_skipped_round()
-        elif event.exception is not None:
-            self._job_errors.failed(event.job_id, event.exception, event.traceback)
 
     # --- reload and stop ----------------------------------------------------------------------
 

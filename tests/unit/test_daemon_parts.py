@@ -11,7 +11,7 @@ import pytest
 
 from gputuned.control.protocol import ProtocolError, message, validate_hello
 from gputuned.daemon.history import StatsHistory
-from gputuned.daemon.jobs import JobErrors
+from gputuned.daemon.jobs import JobEvents
 from gputuned.daemon.placement import Placement, choose_placement
 from gputuned.daemon.restarts import RestartPlan, RestartPolicy
 from gputuned.daemon.sdnotify import status_due, watchdog_due
@@ -136,7 +136,7 @@ def test_a_knob_that_is_not_an_object():
 
 def test_a_failing_job_is_told_once_per_distinct_error_and_counted_every_time(caplog):
     store = SampleStore(2)
-    errors = JobErrors(store)
+    errors = JobEvents(store, "sample")
     errors.register("sample")
     errors.register("tune:worker")
     assert store.job_errors() == {"sample": 0, "tune:worker": 0}
