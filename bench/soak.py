@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from gputuned.control.client import ControlClient
+from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.testing.processes import running_supervising_daemon
 
@@ -48,7 +49,7 @@ def footprint(pid: int) -> tuple[int, int]:
 
 def worker_pid(admin: Path) -> int:
     with ControlClient(admin) as client:
-        return client.request("status")["status"]["worker"]["pid"]
+        return worker_entry(client.request("status")["status"])["pid"]
 
 
 def wait_for_new_worker(admin: Path, old: int, seconds: float = 60) -> int:
@@ -56,7 +57,7 @@ def wait_for_new_worker(admin: Path, old: int, seconds: float = 60) -> int:
     while time.monotonic() < deadline:
         try:
             with ControlClient(admin) as client:
-                worker = client.request("status")["status"]["worker"]
+                worker = worker_entry(client.request("status")["status"])
             if worker["pid"] not in (None, old) and worker["state"] == "ready":
                 return worker["pid"]
         except OSError:

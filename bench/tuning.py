@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 from gputuned.control.client import ControlClient
+from gputuned.daemon.status import worker_entry
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
@@ -152,7 +153,7 @@ def main() -> int:
         daemon_dir.mkdir()
         with running_supervising_daemon(daemon_dir, "--log-level", "warning") as (_, _metrics, worker, admin):
             with ControlClient(admin) as client:
-                defaults = client.request("status")["status"]["knobs"]
+                defaults = worker_entry(client.request("status")["status"])["knobs"]
                 client.request("tune", mode="auto", resume=True)
 
             async def phases() -> tuple[list, float, float, float, float, float]:
@@ -169,7 +170,7 @@ def main() -> int:
             online_wall = time.time()  # decisions carry wall-clock times
             timeline, started, shifted_at, back_at, ended, quarter_rate = asyncio.run(phases())
             with ControlClient(admin) as client:
-                knobs = client.request("status")["status"]["knobs"]
+                knobs = worker_entry(client.request("status")["status"])["knobs"]
                 client.request("tune", mode="frozen")
             decisions = [json.loads(line) for line in (daemon_dir / "state" / "decisions.jsonl").read_text().splitlines()]
 

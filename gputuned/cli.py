@@ -72,17 +72,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
     _add_admin_arguments(knob_set, "a control socket: the daemon's admin.sock (default) or a worker's own")
+    knob_set.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
     knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
 
     tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
     _add_admin_arguments(tune, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
     tune.add_argument("--mode", choices=MODE_NAMES, help="auto, recommend (dry run) or frozen")
     tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
+    tune.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
 
     sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
     sweep.add_argument("grid", nargs="+", metavar="KNOB=V1,V2,...", help="e.g. max_batch_size=1,4,16 streams=1,2")
     sweep.add_argument("--url", default="http://127.0.0.1:8000", help="the worker's v2 endpoint")
     sweep.add_argument("--socket", type=Path, required=True, help="the worker's control socket (or the daemon's admin.sock)")
+    sweep.add_argument("--worker", metavar="NAME", help="with the daemon's admin.sock: which of its workers")
     sweep_load = sweep.add_mutually_exclusive_group()
     sweep_load.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
     sweep_load.add_argument("--rate", type=float, help="open-loop arrivals per second")
@@ -107,7 +110,12 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the report as JSON")
 
     load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
-    load.add_argument("url", nargs="?", default="http://127.0.0.1:8000", help="base URL (default http://127.0.0.1:8000)")
+    load.add_argument(
+        "url",
+        nargs="*",
+        default=["http://127.0.0.1:8000"],
+        help="base URLs (default http://127.0.0.1:8000); several are loaded together, least outstanding requests first",
+    )
     load.add_argument("--model", help="model name (default: the first in the repository index)")
     mode = load.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent clients (default 8)")
@@ -186,7 +194,7 @@ def _set(args: argparse.Namespace, config: Config) -> int:
     try:
         changes = parse_assignments(args.assignments)
         with ControlClient(_admin_socket(args, config)) as client:
-            applied = client.set(changes)
+            applied = client.set(changes, args.worker)
     except (KnobError, ControlError) as exc:
         print(f"gputuned set: refused: {exc}", file=sys.stderr)
         return 1
@@ -240,18 +248,26 @@ def _dashboards(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace, config: Config) -> int:
     from gputuned.control.client import ControlClient, ControlError
+    from gputuned.daemon.status import worker_entry
 
     fields: dict = {"resume": args.resume}
     if args.mode:
         fields["mode"] = args.mode
+    if args.worker:
+        fields["worker"] = args.worker
     try:
         with ControlClient(_admin_socket(args, config)) as client:
-            tuner = client.request("tune", **fields)["status"]["tuner"]
+            report = client.request("tune", **fields)["status"]
+        entry = worker_entry(report, args.worker)
     except ControlError as exc:
         print(f"gputuned tune: {exc}", file=sys.stderr)
         return 1
+    except KeyError as exc:
+        print(f"gputuned tune: {exc.args[0]}", file=sys.stderr)
+        return 1
+    tuner = entry["tuner"]
     frozen = ", ".join(tuner["frozen_knobs"]) or "none"
-    print(f"tuner: {tuner['mode']} ({tuner['phase']}); knobs frozen by hand: {frozen}")
+    print(f"{entry['name']}: tuner {tuner['mode']} ({tuner['phase']}); knobs frozen by hand: {frozen}")
     return 0
 
 
@@ -278,7 +294,8 @@ def _load(args: argparse.Namespace) -> int:
         print("gputuned load: --requests, --duration, --batch, --concurrency and --rate must be positive", file=sys.stderr)
         return 2
     plan = LoadPlan(
-        url=args.url.rstrip("/"),
+        url=args.url[0].rstrip("/"),
+        more_urls=tuple(url.rstrip("/") for url in args.url[1:]),
         model=args.model,
         concurrency=None if args.rate else args.concurrency,
         rate=args.rate,

@@ -7,12 +7,16 @@ says how old the data is in `gputuned_sample_age_seconds`.
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from gputuned.samples import HistogramSample, MetricSpec
 from gputuned.store import SampleStore
@@ -100,7 +104,34 @@ def build_registry(store: SampleStore) -> CollectorRegistry:
     return registry
 
 
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> Any:
-    """Starts /metrics in a daemon thread; returns the server (its .server_address has the bound port)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+class _QuietHandler(WSGIRequestHandler):
+    """No line on stderr for every scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        return
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int, landing: Callable[[], str]) -> Any:
+    """Starts the HTTP server in a daemon thread: /metrics, and the `landing` page at `/` (as
+    node_exporter has one); returns the server (its .server_address has the bound port)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/":
+            status, kind, body = "200 OK", "text/html; charset=utf-8", landing().encode()
+        else:
+            status, kind, body = "404 Not Found", "text/plain; charset=utf-8", b"not found; the metrics are at /metrics\n"
+        start_response(status, [("Content-Type", kind), ("Content-Length", str(len(body)))])
+        return [body]
+
+    family, _type, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(str(address[0]), port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="gputuned-http", daemon=True).start()
     return server

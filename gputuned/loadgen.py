@@ -5,6 +5,10 @@ loop (Poisson arrivals at a rate; latency counts from the scheduled send time, s
 slow server cannot hide its queueing: no coordinated omission). Always bounded by a
 request count and a duration. Requests use the binary tensor extension with one random
 input made once, so the client spends its CPU on sending, not on encoding.
+
+Several base URLs (the workers of a host) are loaded as one: each request goes to the
+target with the fewest requests outstanding (ties in turn), as a least-connections load
+balancer would spread them, and the result counts what each target answered.
 """
 
 from __future__ import annotations
@@ -47,6 +51,11 @@ class LoadPlan:
     seed: int = 0
     timeline: bool = False  # keep (completion time, latency) of every request, for curves over time
     stop: threading.Event | None = None  # set from another thread to end the load early
+    more_urls: tuple[str, ...] = ()  # further base URLs serving the same model, loaded together with `url`
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.more_urls)
 
 
 @dataclass
@@ -57,6 +66,7 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     failures: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter when sent, kind), the first 10,000
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter when done, latency) if asked
+    ok_by_target: Counter[str] = field(default_factory=Counter)  # base URL -> requests it answered
     elapsed: float = 0.0
 
     def percentile(self, q: float) -> float | None:
@@ -72,6 +82,7 @@ class LoadResult:
             "errors": sum(self.errors.values()),
             "errors_by_kind": dict(self.errors),
             "elapsed_seconds": self.elapsed,
+            "ok_by_target": dict(self.ok_by_target),
             "throughput_per_second": self.ok / self.elapsed if self.elapsed else 0.0,
             "latency_seconds": {
                 "p50": self.percentile(50),
@@ -82,21 +93,20 @@ class LoadResult:
         }
 
 
-async def _discover(session: aiohttp.ClientSession, plan: LoadPlan) -> tuple[str, dict[str, Any]]:
+async def _discover(session: aiohttp.ClientSession, url: str, model: str | None) -> tuple[str, dict[str, Any]]:
     try:
-        model = plan.model
         if model is None:
-            async with session.post(f"{plan.url}/v2/repository/index") as response:
+            async with session.post(f"{url}/v2/repository/index") as response:
                 index = await response.json()
             if not index:
-                raise LoadError(f"{plan.url} serves no model")
+                raise LoadError(f"{url} serves no model")
             model = index[0]["name"]
-        async with session.get(f"{plan.url}/v2/models/{model}") as response:
+        async with session.get(f"{url}/v2/models/{model}") as response:
             if response.status != 200:
-                raise LoadError(f"{plan.url} has no model {model!r}: HTTP {response.status} {await response.text()}")
+                raise LoadError(f"{url} has no model {model!r}: HTTP {response.status} {await response.text()}")
             return model, await response.json()
     except aiohttp.ClientError as exc:
-        raise LoadError(f"cannot reach {plan.url}: {exc}") from None
+        raise LoadError(f"cannot reach {url}: {exc}") from None
 
 
 def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[bytes, dict[str, str]]:
@@ -126,9 +136,19 @@ def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[byte
     return header + data, headers
 
 
+@dataclass
+class _Target:
+    base: str
+    infer_url: str
+    body: bytes
+    headers: dict[str, str]
+    outstanding: int = 0
+
+
 class _Run:
-    def __init__(self, session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str], plan: LoadPlan) -> None:
-        self.session, self.url, self.body, self.headers, self.plan = session, url, body, headers, plan
+    def __init__(self, session: aiohttp.ClientSession, targets: list[_Target], plan: LoadPlan) -> None:
+        self.session, self.targets, self.plan = session, targets, plan
+        self._turn = 0
         self.result = LoadResult()
         self.started = time.perf_counter()
         self.deadline = self.started + plan.duration
@@ -137,16 +157,25 @@ class _Run:
         stopped = self.plan.stop is not None and self.plan.stop.is_set()
         return not stopped and self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
 
+    def pick(self) -> _Target:
+        """The target with the fewest requests outstanding; ties go round in turn."""
+        self._turn = (self._turn + 1) % len(self.targets)
+        rotated = self.targets[self._turn :] + self.targets[: self._turn]
+        return min(rotated, key=lambda target: target.outstanding)
+
     async def one(self, scheduled: float) -> bool:
         """Sends one request; False when it failed."""
         self.result.sent += 1
         sent = time.perf_counter()
+        target = self.pick()
+        target.outstanding += 1
         try:
-            async with self.session.post(self.url, data=self.body, headers=self.headers) as response:
+            async with self.session.post(target.infer_url, data=target.body, headers=target.headers) as response:
                 await response.read()
                 if response.status == 200:
                     done = time.perf_counter()
                     self.result.ok += 1
+                    self.result.ok_by_target[target.base] += 1
                     self.result.latencies.append(done - scheduled)
                     if self.plan.timeline:
                         self.result.timeline.append((done, done - scheduled))
@@ -154,6 +183,8 @@ class _Run:
                 kind = f"http_{response.status}"
         except (TimeoutError, aiohttp.ClientError) as exc:
             kind = type(exc).__name__
+        finally:
+            target.outstanding -= 1
         self.result.errors[kind] += 1
         if len(self.result.failures) < MAX_FAILURES_KEPT:
             self.result.failures.append((sent, kind))
@@ -202,9 +233,12 @@ async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult
     timeout = aiohttp.ClientTimeout(total=max(plan.duration, 30.0))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        model, metadata = await _discover(session, plan)
-        body, headers = build_request(metadata, plan.batch, plan.seed)
-        run = _Run(session, f"{plan.url}/v2/models/{model}/infer", body, headers, plan)
+        targets = []
+        for url in plan.urls:
+            model, metadata = await _discover(session, url, plan.model)
+            body, headers = build_request(metadata, plan.batch, plan.seed)
+            targets.append(_Target(url, f"{url}/v2/models/{model}/infer", body, headers))
+        run = _Run(session, targets, plan)
         reporter = asyncio.create_task(_progress(run, progress)) if progress is not None else None
         try:
             if plan.rate is not None:
@@ -230,6 +264,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"throughput: {summary['throughput_per_second']:.1f} requests/s over {summary['elapsed_seconds']:.1f} s",
         f"latency: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, p99 {_ms(latency['p99'])}",
     ]
+    if len(summary["ok_by_target"]) > 1:
+        lines.append("answered: " + ", ".join(f"{url} {count}" for url, count in sorted(summary["ok_by_target"].items())))
     return "\n".join(lines)
 
 

@@ -24,13 +24,13 @@ class Sampler:
         self,
         collectors: Sequence[Collector],
         store: SampleStore,
-        target: Callable[[], WorkerTarget],
+        targets: Callable[[], Sequence[WorkerTarget]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`clock` times the collectors and stamps the snapshots (monotonic seconds)."""
         self._collectors = list(collectors)
         self._store = store
-        self._target = target
+        self._targets = targets
         self._clock = clock
         self._reported: dict[str, set[str]] = {c.name: set() for c in self._collectors}
         self.rounds = 0
@@ -40,11 +40,11 @@ class Sampler:
         return [c.name for c in self._collectors]
 
     def tick(self) -> None:
-        target = self._target()
+        targets = self._targets()
         for collector in self._collectors:
             started = self._clock()
             try:
-                collected = collector.collect(target)
+                collected = collector.collect(targets)
             except Exception as exc:  # a collector bug must not stop the others
                 message = f"collector crashed: {type(exc).__name__}: {exc}"
                 if message not in self._reported[collector.name]:

@@ -51,14 +51,15 @@ class HistogramSample:
 
 @dataclass(frozen=True, slots=True)
 class WorkerTarget:
-    """The process the per-process collectors look at, and the GPU it runs on.
+    """A worker process the per-process collectors look at, the GPU it runs on, and its name.
 
     `pid` is None when no worker is known; `gpu` is the NVML index of the worker's GPU,
-    or None for a CPU worker.
+    or None for a CPU worker; `name` is the `worker` label of its series.
     """
 
     pid: int | None = None
     gpu: int | None = None
+    name: str = "worker"
 
 
 @dataclass(slots=True)

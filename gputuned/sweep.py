@@ -77,7 +77,10 @@ def run_sweep(
     window: float,
     repeats: int,
     progress: TextIO | None = None,
+    worker: str | None = None,
 ) -> list[SweepPoint]:
+    """Every point of `grid`, set through `control_socket` (a worker's, or the daemon's admin
+    socket with `worker` naming one of its workers) and measured under load at `url`."""
     results = []
     settings = points(grid)
     started = time.monotonic()
@@ -87,7 +90,7 @@ def run_sweep(
 
     with ControlClient(control_socket) as client:
         for index, knobs in enumerate(settings, 1):
-            client.set(knobs)
+            client.set(knobs, worker)
             if warmup > 0:
                 measure_point(plan(warmup), slo_seconds)
             windows = [measure_point(plan(window), slo_seconds) for _ in range(repeats)]
@@ -191,6 +194,7 @@ def main(args: argparse.Namespace) -> int:
             args.window,
             args.repeats,
             sys.stderr,
+            args.worker,
         )
     except ControlError as exc:
         print(f"gputuned sweep: {exc}", file=sys.stderr)

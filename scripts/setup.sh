@@ -22,12 +22,14 @@ else
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[worker,sweep]"
 fi
 
-# Debian packages the tests use: prometheus (the server and promtool) and systemd
-# (systemd-analyze, to verify the unit). The prometheus package starts a system
+# Debian packages the tests use: prometheus (the server and promtool), systemd
+# (systemd-analyze, to verify the unit) and chromium-headless-shell (a real browser). The prometheus package starts a system
 # Prometheus on :9090 where systemd runs; the tests start their own on a free port.
 missing=""
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing="$missing prometheus"
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+# Chromium's headless shell renders the status page in a real browser in the tests.
+command -v chromium-headless-shell >/dev/null 2>&1 || missing="$missing chromium-headless-shell"
 if [ "$with_tests" = 1 ] && [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -7,6 +7,7 @@ NVML module) so tests can point it at fixture trees and a fake NVML.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -16,8 +17,9 @@ from gputuned.samples import Collected, WorkerTarget
 class Collector(Protocol):
     name: str
 
-    def collect(self, target: WorkerTarget) -> Collected:
-        """Reads the current values. Problems go into `Collected.errors`/`notes`, not exceptions."""
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+        """Reads the current values, the per-process ones of each of `targets` (labelled with
+        its name). Problems go into `Collected.errors`/`notes`, not exceptions."""
         ...
 
     def close(self) -> None:

@@ -9,6 +9,7 @@ whose baseline is hidden module state shared with any other caller.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -22,9 +23,9 @@ MEMORY_AVAILABLE = MetricSpec(
     "gputuned_host_memory_available_bytes", "gauge", "Memory available to new work without swapping.", ()
 )
 MEMORY_USED = MetricSpec("gputuned_host_memory_used_bytes", "gauge", "Memory in use (total minus free, buffers and cache).", ())
-WORKER_CPU = MetricSpec("gputuned_worker_cpu_seconds_total", "counter", "CPU time of the worker process.", ("mode",))
-WORKER_RSS = MetricSpec("gputuned_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.", ())
-WORKER_THREADS = MetricSpec("gputuned_worker_threads", "gauge", "Threads of the worker process.", ())
+WORKER_CPU = MetricSpec("gputuned_worker_cpu_seconds_total", "counter", "CPU time of the worker process.", ("worker", "mode"))
+WORKER_RSS = MetricSpec("gputuned_worker_resident_memory_bytes", "gauge", "Resident memory of the worker process.", ("worker",))
+WORKER_THREADS = MetricSpec("gputuned_worker_threads", "gauge", "Threads of the worker process.", ("worker",))
 
 SPECS = (CPU_BUSY, MEMORY_TOTAL, MEMORY_AVAILABLE, MEMORY_USED, WORKER_CPU, WORKER_RSS, WORKER_THREADS)
 
@@ -44,9 +45,9 @@ class HostCollector:
     def __init__(self, psutil: ModuleType) -> None:
         self._psutil = psutil
         self._previous_times: list[Any] | None = None
-        self._process: Any = None  # psutil.Process of the worker, kept so its pid reuse is detected
+        self._processes: dict[str, Any] = {}  # worker -> psutil.Process, kept so pid reuse is detected
 
-    def collect(self, target: WorkerTarget) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
         out = Collected()
         times = self._psutil.cpu_times(percpu=True)
         if self._previous_times is not None and len(self._previous_times) == len(times):
@@ -61,30 +62,32 @@ class HostCollector:
         out.add(MEMORY_AVAILABLE, memory.available)
         out.add(MEMORY_USED, memory.used)
 
-        if target.pid is not None:
-            self._collect_worker(target.pid, out)
+        for target in targets:
+            if target.pid is not None:
+                self._collect_worker(target.name, target.pid, out)
         return out
 
-    def _collect_worker(self, pid: int, out: Collected) -> None:
+    def _collect_worker(self, name: str, pid: int, out: Collected) -> None:
         psutil = self._psutil
+        process = self._processes.get(name)
         try:
-            if self._process is None or self._process.pid != pid or not self._process.is_running():
-                self._process = psutil.Process(pid)
-            with self._process.oneshot():
-                cpu = self._process.cpu_times()
-                rss = self._process.memory_info().rss
-                threads = self._process.num_threads()
+            if process is None or process.pid != pid or not process.is_running():
+                process = self._processes[name] = psutil.Process(pid)
+            with process.oneshot():
+                cpu = process.cpu_times()
+                rss = process.memory_info().rss
+                threads = process.num_threads()
         except psutil.NoSuchProcess:
-            self._process = None
+            self._processes.pop(name, None)
             out.notes.append(f"worker pid {pid} is gone")
             return
         except psutil.AccessDenied as exc:
             out.errors.append(f"worker pid {pid}: access denied ({exc})")
             return
-        out.add(WORKER_CPU, cpu.user, "user")
-        out.add(WORKER_CPU, cpu.system, "system")
-        out.add(WORKER_RSS, rss)
-        out.add(WORKER_THREADS, threads)
+        out.add(WORKER_CPU, cpu.user, name, "user")
+        out.add(WORKER_CPU, cpu.system, name, "system")
+        out.add(WORKER_RSS, rss, name)
+        out.add(WORKER_THREADS, threads, name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

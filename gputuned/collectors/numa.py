@@ -10,7 +10,7 @@ host-to-device copy.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gputuned.collectors.base import describe_os_error, read_text
@@ -74,13 +74,24 @@ NODE_CPUS = MetricSpec("gputuned_numa_node_cpus", "gauge", "Online CPUs on the n
 GPU_NUMA_NODE = MetricSpec(
     "gputuned_gpu_numa_node", "gauge", "NUMA node of the GPU's PCIe root (-1 when the platform does not say).", ("gpu",)
 )
-WORKER_PAGE_FAULTS = MetricSpec("gputuned_worker_page_faults_total", "counter", "Page faults of the worker process.", ("kind",))
-WORKER_NUMA_RESIDENT = MetricSpec("gputuned_worker_numa_resident_bytes", "gauge", "Worker memory resident on each node.", NODE)
+WORKER = ("worker",)
+WORKER_PAGE_FAULTS = MetricSpec(
+    "gputuned_worker_page_faults_total", "counter", "Page faults of the worker process.", ("worker", "kind")
+)
+WORKER_NUMA_RESIDENT = MetricSpec(
+    "gputuned_worker_numa_resident_bytes", "gauge", "Worker memory resident on each node.", ("worker", "node")
+)
 WORKER_OFFNODE = MetricSpec(
-    "gputuned_worker_offnode_ratio", "gauge", "Share of the worker's resident pages off its GPU's node (or its CPUs' node).", ()
+    "gputuned_worker_offnode_ratio",
+    "gauge",
+    "Share of the worker's resident pages off its GPU's node (or its CPUs' node).",
+    WORKER,
 )
 WORKER_HOME_NODE = MetricSpec(
-    "gputuned_worker_home_node", "gauge", "The node the worker's memory should be on: its GPU's, or the one node of its CPUs.", ()
+    "gputuned_worker_home_node",
+    "gauge",
+    "The node the worker's memory should be on: its GPU's, or the one node of its CPUs.",
+    WORKER,
 )
 
 SPECS = (
@@ -108,13 +119,14 @@ class NumaCollector:
         self._sys_root = sys_root
         self._gpu_bus_ids = gpu_bus_ids
 
-    def collect(self, target: WorkerTarget) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
         out = Collected()
         self._collect_vmstat(out)
         node_cpus = self._collect_nodes(out)
         gpu_nodes = self._collect_gpu_nodes(out)
-        if target.pid is not None:
-            self._collect_worker(target, node_cpus, gpu_nodes, out)
+        for target in targets:
+            if target.pid is not None:
+                self._collect_worker(target, node_cpus, gpu_nodes, out)
         return out
 
     def _collect_vmstat(self, out: Collected) -> None:
@@ -180,10 +192,10 @@ class NumaCollector:
         return gpu_nodes
 
     def _home_node(self, target: WorkerTarget, node_cpus: dict[int, list[int]], gpu_nodes: dict[int, int]) -> int | None:
-        """The worker's GPU's node; for a CPU worker, the one node holding all its allowed CPUs."""
-        if target.gpu is not None:
-            node = gpu_nodes.get(target.gpu, -1)
-            return node if node >= 0 else None
+        """The worker's GPU's node; for a CPU worker, or a GPU whose node the platform does not
+        say (-1, common on single-socket hosts), the one node holding all its allowed CPUs."""
+        if target.gpu is not None and gpu_nodes.get(target.gpu, -1) >= 0:
+            return gpu_nodes[target.gpu]
         if target.pid is None:
             return None
         try:
@@ -216,8 +228,8 @@ class NumaCollector:
         except ParseError as exc:
             out.errors.append(f"worker pid {target.pid}: {exc}")
             return
-        out.add(WORKER_PAGE_FAULTS, stat.minor_faults, "minor")
-        out.add(WORKER_PAGE_FAULTS, stat.major_faults, "major")
+        out.add(WORKER_PAGE_FAULTS, stat.minor_faults, target.name, "minor")
+        out.add(WORKER_PAGE_FAULTS, stat.major_faults, target.name, "major")
 
         try:
             resident = parse_numa_maps(read_text(self._proc_root, target.pid, "numa_maps"))
@@ -231,13 +243,13 @@ class NumaCollector:
             out.errors.append(describe_os_error(exc))
             return
         for node, size in sorted(resident.items()):
-            out.add(WORKER_NUMA_RESIDENT, size, str(node))
+            out.add(WORKER_NUMA_RESIDENT, size, target.name, str(node))
         home = self._home_node(target, node_cpus, gpu_nodes)
         total = sum(resident.values())
         if home is not None:
-            out.add(WORKER_HOME_NODE, home)
+            out.add(WORKER_HOME_NODE, home, target.name)
             if total:
-                out.add(WORKER_OFFNODE, 1.0 - resident.get(home, 0) / total)
+                out.add(WORKER_OFFNODE, 1.0 - resident.get(home, 0) / total, target.name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

@@ -9,6 +9,7 @@ the whole collector's success to 0 until NVML answers again.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 from gputuned.collectors.nvml_session import (
@@ -64,12 +65,21 @@ ECC_ERRORS = MetricSpec(
 XID_ERRORS = MetricSpec(
     "gputuned_gpu_xid_errors_total", "counter", "Critical XID errors seen since gputuned started, by XID code.", ("gpu", "xid")
 )
-WORKER_GPU_MEMORY = MetricSpec("gputuned_worker_gpu_memory_used_bytes", "gauge", "Device memory used by the worker process.", GPU)
+WORKER_GPU = ("worker", "gpu")
+WORKER_GPU_MEMORY = MetricSpec(
+    "gputuned_worker_gpu_memory_used_bytes", "gauge", "Device memory used by the worker process.", WORKER_GPU
+)
 WORKER_GPU_UTILIZATION = MetricSpec(
-    "gputuned_worker_gpu_utilization_ratio", "gauge", "Share of time the worker process had a kernel running on the GPU.", GPU
+    "gputuned_worker_gpu_utilization_ratio",
+    "gauge",
+    "Share of time the worker process had a kernel running on the GPU.",
+    WORKER_GPU,
 )
 WORKER_GPU_MEMORY_UTILIZATION = MetricSpec(
-    "gputuned_worker_gpu_memory_utilization_ratio", "gauge", "Share of time the worker process read or wrote device memory.", GPU
+    "gputuned_worker_gpu_memory_utilization_ratio",
+    "gauge",
+    "Share of time the worker process read or wrote device memory.",
+    WORKER_GPU,
 )
 
 SPECS = (
@@ -121,13 +131,14 @@ class NvmlCollector:
         self._xid_counts: dict[tuple[str, str], int] = {}  # (gpu, xid) -> count
         self._process_sample_ts: dict[int, int] = {}  # gpu -> last NVML process sample timestamp
 
-    def collect(self, target: WorkerTarget) -> Collected:
-        return collect_per_gpu(self._session, lambda device, out: self._collect_device(device, target, out))
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+        workers = [target for target in targets if target.pid is not None]
+        return collect_per_gpu(self._session, lambda device, out: self._collect_device(device, workers, out))
 
     def _optional(self, out: Collected, device: GpuDevice, function: str, *args: Any) -> Any:
         return self._session.read_or_note(out.notes, device, function, *args)
 
-    def _collect_device(self, device: GpuDevice, target: WorkerTarget, out: Collected) -> None:
+    def _collect_device(self, device: GpuDevice, workers: list[WorkerTarget], out: Collected) -> None:
         nvml = self._nvml
         gpu = str(device.index)
         out.add(
@@ -166,8 +177,8 @@ class NvmlCollector:
         self._collect_clock_events(device, out)
         self._collect_ecc(device, out)
         self._collect_xids(device, out)
-        if target.pid is not None:
-            self._collect_worker(device, target.pid, out)
+        if workers:
+            self._collect_workers(device, workers, out)
 
     def _collect_clock_events(self, device: GpuDevice, out: Collected) -> None:
         # The "event" call replaced the "throttle" one in driver 535; older drivers have only the latter.
@@ -228,15 +239,20 @@ class NvmlCollector:
             if xid_gpu == gpu:
                 out.add(XID_ERRORS, count, gpu, xid)
 
-    def _collect_worker(self, device: GpuDevice, pid: int, out: Collected) -> None:
+    def _collect_workers(self, device: GpuDevice, workers: list[WorkerTarget], out: Collected) -> None:
+        """Each worker's share of this GPU: its processes' memory and its utilisation samples."""
         gpu = str(device.index)
         processes = self._optional(out, device, "nvmlDeviceGetComputeRunningProcesses") or []
-        mine = [p for p in processes if p.pid == pid]
-        if not mine:
+        running = {}
+        for worker in workers:
+            mine = [p for p in processes if p.pid == worker.pid]
+            if mine:
+                running[worker.pid] = worker.name
+            used = [p.usedGpuMemory for p in mine if p.usedGpuMemory is not None]
+            if used:
+                out.add(WORKER_GPU_MEMORY, sum(used), worker.name, gpu)
+        if not running:
             return
-        used = [p.usedGpuMemory for p in mine if p.usedGpuMemory is not None]
-        if used:
-            out.add(WORKER_GPU_MEMORY, sum(used), gpu)
         since = self._process_sample_ts.get(device.index, 0)
         try:
             samples = self._session.read(device, "nvmlDeviceGetProcessUtilization", since)
@@ -245,13 +261,14 @@ class NvmlCollector:
             return
         except NoData:
             return  # no utilisation sample since the last tick: the worker was idle on this GPU
-        own = [s for s in samples if s.pid == pid]
         if samples:
             self._process_sample_ts[device.index] = max(s.timeStamp for s in samples)
-        if own:
-            newest = max(own, key=lambda s: s.timeStamp)
-            out.add(WORKER_GPU_UTILIZATION, newest.smUtil / 100.0, gpu)
-            out.add(WORKER_GPU_MEMORY_UTILIZATION, newest.memUtil / 100.0, gpu)
+        for pid, name in running.items():
+            own = [s for s in samples if s.pid == pid]
+            if own:
+                newest = max(own, key=lambda s: s.timeStamp)
+                out.add(WORKER_GPU_UTILIZATION, newest.smUtil / 100.0, name, gpu)
+                out.add(WORKER_GPU_MEMORY_UTILIZATION, newest.memUtil / 100.0, name, gpu)
 
     def _free_event_set(self, event_set: Any) -> None:
         # The library is going away anyway; nothing else holds the set.

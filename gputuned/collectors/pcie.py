@@ -9,6 +9,7 @@ keep a counter. Both run in the sampler thread, never on the scrape path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,7 @@ class PcieCollector:
         self._previous: dict[str, _LinkCounters] = {}  # uuid -> counters at the last tick
         self._integrated: dict[str, tuple[float, float]] = {}  # uuid -> (tx, rx) from throughput
 
-    def collect(self, target: WorkerTarget) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
         return collect_per_gpu(self._session, self._collect_device)
 
     def _optional(self, out: Collected, device: GpuDevice, function: str, *args: Any) -> Any:

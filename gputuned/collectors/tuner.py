@@ -2,67 +2,91 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from gputuned.performance import Measurement
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 from gputuned.tuners.guard import KNOB_ACTIONS
 from gputuned.tuners.mode import MODE_NAMES
 
-DECISIONS = MetricSpec("gputuned_tuner_decisions_total", "counter", "Tuning decisions by knob and action.", ("knob", "action"))
-TRIAL_ACTIVE = MetricSpec("gputuned_tuner_trial_active", "gauge", "1 while a change is on trial.", ())
-MODE = MetricSpec("gputuned_tuner_mode", "gauge", "1 for the tuner's current mode.", ("mode",))
-FROZEN = MetricSpec("gputuned_tuner_knob_frozen", "gauge", "1 for a knob set by hand and left alone until resumed.", ("knob",))
-SLO = MetricSpec("gputuned_tuner_slo_p99_seconds", "gauge", "The p99 latency objective the tuner holds the worker to.", ())
+WORKER = ("worker",)
+DECISIONS = MetricSpec(
+    "gputuned_tuner_decisions_total", "counter", "Tuning decisions by knob and action.", ("worker", "knob", "action")
+)
+TRIAL_ACTIVE = MetricSpec("gputuned_tuner_trial_active", "gauge", "1 while a change is on trial.", WORKER)
+MODE = MetricSpec("gputuned_tuner_mode", "gauge", "1 for the tuner's current mode.", ("worker", "mode"))
+FROZEN = MetricSpec(
+    "gputuned_tuner_knob_frozen", "gauge", "1 for a knob set by hand and left alone until resumed.", ("worker", "knob")
+)
+SLO = MetricSpec("gputuned_tuner_slo_p99_seconds", "gauge", "The p99 latency objective the tuner holds the worker to.", WORKER)
 GOODPUT = MetricSpec(
     "gputuned_tuner_goodput_requests_per_second",
     "gauge",
     "Requests completed within the SLO per second over the last 10 s, as the tuner measures them.",
-    (),
+    WORKER,
 )
 
 SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, GOODPUT)
 
 
+class TunedWorker(Protocol):
+    """What the collector reads of a tuned worker (a daemon slot)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def tuner_view(self) -> Any:
+        """The guard's GuardView."""
+        ...
+
+    def knob_names(self) -> list[str]:
+        """The worker's knobs, whose decision counters start at 0 so that Prometheus's
+        increase() sees even the first decision."""
+        ...
+
+    def slo_seconds(self) -> float:
+        """The SLO the guard holds the worker to (it changes on reload)."""
+        ...
+
+    def recent_performance(self) -> Measurement | None:
+        """The worker's recent Measurement: its goodput, the figure the tuner maximises, is
+        exported because no PromQL over the latency histogram can count requests within an
+        SLO that falls between its buckets."""
+        ...
+
+
 class TunerCollector:
+    """What each worker's tuning loop did, from its guard's own view, labelled `worker`."""
+
     name = "tuner"
 
-    def __init__(
-        self,
-        view: Callable[[], Any],
-        knobs: Callable[[], Iterable[str]],
-        slo_seconds: Callable[[], float],
-        performance: Callable[[], Measurement | None],
-    ) -> None:
-        """`view` returns the guard's GuardView; `knobs` the worker's knob names, whose decision
-        counters start at 0 so that Prometheus's increase() sees even the first decision;
-        `slo_seconds` the configured SLO (it changes on reload); `performance` the worker's recent
-        Measurement, the figure the tuner maximises, exported because no PromQL over the latency
-        histogram can count requests within an SLO that falls between its buckets."""
-        self._view = view
-        self._knobs = knobs
-        self._slo_seconds = slo_seconds
-        self._performance = performance
+    def __init__(self, workers: Callable[[], Sequence[TunedWorker]]) -> None:
+        self._workers = workers
 
-    def collect(self, target: WorkerTarget) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
         out = Collected()
-        view = self._view()
-        counts = {(knob, action): 0 for knob in self._knobs() for action in KNOB_ACTIONS}
+        for worker in self._workers():
+            self._collect_worker(worker, out)
+        return out
+
+    @staticmethod
+    def _collect_worker(worker: TunedWorker, out: Collected) -> None:
+        name, view = worker.name, worker.tuner_view()
+        counts = {(knob, action): 0 for knob in worker.knob_names() for action in KNOB_ACTIONS}
         counts[("*", "shift")] = 0
         counts.update(view.counts)
         for (knob, action), count in sorted(counts.items()):
-            out.add(DECISIONS, count, knob, action)
-        out.add(TRIAL_ACTIVE, 1 if view.trial_active else 0)
+            out.add(DECISIONS, count, name, knob, action)
+        out.add(TRIAL_ACTIVE, 1 if view.trial_active else 0, name)
         for mode in MODE_NAMES:
-            out.add(MODE, 1 if view.mode == mode else 0, mode)
+            out.add(MODE, 1 if view.mode == mode else 0, name, mode)
         for knob in view.frozen_knobs:
-            out.add(FROZEN, 1, knob)
-        out.add(SLO, self._slo_seconds())
-        performance = self._performance()
+            out.add(FROZEN, 1, name, knob)
+        out.add(SLO, worker.slo_seconds(), name)
+        performance = worker.recent_performance()
         if performance is not None:
-            out.add(GOODPUT, performance.goodput)
-        return out
+            out.add(GOODPUT, performance.goodput, name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

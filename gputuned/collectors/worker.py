@@ -1,6 +1,6 @@
 """The worker collector: the supervised worker's lifecycle and the stats it streams.
 
-It reads what the supervisor already holds (the newest stats message and the process
+It reads what the supervisors already hold (the newest stats message and the process
 state), so sampling never waits on the worker. Stats from a user's own server embedding
 the agent may carry only some fields: whatever is missing or not a number is skipped.
 """
@@ -8,48 +8,58 @@ the agent may carry only some fields: whatever is missing or not a number is ski
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
-WORKER_UP = MetricSpec("gputuned_worker_up", "gauge", "1 while the supervised worker is running and ready.", ())
-WORKER_CRASH_LOOP = MetricSpec("gputuned_worker_crash_loop", "gauge", "1 when restarts stopped after a crash loop.", ())
+WORKER = ("worker",)
+
+WORKER_UP = MetricSpec("gputuned_worker_up", "gauge", "1 while the supervised worker is running and ready.", WORKER)
+WORKER_CRASH_LOOP = MetricSpec("gputuned_worker_crash_loop", "gauge", "1 when restarts stopped after a crash loop.", WORKER)
 WORKER_RESTARTS = MetricSpec(
-    "gputuned_worker_restarts_total", "counter", "Times the worker exited and was (or was to be) restarted.", ()
+    "gputuned_worker_restarts_total", "counter", "Times the worker exited and was (or was to be) restarted.", WORKER
 )
 WORKER_EXIT_CODE = MetricSpec(
     "gputuned_worker_last_exit_code",
     "gauge",
     "Exit code of the worker's last exit (negative: killed by that signal; 255: unknown, an adopted worker).",
-    (),
+    WORKER,
 )
-WORKER_UPTIME = MetricSpec("gputuned_worker_uptime_seconds", "gauge", "Seconds since the running worker started.", ())
-WORKER_INFO = MetricSpec("gputuned_worker_info", "gauge", "The supervised worker; always 1.", ("pid", "model", "device"))
+WORKER_UPTIME = MetricSpec("gputuned_worker_uptime_seconds", "gauge", "Seconds since the running worker started.", WORKER)
+WORKER_INFO = MetricSpec(
+    "gputuned_worker_info",
+    "gauge",
+    "A supervised worker and its GPU (empty on the CPU); always 1.",
+    ("worker", "pid", "model", "device", "gpu"),
+)
 WORKER_PLACEMENT = MetricSpec(
-    "gputuned_worker_placement_info", "gauge", "NUMA node and CPUs the worker was placed on; always 1.", ("node", "cpus")
+    "gputuned_worker_placement_info",
+    "gauge",
+    "NUMA node and CPUs the worker was placed on; always 1.",
+    ("worker", "node", "cpus"),
 )
-KNOB_VALUE = MetricSpec("gputuned_knob_value", "gauge", "Current value of each worker knob.", ("knob",))
+KNOB_VALUE = MetricSpec("gputuned_knob_value", "gauge", "Current value of each worker knob.", ("worker", "knob"))
 REQUESTS = MetricSpec(
     "gputuned_worker_requests_total",
     "counter",
     "Inference requests by outcome: ok, rejected (the client's mistake), refused (queue full, not ready, draining), "
     "failed (the server's fault).",
-    ("outcome",),
+    ("worker", "outcome"),
 )
-BATCHES = MetricSpec("gputuned_worker_batches_total", "counter", "Batches the worker ran.", ())
-LATENCY = MetricSpec("gputuned_worker_latency_seconds", "histogram", "Request latency in the worker (queue + compute).", ())
-BATCH_SIZE = MetricSpec("gputuned_worker_batch_size", "histogram", "Items per batch.", ())
-QUEUE_DEPTH = MetricSpec("gputuned_worker_queue_depth", "gauge", "Items waiting for a batch.", ())
-LANES = MetricSpec("gputuned_worker_lanes", "gauge", "Execution lanes running.", ())
+BATCHES = MetricSpec("gputuned_worker_batches_total", "counter", "Batches the worker ran.", WORKER)
+LATENCY = MetricSpec("gputuned_worker_latency_seconds", "histogram", "Request latency in the worker (queue + compute).", WORKER)
+BATCH_SIZE = MetricSpec("gputuned_worker_batch_size", "histogram", "Items per batch.", WORKER)
+QUEUE_DEPTH = MetricSpec("gputuned_worker_queue_depth", "gauge", "Items waiting for a batch.", WORKER)
+LANES = MetricSpec("gputuned_worker_lanes", "gauge", "Execution lanes running.", WORKER)
 LANE_BUSY = MetricSpec(
-    "gputuned_worker_lane_busy_seconds_total", "counter", "Time lanes spent running batches, summed over lanes.", ()
+    "gputuned_worker_lane_busy_seconds_total", "counter", "Time lanes spent running batches, summed over lanes.", WORKER
 )
-POOL_HITS = MetricSpec("gputuned_worker_pool_hits_total", "counter", "Batches assembled in a pooled buffer.", ())
-POOL_MISSES = MetricSpec("gputuned_worker_pool_misses_total", "counter", "Batches that needed a fresh buffer.", ())
-OOM = MetricSpec("gputuned_worker_oom_events_total", "counter", "Batches that failed for lack of memory.", ())
-H2D = MetricSpec("gputuned_worker_h2d_bytes_total", "counter", "Bytes copied from host to device for inputs.", ())
-STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", ())
+POOL_HITS = MetricSpec("gputuned_worker_pool_hits_total", "counter", "Batches assembled in a pooled buffer.", WORKER)
+POOL_MISSES = MetricSpec("gputuned_worker_pool_misses_total", "counter", "Batches that needed a fresh buffer.", WORKER)
+OOM = MetricSpec("gputuned_worker_oom_events_total", "counter", "Batches that failed for lack of memory.", WORKER)
+H2D = MetricSpec("gputuned_worker_h2d_bytes_total", "counter", "Bytes copied from host to device for inputs.", WORKER)
+STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", WORKER)
 
 SPECS = (
     WORKER_UP,
@@ -108,51 +118,72 @@ def histogram_buckets(stats: Any) -> tuple[list[tuple[float, float]], float] | N
     return [*zip(bounds, cumulative), (float("inf"), cumulative[-1])], float(total)  # type: ignore[arg-type]
 
 
+class SupervisedWorker(Protocol):
+    """What the collector reads of a supervised worker (a daemon slot)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def gpu(self) -> int | None:
+        """The NVML index of its GPU; None on the CPU."""
+        ...
+
+    def status(self) -> Any:
+        """The supervisor's WorkerStatus: a snapshot, never a wait on the worker."""
+        ...
+
+
 class WorkerCollector:
+    """The supervised workers' lifecycle and the stats they stream, each labelled `worker`."""
+
     name = "worker"
 
-    def __init__(self, status: Callable[[], Any], clock: Callable[[], float] = time.monotonic) -> None:
-        """`status` returns the supervisor's WorkerStatus."""
-        self._status = status
+    def __init__(self, workers: Callable[[], Sequence[SupervisedWorker]], clock: Callable[[], float] = time.monotonic) -> None:
+        self._workers = workers
         self._clock = clock
 
-    def collect(self, target: WorkerTarget) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
         out = Collected()
-        status = self._status()
         now = self._clock()
-        ready = status.state.value == "ready"
-        out.add(WORKER_UP, 1 if ready and status.pid is not None else 0)
-        out.add(WORKER_CRASH_LOOP, 1 if status.state.value == "crash_loop" else 0)
-        out.add(WORKER_RESTARTS, status.restarts)
-        if status.last_exit_code is not None:
-            out.add(WORKER_EXIT_CODE, status.last_exit_code)
-        if status.pid is not None and status.started_at is not None:
-            out.add(WORKER_UPTIME, max(now - status.started_at, 0.0))
-        if status.pid is not None and status.hello is not None:
-            identity = status.hello.get("worker", {})
-            out.add(WORKER_INFO, 1, str(status.pid), str(identity.get("model", "")), str(identity.get("device", "")))
-        if status.placement is not None:
-            out.add(WORKER_PLACEMENT, 1, str(status.placement.node), status.placement.cpulist())
-        for knob, value in sorted(status.knobs.items()):
-            out.add(KNOB_VALUE, value, knob)
-        if status.stats is not None and status.pid is not None:
-            self._collect_stats(status.stats, out)
-            age = now - status.stats_at
-            out.add(STATS_AGE, max(age, 0.0))
-            if ready and age > STALE_STATS_SECONDS:
-                out.errors.append(f"no stats from the worker for {age:.0f} s")
+        for worker in self._workers():
+            self._collect_worker(worker.name, worker.gpu, worker.status(), now, out)
         return out
 
+    def _collect_worker(self, name: str, gpu: int | None, status: Any, now: float, out: Collected) -> None:
+        ready = status.state.value == "ready"
+        out.add(WORKER_UP, 1 if ready and status.pid is not None else 0, name)
+        out.add(WORKER_CRASH_LOOP, 1 if status.state.value == "crash_loop" else 0, name)
+        out.add(WORKER_RESTARTS, status.restarts, name)
+        if status.last_exit_code is not None:
+            out.add(WORKER_EXIT_CODE, status.last_exit_code, name)
+        if status.pid is not None and status.started_at is not None:
+            out.add(WORKER_UPTIME, max(now - status.started_at, 0.0), name)
+        if status.pid is not None and status.hello is not None:
+            identity = status.hello.get("worker", {})
+            model, device = str(identity.get("model", "")), str(identity.get("device", ""))
+            out.add(WORKER_INFO, 1, name, str(status.pid), model, device, "" if gpu is None else str(gpu))
+        if status.placement is not None:
+            out.add(WORKER_PLACEMENT, 1, name, str(status.placement.node), status.placement.cpulist())
+        for knob, value in sorted(status.knobs.items()):
+            out.add(KNOB_VALUE, value, name, knob)
+        if status.stats is not None and status.pid is not None:
+            self._collect_stats(name, status.stats, out)
+            age = now - status.stats_at
+            out.add(STATS_AGE, max(age, 0.0), name)
+            if ready and age > STALE_STATS_SECONDS:
+                out.errors.append(f"no stats from worker {name} for {age:.0f} s")
+
     @staticmethod
-    def _collect_stats(stats: dict[str, Any], out: Collected) -> None:
+    def _collect_stats(name: str, stats: dict[str, Any], out: Collected) -> None:
         for field_name, (spec, labels) in _SCALARS.items():
             value = stats.get(field_name)
             if _number(value):
-                out.add(spec, float(value), *labels)  # type: ignore[arg-type]
+                out.add(spec, float(value), name, *labels)  # type: ignore[arg-type]
         for field_name, spec in (("latency_seconds", LATENCY), ("batch_size", BATCH_SIZE)):
             histogram = histogram_buckets(stats.get(field_name))
             if histogram is not None:
-                out.add_histogram(spec, *histogram)
+                out.add_histogram(spec, *histogram, name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

@@ -131,9 +131,11 @@ class ControlClient:
                 raise ControlError(reply["error"])
             return reply
 
-    def set(self, knobs: dict[str, int]) -> dict[str, int]:
-        """Applies knobs; returns what the worker applied. ControlError carries its refusal."""
-        return self.request("set", knobs=knobs)["applied"]
+    def set(self, knobs: dict[str, int], worker: str | None = None) -> dict[str, int]:
+        """Applies knobs; returns what the worker applied. ControlError carries its refusal.
+        `worker` names one of the daemon's workers (on its admin socket)."""
+        fields = {"knobs": knobs} if worker is None else {"knobs": knobs, "worker": worker}
+        return self.request("set", **fields)["applied"]
 
     def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""

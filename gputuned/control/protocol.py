@@ -7,7 +7,7 @@ the receiver can answer with a nack and carry on. Version 1 messages:
 
     hello  worker -> client  {"worker": {...identity}, "knobs": {name: {value,min,max,live,description}},
                               "restart_only": {setting: current value}}
-    set    client -> worker  {"seq": n, "knobs": {name: int}}
+    set    client -> worker  {"seq": n, "knobs": {name: int}, "worker": name (to the daemon, which worker)}
     ack    worker -> client  {"seq": n, "applied": {name: int}}
     nack   either            {"error": "...", "seq": n (when known)}
     stats  worker -> client  {"t": monotonic_seconds, "stats": {...cumulative counters and gauges}}
@@ -15,7 +15,8 @@ the receiver can answer with a nack and carry on. Version 1 messages:
                              compares it with its own monotonic clock)
     status client -> either  {"seq": n}; the answer carries {"seq": n, "status": {...}}; a worker's
                              status holds its current "knobs" (the daemon re-reads them after a nack)
-    tune   client -> daemon  {"seq": n, "mode": "auto|recommend|frozen", "resume": true}; answered with a status
+    tune   client -> daemon  {"seq": n, "mode": "auto|recommend|frozen", "resume": true, "worker": name};
+                             answered with a status
     ping / pong  either      {"seq": n}
 """
 
@@ -31,12 +32,12 @@ _NUMBER = (int, float)
 # type -> (required fields, optional fields), each field -> accepted Python types.
 _SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "hello": ({"worker": dict, "knobs": dict}, {"restart_only": dict}),
-    "set": ({"seq": int, "knobs": dict}, {}),
+    "set": ({"seq": int, "knobs": dict}, {"worker": str}),
     "ack": ({"seq": int, "applied": dict}, {}),
     "nack": ({"error": str}, {"seq": int}),
     "stats": ({"t": _NUMBER, "stats": dict}, {}),
     "status": ({"seq": int}, {"status": dict}),
-    "tune": ({"seq": int}, {"mode": str, "resume": bool}),
+    "tune": ({"seq": int}, {"mode": str, "resume": bool, "worker": str}),
     "ping": ({"seq": int}, {}),
     "pong": ({"seq": int}, {}),
 }

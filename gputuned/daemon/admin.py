@@ -29,20 +29,23 @@ from gputuned.knobs import KnobError
 class AdminHandler(Protocol):
     """What the daemon offers on its admin socket."""
 
+    def worker_names(self) -> list[str]: ...
+
     def worker_hello(self) -> dict[str, Any] | None:
-        """The supervised worker's hello with the knob values the daemon holds; None without one."""
+        """The only worker's hello with the knob values the daemon holds; None without one or
+        with several (their knobs are told by `status`)."""
         ...
 
     def status_report(self) -> dict[str, Any]:
         """The report `gputuned status` shows; must not wait on a worker."""
         ...
 
-    def manual_set(self, changes: dict[str, int]) -> dict[str, int]:
-        """Applies knobs by hand; raises KnobError or ControlError with the reason."""
+    def manual_set(self, changes: dict[str, int], worker: str | None) -> dict[str, int]:
+        """Applies knobs by hand to a worker (None: the only one); raises KnobError or ControlError with the reason."""
         ...
 
-    def tune(self, mode: str | None, resume: bool) -> dict[str, Any]:
-        """Changes the tuner's mode and/or unfreezes hand-set knobs; returns the status report."""
+    def tune(self, mode: str | None, resume: bool, worker: str | None) -> dict[str, Any]:
+        """Changes a worker's tuner mode and/or unfreezes its hand-set knobs; returns the status report."""
         ...
 
 
@@ -52,7 +55,12 @@ class AdminServer(LineServer):
         self._handler = handler
 
     def hello(self) -> dict[str, Any]:
-        identity = {"pid": os.getpid(), "role": "gputuned daemon", "version": __version__}
+        identity = {
+            "pid": os.getpid(),
+            "role": "gputuned daemon",
+            "version": __version__,
+            "workers": self._handler.worker_names(),
+        }
         worker = self._handler.worker_hello()
         if worker is None:
             return message("hello", worker=identity, knobs={})
@@ -73,10 +81,12 @@ class AdminServer(LineServer):
             if kind == "status" and "status" not in request:
                 return message("status", seq=seq, status=self._handler.status_report())
             if kind == "set":
-                applied = await asyncio.to_thread(self._handler.manual_set, request["knobs"])
+                applied = await asyncio.to_thread(self._handler.manual_set, request["knobs"], request.get("worker"))
                 return message("ack", seq=seq, applied=applied)
             if kind == "tune":
-                report = await asyncio.to_thread(self._handler.tune, request.get("mode"), request.get("resume", False))
+                report = await asyncio.to_thread(
+                    self._handler.tune, request.get("mode"), request.get("resume", False), request.get("worker")
+                )
                 return message("status", seq=seq, status=report)
         except (KnobError, ControlError) as exc:
             return nack(str(exc), seq)

@@ -70,10 +70,24 @@ def host_nodes(sys_root: Path) -> dict[int, tuple[tuple[int, ...], int]]:
 
 
 def choose_placement(
-    setting: str, gpu_node: int | None, nodes: dict[int, tuple[tuple[int, ...], int]]
+    setting: str, gpu_node: int | None, nodes: dict[int, tuple[tuple[int, ...], int]], cpus: tuple[int, ...] = ()
 ) -> tuple[Placement | None, str]:
-    """(placement or None, why) for `worker.placement` = auto | off | node number, given the
-    host's nodes as `host_nodes` reads them (node -> (CPUs, free bytes)). Pure."""
+    """(placement or None, why) for `placement` = auto | off | node number and an explicit
+    `cpus` set, given the host's nodes as `host_nodes` reads them (node -> (CPUs, free
+    bytes)). Pure; ValueError when `cpus` names a CPU the host does not have online.
+
+    Explicit CPUs win (a CPU-only host split between workers): the memory then prefers the
+    node holding most of them."""
+    if cpus:
+        online = {cpu for node_cpus, _free in nodes.values() for cpu in node_cpus}
+        missing = sorted(set(cpus) - online) if nodes else []
+        if missing:
+            raise ValueError(
+                f"CPUs {format_cpulist(missing)} are not online on this host (online: {format_cpulist(sorted(online))})"
+            )
+        holding = {node: len(set(cpus) & set(node_cpus)) for node, (node_cpus, _free) in nodes.items()}
+        node = max(holding, key=lambda n: holding[n]) if holding else 0
+        return Placement(node, tuple(sorted(cpus))), f"CPUs {format_cpulist(sorted(cpus))} as configured, memory on node {node}"
     if setting == "off":
         return None, "placement is off"
     if setting.isdigit():

@@ -18,6 +18,7 @@ import grp
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -30,27 +31,31 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from gputuned.collectors import CollectorContext, build_collectors
 from gputuned.collectors.nvml_session import NvmlSession, read_pci_numa_node
+from gputuned.collectors.tuner import TunerCollector
+from gputuned.collectors.worker import WorkerCollector
 from gputuned.config import Config, ConfigError, load_config
 from gputuned.control.server import ServerThread
 from gputuned.daemon.admin import AdminServer
 from gputuned.daemon.jobs import JobEvents
-from gputuned.daemon.launch import worker_gpu
-from gputuned.daemon.placement import choose_placement, host_nodes
+from gputuned.daemon.placement import host_nodes
+from gputuned.daemon.plans import plan_slots
 from gputuned.daemon.sdnotify import Notifier, status_due, watchdog_due
-from gputuned.daemon.slot import SlotPlan, WorkerSlot
+from gputuned.daemon.slot import WorkerSlot
 from gputuned.daemon.status import build_status, status_line
 from gputuned.exporter import build_registry, serve_metrics
 from gputuned.knobs import KnobError
+from gputuned.page import render as render_page
 from gputuned.sampler import Sampler
 from gputuned.samples import WorkerTarget
 from gputuned.store import SampleStore
+from gputuned.tuners.turns import TrialTurns
 
 log = logging.getLogger(__name__)
 
 SAMPLE_JOB_ID = "sample"
 SAMPLING_EXECUTOR = "sampling"
 STATUS_EVERY_SECONDS = 5.0
-WORKER_NAME = "worker"  # the one worker of the [worker] table
+PAGE_SPAN_SECONDS, PAGE_STEP_SECONDS = 300.0, 10.0  # the landing page's plot: 5 minutes in 10 s windows
 
 
 def tune_job_id(slot: WorkerSlot) -> str:
@@ -91,6 +96,7 @@ class Daemon:
         self._server: Any = None
         self._admin: ServerThread | None = None
         self._started_at = time.monotonic()
+        self._gpu_count = 0
         self._last_watchdog = 0.0
         self._last_status = 0.0
 
@@ -127,11 +133,11 @@ class Daemon:
         )
         collectors = build_collectors(enabled, context)
         if self._supervise:
-            self.slots = [WorkerSlot(self._plan(WORKER_NAME, context), config.worker, config.tuning, self.store)]
+            self.slots = self._build_slots(context)
+            collectors += [WorkerCollector(lambda: self.slots), TunerCollector(lambda: self.slots)]
         for slot in self.slots:
-            collectors += slot.collectors()
             slot.start()
-        self._sampler = Sampler(collectors, self.store, self._target)
+        self._sampler = Sampler(collectors, self.store, self._targets)
         log.info("collectors: %s", ", ".join(self._sampler.collector_names) or "none")
         # One round before serving, so the first scrape already has data.
         self._sampler.tick()
@@ -151,13 +157,14 @@ class Daemon:
         self._scheduler.start()
 
         host, port = config.metrics.address
-        self._server = serve_metrics(build_registry(self.store), host, port)
+        self._server = serve_metrics(build_registry(self.store), host, port, self.landing_page)
         log.info("serving metrics on http://%s:%d/metrics", *self.metrics_address)
         self._admin = ServerThread(AdminServer(self.admin_socket, self, group=group), "gputuned-admin")
         self._admin.start()
 
     def _group(self) -> int | None:
-        name = self._config.worker.control_group
+        """The group let onto the admin socket: the first worker's `control_group`."""
+        name = self._config.worker_definitions(0)[0].control_group
         if not name:
             return None
         try:
@@ -165,52 +172,60 @@ class Daemon:
         except KeyError:
             raise ConfigError(f"worker.control_group: no group named {name!r} on this host") from None
 
-    def _plan(self, name: str, context: CollectorContext) -> SlotPlan:
-        """Where a worker runs: its GPU (NVML index), and the NUMA node that GPU hangs off."""
+    def _build_slots(self, context: CollectorContext) -> list[WorkerSlot]:
+        """One slot per defined worker, placed on its GPU's NUMA node (or its configured CPUs)."""
         config = self._config
         bus_ids = context.gpu_bus_ids()
-        gpu = worker_gpu(config.worker.device, len(bus_ids))
-        gpu_node = read_pci_numa_node(context.sys_root, bus_ids[gpu]) if gpu is not None and gpu in bus_ids else None
-        placement, why = choose_placement(config.worker.placement, gpu_node, host_nodes(context.sys_root))
-        log.info("placement of worker %s: %s", name, why)
-        runtime_dir = Path(config.paths.runtime_dir)
-        return SlotPlan(name, runtime_dir / "worker.sock", Path(config.paths.state_dir), gpu, placement)
+        self._gpu_count = len(bus_ids)
+        gpu_nodes = {gpu: read_pci_numa_node(context.sys_root, bus_id) for gpu, bus_id in bus_ids.items()}
+        definitions = config.worker_definitions(self._gpu_count)
+        paths = config.paths
+        plans = plan_slots(
+            definitions, Path(paths.runtime_dir), Path(paths.state_dir), self._gpu_count, gpu_nodes, host_nodes(context.sys_root)
+        )
+        for plan in plans:
+            log.info("placement of worker %s: %s", plan.name, plan.placement_reason)
+        turns = TrialTurns()
+        return [WorkerSlot(plan, definition, config.tuning, self.store, turns) for plan, definition in zip(plans, definitions)]
 
-    def _target(self) -> WorkerTarget:
-        """The worker the per-process collectors watch."""
-        return self.slots[0].target() if self.slots else self._watch
+    def _targets(self) -> list[WorkerTarget]:
+        """The workers the per-process collectors watch."""
+        return [slot.target() for slot in self.slots] if self.slots else [self._watch]
 
     # --- the admin socket's handler (see admin.AdminHandler) ------------------------------------
 
-    def _slot(self) -> WorkerSlot:
+    def _slot(self, name: str | None) -> WorkerSlot:
+        """The named worker, or the only one; KnobError saying which there are."""
         if not self.slots:
             raise KnobError("this daemon runs without a worker (--no-worker); there is nothing to set or tune")
-        return self.slots[0]
+        if name is None and len(self.slots) == 1:
+            return self.slots[0]
+        for slot in self.slots:
+            if slot.name == name:
+                return slot
+        names = ", ".join(slot.name for slot in self.slots)
+        if name is None:
+            raise KnobError(f"this daemon runs several workers; name one with --worker: {names}")
+        raise KnobError(f"no worker named {name!r}; workers: {names}")
+
+    def worker_names(self) -> list[str]:
+        return [slot.name for slot in self.slots]
 
     def worker_hello(self) -> dict[str, Any] | None:
-        return self.slots[0].hello() if self.slots else None
+        return self.slots[0].hello() if len(self.slots) == 1 else None
 
-    def manual_set(self, changes: dict[str, int]) -> dict[str, int]:
-        return self._slot().manual_set(changes)
+    def manual_set(self, changes: dict[str, int], worker: str | None = None) -> dict[str, int]:
+        return self._slot(worker).manual_set(changes)
 
-    def tune(self, mode: str | None, resume: bool) -> dict[str, Any]:
-        self._slot().tune(mode, resume)
+    def tune(self, mode: str | None, resume: bool, worker: str | None = None) -> dict[str, Any]:
+        self._slot(worker).tune(mode, resume)
         return self.status_report()
 
     def status_report(self) -> dict[str, Any]:
         """From snapshots only: answering never waits on a worker."""
-        slot = self.slots[0] if self.slots else None
         host, port = self.metrics_address
-        return build_status(
-            self.store,
-            slot.status() if slot else None,
-            slot.recent_performance() if slot else None,
-            time.monotonic(),
-            self._started_at,
-            f"http://{host}:{port}/metrics",
-            slot.tuning.guard.view() if slot else None,
-            slot.state_error() if slot else None,
-        )
+        snapshots = [slot.snapshot() for slot in self.slots]
+        return build_status(self.store, snapshots, time.monotonic(), self._started_at, f"http://{host}:{port}/metrics")
 
     # --- the work loop ----------------------------------------------------------------------
 
@@ -230,11 +245,14 @@ class Daemon:
             self.notifier.status(self.status_line())
             self._last_status = now
 
+    def landing_page(self) -> str:
+        """The page at `/` of the metrics port: every worker over the last minutes."""
+        series = {slot.name: slot.tuning.series(PAGE_SPAN_SECONDS, PAGE_STEP_SECONDS) for slot in self.slots}
+        slos = {slot.name: slot.slo_seconds() for slot in self.slots}
+        return render_page(self.status_report(), series, slos, PAGE_SPAN_SECONDS, socket.gethostname())
+
     def status_line(self) -> str:
-        slot = self.slots[0] if self.slots else None
-        if slot is None:
-            return status_line(None, None, None)
-        return status_line(slot.status(), slot.recent_performance(), slot.state_error())
+        return status_line([slot.snapshot() for slot in self.slots])
 
     def wait_until_ready(self, timeout: float) -> None:
         """Sends READY=1 once the first sample is taken and the workers are ready (or given up on)."""
@@ -267,8 +285,12 @@ class Daemon:
         needs_restart = [name for name in ("metrics", "collectors", "nvml", "paths") if getattr(new, name) != getattr(old, name)]
         if needs_restart:
             log.warning("reload: changes to [%s] take effect when the daemon restarts", ", ".join(needs_restart))
+        definitions = {worker.name: worker for worker in new.worker_definitions(self._gpu_count)}
+        if set(definitions) != {slot.name for slot in self.slots}:
+            log.warning("reload: adding or removing workers takes effect when the daemon restarts")
         for slot in self.slots:
-            slot.reconfigure(new.worker, new.tuning)
+            if slot.name in definitions:
+                slot.reconfigure(definitions[slot.name], new.tuning)
         self._config = new
         log.info("configuration reloaded")
 

@@ -9,30 +9,35 @@ no I/O; `start` reads the saved knobs and starts the supervisor thread.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from gputuned.collectors.base import Collector
-from gputuned.collectors.tuner import TunerCollector
-from gputuned.collectors.worker import WorkerCollector
 from gputuned.config import TuningConfig, WorkerConfig
 from gputuned.control.client import ControlError
 from gputuned.daemon.decisions import DecisionLog
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.launch import worker_launch
-from gputuned.daemon.placement import Placement
+from gputuned.daemon.plans import SlotPlan
 from gputuned.daemon.restarts import RestartPolicy
 from gputuned.daemon.state import KnobStore, workload_key
+from gputuned.daemon.status import WorkerSnapshot
 from gputuned.daemon.supervisor import Supervisor, WorkerStatus
 from gputuned.daemon.tuning import TuningLoop
 from gputuned.knobs import KnobError, KnobSpec
 from gputuned.performance import Measurement
 from gputuned.samples import WorkerTarget
 from gputuned.store import SampleStore
+from gputuned.tuners.guard import GuardView
 from gputuned.tuners.mode import Mode
+from gputuned.tuners.turns import TrialTurns
 
 log = logging.getLogger(__name__)
+
+
+def trial_group(tuning: TuningConfig, plan: SlotPlan) -> str:
+    """Whose trials this worker's take turns with: the whole host's, or its NUMA node's."""
+    if tuning.trials == "one_per_numa_node" and plan.placement is not None:
+        return f"node{plan.placement.node}"
+    return "host"
 
 
 def restart_policy(worker: WorkerConfig) -> RestartPolicy:
@@ -47,19 +52,9 @@ def restart_policy(worker: WorkerConfig) -> RestartPolicy:
     )
 
 
-@dataclass(frozen=True)
-class SlotPlan:
-    """Where a slot's worker runs and keeps its files, decided by the daemon at start."""
-
-    name: str
-    control_socket: Path
-    state_dir: Path
-    gpu: int | None  # the NVML index of its GPU, None on the CPU
-    placement: Placement | None
-
-
 class WorkerSlot:
-    def __init__(self, plan: SlotPlan, worker: WorkerConfig, tuning: TuningConfig, store: SampleStore) -> None:
+    def __init__(self, plan: SlotPlan, worker: WorkerConfig, tuning: TuningConfig, store: SampleStore, turns: TrialTurns) -> None:
+        """`turns` are the trial turns this worker shares with its neighbours on the host."""
         self.name = plan.name
         self.plan = plan
         self._worker_config = worker
@@ -72,7 +67,13 @@ class WorkerSlot:
             launch, restart_policy(worker), plan.placement, self.history, self._knobs_for_hello, self._record_applied
         )
         self.tuning = TuningLoop(
-            tuning, self.supervisor, self.history.between, self._device_signals, self._persist_knobs, self.decision_log.append
+            tuning,
+            self.supervisor,
+            self.history.between,
+            self._device_signals,
+            self._persist_knobs,
+            self.decision_log.append,
+            turn=turns.member(plan.name, trial_group(tuning, plan)),
         )
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -97,17 +98,29 @@ class WorkerSlot:
     def status(self) -> WorkerStatus:
         return self.supervisor.status()
 
+    def snapshot(self) -> WorkerSnapshot:
+        return WorkerSnapshot(
+            self.name, self.supervisor.status(), self.tuning.recent(), self.tuning.guard.view(), self.state_error()
+        )
+
+    @property
+    def gpu(self) -> int | None:
+        return self.plan.gpu
+
     def target(self) -> WorkerTarget:
-        return WorkerTarget(pid=self.supervisor.status().pid, gpu=self.plan.gpu)
+        return WorkerTarget(pid=self.supervisor.status().pid, gpu=self.plan.gpu, name=self.name)
 
     def recent_performance(self) -> Measurement | None:
         return self.tuning.recent()
 
-    def collectors(self) -> list[Collector]:
-        return [
-            WorkerCollector(self.supervisor.status),
-            TunerCollector(self.tuning.guard.view, self._knob_names, lambda: self.tuning.slo_seconds, self.recent_performance),
-        ]
+    def tuner_view(self) -> GuardView:
+        return self.tuning.guard.view()
+
+    def knob_names(self) -> list[str]:
+        return list(self.supervisor.status().knobs)
+
+    def slo_seconds(self) -> float:
+        return self.tuning.slo_seconds
 
     def state_error(self) -> str | None:
         """Why the state directory cannot be written (knobs and decisions then live in memory only)."""
@@ -178,9 +191,6 @@ class WorkerSlot:
         status = self.supervisor.status()
         if status.hello is not None:
             self.knob_store.accept(workload_key(status.hello), dict(status.knobs))
-
-    def _knob_names(self) -> list[str]:
-        return list(self.supervisor.status().knobs)
 
     def _device_signals(self, start: float, end: float) -> tuple[float | None, float | None]:
         """The worker's device busy share and PCIe utilisation over a window: its GPU's, or the

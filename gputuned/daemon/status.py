@@ -1,13 +1,15 @@
-"""The status report: GPUs, the worker, its knobs, throughput and p99, for `gputuned status`.
+"""The status report: GPUs, every worker, their knobs, throughput and p99, for `gputuned status`.
 
 `build_status` gathers it from what the daemon already holds (the store's newest samples
-and the supervisor's view), `format_status` renders it as tables for a person, and
+and each worker's snapshot), `format_status` renders it as tables for a person, and
 `status_line` condenses it into systemd's one-line STATUS=. All pure over their inputs.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gputuned import __version__
@@ -40,85 +42,97 @@ def _gpus(store: SampleStore) -> list[dict[str, Any]]:
     return [gpus[key] for key in sorted(gpus, key=int) if "name" in gpus[key]]
 
 
-def _offnode_ratio(store: SampleStore) -> float | None:
-    points = store.window("gputuned_worker_offnode_ratio")
+@dataclass(frozen=True)
+class WorkerSnapshot:
+    """One worker as the daemon holds it now: never a wait on the worker."""
+
+    name: str
+    status: Any  # the supervisor's WorkerStatus
+    performance: Any  # a Measurement over the recent seconds, None when unknown
+    tuner: Any  # the guard's GuardView
+    state_error: str | None  # why its state files cannot be written
+
+
+def _offnode_ratio(store: SampleStore, name: str) -> float | None:
+    points = store.window("gputuned_worker_offnode_ratio", (name,))
     return points[-1][1] if points else None
 
 
-def build_status(
-    store: SampleStore,
-    worker: Any,
-    performance: Any,
-    now: float,
-    started_at: float,
-    metrics_url: str,
-    tuner: Any = None,
-    state_error: str | None = None,
-) -> dict[str, Any]:
-    """`worker` is the supervisor's WorkerStatus (None without a worker), `performance` a
-    Measurement of it over the recent seconds (None when unknown), `tuner` the guard's
-    GuardView, `state_error` why the state directory cannot be written; `now` and
-    `started_at` (the daemon's start) are monotonic seconds, like the worker's times."""
-    report: dict[str, Any] = {
-        "daemon": {
-            "version": __version__,
-            "uptime_seconds": now - started_at,
-            "metrics": metrics_url,
-            "state_error": state_error,
-        },
-        "gpus": _gpus(store),
-        "collectors": {s.collector: s.success for s in store.snapshots()},
-        "worker": None,
-        "knobs": {},
-        "performance": None,
-        "tuner": None,
-        "decisions": [],
-    }
-    if tuner is not None:
-        report["tuner"] = {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs}
-        report["decisions"] = [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]]
-    if worker is not None:
-        identity = (worker.hello or {}).get("worker", {})
-        report["worker"] = {
-            "state": worker.state.value,
-            "message": worker.message,
-            "pid": worker.pid,
-            "model": identity.get("model"),
-            "device": identity.get("device"),
-            "restarts": worker.restarts,
-            "last_exit_code": worker.last_exit_code,
-            "uptime_seconds": now - worker.started_at if worker.pid is not None and worker.started_at else None,
-            "placement": None
-            if worker.placement is None
-            else {"node": worker.placement.node, "cpus": worker.placement.cpulist()},
-            "offnode_ratio": _offnode_ratio(store),
-        }
-        report["knobs"] = dict(worker.knobs)
-    if performance is not None:
-        report["performance"] = {
+def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> dict[str, Any]:
+    status, performance, tuner = worker.status, worker.performance, worker.tuner
+    identity = (status.hello or {}).get("worker", {})
+    running = status.pid is not None and status.started_at
+    placement = status.placement
+    return {
+        "name": worker.name,
+        "state": status.state.value,
+        "message": status.message,
+        "pid": status.pid,
+        "model": identity.get("model"),
+        "device": identity.get("device"),
+        "restarts": status.restarts,
+        "last_exit_code": status.last_exit_code,
+        "uptime_seconds": now - status.started_at if running else None,
+        "placement": None if placement is None else {"node": placement.node, "cpus": placement.cpulist()},
+        "offnode_ratio": _offnode_ratio(store, worker.name),
+        "knobs": dict(status.knobs),
+        "performance": None
+        if performance is None
+        else {
             "window_seconds": performance.seconds,
             "throughput_per_second": performance.throughput,
+            "goodput_per_second": performance.goodput,
             "p50_seconds": performance.p50,
             "p99_seconds": performance.p99,
             "failed": performance.failed,
             "refused": performance.refused,
             "rejected": performance.rejected,
-        }
-    return report
+        },
+        "tuner": {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs},
+        "decisions": [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]],
+        "state_error": worker.state_error,
+    }
 
 
-def status_line(worker: Any, performance: Any, state_error: str | None) -> str:
-    """One line for systemd's STATUS=: worker state, throughput, p99, knobs."""
-    if worker is None:
+def build_status(
+    store: SampleStore, workers: Sequence[WorkerSnapshot], now: float, started_at: float, metrics_url: str
+) -> dict[str, Any]:
+    """The report: the daemon, the GPUs, the collectors' health and every worker. `now` and
+    `started_at` (the daemon's start) are monotonic seconds, like the workers' times."""
+    return {
+        "daemon": {"version": __version__, "uptime_seconds": now - started_at, "metrics": metrics_url},
+        "gpus": _gpus(store),
+        "collectors": {s.collector: s.success for s in store.snapshots()},
+        "workers": [_worker_report(store, worker, now) for worker in workers],
+    }
+
+
+def worker_entry(report: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """One worker of a report: the one named, or the only one; KeyError saying which exist."""
+    workers = {entry["name"]: entry for entry in report["workers"]}
+    if name is None and len(workers) == 1:
+        return next(iter(workers.values()))
+    if name not in workers:
+        known = ", ".join(workers) or "none (the daemon runs without workers)"
+        raise KeyError(f"no worker named {name!r}; workers: {known}" if name else f"name one worker of: {known}")
+    return workers[name]
+
+
+def status_line(workers: Sequence[WorkerSnapshot]) -> str:
+    """One line for systemd's STATUS=: each worker's state, throughput, p99 and knobs."""
+    if not workers:
         return "monitoring (no worker)"
-    parts = [f"worker {worker.state.value}"]
-    if performance is not None:
-        p99 = f"{performance.p99 * 1000:.1f} ms" if performance.p99 is not None else "-"
-        parts.append(f"{performance.throughput:.1f} req/s, p99 {p99}")
-    if worker.knobs:
-        parts.append(" ".join(f"{k}={v}" for k, v in sorted(worker.knobs.items())))
-    if state_error:
-        parts.append("state not saved, kept in memory")
+    parts = []
+    for worker in workers:
+        words = [f"{worker.name} {worker.status.state.value}"]
+        if worker.performance is not None:
+            p99 = worker.performance.p99
+            words.append(f"{worker.performance.throughput:.1f} req/s, p99 {'-' if p99 is None else f'{p99 * 1000:.1f} ms'}")
+        if worker.status.knobs:
+            words.append(" ".join(f"{k}={v}" for k, v in sorted(worker.status.knobs.items())))
+        if worker.state_error:
+            words.append("state not saved, kept in memory")
+        parts.append(", ".join(words))
     return "; ".join(parts)
 
 
@@ -135,11 +149,18 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _performance_line(performance: dict[str, Any]) -> str:
+    return (
+        f"throughput {performance['throughput_per_second']:.1f} req/s, goodput {performance['goodput_per_second']:.1f}/s, "
+        f"p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, "
+        f"{performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected "
+        f"(last {performance['window_seconds']:.0f} s)"
+    )
+
+
 def format_status(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
     lines = [f"gputuned {daemon['version']}, up {_fmt(daemon['uptime_seconds'], ' s', digits=0)}, metrics at {daemon['metrics']}"]
-    if daemon.get("state_error"):
-        lines.append(f"state not saved ({daemon['state_error']}): tuned knobs and decisions are kept in memory only")
     failing = [name for name, ok in report["collectors"].items() if not ok]
     if failing:
         lines.append(f"collectors failing: {', '.join(failing)} (see the log and gputuned_collector_success)")
@@ -162,50 +183,53 @@ def format_status(report: dict[str, Any]) -> str:
     else:
         lines.append("GPUs: none visible through NVML")
     lines.append("")
-    worker = report["worker"]
-    if worker is None:
-        lines.append("worker: not supervised (--no-worker)")
-    else:
-        placement = worker["placement"]
-        where = f"NUMA node {placement['node']} (CPUs {placement['cpus']})" if placement else "not placed"
-        lines += _table(
-            ["WORKER", "STATE", "PID", "MODEL", "DEVICE", "UPTIME", "RESTARTS", "PLACEMENT", "OFF-NODE"],
+    workers = report["workers"]
+    if not workers:
+        lines.append("workers: none supervised (--no-worker)")
+        return "\n".join(lines)
+    rows = []
+    for w in workers:
+        placement = w["placement"]
+        where = f"node {placement['node']} (CPUs {placement['cpus']})" if placement else "not placed"
+        rows.append(
             [
-                [
-                    "worker",
-                    worker["state"],
-                    str(worker["pid"] or "-"),
-                    worker["model"] or "-",
-                    worker["device"] or "-",
-                    _fmt(worker["uptime_seconds"], " s", digits=0),
-                    str(worker["restarts"]),
-                    where,
-                    _fmt(worker["offnode_ratio"], "%", 100, 1),
-                ]
-            ],
+                w["name"],
+                w["state"],
+                str(w["pid"] or "-"),
+                w["model"] or "-",
+                w["device"] or "-",
+                _fmt(w["uptime_seconds"], " s", digits=0),
+                str(w["restarts"]),
+                where,
+                _fmt(w["offnode_ratio"], "%", 100, 1),
+                w["tuner"]["mode"],
+            ]
         )
-        if worker["state"] != "ready":
-            lines.append(f"  {worker['message']}")
+    lines += _table(["WORKER", "STATE", "PID", "MODEL", "DEVICE", "UPTIME", "RESTARTS", "PLACEMENT", "OFF-NODE", "TUNER"], rows)
+    for w in workers:
         lines.append("")
-        performance = report["performance"]
-        if performance is not None:
-            lines.append(
-                f"throughput {performance['throughput_per_second']:.1f} req/s, p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, "
-                f"p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, {performance['failed']} failed, "
-                f"{performance.get('refused', 0)} refused, {performance.get('rejected', 0)} rejected "
-                f"(last {performance['window_seconds']:.0f} s)"
-            )
-        if report["knobs"]:
-            lines += _table(["KNOB", "VALUE"], [[name, str(value)] for name, value in sorted(report["knobs"].items())])
+        lines.append(
+            f"{w['name']}: tuner {w['tuner']['mode']} ({w['tuner']['phase']})"
+            + (f", frozen by hand: {', '.join(w['tuner']['frozen_knobs'])}" if w["tuner"]["frozen_knobs"] else "")
+        )
+        if w["state"] != "ready":
+            lines.append(f"  {w['message']}")
+        if w["state_error"]:
+            lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
+        if w["performance"] is not None:
+            lines.append(f"  {_performance_line(w['performance'])}")
+    knob_names = sorted({name for w in workers for name in w["knobs"]})
+    if knob_names:
+        lines.append("")
+        lines += _table(
+            ["KNOB", *(w["name"].upper() for w in workers)],
+            [[name, *(str(w["knobs"].get(name, "-")) for w in workers)] for name in knob_names],
+        )
+    decisions = sorted((d | {"worker": w["name"]} for w in workers for d in w["decisions"]), key=lambda d: d["t"])
     lines.append("")
-    tuner = report.get("tuner")
-    if tuner is not None:
-        frozen = f", frozen by hand: {', '.join(tuner['frozen_knobs'])}" if tuner["frozen_knobs"] else ""
-        lines.append(f"tuner: {tuner['mode']} ({tuner['phase']}){frozen}")
-    decisions = report["decisions"]
     lines.append("decisions: none yet" if not decisions else "last decisions:")
-    for d in decisions:
+    for d in decisions[-DECISIONS_SHOWN:]:
         when = time.strftime("%H:%M:%S", time.localtime(d["t"]))
         change = f"{d['old']} -> {d['new']}" if d["new"] is not None else ""
-        lines.append(f"  {when} {d['action']:<9} {d['knob']} {change}: {d['reason']}")
+        lines.append(f"  {when} {d['worker']} {d['action']:<9} {d['knob']} {change}: {d['reason']}")
     return "\n".join(lines)

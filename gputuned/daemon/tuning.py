@@ -24,6 +24,7 @@ from gputuned.performance import Measurement, measure
 from gputuned.tuners import default_tuners
 from gputuned.tuners.guard import Context, Decision, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
+from gputuned.tuners.turns import TrialTurn
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,11 @@ class TuningLoop:
         record: Callable[[Decision], None],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        turn: TrialTurn | None = None,
     ) -> None:
         """`worker` is the Supervisor (status() and set_knobs()); `on_kept()` persists the
-        worker's knobs after a kept change; `record(decision)` writes the decision log."""
+        worker's knobs after a kept change; `record(decision)` writes the decision log; `turn`
+        is the worker's place in its neighbours' trial turns."""
         self._worker = worker
         self._stats_between = stats_between
         self._device_signals = device_signals
@@ -95,6 +98,7 @@ class TuningLoop:
             self._decided,
             Mode(tuning.mode),
             wall_clock,
+            turn,
         )
 
     @property
@@ -132,6 +136,17 @@ class TuningLoop:
             return None
         device_busy, pcie = self._device_signals(t0, t1)
         return measure(older, newer, t1 - t0, self.slo_seconds, device_busy, pcie)
+
+    def series(self, span: float, step: float) -> list[tuple[float, float, float | None]]:
+        """(seconds ago, goodput, p99) of each `step`-long window over the last `span` seconds,
+        oldest first, where the worker reported (the status page's plot)."""
+        now = self._clock()
+        points = []
+        for index in range(int(span // step), 0, -1):
+            window = self.measure(now - index * step, now - (index - 1) * step)
+            if window is not None:
+                points.append(((index - 0.5) * step, window.goodput, window.p99))
+        return points
 
     def recent(self) -> Measurement | None:
         """The worker over the last RECENT_SECONDS (or since its first report)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gputuned.dashboards.panels import GPU, INSTANCE, RATE, Board, dashed_red, graph
+from gputuned.dashboards.panels import GPU, INSTANCE, RATE, WORKER, Board, dashed_red, graph
 
 UID = "gputuned-host"
 
@@ -146,20 +146,20 @@ def build() -> Board:
             "Share of the worker's resident pages that are not on its home node "
             "(its GPU's node, or its CPUs' when it has no GPU); remote pages cost every host-to-device copy.",
             "percentunit",
-            [(f"gputuned_worker_offnode_ratio{{{INSTANCE}}}", "off-node share")],
+            [(f"gputuned_worker_offnode_ratio{{{WORKER}}}", "{{worker}} off-node share")],
             maximum=1,
         ),
         graph(
             "Worker memory per node",
             "The worker's resident memory on each NUMA node (from its numa_maps).",
             "bytes",
-            [(f"gputuned_worker_numa_resident_bytes{{{INSTANCE}}}", "node {{node}}")],
+            [(f"gputuned_worker_numa_resident_bytes{{{WORKER}}}", "{{worker}} node {{node}}")],
         ),
         graph(
             "Worker page faults",
             "Page faults of the worker process per second, minor and major.",
             "short",
-            [(f"rate(gputuned_worker_page_faults_total{{{INSTANCE}}}[{RATE}])", "{{kind}}")],
+            [(f"rate(gputuned_worker_page_faults_total{{{WORKER}}}[{RATE}])", "{{worker}} {{kind}}")],
         ),
     )
     board.row("Host").add(

@@ -17,9 +17,12 @@ from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 TAG = "gputuned"
 DATASOURCE = common.DataSourceRef(type_val="prometheus", uid="${datasource}")
 
-# Label selectors: `INSTANCE` for the host's series, `GPU` for per-GPU series.
+# Label selectors: `INSTANCE` for the host's series, `GPU` for per-GPU series, `WORKER` for
+# per-worker series (every gputuned_worker_*, gputuned_tuner_* and gputuned_knob_value).
 INSTANCE = 'instance=~"$instance"'
 GPU = 'instance=~"$instance", gpu=~"$gpu"'
+WORKER = 'instance=~"$instance", worker=~"$worker"'
+WORKER_GPU = 'instance=~"$instance", worker=~"$worker", gpu=~"$gpu"'
 RATE = "$__rate_interval"
 
 
@@ -73,9 +76,10 @@ def graph(
 
 
 def dashed_red(series: str) -> tuple[model.MatcherConfig, list[model.DynamicConfigValue]]:
-    """An override drawing the series named `series` as a red dashed line: a limit, not a measurement."""
+    """An override drawing the series whose names match the regular expression `series` as red
+    dashed lines: limits, not measurements."""
     return (
-        model.MatcherConfig(id_val="byName", options=series),
+        model.MatcherConfig(id_val="byRegexp", options=series),
         [
             model.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
             model.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
@@ -93,7 +97,8 @@ def column(name: str, header: str, unit: str) -> tuple[str, list[model.DynamicCo
 
 
 def fleet_table(title: str, description: str, columns: list[tuple[str, str, str]]) -> table.Panel:
-    """One row per instance: `columns` are (instant expr by instance, header, unit), merged on `instance`."""
+    """One row per instance and worker: `columns` are (instant expr by instance and worker, header,
+    unit), merged on both."""
     panel = (
         table.Panel()
         .title(title)
@@ -105,14 +110,33 @@ def fleet_table(title: str, description: str, columns: list[tuple[str, str, str]
         .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(
             model.DataTransformerConfig(
-                id_val="organize", options={"excludeByName": {"Time": True, "job": True}, "indexByName": {"instance": 0}}
+                id_val="organize",
+                options={"excludeByName": {"Time": True, "job": True}, "indexByName": {"instance": 0, "worker": 1}},
             )
         )
         .override_by_name("instance", [model.DynamicConfigValue(id_val="displayName", value="Instance")])
+        .override_by_name("worker", [model.DynamicConfigValue(id_val="displayName", value="Worker")])
     )
     for index, (_, header, unit) in enumerate(columns):
         panel = panel.override_by_name(*column(f"Value #{chr(ord('A') + index)}", header, unit))
     return panel
+
+
+def label_variable(
+    name: str, label: str, query: str, *, sort: model.VariableSort = model.VariableSort.ALPHABETICAL_ASC, multi: bool = True
+) -> sdk.QueryVariable:
+    """A dashboard variable over a label's values ("All" matches every value)."""
+    return (
+        sdk.QueryVariable(name)
+        .label(label)
+        .datasource(DATASOURCE)
+        .query(query)
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(sort)
+        .multi(multi)
+        .include_all(True)
+        .all_value(".*")
+    )
 
 
 class Board:
@@ -131,27 +155,18 @@ class Board:
             .timezone(common.TimeZoneBrowser)
             .tooltip(model.DashboardCursorSync.CROSSHAIR)
             .with_variable(sdk.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+            .with_variable(label_variable("instance", "Instance", "label_values(gputuned_sample_age_seconds, instance)"))
             .with_variable(
-                sdk.QueryVariable("instance")
-                .label("Instance")
-                .datasource(DATASOURCE)
-                .query("label_values(gputuned_sample_age_seconds, instance)")
-                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-                .sort(model.VariableSort.ALPHABETICAL_ASC)
-                .multi(True)
-                .include_all(True)
-                .all_value(".*")
+                label_variable(
+                    "gpu",
+                    "GPU",
+                    'label_values(gputuned_gpu_info{instance=~"$instance"}, gpu)',
+                    sort=model.VariableSort.NUMERICAL_ASC,
+                    multi=gpu_variable_multi,
+                )
             )
             .with_variable(
-                sdk.QueryVariable("gpu")
-                .label("GPU")
-                .datasource(DATASOURCE)
-                .query('label_values(gputuned_gpu_info{instance=~"$instance"}, gpu)')
-                .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
-                .sort(model.VariableSort.NUMERICAL_ASC)
-                .multi(gpu_variable_multi)
-                .include_all(True)
-                .all_value(".*")
+                label_variable("worker", "Worker", 'label_values(gputuned_worker_info{instance=~"$instance"}, worker)')
             )
             .link(
                 sdk.DashboardLink("gputuned")

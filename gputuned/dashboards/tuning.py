@@ -6,7 +6,7 @@ from grafana_foundation_sdk.builders import dashboard as sdk
 from grafana_foundation_sdk.builders import heatmap
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-from gputuned.dashboards.panels import DATASOURCE, GPU, INSTANCE, RATE, Board, dashed_red, graph, query
+from gputuned.dashboards.panels import DATASOURCE, RATE, WORKER, WORKER_GPU, Board, dashed_red, graph, query
 
 UID = "gputuned-tuning"
 
@@ -19,7 +19,7 @@ KNOBS = (
     ("intra_op_threads", "Threads per lane", "short", "torch intra-op threads per lane (CPU worker only)."),
 )
 
-LATENCY_BUCKETS = f"gputuned_worker_latency_seconds_bucket{{{INSTANCE}}}"
+LATENCY_BUCKETS = f"gputuned_worker_latency_seconds_bucket{{{WORKER}}}"
 
 
 def decisions_annotation() -> sdk.AnnotationQuery:
@@ -30,16 +30,16 @@ def decisions_annotation() -> sdk.AnnotationQuery:
         .datasource(DATASOURCE)
         .enable(True)
         .icon_color("orange")
-        .expr(f"sum by (knob, action) (increase(gputuned_tuner_decisions_total{{{INSTANCE}}}[$__interval])) > 0")
-        .title_format("{{action}} {{knob}}")
-        .tag_keys("knob,action")
+        .expr(f"sum by (worker, knob, action) (increase(gputuned_tuner_decisions_total{{{WORKER}}}[$__interval])) > 0")
+        .title_format("{{worker}}: {{action}} {{knob}}")
+        .tag_keys("worker,knob,action")
         .step("$__interval")
         .use_value_for_time(False)
     )
 
 
 def batch_size_heatmap() -> heatmap.Panel:
-    expr = f"sum by (le) (increase(gputuned_worker_batch_size_bucket{{{INSTANCE}}}[{RATE}]))"
+    expr = f"sum by (le) (increase(gputuned_worker_batch_size_bucket{{{WORKER}}}[{RATE}]))"
     return (
         heatmap.Panel()
         .title("Batch size distribution")
@@ -67,14 +67,14 @@ def build() -> Board:
             "maximises), all completed requests per second, and those the server failed (its own fault).",
             "reqps",
             [
-                (f"gputuned_tuner_goodput_requests_per_second{{{INSTANCE}}}", "goodput"),
+                (f"gputuned_tuner_goodput_requests_per_second{{{WORKER}}}", "{{worker}} goodput"),
                 (
-                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="ok"}}[{RATE}]))',
-                    "throughput",
+                    f'sum by (instance, worker) (rate(gputuned_worker_requests_total{{{WORKER}, outcome="ok"}}[{RATE}]))',
+                    "{{worker}} throughput",
                 ),
                 (
-                    f'sum by (instance) (rate(gputuned_worker_requests_total{{{INSTANCE}, outcome="failed"}}[{RATE}]))',
-                    "failed",
+                    f'sum by (instance, worker) (rate(gputuned_worker_requests_total{{{WORKER}, outcome="failed"}}[{RATE}]))',
+                    "{{worker}} failed",
                 ),
             ],
             width=12,
@@ -84,17 +84,17 @@ def build() -> Board:
             "Worker latency (queue and compute) at the 50th and 99th percentiles, with the SLO the tuner holds p99 under.",
             "s",
             [
-                (f"histogram_quantile(0.5, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p50"),
-                (f"histogram_quantile(0.99, sum by (instance, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "p99"),
-                (f"gputuned_tuner_slo_p99_seconds{{{INSTANCE}}}", "SLO"),
+                (f"histogram_quantile(0.5, sum by (instance, worker, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "{{worker}} p50"),
+                (f"histogram_quantile(0.99, sum by (instance, worker, le) (rate({LATENCY_BUCKETS}[{RATE}])))", "{{worker}} p99"),
+                (f"gputuned_tuner_slo_p99_seconds{{{WORKER}}}", "{{worker}} SLO"),
             ],
             width=12,
-        ).with_override(*dashed_red("SLO")),
+        ).with_override(*dashed_red(".* SLO")),
         graph(
             "Queue depth",
             "Requests waiting for a batch.",
             "short",
-            [(f"gputuned_worker_queue_depth{{{INSTANCE}}}", "queued")],
+            [(f"gputuned_worker_queue_depth{{{WORKER}}}", "{{worker}} queued")],
             width=12,
         ),
         batch_size_heatmap(),
@@ -104,10 +104,7 @@ def build() -> Board:
             "percentunit",
             [
                 (
-                    (
-                        f"rate(gputuned_worker_lane_busy_seconds_total{{{INSTANCE}}}[{RATE}]) / "
-                        f"gputuned_worker_lanes{{{INSTANCE}}}"
-                    ),
+                    (f"rate(gputuned_worker_lane_busy_seconds_total{{{WORKER}}}[{RATE}]) / gputuned_worker_lanes{{{WORKER}}}"),
                     "busy",
                 )
             ],
@@ -120,7 +117,7 @@ def build() -> Board:
             "oversize); refused, not taken now (full queue, not ready, draining); failed, the server's fault (a batch "
             "error such as out of memory).",
             "reqps",
-            [(f"sum by (outcome) (rate(gputuned_worker_requests_total{{{INSTANCE}}}[{RATE}]))", "{{outcome}}")],
+            [(f"sum by (worker, outcome) (rate(gputuned_worker_requests_total{{{WORKER}}}[{RATE}]))", "{{worker}} {{outcome}}")],
             width=12,
         ),
     )
@@ -131,7 +128,7 @@ def build() -> Board:
                 title,
                 f"{what} Markers show the tuner's decisions.",
                 unit,
-                [(f'gputuned_knob_value{{{INSTANCE}, knob="{knob}"}}', knob)],
+                [(f'gputuned_knob_value{{{WORKER}, knob="{knob}"}}', "{{worker}} " + knob)],
                 width=8,
                 height=7,
             )
@@ -141,7 +138,12 @@ def build() -> Board:
             "Tuner decisions",
             "Changes the tuner applied, kept, reverted or refused, per interval, by knob.",
             "short",
-            [(f"sum by (knob, action) (increase(gputuned_tuner_decisions_total{{{INSTANCE}}}[{RATE}]))", "{{action}} {{knob}}")],
+            [
+                (
+                    f"sum by (worker, knob, action) (increase(gputuned_tuner_decisions_total{{{WORKER}}}[{RATE}]))",
+                    "{{worker}} {{action}} {{knob}}",
+                )
+            ],
             width=8,
             height=7,
         ),
@@ -151,12 +153,12 @@ def build() -> Board:
             "frozen by hand until `gputuned tune --resume`.",
             "short",
             [
-                (f"gputuned_tuner_trial_active{{{INSTANCE}}}", "trial active"),
-                (f"gputuned_tuner_mode{{{INSTANCE}}} == 1", "mode {{mode}}"),
+                (f"gputuned_tuner_trial_active{{{WORKER}}}", "{{worker}} trial active"),
+                (f"gputuned_tuner_mode{{{WORKER}}} == 1", "{{worker}} mode {{mode}}"),
                 (
                     (
-                        f"count by (instance) (gputuned_tuner_knob_frozen{{{INSTANCE}}}) or "
-                        f"0 * group by (instance) (gputuned_tuner_trial_active{{{INSTANCE}}})"
+                        f"count by (instance, worker) (gputuned_tuner_knob_frozen{{{WORKER}}}) or "
+                        f"0 * group by (instance, worker) (gputuned_tuner_trial_active{{{WORKER}}})"
                     ),
                     "frozen knobs",
                 ),
@@ -172,8 +174,8 @@ def build() -> Board:
             "(miss) per second; misses mean the pool is smaller than the batches.",
             "short",
             [
-                (f"rate(gputuned_worker_pool_hits_total{{{INSTANCE}}}[{RATE}])", "hits"),
-                (f"rate(gputuned_worker_pool_misses_total{{{INSTANCE}}}[{RATE}])", "misses"),
+                (f"rate(gputuned_worker_pool_hits_total{{{WORKER}}}[{RATE}])", "{{worker}} hits"),
+                (f"rate(gputuned_worker_pool_misses_total{{{WORKER}}}[{RATE}])", "{{worker}} misses"),
             ],
         ),
         graph(
@@ -181,7 +183,7 @@ def build() -> Board:
             "Batches that failed for lack of memory per interval; the batch tuner halves "
             "the batch size and remembers the ceiling.",
             "short",
-            [(f"increase(gputuned_worker_oom_events_total{{{INSTANCE}}}[{RATE}])", "OOM")],
+            [(f"increase(gputuned_worker_oom_events_total{{{WORKER}}}[{RATE}])", "{{worker}} OOM")],
         ),
         graph(
             "Worker restarts and health",
@@ -189,9 +191,9 @@ def build() -> Board:
             "ready, and whether restarts stopped after a crash loop.",
             "short",
             [
-                (f"increase(gputuned_worker_restarts_total{{{INSTANCE}}}[{RATE}])", "restarts"),
-                (f"gputuned_worker_up{{{INSTANCE}}}", "up"),
-                (f"gputuned_worker_crash_loop{{{INSTANCE}}}", "crash loop"),
+                (f"increase(gputuned_worker_restarts_total{{{WORKER}}}[{RATE}])", "{{worker}} restarts"),
+                (f"gputuned_worker_up{{{WORKER}}}", "{{worker}} up"),
+                (f"gputuned_worker_crash_loop{{{WORKER}}}", "{{worker}} crash loop"),
             ],
         ),
         graph(
@@ -199,8 +201,8 @@ def build() -> Board:
             "Resident host memory of the worker, and device memory it holds on its GPU (needs a GPU).",
             "bytes",
             [
-                (f"gputuned_worker_resident_memory_bytes{{{INSTANCE}}}", "host resident"),
-                (f"gputuned_worker_gpu_memory_used_bytes{{{GPU}}}", "GPU {{gpu}}"),
+                (f"gputuned_worker_resident_memory_bytes{{{WORKER}}}", "{{worker}} host resident"),
+                (f"gputuned_worker_gpu_memory_used_bytes{{{WORKER_GPU}}}", "{{worker}} GPU {{gpu}}"),
             ],
             width=12,
         ),
@@ -208,7 +210,7 @@ def build() -> Board:
             "Host-to-device copies",
             "Input bytes the worker copied to its GPU per second (zero on a CPU worker).",
             "Bps",
-            [(f"rate(gputuned_worker_h2d_bytes_total{{{INSTANCE}}}[{RATE}])", "host to device")],
+            [(f"rate(gputuned_worker_h2d_bytes_total{{{WORKER}}}[{RATE}])", "{{worker}} host to device")],
             width=12,
         ),
     )

@@ -176,7 +176,8 @@ def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s
             raise RuntimeError(f"the daemon exited with {process.returncode}")
         try:
             with ControlClient(admin) as client:
-                if client.request("status")["status"]["worker"]["state"] == "ready":
+                report = client.request("status")["status"]
+                if report["workers"] and all(entry["state"] == "ready" for entry in report["workers"]):
                     return
         except ControlError:
             pass
@@ -184,22 +185,26 @@ def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s
     raise TimeoutError(f"the worker was not ready within {deadline_s} s")
 
 
-def write_daemon_config(tmp_path: Path, worker_port: int, tuning: dict | None = None, **worker: object) -> Path:
-    """A config for a daemon supervising a worker inside `tmp_path`, with fast timeouts."""
-    settings = {
-        "listen": f"127.0.0.1:{worker_port}",
-        "ping_interval_seconds": 0.5,
-        "ping_timeout_seconds": 3.0,
-        "restart_backoff_seconds": 0.1,
-        **worker,
-    }
+def write_daemon_config(
+    tmp_path: Path, worker_port: int, tuning: dict | None = None, workers: list[dict] | None = None, **worker: object
+) -> Path:
+    """A config for a daemon supervising a worker (`[worker]` with `worker_port` and the `worker`
+    keys) or several (`workers`, one `[[workers]]` table each) inside `tmp_path`, with fast timeouts."""
+    fast = {"ping_interval_seconds": 0.5, "ping_timeout_seconds": 3.0, "restart_backoff_seconds": 0.1}
 
     def toml(value: object) -> str:
         return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
 
-    lines = ["[paths]", f'runtime_dir = "{tmp_path / "run"}"', f'state_dir = "{tmp_path / "state"}"', "", "[worker]"]
-    lines += [f"{key} = {toml(value)}" for key, value in settings.items()]
-    lines += ["", "[tuning]", *(f"{key} = {toml(value)}" for key, value in (tuning or {}).items())]
+    def table(header: str, settings: dict) -> list[str]:
+        return ["", header, *(f"{key} = {toml(value)}" for key, value in settings.items())]
+
+    lines = ["[paths]", f'runtime_dir = "{tmp_path / "run"}"', f'state_dir = "{tmp_path / "state"}"']
+    if workers is None:
+        lines += table("[worker]", {"listen": f"127.0.0.1:{worker_port}", **fast, **worker})
+    else:
+        for definition in workers:
+            lines += table("[[workers]]", {**fast, **definition})
+    lines += table("[tuning]", tuning or {})
     path = tmp_path / "gputuned.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -213,13 +218,15 @@ def running_supervising_daemon(
     wait_ready: bool = True,
     worker_port: int | None = None,
     tuning: dict | None = None,
+    workers: list[dict] | None = None,
     **worker: object,
 ) -> Iterator[tuple[subprocess.Popen, str, str, Path]]:
-    """`gputuned run` supervising a worker; yields (process, metrics URL, worker base URL, admin socket).
+    """`gputuned run` supervising a worker (or `workers`, see write_daemon_config); yields (process,
+    metrics URL, worker base URL, admin socket).
 
     The same `tmp_path` and `worker_port` give a second daemon the first one's config and state."""
     worker_port = worker_port or free_port()
-    config = write_daemon_config(tmp_path, worker_port, tuning, **worker)
+    config = write_daemon_config(tmp_path, worker_port, tuning, workers, **worker)
     metrics_port = free_port()
     log = (tmp_path / "daemon.log").open("w")
     command = [
@@ -245,7 +252,8 @@ def running_supervising_daemon(
         wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", process, deadline_s=30)
         admin = tmp_path / "run" / "admin.sock"
         if wait_ready:
-            wait_for_http(f"{worker_base}/v2/health/ready", process, deadline_s=60)
+            if workers is None:
+                wait_for_http(f"{worker_base}/v2/health/ready", process, deadline_s=60)
             wait_for_supervised_ready(admin, process)
         yield process, f"http://127.0.0.1:{metrics_port}/metrics", worker_base, admin
     finally:
@@ -271,3 +279,17 @@ def wait_for(predicate: Callable[[], object], seconds: float, what: str) -> Any:
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def worker_status(admin: Path, name: str | None = None) -> dict:
+    """One worker of a daemon's status report: the one named, or the only one."""
+    from gputuned.daemon.status import worker_entry
+
+    return worker_entry(admin_status(admin), name)
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`gputuned ARGS...` in a process of its own, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "gputuned", *args], capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT
+    )

@@ -37,6 +37,9 @@ Time: `now`, which every step is given, is monotonic seconds (the clock the work
 and the measured windows use), so a wall-clock jump cannot stretch or cut a trial; the
 wall clock only stamps decisions for people (`Decision.t`).
 
+Neighbours: workers on one host take turns to run trials (`turns.py`): a guard tries a change
+only in its turn, and does not take a baseline measured while a neighbour's trial ran.
+
 `reconfigure` takes new settings whole (a reload of the `[tuning]` section): a trial in
 flight was set up against the old objective, so it is reverted, and exploration starts
 afresh under the new settings.
@@ -56,6 +59,7 @@ from typing import Any
 from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
 from gputuned.tuners.mode import Mode
+from gputuned.tuners.turns import TrialTurn, alone
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +176,12 @@ class Guard:
         record: Callable[[Decision], None],
         mode: Mode = Mode.AUTO,
         wall_clock: Callable[[], float] = time.time,
+        turn: TrialTurn | None = None,
     ) -> None:
         """`measure(start, end)` returns the worker's behaviour between two monotonic times
         (None if unknown); `apply(knobs)` sets knobs on the worker and returns what it applied
         (it raises on refusal); `record(decision)` logs and persists a decision;
-        `wall_clock` stamps decisions."""
+        `wall_clock` stamps decisions; `turn` is this worker's place in its neighbours' turns."""
         self.settings = settings
         self._tuners = tuners
         self._context = context
@@ -184,6 +189,7 @@ class Guard:
         self._apply = apply
         self._record = record
         self._wall_clock = wall_clock
+        self._turn = turn or alone()
         self.mode = mode
         self._phase = Phase.SETTLED
         self._since = -math.inf  # the current settings have been in force (and settled) since then
@@ -218,6 +224,8 @@ class Guard:
         self._reference = None
         self._rejected.clear()
         self._reverts.clear()
+        if self._trial is not None:
+            self._turn.release(now)  # the trial is abandoned: the worker restarted or the load moved
         self._phase, self._trial, self._since = Phase.SETTLED, None, now
 
     def reconfigure(self, settings: GuardSettings, mode: Mode | None, now: float) -> None:
@@ -309,6 +317,9 @@ class Guard:
         context = self._context()
         if measured is None or context is None:
             return
+        if self._turn.disturbed(now - self.settings.baseline_seconds, now):
+            self._turn.wait(now)  # a neighbour's trial ran during this baseline: queue, and wait for a clean one
+            return
         baseline, margins = measured
         if self._shifted(baseline, now):
             return
@@ -329,9 +340,12 @@ class Guard:
                 continue
             if self._blocked(proposal, context.knobs[proposal.knob], now):
                 continue
+            if self.mode is not Mode.RECOMMEND and not self._turn.acquire(now):
+                return  # a neighbour is on trial, or has waited longer: ask again next step
             self._reference = baseline
             self._act(proposal, context.knobs[proposal.knob], baseline, margins, now)
             return
+        self._turn.withdraw()  # nothing to try: no longer in the queue for a turn
 
     def _shifted(self, baseline: Measurement, now: float) -> bool:
         """Whether the arrival rate and the requests in the system both moved the same way,
@@ -375,6 +389,7 @@ class Guard:
         try:
             applied = self._apply(proposal.changes())
         except Exception as exc:  # noqa: BLE001 - a refusal (nack, lost worker) is recorded, not raised
+            self._turn.release(now)
             self._decide(now, proposal.knob, "refuse", old, proposal.value, f"{proposal.reason}; refused: {exc}", baseline)
             self._rejected.add(self._direction(proposal, old))
             return
@@ -489,6 +504,7 @@ class Guard:
         self._ceilings[knob] = min(self._ceilings.get(knob, highest), highest)
 
     def _finish(self, now: float, settled_from: float) -> None:
+        self._turn.release(now)
         self._trial = None
         self._phase, self._until = Phase.COOLDOWN, now + self.settings.cooldown_seconds
         self._settled_from = settled_from

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gputuned.testing.processes import REPO_ROOT, free_port, http_get, running_daemon, stop
+from gputuned.testing.processes import REPO_ROOT, free_port, http_get, run_cli, running_daemon, stop
 
 pytestmark = pytest.mark.integration
 FAKE_HGX = "gputuned.testing.fake_nvml:hgx8"
@@ -44,10 +43,6 @@ def test_stops_cleanly_within_two_seconds(sig):
     assert process.returncode == 0, stderr
     assert elapsed < 2.0
     assert f"received {signal.Signals(sig).name}, stopping" in stderr and "stopped" in stderr
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gputuned", *args], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
 
 
 def test_an_invalid_config_is_refused_before_starting(tmp_path):

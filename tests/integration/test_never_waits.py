@@ -22,11 +22,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.control.client import ControlClient, ControlError
 from gputuned.testing.processes import (
-    admin_status,
     free_port,
     http_get,
     running_supervising_daemon,
     wait_for,
+    worker_status,
     write_daemon_config,
 )
 
@@ -58,7 +58,7 @@ class Watch:
 
     def once(self) -> dict:
         started = time.monotonic()
-        self.last = admin_status(self.admin)
+        self.last = worker_status(self.admin)
         self.status_seconds.append(time.monotonic() - started)
         self.ages.append(metric(self.metrics, "gputuned_sample_age_seconds"))
         time.sleep(0.1)
@@ -68,12 +68,12 @@ class Watch:
 def test_a_stopped_worker_holds_up_neither_sampling_nor_status_until_it_is_replaced(tmp_path):
     with running_supervising_daemon(tmp_path, ping_timeout_seconds=3.0, tuning={"mode": "frozen"}) as (_, metrics, _w, admin):
         watch = Watch(admin, metrics)
-        first_pid = watch.once()["worker"]["pid"]
+        first_pid = watch.once()["pid"]
         os.kill(first_pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
             while time.monotonic() - stopped_at < 60:  # bounded: replacement takes ~5 s
-                status = watch.once()["worker"]
+                status = watch.once()
                 if status["pid"] not in (None, first_pid) and status["state"] == "ready":
                     break
             replaced_after = time.monotonic() - stopped_at
@@ -85,8 +85,8 @@ def test_a_stopped_worker_holds_up_neither_sampling_nor_status_until_it_is_repla
         f"{len(watch.status_seconds)} status answers meanwhile, slowest {max(watch.status_seconds) * 1000:.0f} ms; "
         f"sample age at most {max(watch.ages):.2f} s (sampling every {SAMPLING_INTERVAL:g} s)"
     )
-    assert watch.last["worker"]["pid"] != first_pid and watch.last["worker"]["state"] == "ready"
-    assert watch.last["worker"]["restarts"] == 1
+    assert watch.last["pid"] != first_pid and watch.last["state"] == "ready"
+    assert watch.last["restarts"] == 1
     assert max(watch.status_seconds) < 1.0
     assert max(watch.ages) < 2 * SAMPLING_INTERVAL
 
@@ -99,7 +99,7 @@ def test_a_slow_ack_holds_up_neither_sampling_nor_another_clients_status(tmp_pat
         _w,
         admin,
     ):
-        wait_for(lambda: admin_status(admin)["worker"]["state"] == "ready", 30, "the agent worker")
+        wait_for(lambda: worker_status(admin)["state"] == "ready", 30, "the agent worker")
         outcome: dict = {}
 
         def slow_set() -> None:
@@ -115,7 +115,7 @@ def test_a_slow_ack_holds_up_neither_sampling_nor_another_clients_status(tmp_pat
         while setter.is_alive() and time.monotonic() < deadline:
             watch.once()
         setter.join(timeout=10)
-        after = admin_status(admin)
+        after = worker_status(admin)
     print(
         f"\na set acknowledged after {outcome['seconds']:.2f} s; meanwhile {len(watch.status_seconds)} status answers "
         f"on another connection, slowest {max(watch.status_seconds) * 1000:.0f} ms; sample age at most {max(watch.ages):.2f} s"
@@ -123,25 +123,23 @@ def test_a_slow_ack_holds_up_neither_sampling_nor_another_clients_status(tmp_pat
     assert outcome["reply"]["applied"] == {"pool_mb": 64} and outcome["seconds"] >= 2.5
     assert len(watch.status_seconds) >= 10 and max(watch.status_seconds) < 1.0
     assert max(watch.ages) < 2 * SAMPLING_INTERVAL
-    assert after["knobs"]["pool_mb"] == 64 and after["worker"]["restarts"] == 0
+    assert after["knobs"]["pool_mb"] == 64 and after["restarts"] == 0
 
 
 def test_a_malformed_hello_is_a_protocol_error_not_a_hung_worker(tmp_path):
     command = agent_command("--malformed-hello")
     timeouts = {"ping_interval_seconds": 0.2, "ping_timeout_seconds": 1.0}
     with running_supervising_daemon(tmp_path, wait_ready=False, command=command, **timeouts) as (_, metrics, _w, admin):
-        status = wait_for(
-            lambda: (s := admin_status(admin))["worker"]["state"] == "protocol_error" and s, 30, "the protocol error"
-        )
-        pid = status["worker"]["pid"]
+        status = wait_for(lambda: (s := worker_status(admin))["state"] == "protocol_error" and s, 30, "the protocol error")
+        pid = status["pid"]
         time.sleep(3.0)  # three ping timeouts
-        later = admin_status(admin)
+        later = worker_status(admin)
         up = metric(metrics, "gputuned_worker_up")
     log = (tmp_path / "daemon.log").read_text()
-    print(f"\nmalformed hello: {status['worker']['message']}")
-    assert "hello: knob 'max_batch_size' has no 'max'" in status["worker"]["message"]
-    assert later["worker"]["state"] == "protocol_error" and later["worker"]["pid"] == pid
-    assert later["worker"]["restarts"] == 0 and "hung" not in log and "killing" not in log
+    print(f"\nmalformed hello: {status['message']}")
+    assert "hello: knob 'max_batch_size' has no 'max'" in status["message"]
+    assert later["state"] == "protocol_error" and later["pid"] == pid
+    assert later["restarts"] == 0 and "hung" not in log and "killing" not in log
     assert log.count("breaks the control protocol") == 1  # said once, though the connection is retried
     assert up == 0.0
 
@@ -155,17 +153,17 @@ def test_sighup_applies_the_tuning_section_whole_or_refuses_it(tmp_path):
         _w,
         admin,
     ):
-        wait_for(lambda: admin_status(admin)["worker"]["state"] == "ready", 30, "the agent worker")
+        wait_for(lambda: worker_status(admin)["state"] == "ready", 30, "the agent worker")
         assert metric(metrics, "gputuned_tuner_slo_p99_seconds") == 0.1
         write_daemon_config(tmp_path, port, {"slo_p99_ms": 50.0, "mode": "recommend", "trial_seconds": 5.0}, command=command)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: metric(metrics, "gputuned_tuner_slo_p99_seconds") == 0.05, 10, "the new SLO")
-        assert admin_status(admin)["tuner"]["mode"] == "recommend"
+        assert worker_status(admin)["tuner"]["mode"] == "recommend"
         write_daemon_config(tmp_path, port, {"slo_p99_ms": 0.0, "mode": "auto"}, command=command)
         process.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in (tmp_path / "daemon.log").read_text(), 10, "the refusal")
         time.sleep(1.0)  # two tuning steps
-        slo, mode = metric(metrics, "gputuned_tuner_slo_p99_seconds"), admin_status(admin)["tuner"]["mode"]
+        slo, mode = metric(metrics, "gputuned_tuner_slo_p99_seconds"), worker_status(admin)["tuner"]["mode"]
     log = (tmp_path / "daemon.log").read_text()
     assert "tuning settings reloaded: SLO p99 50 ms, mode recommend" in log
     assert "tuning.slo_p99_ms: 0.0 is out of range" in log
@@ -174,8 +172,8 @@ def test_sighup_applies_the_tuning_section_whole_or_refuses_it(tmp_path):
 
 def test_a_set_that_fails_part_way_changes_nothing_and_the_views_agree(tmp_path):
     with running_supervising_daemon(tmp_path, tuning={"mode": "frozen"}) as (_, _metrics, _w, admin):
-        before = admin_status(admin)
-        pid = before["worker"]["pid"]
+        before = worker_status(admin)
+        pid = before["pid"]
         worker_socket = tmp_path / "run" / "worker.sock"
         with ControlClient(worker_socket) as client:
             pool_max = client.hello["knobs"]["pool_mb"]["max"]
@@ -191,18 +189,18 @@ def test_a_set_that_fails_part_way_changes_nothing_and_the_views_agree(tmp_path)
         pool = min(2048, pool_max)
         with ControlClient(admin, timeout=20) as client, pytest.raises(ControlError) as refused:
             client.request("set", knobs={"max_batch_size": 8, "pool_mb": pool})
-        after = admin_status(admin)
+        after = worker_status(admin)
         with ControlClient(worker_socket) as client:
             held = {name: spec["value"] for name, spec in client.hello["knobs"].items()}
         resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
         with ControlClient(admin, timeout=20) as client:
             accepted = client.request("set", knobs={"max_batch_size": 8, "pool_mb": 16})["applied"]
-        final = admin_status(admin)
+        final = worker_status(admin)
     print(f"\nrefused: {refused.value}")
     assert pool > 256
     assert f"pool_mb={pool} could not be applied" in str(refused.value)
     assert "restored max_batch_size=1: nothing was changed" in str(refused.value)
     assert after["knobs"] == before["knobs"] == held
-    assert after["worker"]["pid"] == pid and after["worker"]["restarts"] == 0
+    assert after["pid"] == pid and after["restarts"] == 0
     assert accepted == {"max_batch_size": 8, "pool_mb": 16}
     assert final["knobs"]["max_batch_size"] == 8 and final["knobs"]["pool_mb"] == 16

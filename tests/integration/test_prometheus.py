@@ -28,7 +28,7 @@ def scraped(tmp_path_factory) -> Iterator[tuple[str, str]]:
     none) on which the worker shows up as a process."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
     args = ("--nvml-module", "gputuned.testing.fake_nvml:hgx8")
-    with running_supervising_daemon(tmp_path, *args, device="cpu", placement="0") as (_, metrics, worker, _admin):
+    with running_supervising_daemon(tmp_path, *args, placement="0") as (_, metrics, worker, _admin):
         plan = LoadPlan(url=worker, concurrency=2, requests=10**6, duration=300, stop=threading.Event())
         load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
         load.start()
@@ -77,7 +77,13 @@ def test_prometheus_scrapes_every_metric_family(scraped):
 
 def substitute(expr: str, instance: str) -> str:
     """What Grafana sends for one instance, every GPU, a 1 s scrape interval and a short range."""
-    for variable, value in (("$__rate_interval", "10s"), ("$__interval", "30s"), ("$instance", instance), ("$gpu", ".*")):
+    for variable, value in (
+        ("$__rate_interval", "10s"),
+        ("$__interval", "30s"),
+        ("$instance", instance),
+        ("$gpu", ".*"),
+        ("$worker", ".*"),
+    ):
         expr = expr.replace(variable, value)
     return expr
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,8 +16,17 @@ from pathlib import Path
 import pytest
 
 from gputuned.control.client import ControlClient
+from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import REPO_ROOT, admin_status, free_port, http_get, running_supervising_daemon, stop, wait_for
+from gputuned.testing.processes import (
+    free_port,
+    http_get,
+    run_cli,
+    running_supervising_daemon,
+    stop,
+    wait_for,
+    worker_status,
+)
 
 pytestmark = pytest.mark.integration
 REFUSED = "ClientConnectorError"  # the worker's port was closed: the request was never accepted
@@ -56,7 +64,7 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
         kills, back_after, knobs = [], [], []
         for _ in range(KILLS):
             time.sleep(2.5)  # serving under load
-            pid = admin_status(admin)["worker"]["pid"]
+            pid = worker_status(admin)["pid"]
             kills.append(time.perf_counter())
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: not is_ready(worker), 5, "the worker to go down")
@@ -67,7 +75,7 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
         time.sleep(1.0)
         stop_load.set()
         thread.join(timeout=60)
-        status = admin_status(admin)
+        status = worker_status(admin)
         scraped = http_get(metrics)
     result = box["result"]
     in_flight = [sent for sent, kind in result.failures if kind not in (REFUSED, STARTING)]
@@ -80,12 +88,13 @@ def test_a_worker_killed_20_times_under_load_is_restarted_each_time_with_its_kno
         f"(of {CLIENTS} in flight); {result.ok} ok; {result.errors.get(REFUSED, 0) + result.errors.get(STARTING, 0)} "
         "refused while down or starting"
     )
-    assert status["worker"]["restarts"] == KILLS and status["worker"]["state"] == "ready"
-    assert status["worker"]["last_exit_code"] == -signal.SIGKILL
+    assert status["restarts"] == KILLS and status["state"] == "ready"
+    assert status["last_exit_code"] == -signal.SIGKILL
     assert all(k["max_batch_size"] == 8 and k["streams"] == 2 for k in knobs)
     assert max(per_kill) <= CLIENTS  # at most the requests the clients had in flight
     assert not_killed == 0
-    assert f"gputuned_worker_restarts_total {KILLS}.0" in scraped and "gputuned_worker_last_exit_code -9.0" in scraped
+    assert f'gputuned_worker_restarts_total{{worker="worker"}} {KILLS}.0' in scraped
+    assert 'gputuned_worker_last_exit_code{worker="worker"} -9.0' in scraped
 
 
 def worker_processes(port: int) -> list[int]:
@@ -106,7 +115,7 @@ def test_a_killed_daemon_leaves_the_worker_serving_and_the_next_one_adopts_it(tm
     with running_supervising_daemon(tmp_path, worker_port=port) as (first, _metrics, worker, admin):
         with ControlClient(admin) as client:
             client.set({"max_batch_size": 8})  # accepted and persisted
-        pid = admin_status(admin)["worker"]["pid"]
+        pid = worker_status(admin)["pid"]
         with ControlClient(tmp_path / "run" / "worker.sock") as direct:
             direct.set({"max_batch_size": 2})  # a value the daemon never accepted, as a trial would be
         thread, box = load_in_background(LoadPlan(url=worker, concurrency=4, requests=10**6, duration=8))
@@ -119,7 +128,7 @@ def test_a_killed_daemon_leaves_the_worker_serving_and_the_next_one_adopts_it(tm
         started = time.monotonic()
         with running_supervising_daemon(tmp_path, worker_port=port) as (_, metrics, _w, admin):
             adopted_after = time.monotonic() - started
-            status = admin_status(admin)
+            status = worker_status(admin)
             with ControlClient(tmp_path / "run" / "worker.sock") as direct:
                 knobs = {name: spec["value"] for name, spec in direct.hello["knobs"].items()}
             thread.join(timeout=60)
@@ -135,9 +144,9 @@ def test_a_killed_daemon_leaves_the_worker_serving_and_the_next_one_adopts_it(tm
         f"adopted worker {pid} and was ready after {adopted_after:.2f} s"
     )
     assert sum(result.errors.values()) == 0 and result.ok > 0
-    assert status["worker"]["pid"] == pid and still_one == [pid] and gone
+    assert status["pid"] == pid and still_one == [pid] and gone
     assert knobs["max_batch_size"] == 8  # the persisted knobs, not the unaccepted trial value
-    assert "gputuned_worker_up 1.0" in scraped
+    assert 'gputuned_worker_up{worker="worker"} 1.0' in scraped
 
 
 def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_path):
@@ -150,25 +159,19 @@ def test_an_unwritable_state_directory_loses_nothing_and_the_daemon_says_so(tmp_
         state.write_text("not a directory")  # every write below it now fails (ENOTDIR), even for root
         with ControlClient(admin) as client:
             applied = client.set({"max_batch_size": 16})  # still applied, kept in memory
-        failing = admin_status(admin)
-        human = subprocess.run(
-            [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=REPO_ROOT,
-        ).stdout
+        failing = worker_status(admin)
+        human = run_cli("status", "--socket", str(admin)).stdout
         state.unlink()
         aside.rename(state)
         assert (state / "knobs.json").read_text() == saved  # the old file, whole
         with ControlClient(admin) as client:
             client.set({"streams": 2})
-        recovered = admin_status(admin)
+        recovered = worker_status(admin)
         assert process.poll() is None
-    print(f"\nstate directory unwritable: {failing['daemon']['state_error']}")
+    print(f"\nstate directory unwritable: {failing['state_error']}")
     assert applied == {"max_batch_size": 16} and failing["knobs"]["max_batch_size"] == 16
-    assert "knobs.json" in failing["daemon"]["state_error"] and "state not saved" in human
-    assert recovered["daemon"]["state_error"] is None
+    assert "knobs.json" in failing["state_error"] and "state not saved" in human
+    assert recovered["state_error"] is None
     workloads = json.loads((state / "knobs.json").read_text())["workloads"]
     assert next(iter(workloads.values())) == {"max_batch_size": 16, "streams": 2}
 
@@ -183,10 +186,10 @@ def test_saved_knobs_this_worker_refuses_are_skipped_and_forgotten_not_a_crash_l
         json.dumps({"version": 1, "last_workload": workload, "workloads": {workload: saved}})
     )
     with running_supervising_daemon(tmp_path, device="cpu") as (_, _metrics, _worker, admin):
-        status = admin_status(admin)
+        status = worker_status(admin)
     log = (tmp_path / "daemon.log").read_text()
     kept = json.loads((tmp_path / "state" / "knobs.json").read_text())["workloads"][workload]
-    assert status["worker"]["state"] == "ready" and status["worker"]["restarts"] == 0
+    assert status["state"] == "ready" and status["restarts"] == 0
     assert status["knobs"]["max_batch_size"] == 8 and status["knobs"]["intra_op_threads"] <= os.cpu_count()
     assert "saved knob skipped: intra_op_threads=999 is above its maximum" in log
     assert "outside what this worker (worker) accepts; forgetting them" in log
@@ -201,22 +204,16 @@ def test_a_crash_loop_stops_the_restarts_and_the_daemon_stays_up(tmp_path):
         _w,
         admin,
     ):
-        status = wait_for(lambda: (s := admin_status(admin))["worker"]["state"] == "crash_loop" and s, 30, "the crash loop")
+        status = wait_for(lambda: (s := worker_status(admin))["state"] == "crash_loop" and s, 30, "the crash loop")
         time.sleep(1.0)
-        later = admin_status(admin)
+        later = worker_status(admin)
         scraped = http_get(metrics)
-        human = subprocess.run(
-            [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            cwd=REPO_ROOT,
-        )
+        human = run_cli("status", "--socket", str(admin))
         assert process.poll() is None
-    assert status["worker"]["restarts"] == 3 and later["worker"]["restarts"] == 3
-    assert status["worker"]["last_exit_code"] == 3
-    assert "crash loop: 3 exits within 60 s" in status["worker"]["message"]
-    assert "gputuned_worker_crash_loop 1.0" in scraped and "gputuned_worker_up 0.0" in scraped
+    assert status["restarts"] == 3 and later["restarts"] == 3
+    assert status["last_exit_code"] == 3
+    assert "crash loop: 3 exits within 60 s" in status["message"]
+    assert 'gputuned_worker_crash_loop{worker="worker"} 1.0' in scraped and 'gputuned_worker_up{worker="worker"} 0.0' in scraped
     assert "crash_loop" in human.stdout and "not restarting" in human.stdout
     assert "crash loop" in (tmp_path / "daemon.log").read_text()
 
@@ -246,11 +243,11 @@ def test_accepted_knobs_survive_a_daemon_restart_and_a_corrupt_state_file_does_n
     state = json.loads((tmp_path / "state" / "knobs.json").read_text())
     assert state["workloads"]["resnet-mini|cpu|FP32[3,64,64]"] == {"max_batch_size": 12, "max_queue_delay_us": 500}
     with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
-        assert admin_status(admin)["knobs"]["max_batch_size"] == 12
-        assert admin_status(admin)["knobs"]["max_queue_delay_us"] == 500
+        assert worker_status(admin)["knobs"]["max_batch_size"] == 12
+        assert worker_status(admin)["knobs"]["max_queue_delay_us"] == 500
     (tmp_path / "state" / "knobs.json").write_text("{ not json")
     with running_supervising_daemon(tmp_path) as (_, _metrics, _worker, admin):
-        assert admin_status(admin)["knobs"]["max_batch_size"] == 1
+        assert worker_status(admin)["knobs"]["max_batch_size"] == 1
     assert list((tmp_path / "state").glob("knobs.json.corrupt-*"))
     assert "is unusable" in (tmp_path / "daemon.log").read_text()
 
@@ -258,15 +255,15 @@ def test_accepted_knobs_survive_a_daemon_restart_and_a_corrupt_state_file_does_n
 def test_numa_placement_pins_the_worker_to_the_node(tmp_path):
     node0 = Path("/sys/devices/system/node/node0/cpulist").read_text().strip()
     with running_supervising_daemon(tmp_path, placement="0") as (_, metrics, _worker, admin):
-        status = admin_status(admin)
-        pid = status["worker"]["pid"]
+        status = worker_status(admin)
+        pid = status["pid"]
         allowed = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("Cpus_allowed_list")]
         numa_maps = Path(f"/proc/{pid}/numa_maps").read_text()
         scraped = http_get(metrics)
-    assert status["worker"]["placement"] == {"node": 0, "cpus": node0}
+    assert status["placement"] == {"node": 0, "cpus": node0}
     assert allowed == [f"Cpus_allowed_list:\t{node0}"]
     assert "prefer:0" in numa_maps  # the memory policy the shim set before exec
-    assert f'gputuned_worker_placement_info{{cpus="{node0}",node="0"}} 1.0' in scraped
+    assert f'gputuned_worker_placement_info{{cpus="{node0}",node="0",worker="worker"}} 1.0' in scraped
 
 
 def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path):
@@ -287,13 +284,11 @@ def test_status_shows_the_worker_knobs_and_performance(tmp_path):
     with running_supervising_daemon(tmp_path) as (_, _metrics, worker, admin):
         asyncio.run(run_load(LoadPlan(url=worker, concurrency=4, requests=400, duration=30)))
         time.sleep(1.0)
-        command = [sys.executable, "-m", "gputuned", "status", "--socket", str(admin)]
-        human = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
-        machine = json.loads(
-            subprocess.run([*command, "--json"], capture_output=True, text=True, timeout=30, cwd=REPO_ROOT).stdout
-        )
+        command = ["status", "--socket", str(admin)]
+        human = run_cli(*command)
+        machine = worker_entry(json.loads(run_cli(*command, "--json").stdout))
     assert human.returncode == 0
     assert "ready" in human.stdout and "resnet-mini" in human.stdout and "max_batch_size" in human.stdout
     assert "req/s" in human.stdout and "p99" in human.stdout
-    assert machine["worker"]["state"] == "ready" and machine["performance"]["throughput_per_second"] > 0
+    assert machine["state"] == "ready" and machine["performance"]["throughput_per_second"] > 0
     assert machine["knobs"]["streams"] == 1

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,8 +11,9 @@ import urllib.request
 import pytest
 
 from gputuned.control.client import ControlClient
+from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import REPO_ROOT, http_get, running_supervising_daemon, running_worker
+from gputuned.testing.processes import http_get, run_cli, running_supervising_daemon, running_worker
 
 pytestmark = pytest.mark.integration
 SLO = 0.1
@@ -35,7 +34,7 @@ def test_the_daemon_tunes_a_real_worker_to_a_better_goodput_and_logs_every_decis
         asyncio.run(run_load(LoadPlan(url=worker, concurrency=32, requests=10**9, duration=45)))
         tuned = goodput(worker, 6)
         with ControlClient(admin) as client:
-            report = client.request("status")["status"]
+            report = worker_entry(client.request("status")["status"])
         scraped = http_get(metrics)
     decisions = [json.loads(line) for line in (tmp_path / "online" / "state" / "decisions.jsonl").read_text().splitlines()]
     print(
@@ -56,16 +55,12 @@ def test_the_daemon_tunes_a_real_worker_to_a_better_goodput_and_logs_every_decis
     assert state["workloads"]["resnet-mini|cpu|FP32[3,64,64]"]["max_batch_size"] > 1  # kept values persist
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gputuned", *args], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
-
-
 def test_recommend_mode_changes_nothing_and_a_hand_set_knob_stays_frozen_until_resumed(tmp_path):
     with running_supervising_daemon(tmp_path) as (_, _metrics, worker, admin):
-        assert "tuner: recommend" in run_cli("tune", "--socket", str(admin), "--mode", "recommend").stdout
+        assert "worker: tuner recommend" in run_cli("tune", "--socket", str(admin), "--mode", "recommend").stdout
         asyncio.run(run_load(LoadPlan(url=worker, concurrency=32, requests=10**9, duration=12)))
         with ControlClient(admin) as client:
-            report = client.request("status")["status"]
+            report = worker_entry(client.request("status")["status"])
         assert report["knobs"]["max_batch_size"] == 1  # nothing applied
         actions = {d["action"] for d in report["decisions"]}
         assert "recommend" in actions and actions <= {"recommend", "shift"}  # shift: the load began or ended
@@ -75,13 +70,13 @@ def test_recommend_mode_changes_nothing_and_a_hand_set_knob_stays_frozen_until_r
         assert "frozen by hand: max_batch_size" in out
         asyncio.run(run_load(LoadPlan(url=worker, concurrency=32, requests=10**9, duration=12)))
         with ControlClient(admin) as client:
-            report = client.request("status")["status"]
+            report = worker_entry(client.request("status")["status"])
         assert report["knobs"]["max_batch_size"] == 4
         assert not any(d["knob"] == "max_batch_size" and d["action"] == "apply" for d in report["decisions"])
         resumed = run_cli("tune", "--socket", str(admin), "--resume").stdout
         assert "frozen by hand: none" in resumed
         human = run_cli("status", "--socket", str(admin)).stdout
-        assert "tuner: auto" in human and "last decisions:" in human
+        assert "worker: tuner auto" in human and "last decisions:" in human
     time.sleep(0.1)
 
 
@@ -111,17 +106,17 @@ def test_a_batch_size_that_runs_out_of_memory_is_reverted_and_the_worker_stays_u
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)  # loopback
         with ControlClient(admin) as client:
-            report = client.request("status")["status"]
+            report = worker_entry(client.request("status")["status"])
         scraped = http_get(metrics)
     decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
     batch = [(d["action"], d["old"], d["new"]) for d in decisions if d["knob"] == "max_batch_size"]
     print(
         f"\nout of memory at batch 4: batch decisions {batch}; {result.ok} ok, {dict(result.errors)} failed; "
-        f"worker restarts {report['worker']['restarts']}"
+        f"worker restarts {report['restarts']}"
     )
     assert batch[:2] == [("apply", 2, 4), ("revert", 4, 2)]
     assert all(new < 4 for action, _, new in batch[2:] if action == "apply")  # the ceiling is remembered
-    assert report["worker"]["restarts"] == 0 and report["worker"]["state"] == "ready"
+    assert report["restarts"] == 0 and report["state"] == "ready"
     assert result.ok > 0 and set(result.errors) == {"http_503"}  # the failed batches' requests, told why
-    assert "gputuned_worker_oom_events_total 0.0" not in scraped
+    assert 'gputuned_worker_oom_events_total{worker="worker"} 0.0' not in scraped
     assert refused.value.code == 503 and "out of memory" in json.loads(refused.value.read())["error"]

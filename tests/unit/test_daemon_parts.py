@@ -15,7 +15,7 @@ from gputuned.daemon.jobs import JobEvents
 from gputuned.daemon.placement import Placement, choose_placement
 from gputuned.daemon.restarts import RestartPlan, RestartPolicy
 from gputuned.daemon.sdnotify import status_due, watchdog_due
-from gputuned.daemon.status import build_status, format_status, status_line
+from gputuned.daemon.status import WorkerSnapshot, build_status, format_status, status_line, worker_entry
 from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.knobs import KnobError
 from gputuned.performance import Measurement
@@ -92,11 +92,16 @@ def status(state: WorkerState, knobs: dict[str, int]) -> WorkerStatus:
 
 
 def test_the_status_line():
-    assert status_line(None, None, None) == "monitoring (no worker)"
+    assert status_line([]) == "monitoring (no worker)"
+    view = GuardView("auto", "settled", False, [], [], {})
     performance = Measurement(10, 120, 118.0, 117, 0.0423, 0, 4, 0.01, 0.9, 0, 1, 0, 0, 0)
-    line = status_line(status(WorkerState.READY, {"streams": 2, "max_batch_size": 8}), performance, "disk full")
-    assert line == "worker ready; 118.0 req/s, p99 42.3 ms; max_batch_size=8 streams=2; state not saved, kept in memory"
-    assert status_line(status(WorkerState.BACKOFF, {}), None, None) == "worker backoff"
+    ready = WorkerSnapshot("gpu0", status(WorkerState.READY, {"streams": 2, "max_batch_size": 8}), performance, view, "disk full")
+    assert (
+        status_line([ready])
+        == "gpu0 ready, 118.0 req/s, p99 42.3 ms, max_batch_size=8 streams=2, state not saved, kept in memory"
+    )
+    waiting = WorkerSnapshot("gpu1", status(WorkerState.BACKOFF, {}), None, view, None)
+    assert status_line([ready, waiting]).endswith("; gpu1 backoff")
 
 
 # --- the hello check ----------------------------------------------------------------------------
@@ -234,13 +239,28 @@ def test_the_status_report_and_its_tables():
     performance = Measurement(10, 120, 118.0, 117, 0.0423, 3, 4, 0.01, 0.9, 0, 1, 0, 0, 0, p50=0.011, refused=5, rejected=40)
     decision = Decision(1_800_000_000.0, "streams", "keep", 1, 2, "a second lane; kept")
     view = GuardView("auto", "settled", False, ["pool_mb"], [decision], {})
-    report = build_status(SampleStore(2), worker, performance, 160.0, 40.0, "http://127.0.0.1:9842/metrics", view, None)
-    assert report["daemon"]["uptime_seconds"] == 120.0 and report["worker"]["uptime_seconds"] == 60.0
-    assert report["performance"]["failed"] == 3 and report["performance"]["rejected"] == 40
+    idle = WorkerStatus(WorkerState.READY, 77, 0, None, 150.0, None, None, {"streams": 1, "pool_mb": 0}, None, None, None, "")
+    later = Decision(1_800_000_100.0, "pool_mb", "apply", 0, 16, "a pool")
+    workers = [
+        WorkerSnapshot("gpu0", worker, performance, view, None),
+        WorkerSnapshot("gpu1", idle, None, GuardView("frozen", "settled", False, [], [later], {}), "disk full"),
+    ]
+    report = build_status(SampleStore(2), workers, 160.0, 40.0, "http://127.0.0.1:9842/metrics")
+    first = worker_entry(report, "gpu0")
+    assert report["daemon"]["uptime_seconds"] == 120.0 and first["uptime_seconds"] == 60.0
+    assert first["performance"]["failed"] == 3 and first["performance"]["rejected"] == 40
+    assert worker_entry(report, "gpu1")["state_error"] == "disk full"
+    with pytest.raises(KeyError, match="name one worker of: gpu0, gpu1"):
+        worker_entry(report)
+    with pytest.raises(KeyError, match="no worker named 'gpu7'"):
+        worker_entry(report, "gpu7")
     text = format_status(report)
     assert "gputuned " in text and "up 120 s" in text and "GPUs: none visible through NVML" in text
-    assert "protocol_error  4242" in text and "NUMA node 1 (CPUs 4-5)" in text
+    assert "gpu0    protocol_error  4242" in text and "node 1 (CPUs 4-5)" in text
+    assert "gpu1    ready           77" in text
+    assert "gpu0: tuner auto (settled), frozen by hand: pool_mb" in text
     assert "  protocol error: hello: knob 'streams' has no 'max'" in text
-    assert "throughput 118.0 req/s, p50 11.0 ms, p99 42.3 ms, 3 failed, 5 refused, 40 rejected (last 10 s)" in text
-    assert "tuner: auto (settled), frozen by hand: pool_mb" in text
-    assert "keep      streams 1 -> 2: a second lane; kept" in text
+    assert "throughput 118.0 req/s, goodput 117.0/s, p50 11.0 ms, p99 42.3 ms, 3 failed, 5 refused, 40 rejected" in text
+    assert "  state not saved (disk full)" in text
+    assert "KNOB     GPU0  GPU1\npool_mb  -     0\nstreams  2     1" in text
+    assert text.index("gpu0 keep      streams 1 -> 2") < text.index("gpu1 apply     pool_mb 0 -> 16")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import yaml
@@ -31,8 +32,9 @@ def test_three_dashboards_with_their_variables_and_links():
         assert dashboard["schemaVersion"] == 42
         assert dashboard["uid"] and dashboard["description"]
         variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
-        assert sorted(variables) == ["datasource", "gpu", "instance"]
+        assert sorted(variables) == ["datasource", "gpu", "instance", "worker"]
         assert variables["datasource"]["query"] == "prometheus"
+        assert "gputuned_worker_info" in str(variables["worker"]["query"])
         assert [link["type"] for link in dashboard["links"]] == ["dashboards"]
         assert dashboard["links"][0]["tags"] == dashboard["tags"] == ["gputuned"]
 
@@ -102,3 +104,17 @@ def test_tuning_dashboard_marks_decisions_and_draws_the_slo():
     assert any("gputuned_tuner_slo_p99_seconds" in expr for expr in exprs)
     knobs = {"max_batch_size", "max_queue_delay_us", "streams", "pool_mb", "intra_op_threads"}
     assert {knob for knob in knobs if any(f'knob="{knob}"' in expr for expr in exprs)} == knobs
+
+
+def test_every_per_worker_query_selects_and_keeps_the_worker():
+    """With several workers, a panel that mixed them up would draw nonsense: every panel query of
+    a per-worker series selects $worker, and every aggregation in it keeps the worker label
+    (or only its histogram's buckets, for the heatmap)."""
+    for name, dashboard in DASHBOARDS.items():
+        for where, expr in queries(dashboard):
+            selectors = re.findall(r"gputuned_(?:worker|tuner|knob)_\w+\{([^}]*)\}", expr)
+            if not selectors or where.startswith("variable"):
+                continue
+            assert all('worker=~"$worker"' in selector for selector in selectors), (name, where, expr)
+            for grouping in re.findall(r"\b(?:sum|max|avg|count|group) by \(([^)]*)\)", expr):
+                assert "worker" in grouping or grouping == "le", (name, where, expr)

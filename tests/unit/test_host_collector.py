@@ -27,10 +27,10 @@ def test_busy_ratio_of_no_elapsed_time_is_unknown():
 
 def test_host_memory_and_per_core_busy_after_two_ticks():
     collector = HostCollector(psutil)
-    first = collector.collect(WorkerTarget())
+    first = collector.collect([WorkerTarget()])
     assert "gputuned_host_cpu_busy_ratio" not in names(first)
     sum(i * i for i in range(300_000))  # some CPU time between the ticks
-    second = collector.collect(WorkerTarget())
+    second = collector.collect([WorkerTarget()])
     busy = values(second, "gputuned_host_cpu_busy_ratio")
     assert set(busy) == {(str(cpu),) for cpu in range(psutil.cpu_count())}
     assert all(0.0 <= ratio <= 1.0 for ratio in busy.values())
