@@ -18,7 +18,7 @@ its own closed-loop clients, all the way through:
 Targets (issue 13): each worker >= 0.9 of its own best, the host total >= 0.9 of the best
 pair.
 
-    python bench/many_workers.py [--clients 8] [--slo-ms 100] [--online 60] [--rounds 3]
+    python bench/many_workers.py [--clients 8] [--slo-ms 100] [--online 120] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -73,7 +74,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients per worker")
     parser.add_argument("--slo-ms", type=float, default=100.0)
-    parser.add_argument("--online", type=float, default=60.0, help="seconds of online tuning")
+    parser.add_argument("--online", type=float, default=120.0, help="seconds of online tuning")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
     args = parser.parse_args()
     slo = args.slo_ms / 1000
@@ -104,6 +105,10 @@ def main() -> int:
             for name in WORKERS:
                 client.request("tune", mode="frozen", worker=name)
         tuned = {name: worker_entry(admin_status(admin), name)["knobs"] for name in WORKERS}
+        for name in WORKERS:
+            for line in (Path(tmp) / "state" / "workers" / name / "decisions.jsonl").read_text().splitlines():
+                d = json.loads(line)
+                print(f"   {name} {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}: {d['reason'][-90:]}", file=sys.stderr)
 
         # 2. Each worker's best static setting, its neighbour at its tuned setting and loaded.
         best: dict[str, dict[str, int]] = {}
