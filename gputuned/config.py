@@ -212,6 +212,12 @@ class Config:
     workers: tuple[WorkerConfig, ...] = ()
     workers_per_gpu: WorkerConfig | None = None
 
+    @property
+    def first_worker(self) -> WorkerConfig:
+        """The first worker's definition, known before the GPUs are counted: the first of
+        [[workers]], the [workers_per_gpu] template, or [worker]."""
+        return self.workers[0] if self.workers else self.workers_per_gpu or self.worker
+
     def worker_definitions(self, gpu_count: int) -> tuple[WorkerConfig, ...]:
         """The workers to supervise on a host with `gpu_count` GPUs."""
         if self.workers:

@@ -164,7 +164,7 @@ class Daemon:
 
     def _group(self) -> int | None:
         """The group let onto the admin socket: the first worker's `control_group`."""
-        name = self._config.worker_definitions(0)[0].control_group
+        name = self._config.first_worker.control_group
         if not name:
             return None
         try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import grp
+import os
+import stat
 import subprocess
 import tempfile
 import time
@@ -14,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gputuned.catalog import METRIC_SPECS
 from gputuned.collectors import tuner as tuner_collector
 from gputuned.collectors import worker as worker_collector
-from gputuned.config import Config, PathsConfig, with_overrides
+from gputuned.config import Config, PathsConfig, WorkerConfig, with_overrides
 from gputuned.daemon.service import Daemon
 from gputuned.exporter import build_registry
 from gputuned.samples import WorkerTarget
@@ -117,6 +121,19 @@ def test_disabled_collectors_do_not_run():
         daemon.stop()
     assert collectors == {"numa", "host"}
     assert fake.calls == 0
+
+
+def test_the_admin_socket_group_comes_from_the_first_worker_even_before_gpus_are_counted():
+    """With [workers_per_gpu] no worker is defined until NVML has counted the GPUs; the
+    admin socket takes the template's control_group."""
+    config = dataclasses.replace(fixture_config(), workers_per_gpu=WorkerConfig(control_group=grp.getgrgid(os.getgid()).gr_name))
+    daemon = Daemon(config, FakeNvml.with_gpus(2), psutil, supervise=False)
+    daemon.start()
+    try:
+        mode = daemon.admin_socket.stat()
+    finally:
+        daemon.stop()
+    assert stat.S_IMODE(mode.st_mode) == 0o660 and mode.st_gid == os.getgid()
 
 
 def test_paths_default_to_the_live_host():
