@@ -120,9 +120,7 @@ def render(
         [g["gpu"], g["name"], None if g.get("utilization") is None else f"{g['utilization'] * 100:.0f}%", g["numa_node"]]
         for g in report["gpus"]
     ]
-    workers = "".join(
-        _worker(entry, series.get(entry["name"], ()), slos.get(entry["name"], 0.1), span) for entry in report["workers"]
-    )
+    workers = "".join(_worker(entry, series.get(entry["name"], ()), slos[entry["name"]], span) for entry in report["workers"])
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'

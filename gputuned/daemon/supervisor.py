@@ -70,7 +70,6 @@ class WorkerStatus:
     restarts: int
     last_exit_code: int | None
     started_at: float | None
-    ready_at: float | None
     hello: dict[str, Any] | None
     knobs: dict[str, int]
     stats: dict[str, Any] | None
@@ -111,7 +110,6 @@ class Supervisor:
         self._restarts = 0
         self._last_exit_code: int | None = None
         self._started_at: float | None = None
-        self._ready_at: float | None = None
         self._hello: dict[str, Any] | None = None
         self._knobs: dict[str, int] = {}
         self._next_start = 0.0
@@ -142,7 +140,6 @@ class Supervisor:
                 restarts=self._restarts,
                 last_exit_code=self._last_exit_code,
                 started_at=self._started_at,
-                ready_at=self._ready_at,
                 hello=self._hello,
                 knobs=dict(self._knobs),
                 stats=latest[1] if latest else None,
@@ -290,7 +287,6 @@ class Supervisor:
             self._state = WorkerState.STARTING
             self._message = "starting"
             self._started_at = now
-            self._ready_at = None
 
     def _handle_exit(self, code: int) -> None:
         now = time.monotonic()
@@ -397,7 +393,6 @@ class Supervisor:
             with self._lock:
                 self._state = WorkerState.READY
                 self._message = "serving"
-                self._ready_at = time.monotonic()
             self._ready_event.set()
             log.info("worker ready")
 

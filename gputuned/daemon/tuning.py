@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gputuned.config import TuningConfig
+from gputuned.daemon.supervisor import WorkerState
 from gputuned.datatypes import DATATYPES
 from gputuned.performance import Measurement, measure
 from gputuned.tuners import default_tuners
@@ -155,7 +156,7 @@ class TuningLoop:
 
     def _context(self) -> Context | None:
         status = self._worker.status()
-        if status.state.value != "ready" or status.hello is None:
+        if status.state is not WorkerState.READY or status.hello is None:
             return None
         cores = len(status.placement.cpus) if status.placement else len(os.sched_getaffinity(0))
         return tuning_context(status.hello, status.knobs, cores)

@@ -167,22 +167,21 @@ def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Pope
 
 
 def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s: float = 60.0) -> None:
-    """Until the daemon reports its worker ready (connected to its control socket)."""
-    from gputuned.control.client import ControlClient, ControlError
+    """Until the daemon reports every worker ready (connected to its control socket)."""
+    from gputuned.control.client import ControlError
 
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the daemon exited with {process.returncode}")
         try:
-            with ControlClient(admin) as client:
-                report = client.request("status")["status"]
-                if report["workers"] and all(entry["state"] == "ready" for entry in report["workers"]):
-                    return
+            workers = admin_status(admin)["workers"]
+            if workers and all(entry["state"] == "ready" for entry in workers):
+                return
         except ControlError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"the worker was not ready within {deadline_s} s")
+    raise TimeoutError(f"the workers were not ready within {deadline_s} s")
 
 
 def write_daemon_config(

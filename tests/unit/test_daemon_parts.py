@@ -88,7 +88,7 @@ def test_the_watchdog_is_fed_before_the_next_round_would_be_late():
 
 
 def status(state: WorkerState, knobs: dict[str, int]) -> WorkerStatus:
-    return WorkerStatus(state, 1, 0, None, 0.0, None, None, knobs, None, None, None, "")
+    return WorkerStatus(state, 1, 0, None, 0.0, None, knobs, None, None, None, "")
 
 
 def test_the_status_line():
@@ -228,7 +228,6 @@ def test_the_status_report_and_its_tables():
         2,
         -9,
         100.0,
-        None,
         {"worker": {"model": "m", "device": "cpu"}},
         {"streams": 2},
         None,
@@ -239,7 +238,7 @@ def test_the_status_report_and_its_tables():
     performance = Measurement(10, 120, 118.0, 117, 0.0423, 3, 4, 0.01, 0.9, 0, 1, 0, 0, 0, p50=0.011, refused=5, rejected=40)
     decision = Decision(1_800_000_000.0, "streams", "keep", 1, 2, "a second lane; kept")
     view = GuardView("auto", "settled", False, ["pool_mb"], [decision], {})
-    idle = WorkerStatus(WorkerState.READY, 77, 0, None, 150.0, None, None, {"streams": 1, "pool_mb": 0}, None, None, None, "")
+    idle = WorkerStatus(WorkerState.READY, 77, 0, None, 150.0, None, {"streams": 1, "pool_mb": 0}, None, None, None, "")
     later = Decision(1_800_000_100.0, "pool_mb", "apply", 0, 16, "a pool")
     workers = [
         WorkerSnapshot("gpu0", worker, performance, view, None),

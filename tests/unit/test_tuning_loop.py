@@ -67,7 +67,7 @@ class SimulatedWorker:
     # --- what the tuning loop asks of the supervisor -------------------------------------------
 
     def status(self) -> WorkerStatus:
-        return WorkerStatus(WorkerState.READY, 7, 0, None, 0.0, 0.0, HELLO, dict(self.knobs), None, None, None, "serving")
+        return WorkerStatus(WorkerState.READY, 7, 0, None, 0.0, HELLO, dict(self.knobs), None, None, None, "serving")
 
     def set_knobs(self, changes: dict[str, int], persist: bool = True) -> dict[str, int]:
         self.sets.append(changes)
