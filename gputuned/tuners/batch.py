@@ -7,6 +7,9 @@ little of the latency is queueing), and step down by
 a quarter while the worker GPU's PCIe link is over 80% busy (bigger batches only queue
 behind the copy). A breach caused by queueing (the batch is quick, requests wait) is
 answered by growing the batch instead: more throughput is what drains a queue.
+When the queue is too short to fill the doubled batch at once (few clients, quick
+batches), the doubling carries the queue delay that fills it: either alone changes
+nothing (a bigger maximum goes out half empty; a wait for a batch that is already full).
 
 The climb only goes up, so a second tuner, asked last, probes down: when nothing else
 has a move (doubling was tried and reverted, or batches no longer come out full) and the
@@ -19,6 +22,8 @@ other waits. A climb that got there with one lane cannot see that.
 from __future__ import annotations
 
 from gputuned.tuners.base import Proposal, TunerInput, changed
+from gputuned.tuners.queue_delay import KNOB as DELAY_KNOB
+from gputuned.tuners.queue_delay import fill_delay_us
 
 KNOB = "max_batch_size"
 FULL = 0.75  # batches this full (of the maximum) mean more requests were waiting
@@ -58,8 +63,35 @@ class BatchTuner:
                 "backoff",
             )
         if window.throughput > 0 and window.mean_batch >= FULL * size:
-            return changed(inp, KNOB, size * 2, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
+            return _doubled(inp, size, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
         return None
+
+
+def _doubled(inp: TunerInput, size: int, reason: str) -> Proposal | None:
+    """Twice the batch; with the queue delay it takes to fill when the queue alone cannot.
+
+    While `streams` batches of `size` run, the requests left waiting (those in the worker
+    less those being computed) are all a lane finds when it frees. Fewer than twice the
+    batch, and without a wait the doubled batch goes out as small as before (a change
+    that changes nothing, judged as no gain): the wait to fill it moves with it. None
+    waiting at all (a few clients, all in the running batches): a bigger batch has
+    nothing to gather, however long it waits."""
+    proposal = changed(inp, KNOB, size * 2, reason)
+    if proposal is None or DELAY_KNOB not in inp.knobs:
+        return proposal
+    waiting = inp.window.in_system - inp.knobs.get("streams", 1) * size
+    if waiting <= 0:
+        return None
+    delay = fill_delay_us(inp, proposal.value)
+    if waiting >= proposal.value or delay <= inp.knobs[DELAY_KNOB]:
+        return proposal
+    delay = inp.clamp(DELAY_KNOB, delay)
+    return Proposal(
+        KNOB,
+        proposal.value,
+        f"{reason}, waiting up to {delay} us to fill it ({waiting:.1f} requests queue behind the running batches)",
+        also={DELAY_KNOB: delay},
+    )
 
 
 class BatchDownProbe:

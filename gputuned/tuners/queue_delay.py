@@ -15,6 +15,16 @@ MIN_CHANGE_US = 200
 MIN_CHANGE_RATIO = 0.3
 
 
+def fill_delay_us(inp: TunerInput, size: int) -> int:
+    """The wait for a batch of `size` to fill at the measured arrival rate, within the SLO's slack."""
+    window = inp.window
+    if size <= 1 or window.arrival_rate <= 0:
+        return 0
+    fill = (size - 1) / window.arrival_rate
+    slack = max(inp.slo_seconds - 2 * (window.batch_seconds or 0.0), 0.0) / 2
+    return int(min(fill, slack) * 1e6)
+
+
 class QueueDelayTuner:
     name = "queue_delay"
 
@@ -22,12 +32,7 @@ class QueueDelayTuner:
         if KNOB not in inp.knobs or "max_batch_size" not in inp.knobs:
             return None
         window, size, current = inp.window, inp.knobs["max_batch_size"], inp.knobs[KNOB]
-        if size <= 1 or window.arrival_rate <= 0:
-            target = 0
-        else:
-            fill = (size - 1) / window.arrival_rate
-            slack = max(inp.slo_seconds - 2 * (window.batch_seconds or 0.0), 0.0) / 2
-            target = int(min(fill, slack) * 1e6)
+        target = fill_delay_us(inp, size)
         if abs(target - current) < max(MIN_CHANGE_US, MIN_CHANGE_RATIO * current):
             return None
         kind: ProposalKind = "shrink" if target < current else "explore"

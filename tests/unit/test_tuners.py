@@ -28,6 +28,7 @@ WINDOW = Measurement(
     oom=0,
     pool_hits=0,
     pool_misses=10,
+    in_system=40,  # a deep queue: a doubled batch fills from it at once
 )
 KNOBS = {"max_batch_size": 8, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
 BOUNDS = {
@@ -41,6 +42,20 @@ BOUNDS = {
 
 def inp(window=WINDOW, knobs=None, device="cpu", **kw) -> TunerInput:
     return TunerInput(window, {**KNOBS, **(knobs or {})}, BOUNDS, 0.1, device, 2, 3 * 64 * 64 * 4, **kw)
+
+
+def test_batch_doubling_carries_the_wait_to_fill_it_when_the_queue_is_short():
+    # 8 clients, batches of 4 full, 5 ms each: 4 wait behind the running batch, too few to fill 8 at once.
+    short = replace(WINDOW, mean_batch=4, in_system=8, arrival_rate=700, batch_seconds=0.005)
+    proposal = BatchTuner().propose(inp(short, knobs={"max_batch_size": 4}))
+    assert proposal.changes() == {"max_batch_size": 8, "max_queue_delay_us": 10000}  # 7 more at 700/s
+    assert "waiting up to 10000 us to fill it" in proposal.reason
+    assert BatchTuner().propose(inp(short, knobs={"max_batch_size": 4, "max_queue_delay_us": 20000})).also == {}
+    two_lanes = inp(replace(short, in_system=16), knobs={"max_batch_size": 4, "streams": 2})  # 8 run, 8 wait
+    assert BatchTuner().propose(two_lanes).also == {}
+    assert BatchTuner().propose(inp(replace(short, in_system=12), knobs={"max_batch_size": 4})).also == {}
+    # All 8 requests in the worker are in the running batch: 16 would gather nothing more.
+    assert BatchTuner().propose(inp(replace(short, mean_batch=7.5, in_system=7.9), knobs={"max_batch_size": 8})) is None
 
 
 def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
