@@ -50,58 +50,15 @@ from pathlib import Path
 from gputuned.control.client import ControlClient
 from gputuned.daemon.status import worker_entry
 from gputuned.knobs import KnobError, parse_assignments
-from gputuned.loadgen import LoadPlan, run_load
+from gputuned.loadgen import run_load
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
+from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
 from gputuned.testing.processes import running_supervising_daemon, running_worker
 
 GRID = ["max_batch_size=1,4,8,16,32,64", "streams=1,2,3", "intra_op_threads=1,2", "max_queue_delay_us=0,10000,30000"]
 ORACLE_CANDIDATES = 4  # the sweep's best points, measured again side by side with the tuned setting
 SIDE_BY_SIDE_ROUNDS = 5  # more rounds: less drift in the ratio, less luck in which candidate wins
 SIDE_BY_SIDE_SECONDS = 3.0
-
-
-def timed_load(
-    url: str, seconds: float, clients: int | None = None, rate: float | None = None, timeline: bool = False
-) -> LoadPlan:
-    """A load bounded by time alone: `clients` in a closed loop, or `rate` requests/s in an open one."""
-    return LoadPlan(url=url, concurrency=clients, rate=rate, requests=10**9, duration=seconds, timeline=timeline)
-
-
-def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:
-    """Completions within the SLO per second, one value per second from `start`."""
-    bins = [0] * int(end - start)  # whole seconds only: a partial last second would read as a drop
-    for done, latency in timeline:
-        index = int(done - start)
-        if 0 <= index < len(bins) and latency <= slo:
-            bins[index] += 1
-    return [float(b) for b in bins]
-
-
-def rolling(values: list[float], width: int) -> list[float]:
-    return [statistics.mean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
-
-
-def first_at_or_above(values: list[float], threshold: float) -> int | None:
-    return next((i for i, v in enumerate(values) if v >= threshold), None)
-
-
-def side_by_side(admin: Path, base: str, settings: list[dict[str, int]], slo: float, clients: int) -> list[list[tuple]]:
-    """Each setting measured once per round (after a 1 s warm-up), round after round, on
-    the same worker: windows seconds apart share the machine's drift. Returns, per setting,
-    its (goodput, p99) in every round."""
-    windows: list[list[tuple]] = [[] for _ in settings]
-    for round_index in range(SIDE_BY_SIDE_ROUNDS):
-        for index, knobs in enumerate(settings):
-            with ControlClient(admin) as client:
-                client.set(knobs)
-            measure_point(timed_load(base, 1, clients), slo)
-            _, goodput, p99, _ = measure_point(timed_load(base, SIDE_BY_SIDE_SECONDS, clients), slo)
-            windows[index].append((goodput, p99 if p99 is not None else float("inf")))
-            print(
-                f"round {round_index + 1} {knobs}: goodput {goodput:.0f}/s, p99 {windows[index][-1][1] * 1000:.1f} ms",
-                file=sys.stderr,
-            )
-    return windows
 
 
 def main() -> int:
@@ -176,7 +133,9 @@ def main() -> int:
 
             # 5. Side by side: the tuned setting and the candidates (over the defaults for knobs the grid leaves out).
             settings = [knobs] + [{**defaults, **point.knobs} for point in candidates]
-            windows = side_by_side(admin, worker, settings, slo, args.clients)
+            windows = side_by_side(
+                admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS
+            )
 
     def median_goodput(index: int) -> float:
         return statistics.median(goodput for goodput, _ in windows[index])

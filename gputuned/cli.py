@@ -61,6 +61,13 @@ def _build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--control-socket", type=Path, metavar="PATH", help="Unix socket for gputuned's control channel")
     worker.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
     worker.add_argument("--max-queue", type=int, default=4096, help="most items queued before 503 (default 4096)")
+    worker.add_argument(
+        "--gpu-memory-fraction",
+        type=float,
+        default=1.0,
+        metavar="SHARE",
+        help="the most of the GPU's memory this worker may take, 0.01-1 (default 1); a batch over it fails as out of memory",
+    )
     worker.add_argument("--knob", action="append", metavar="KNOB=VALUE", help="start with this knob value (repeatable)")
     worker.add_argument(
         "--saved-knob",
@@ -89,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep_load = sweep.add_mutually_exclusive_group()
     sweep_load.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
     sweep_load.add_argument("--rate", type=float, help="open-loop arrivals per second")
+    sweep.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
     sweep.add_argument("--slo-ms", type=float, default=100.0, help="p99 latency SLO in ms (default 100)")
     sweep.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measurement")
     sweep.add_argument("--window", type=float, default=2.0, help="seconds per measured window")

@@ -150,6 +150,9 @@ class WorkerConfig:
     listen: str = "127.0.0.1:8000"
     placement: str = "auto"
     cpus: str = ""  # an explicit CPU set ("0-3,8") instead of a whole NUMA node's CPUs
+    # The most of its GPU's memory the built-in worker may take (torch's per-process cap), so
+    # workers sharing a GPU cannot starve each other: a batch over it fails as out of memory.
+    gpu_memory_fraction: float = _bounded(1.0, 0.01, 1.0)
     control_group: str = ""
     ping_interval_seconds: float = _bounded(2.0, 0.1, 60.0)
     ping_timeout_seconds: float = _bounded(10.0, 0.5, 600.0)
@@ -167,6 +170,8 @@ class WorkerConfig:
             raise ConfigError("command: expected a list of strings")
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device: {self.device!r} is not allowed; allowed values: auto, cpu, cuda, cuda:N")
+        if self.device == "cpu" and self.gpu_memory_fraction < 1.0:
+            raise ConfigError("gpu_memory_fraction: caps a GPU's memory, and this worker's device is cpu")
         try:
             parse_listen_address(self.listen)
         except ValueError as exc:

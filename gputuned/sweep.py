@@ -78,15 +78,17 @@ def run_sweep(
     repeats: int,
     progress: TextIO | None = None,
     worker: str | None = None,
+    items: int = 1,
 ) -> list[SweepPoint]:
     """Every point of `grid`, set through `control_socket` (a worker's, or the daemon's admin
-    socket with `worker` naming one of its workers) and measured under load at `url`."""
+    socket with `worker` naming one of its workers) and measured under load at `url`, each
+    request carrying `items` inputs."""
     results = []
     settings = points(grid)
     started = time.monotonic()
 
     def plan(seconds: float) -> LoadPlan:
-        return LoadPlan(url=url, concurrency=concurrency, rate=rate, requests=10**9, duration=seconds)
+        return LoadPlan(url=url, concurrency=concurrency, rate=rate, requests=10**9, duration=seconds, batch=items)
 
     with ControlClient(control_socket) as client:
         for index, knobs in enumerate(settings, 1):
@@ -178,6 +180,8 @@ def main(args: argparse.Namespace) -> int:
     """Runs `gputuned sweep` from parsed arguments."""
     try:
         grid = parse_grid(args.grid)
+        if args.batch < 1:
+            raise SweepError(f"--batch {args.batch}: a request carries at least one item")
     except SweepError as exc:
         print(f"gputuned sweep: {exc}", file=sys.stderr)
         return 2
@@ -195,6 +199,7 @@ def main(args: argparse.Namespace) -> int:
             args.repeats,
             sys.stderr,
             args.worker,
+            args.batch,
         )
     except ControlError as exc:
         print(f"gputuned sweep: {exc}", file=sys.stderr)

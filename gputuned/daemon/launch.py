@@ -43,6 +43,8 @@ def builtin_worker_command(worker: WorkerConfig, control_socket: Path, knobs: Ma
         command += ["--input-shape", worker.input_shape]
     if worker.control_group:
         command += ["--control-group", worker.control_group]
+    if worker.gpu_memory_fraction < 1.0:
+        command += ["--gpu-memory-fraction", str(worker.gpu_memory_fraction)]
     for name, value in sorted(knobs.items()):
         command += ["--saved-knob", f"{name}={value}"]
     return command

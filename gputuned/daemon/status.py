@@ -88,7 +88,8 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "refused": performance.refused,
             "rejected": performance.rejected,
         },
-        "tuner": {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs},
+        # ceilings: the highest value of a knob that fits, learned from out-of-memory events
+        "tuner": {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs, "ceilings": tuner.ceilings},
         "decisions": [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]],
         "state_error": worker.state_error,
     }

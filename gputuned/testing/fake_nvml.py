@@ -350,9 +350,11 @@ def hgx8() -> FakeNvml:
     The integration tests and the overhead benchmark run the real daemon with it. GPU 0
     runs the daemon's child processes (its supervised worker) and, when
     GPUTUNED_FAKE_WORKER_PID is set, that process (a worker watched with --worker-pid);
-    it has also reported one XID 79.
+    it has also reported one XID 79. GPUTUNED_FAKE_UNSUPPORTED names NVML functions (comma-
+    separated) that every GPU answers with NotSupported, as some drivers do.
     """
-    fake = FakeNvml.with_gpus(8)
+    refused = {name for name in os.environ.get("GPUTUNED_FAKE_UNSUPPORTED", "").split(",") if name}
+    fake = FakeNvml.with_gpus(8, unsupported=refused)
     gpu0 = fake.gpus[0]
     gpu0.process_source = _children_on_gpu
     gpu0.pending_xids.append(79)

@@ -60,8 +60,11 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
 
 
 @contextlib.contextmanager
-def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`gputuned run --no-worker` on a free loopback port; yields (process, metrics URL)."""
+def running_daemon(
+    *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`gputuned run --no-worker` on a free loopback port; yields (process, metrics URL). Its
+    log goes to `log` if given (else to a pipe the caller may read)."""
     port = free_port()
     runtime_dir = tempfile.mkdtemp(prefix="gputuned-run-")
     command = [
@@ -79,7 +82,8 @@ def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
         *args,
     ]
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    process = subprocess.Popen(command, env=full_env, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)
+    log_file = log.open("w") if log is not None else None
+    process = subprocess.Popen(command, env=full_env, stderr=log_file or subprocess.PIPE, text=True, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/metrics"
     try:
         wait_for_http(url, process)
@@ -89,6 +93,8 @@ def running_daemon(*args: str, env: dict[str, str] | None = None) -> Iterator[tu
             stop(process)
         if process.stderr is not None:
             process.stderr.close()
+        if log_file is not None:
+            log_file.close()
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 

@@ -128,6 +128,7 @@ def _summary(m: Measurement | None) -> dict[str, Any] | None:
         "arrival": round(m.arrival_rate, 2),
         "p99_ms": None if m.p99 is None else round(m.p99 * 1000, 2),
         "failed": m.failed,
+        "oom": m.oom,
         "mean_batch": round(m.mean_batch, 2),
         "busy": round(m.busy_ratio, 3),
         "in_system": round(m.in_system, 2),

@@ -37,6 +37,19 @@ def choose_device(requested: str | None) -> torch.device:
     return device
 
 
+def cap_gpu_memory(device: torch.device, fraction: float) -> None:
+    """Caps the caching allocator at `fraction` of the GPU's memory (torch raises
+    OutOfMemoryError past it, which the lanes count as an OOM event). Raises ValueError if
+    the share is out of range, or given for the CPU."""
+    if not 0.01 <= fraction <= 1.0:
+        raise ValueError(f"--gpu-memory-fraction {fraction:g} is out of range; allowed 0.01..1")
+    if fraction == 1.0:
+        return
+    if device.type != "cuda":
+        raise ValueError(f"--gpu-memory-fraction caps a GPU's memory, and the device is {device}")
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+
+
 def run_from_arguments(args: argparse.Namespace) -> int:
     try:
         device = choose_device(args.device)
@@ -45,6 +58,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         group = grp.getgrnam(args.control_group).gr_gid if args.control_group else None
         if args.max_queue < 1:
             raise ValueError("--max-queue must be at least 1")
+        cap_gpu_memory(device, args.gpu_memory_fraction)
         initial_knobs = parse_assignments(args.knob or [])
         saved_knobs = parse_assignments(args.saved_knob or [])
     except (ValueError, KeyError) as exc:

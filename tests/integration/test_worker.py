@@ -332,6 +332,21 @@ def test_cuda_requested_on_a_cpu_machine_is_refused():
 
 
 @pytest.mark.parametrize(
+    ("fraction", "error"),
+    [("0.5", "--gpu-memory-fraction caps a GPU's memory, and the device is cpu"), ("1.5", "1.5 is out of range")],
+)
+def test_a_gpu_memory_cap_the_worker_cannot_apply_is_refused(fraction, error):
+    result = subprocess.run(
+        [sys.executable, "-m", "gputuned", "worker", "--device", "cpu", "--gpu-memory-fraction", fraction],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2 and error in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
     ("knob", "error"),
     [
         ("max_batch_size=0", "--knob refused: max_batch_size=0 is below its minimum 1"),

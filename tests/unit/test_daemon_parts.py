@@ -1,17 +1,20 @@
 """The daemon's pure parts, without threads, sockets or sleeps: restart backoff and crash
 loops, placement choice, the sd_notify messages, the hello check, job error accounting,
-the stats history, and the agent's all-or-nothing set."""
+the stats history, the built-in worker's command line, and the agent's all-or-nothing set."""
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 
 import pytest
 
+from gputuned.config import WorkerConfig
 from gputuned.control.protocol import ProtocolError, message, validate_hello
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.jobs import JobEvents
+from gputuned.daemon.launch import builtin_worker_command
 from gputuned.daemon.placement import Placement, choose_placement
 from gputuned.daemon.restarts import RestartPlan, RestartPolicy
 from gputuned.daemon.sdnotify import status_due, watchdog_due
@@ -263,3 +266,14 @@ def test_the_status_report_and_its_tables():
     assert "  state not saved (disk full)" in text
     assert "KNOB     GPU0  GPU1\npool_mb  -     0\nstreams  2     1" in text
     assert text.index("gpu0 keep      streams 1 -> 2") < text.index("gpu1 apply     pool_mb 0 -> 16")
+
+
+# --- the built-in worker's command line ------------------------------------------------------
+
+
+def test_the_worker_command_carries_its_gpu_memory_cap_and_saved_knobs():
+    capped = builtin_worker_command(WorkerConfig(device="cuda:1", gpu_memory_fraction=0.25), Path("/run/w.sock"), {"streams": 2})
+    assert capped[capped.index("--device") + 1] == "cuda:1"
+    assert capped[capped.index("--gpu-memory-fraction") + 1] == "0.25"
+    assert capped[-2:] == ["--saved-knob", "streams=2"]
+    assert "--gpu-memory-fraction" not in builtin_worker_command(WorkerConfig(), Path("/run/w.sock"), {})

@@ -61,6 +61,8 @@ def test_named_workers_with_their_own_cpus():
         (TWO_WORKERS.replace('name = "other"', 'name = "../etc"'), "workers[1] (../etc).name: '../etc' is not allowed"),
         (TWO_WORKERS.replace("device = ", "x = ").replace('cpus = "1"', 'device = "tpu"'), "workers[1] (other).device: 'tpu'"),
         ("workers = 3\n", "workers: expected one or more [[workers]] tables"),
+        (TWO_WORKERS.replace('cpus = "1"', 'gpu_memory_fraction = 0.5\ndevice = "cpu"'), "gpu_memory_fraction: caps a GPU's"),
+        (TWO_WORKERS.replace('cpus = "1"', "gpu_memory_fraction = 0"), "gpu_memory_fraction: 0.0 is out of range"),
         ('[workers_per_gpu]\nname = "a"\n', "workers_per_gpu: 'name' and 'device' are set per GPU"),
         ('[workers_per_gpu]\nlisten = "127.0.0.1:65530"\n', None),
     ],

@@ -1,0 +1,74 @@
+"""Measuring online tuning under load, shared by bench/tuning.py and the GPU check (bench/gpu.py):
+time-bounded loads, goodput over time, and settings compared side by side.
+
+Side by side, because the machines these run on drift (20-35% within a minute here): an
+oracle measured minutes before an online run says more about the drift than about the
+tuner, while windows seconds apart share it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from gputuned.control.client import ControlClient
+from gputuned.loadgen import LoadPlan
+from gputuned.sweep import measure_point
+
+
+def timed_load(
+    url: str, seconds: float, clients: int | None = None, rate: float | None = None, timeline: bool = False, items: int = 1
+) -> LoadPlan:
+    """A load bounded by time alone: `clients` in a closed loop, or `rate` requests/s in an
+    open one, each request carrying `items` inputs."""
+    return LoadPlan(url=url, concurrency=clients, rate=rate, requests=10**9, duration=seconds, timeline=timeline, batch=items)
+
+
+def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:
+    """Completions within the SLO per second, one value per second from `start`."""
+    bins = [0] * int(end - start)  # whole seconds only: a partial last second would read as a drop
+    for done, latency in timeline:
+        index = int(done - start)
+        if 0 <= index < len(bins) and latency <= slo:
+            bins[index] += 1
+    return [float(b) for b in bins]
+
+
+def rolling(values: list[float], width: int) -> list[float]:
+    return [statistics.mean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
+
+
+def first_at_or_above(values: list[float], threshold: float) -> int | None:
+    return next((i for i, v in enumerate(values) if v >= threshold), None)
+
+
+def side_by_side(
+    admin: Path,
+    plan: LoadPlan,
+    settings: list[dict[str, int]],
+    slo: float,
+    rounds: int,
+    seconds: float,
+    worker: str | None = None,
+) -> list[list[tuple[float, float]]]:
+    """Each setting measured once per round (after a 1 s warm-up), round after round, on the
+    same worker under `plan`'s load (its duration is replaced): windows seconds apart share
+    the machine's drift. Returns, per setting, its (goodput, p99) in every round."""
+    windows: list[list[tuple[float, float]]] = [[] for _ in settings]
+    for round_index in range(rounds):
+        for index, knobs in enumerate(settings):
+            with ControlClient(admin) as client:
+                client.set(knobs, worker)
+            measure_point(_lasting(plan, 1.0), slo)
+            _, goodput, p99, _ = measure_point(_lasting(plan, seconds), slo)
+            windows[index].append((goodput, p99 if p99 is not None else float("inf")))
+            print(
+                f"round {round_index + 1} {knobs}: goodput {goodput:.0f}/s, p99 {windows[index][-1][1] * 1000:.1f} ms",
+                file=sys.stderr,
+            )
+    return windows
+
+
+def _lasting(plan: LoadPlan, seconds: float) -> LoadPlan:
+    return LoadPlan(**{**plan.__dict__, "duration": seconds})
