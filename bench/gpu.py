@@ -55,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.control.client import ControlClient
 from gputuned.daemon.status import worker_entry
-from gputuned.loadgen import LoadPlan, run_load
+from gputuned.loadgen import run_load
 from gputuned.sweep import best_point, measure_point, run_sweep
 from gputuned.testing.gpu_check import (
     SMI_QUERY,
@@ -335,9 +335,7 @@ def tuning(args: argparse.Namespace, verdicts: Verdicts) -> None:
         with ControlClient(admin) as client:
             client.request("tune", mode="auto", resume=True, worker=WORKER)
         online_started = time.perf_counter()
-        online = asyncio.run(
-            run_load(LoadPlan(**timed_load(base, args.online, args.clients, timeline=True, items=args.items).__dict__))
-        )
+        online = asyncio.run(run_load(timed_load(base, args.online, args.clients, timeline=True, items=args.items)))
         with ControlClient(admin) as client:
             client.request("tune", mode="frozen", worker=WORKER)
         tuned = status(admin)["knobs"]

@@ -7,9 +7,9 @@ little of the latency is queueing), and step down by
 a quarter while the worker GPU's PCIe link is over 80% busy (bigger batches only queue
 behind the copy). A breach caused by queueing (the batch is quick, requests wait) is
 answered by growing the batch instead: more throughput is what drains a queue.
-When the queue is too short to fill the doubled batch at once (few clients, quick
-batches), the doubling carries the queue delay that fills it: either alone changes
-nothing (a bigger maximum goes out half empty; a wait for a batch that is already full).
+The climb doubles only where the doubled batch fills at once (enough requests wait, or
+the queue delay already covers the fill); where it would not, BatchFillTuner, asked
+after the lanes and the queue delay, moves the batch and the delay together.
 
 The climb only goes up, so a second tuner, asked last, probes down: when nothing else
 has a move (doubling was tried and reverted, or batches no longer come out full) and the
@@ -62,36 +62,58 @@ class BatchTuner:
                 f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down",
                 "backoff",
             )
-        if window.throughput > 0 and window.mean_batch >= FULL * size:
-            return _doubled(inp, size, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
+        if window.throughput > 0 and window.mean_batch >= FULL * size and _doubling_fills(inp, size):
+            return changed(inp, KNOB, size * 2, f"batches {window.mean_batch:.1f}/{size} full: try {size * 2}")
         return None
 
 
-def _doubled(inp: TunerInput, size: int, reason: str) -> Proposal | None:
-    """Twice the batch; with the queue delay it takes to fill when the queue alone cannot.
+def _waiting(inp: TunerInput, size: int) -> float:
+    """Items a lane finds when it frees: those in the worker less those the running batches hold."""
+    return inp.window.in_system * max(inp.window.items_per_request, 1.0) - inp.knobs.get("streams", 1) * size
 
-    While `streams` batches of `size` run, the requests left waiting (those in the worker
-    less those being computed) are all a lane finds when it frees. Fewer than twice the
-    batch, and without a wait the doubled batch goes out as small as before (a change
-    that changes nothing, judged as no gain): the wait to fill it moves with it. None
-    waiting at all (a few clients, all in the running batches): a bigger batch has
-    nothing to gather, however long it waits."""
-    proposal = changed(inp, KNOB, size * 2, reason)
-    if proposal is None or DELAY_KNOB not in inp.knobs:
-        return proposal
-    waiting = inp.window.in_system - inp.knobs.get("streams", 1) * size
-    if waiting <= 0:
-        return None
-    delay = fill_delay_us(inp, proposal.value)
-    if waiting >= proposal.value or delay <= inp.knobs[DELAY_KNOB]:
-        return proposal
-    delay = inp.clamp(DELAY_KNOB, delay)
-    return Proposal(
-        KNOB,
-        proposal.value,
-        f"{reason}, waiting up to {delay} us to fill it ({waiting:.1f} requests queue behind the running batches)",
-        also={DELAY_KNOB: delay},
-    )
+
+def _doubling_fills(inp: TunerInput, size: int) -> bool:
+    """Whether a batch of twice `size` comes out full without waiting longer than the queue
+    delay already does: enough requests wait, or the delay already covers the fill, or
+    there is no delay to set (a server without that knob)."""
+    if DELAY_KNOB not in inp.knobs:
+        return True
+    return _waiting(inp, size) >= 2 * size or inp.knobs[DELAY_KNOB] >= fill_delay_us(inp, 2 * size)
+
+
+class BatchFillTuner:
+    """Twice the batch together with the queue delay that fills it.
+
+    When the queue is too short to fill the doubled batch at once (few clients, quick
+    batches), either move alone changes nothing: a bigger maximum goes out as small as
+    before, and a wait for a batch that already comes out full gains nothing. Together
+    they pay where a batch costs about the same whatever its size (a GPU's launch and
+    copy latency). Asked after the lanes and the queue delay: where a second lane can
+    take the waiting requests instead, that is tried first (on a CPU a bigger batch on
+    one lane can beat the batch it came from and still lose to two lanes of it, and a
+    kept move is not undone). With no request waiting at all (a few clients, all in the
+    running batches), a bigger batch has nothing to gather, however long it waits."""
+
+    name = "batch_fill"
+
+    def propose(self, inp: TunerInput) -> Proposal | None:
+        if KNOB not in inp.knobs or DELAY_KNOB not in inp.knobs or inp.slo_breached():
+            return None
+        size, window = inp.knobs[KNOB], inp.window
+        if window.throughput <= 0 or window.mean_batch < FULL * size or _doubling_fills(inp, size):
+            return None
+        waiting = _waiting(inp, size)
+        proposal = changed(inp, KNOB, size * 2, "")
+        if proposal is None or waiting <= 0:
+            return None
+        delay = inp.clamp(DELAY_KNOB, fill_delay_us(inp, proposal.value))
+        return Proposal(
+            KNOB,
+            proposal.value,
+            f"batches {window.mean_batch:.1f}/{size} full, {waiting:.1f} items waiting behind the running ones: "
+            f"try {proposal.value}, waiting up to {delay} us to fill it",
+            also={DELAY_KNOB: delay},
+        )
 
 
 class BatchDownProbe:

@@ -16,11 +16,12 @@ MIN_CHANGE_RATIO = 0.3
 
 
 def fill_delay_us(inp: TunerInput, size: int) -> int:
-    """The wait for a batch of `size` to fill at the measured arrival rate, within the SLO's slack."""
+    """The wait for a batch of `size` items to fill at the measured arrival rate (requests
+    carrying `items_per_request` items each), within the SLO's slack."""
     window = inp.window
     if size <= 1 or window.arrival_rate <= 0:
         return 0
-    fill = (size - 1) / window.arrival_rate
+    fill = (size - 1) / (window.arrival_rate * max(window.items_per_request, 1.0))
     slack = max(inp.slo_seconds - 2 * (window.batch_seconds or 0.0), 0.0) / 2
     return int(min(fill, slack) * 1e6)
 

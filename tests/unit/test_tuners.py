@@ -7,7 +7,7 @@ from dataclasses import replace
 from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import TunerInput
-from gputuned.tuners.batch import BatchDownProbe, BatchTuner
+from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner, working_set_mb
 from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.streams import StreamsTuner
@@ -44,18 +44,24 @@ def inp(window=WINDOW, knobs=None, device="cpu", **kw) -> TunerInput:
     return TunerInput(window, {**KNOBS, **(knobs or {})}, BOUNDS, 0.1, device, 2, 3 * 64 * 64 * 4, **kw)
 
 
-def test_batch_doubling_carries_the_wait_to_fill_it_when_the_queue_is_short():
+def test_a_batch_the_queue_cannot_fill_is_doubled_with_the_wait_that_fills_it():
     # 8 clients, batches of 4 full, 5 ms each: 4 wait behind the running batch, too few to fill 8 at once.
     short = replace(WINDOW, mean_batch=4, in_system=8, arrival_rate=700, batch_seconds=0.005)
-    proposal = BatchTuner().propose(inp(short, knobs={"max_batch_size": 4}))
+    knobs = {"max_batch_size": 4}
+    assert BatchTuner().propose(inp(short, knobs=knobs)) is None  # 8 alone would go out as batches of 4
+    proposal = BatchFillTuner().propose(inp(short, knobs=knobs))
     assert proposal.changes() == {"max_batch_size": 8, "max_queue_delay_us": 10000}  # 7 more at 700/s
-    assert "waiting up to 10000 us to fill it" in proposal.reason
-    assert BatchTuner().propose(inp(short, knobs={"max_batch_size": 4, "max_queue_delay_us": 20000})).also == {}
-    two_lanes = inp(replace(short, in_system=16), knobs={"max_batch_size": 4, "streams": 2})  # 8 run, 8 wait
-    assert BatchTuner().propose(two_lanes).also == {}
-    assert BatchTuner().propose(inp(replace(short, in_system=12), knobs={"max_batch_size": 4})).also == {}
+    assert "4.0 items waiting behind the running ones: try 8, waiting up to 10000 us to fill it" in proposal.reason
+    # Requests of 2 items: 8 in the worker are 16 items, 12 waiting behind the batch of 4; 8 fills at once.
+    assert BatchTuner().propose(inp(replace(short, items_per_request=2), knobs=knobs)).changes() == {"max_batch_size": 8}
+    waits_already = {"max_batch_size": 4, "max_queue_delay_us": 20000}
+    assert BatchTuner().propose(inp(short, knobs=waits_already)).changes() == {"max_batch_size": 8}
+    assert BatchFillTuner().propose(inp(short, knobs=waits_already)) is None
+    deep = inp(replace(short, in_system=12), knobs=knobs)  # 8 wait: the doubled batch fills at once
+    assert BatchTuner().propose(deep).changes() == {"max_batch_size": 8} and BatchFillTuner().propose(deep) is None
     # All 8 requests in the worker are in the running batch: 16 would gather nothing more.
-    assert BatchTuner().propose(inp(replace(short, mean_batch=7.5, in_system=7.9), knobs={"max_batch_size": 8})) is None
+    assert BatchFillTuner().propose(inp(replace(short, mean_batch=7.5, in_system=7.9), knobs={"max_batch_size": 8})) is None
+    assert BatchFillTuner().propose(inp(replace(short, p99=0.2), knobs=knobs)) is None  # a breach is the batch tuner's
 
 
 def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
