@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +99,17 @@ def running_daemon(
 
 
 @contextlib.contextmanager
-def running_prometheus(targets: list[str], workdir: Path) -> Iterator[str]:
-    """A real Prometheus server (Debian's package) on loopback scraping `targets` every second."""
+def running_prometheus(targets: list[str], workdir: Path, rule_files: Sequence[Path] = ()) -> Iterator[str]:
+    """A real Prometheus server (Debian's package) on loopback scraping `targets` every second,
+    evaluating `rule_files` every second."""
     binary = shutil.which("prometheus")
     if binary is None:
         raise RuntimeError("prometheus is not installed (Debian package 'prometheus'); scripts/setup.sh installs it")
     port = free_port()
     config = workdir / "prometheus.yml"
     config.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"rule_files: {json.dumps([str(path) for path in rule_files])}\n"
         "scrape_configs:\n  - job_name: gputuned\n    static_configs:\n"
         f"      - targets: {json.dumps(targets)}\n"
     )

@@ -66,3 +66,9 @@ def test_the_unit_tests_catch_a_wrong_threshold(tmp_path: Path):
     shutil.copy(RULE_TESTS, tmp_path)
     tested = promtool("test", "rules", RULE_TESTS.name, cwd=tmp_path)
     assert tested.returncode != 0 and "GputunedSloBurnFast" in tested.stdout + tested.stderr
+
+
+def test_the_fleet_scrape_config_example_is_valid():
+    checked = promtool("check", "config", "prometheus.yml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 1 rule files found" in checked.stdout
