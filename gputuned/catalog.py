@@ -6,7 +6,7 @@ instead of silently emptying a panel.
 
 from __future__ import annotations
 
-from gputuned.collectors import host, numa, nvml, pcie, tuner, worker
+from gputuned.collectors import host, kubelet, numa, nvml, pcie, tuner, worker
 from gputuned.exporter import SELF_SPECS
 from gputuned.samples import MetricSpec
 
@@ -15,6 +15,7 @@ METRIC_SPECS: tuple[MetricSpec, ...] = (
     *pcie.SPECS,
     *numa.SPECS,
     *host.SPECS,
+    *kubelet.SPECS,
     *worker.SPECS,
     *tuner.SPECS,
     *SELF_SPECS,

@@ -87,6 +87,7 @@ class CollectorsConfig:
     pcie: bool = True
     numa: bool = True
     host: bool = True
+    kubelet: bool = True  # off by itself where there is no kubelet socket
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,8 @@ class PathsConfig:
 
     proc_root: str = "/proc"
     sys_root: str = "/sys"
+    kubelet_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    pod_logs_dir: str = "/var/log/pods"
     runtime_dir: str = "/run/gputuned"
     state_dir: str = "/var/lib/gputuned"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from gputuned.collectors.base import Collector
 from gputuned.collectors.host import HostCollector
+from gputuned.collectors.kubelet import KubeletCollector
 from gputuned.collectors.numa import NumaCollector
 from gputuned.collectors.nvml import NvmlCollector
 from gputuned.collectors.nvml_session import NvmlSession
@@ -27,6 +28,8 @@ class CollectorContext:
 
     proc_root: Path
     sys_root: Path
+    kubelet_socket: Path
+    pod_logs_dir: Path
     nvml_session: NvmlSession
     nvml: ModuleType
     gpu_bus_ids: Callable[[], dict[int, str]]  # GPU index -> sysfs BDF; {} when NVML is off
@@ -58,11 +61,16 @@ def _host(ctx: CollectorContext) -> Any:
     return HostCollector(ctx.psutil)
 
 
+def _kubelet(ctx: CollectorContext) -> Any:
+    return KubeletCollector(ctx.kubelet_socket, ctx.pod_logs_dir, ctx.proc_root, ctx.nvml_session)
+
+
 COLLECTORS = (
     CollectorEntry("nvml", True, _nvml, "GPUs through NVML: utilisation, memory, power, clocks, throttling, ECC, XID"),
     CollectorEntry("pcie", True, _pcie, "PCIe tx/rx bytes, link generation/width/capacity, utilisation, replays"),
     CollectorEntry("numa", True, _numa, "/proc/vmstat, per-node numastat, worker faults and page placement, GPU nodes"),
     CollectorEntry("host", True, _host, "psutil: per-core CPU busy, memory, worker CPU/RSS/threads"),
+    CollectorEntry("kubelet", True, _kubelet, "Kubernetes: the pods holding (PodResources API) and using (cgroups) each GPU"),
 )
 
 

@@ -6,6 +6,7 @@ tested on strings copied from real hosts, and the collectors only do I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -154,3 +155,29 @@ def nvml_bus_id_to_sysfs(bus_id: str) -> str:
     except ValueError:
         raise ParseError(f"bad PCI domain in {bus_id!r}") from None
     return f"{domain_number:04x}:{rest.lower()}"
+
+
+# A pod's cgroup carries its UID: "pod<uid>" with the UID's dashes as they are (cgroupfs
+# driver: /kubepods/burstable/pod0a1b.../<container>) or as underscores (systemd driver:
+# /kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b_....slice/cri-containerd-<id>.scope).
+_POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})")
+
+
+def parse_cgroup_pod_uid(text: str) -> str | None:
+    """/proc/PID/cgroup -> the UID of the Kubernetes pod the process runs in, or None."""
+    for line in text.splitlines():
+        match = _POD_UID.search(line.rpartition(":")[2])
+        if match:
+            return match[1].replace("_", "-")
+    return None
+
+
+def parse_pod_log_dir(name: str) -> tuple[str, str, str] | None:
+    """A directory of /var/log/pods, NAMESPACE_NAME_UID (the CRI's log layout) -> (uid,
+    namespace, pod), or None. Namespaces and pod names are DNS labels and subdomains: they
+    hold no underscore, so the split is unambiguous."""
+    parts = name.split("_")
+    if len(parts) != 3 or not all(parts):
+        return None
+    namespace, pod, uid = parts
+    return uid, namespace, pod

@@ -125,6 +125,8 @@ class Daemon:
         context = CollectorContext(
             proc_root=Path(config.paths.proc_root),
             sys_root=Path(config.paths.sys_root),
+            kubelet_socket=Path(config.paths.kubelet_socket),
+            pod_logs_dir=Path(config.paths.pod_logs_dir),
             nvml_session=self._session,
             nvml=self._nvml,
             gpu_bus_ids=self._session.bus_ids if uses_nvml else dict,

@@ -16,6 +16,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.catalog import METRIC_SPECS
+from gputuned.collectors import kubelet
 from gputuned.collectors import tuner as tuner_collector
 from gputuned.collectors import worker as worker_collector
 from gputuned.config import Config, PathsConfig, WorkerConfig, with_overrides
@@ -31,6 +32,7 @@ PROC, SYS = host_root("dual-socket-8gpu")
 def fixture_config() -> Config:
     runtime = tempfile.mkdtemp(prefix="gputuned-test-")
     paths = {"proc_root": str(PROC), "sys_root": str(SYS), "runtime_dir": runtime, "state_dir": runtime}
+    paths |= {"kubelet_socket": f"{runtime}/no-kubelet.sock"}  # not a Kubernetes node: pod attribution off
     return with_overrides(Config(), paths=paths, metrics={"listen": "127.0.0.1:0"})
 
 
@@ -57,14 +59,15 @@ def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvm
     expected = {spec.name.removesuffix("_total") for spec in METRIC_SPECS}
     # Rates need two rounds and this test scraped after one; psutil reads the live /proc,
     # where the fixture's worker pid 4242 does not exist (the integration test covers both).
-    # The worker and tuner collectors run only when the daemon supervises a worker (this one does not).
+    # The worker and tuner collectors run only when the daemon supervises a worker (this one does not);
+    # pod attribution needs a kubelet (tests/integration/test_kubelet.py serves one).
     not_here = {
         "gputuned_pcie_utilization_ratio",
         "gputuned_host_cpu_busy_ratio",
         "gputuned_worker_cpu_seconds",
         "gputuned_worker_resident_memory_bytes",
         "gputuned_worker_threads",
-        *(spec.name.removesuffix("_total") for spec in (*worker_collector.SPECS, *tuner_collector.SPECS)),
+        *(spec.name.removesuffix("_total") for spec in (*worker_collector.SPECS, *tuner_collector.SPECS, *kubelet.SPECS)),
     }
     assert expected - served == not_here
 
@@ -102,16 +105,16 @@ def test_collector_health_and_sample_age_are_served():
     finally:
         daemon.stop()
     success = {s.labels["collector"]: s.value for s in families["gputuned_collector_success"].samples}
-    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0}
+    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}  # off, not failing
     durations = families["gputuned_collector_duration_seconds"].samples
-    assert len(durations) == 4 and all(s.value >= 0 for s in durations)
+    assert len(durations) == 5 and all(s.value >= 0 for s in durations)
     (age,) = families["gputuned_sample_age_seconds"].samples
     assert 0 <= age.value < 5
     assert "process_resident_memory_bytes" in {s.name for f in families.values() for s in f.samples}
 
 
 def test_disabled_collectors_do_not_run():
-    config = with_overrides(fixture_config(), collectors={"nvml": False, "pcie": False})
+    config = with_overrides(fixture_config(), collectors={"nvml": False, "pcie": False, "kubelet": False})
     fake = FakeNvml.with_gpus(1)
     daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()

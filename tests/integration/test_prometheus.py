@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from gputuned.catalog import METRIC_SPECS
+from gputuned.collectors import kubelet
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.testing.processes import prometheus_query, running_prometheus, running_supervising_daemon
 from tests.dashboard_queries import load_dashboards, queries
@@ -58,6 +59,7 @@ def test_prometheus_scrapes_every_metric_family(scraped):
     # Only after the worker has exited once (test_supervision.py scrapes it then), and
     # only while a knob is frozen by hand (test_tuning.py covers that).
     expected -= {"gputuned_worker_last_exit_code", "gputuned_tuner_knob_frozen"}
+    expected -= {spec.name for spec in kubelet.SPECS}  # no kubelet here: tests/integration/test_kubelet.py has one
 
     def missing() -> set[str]:
         result = prometheus_query(prometheus, 'count by (__name__) ({__name__=~"gputuned_.+"})')

@@ -7,11 +7,13 @@ import pytest
 from gputuned.collectors.parsers import (
     ParseError,
     nvml_bus_id_to_sysfs,
+    parse_cgroup_pod_uid,
     parse_cpulist,
     parse_int_file,
     parse_key_value_counters,
     parse_node_meminfo,
     parse_numa_maps,
+    parse_pod_log_dir,
     parse_proc_stat,
     parse_status_field,
 )
@@ -112,3 +114,40 @@ def test_nvml_bus_id_to_sysfs(nvml, sysfs):
 def test_nvml_bus_id_rejects_garbage():
     with pytest.raises(ParseError):
         nvml_bus_id_to_sysfs("GPU-1234")
+
+
+POD_UID = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+
+
+@pytest.mark.parametrize(
+    ("text", "uid"),
+    [
+        # cgroup v2, systemd driver (containerd): the UID's dashes are underscores in the slice name
+        (
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0a1b2c3d_4e5f_6071_8293_a4b5c6d7e8f9.slice/"
+            "cri-containerd-5d1f0e6f8c4b3a29.scope\n",
+            POD_UID,
+        ),
+        # cgroup v1, cgroupfs driver: one line per hierarchy, the UID as it is
+        (
+            "12:memory:/kubepods/besteffort/pod0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9/5d1f0e6f8c4b3a29\n"
+            "11:cpu,cpuacct:/kubepods/besteffort/pod0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9/5d1f0e6f8c4b3a29\n",
+            POD_UID,
+        ),
+        (
+            "0::/kubepods.slice/kubepods-pod0a1b2c3d_4e5f_6071_8293_a4b5c6d7e8f9.slice/crio-5d1f.scope\n",
+            POD_UID,
+        ),  # guaranteed QoS
+        ("0::/system.slice/gputuned.service\n", None),  # a host process
+        ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+        ("", None),
+    ],
+)
+def test_the_pod_uid_of_a_process_from_its_cgroup(text, uid):
+    assert parse_cgroup_pod_uid(text) == uid
+
+
+def test_pod_log_directories_name_namespace_pod_and_uid():
+    assert parse_pod_log_dir(f"serving_resnet-7f9c-0_{POD_UID}") == (POD_UID, "serving", "resnet-7f9c-0")
+    assert parse_pod_log_dir("lost+found") is None
+    assert parse_pod_log_dir("a_b") is None and parse_pod_log_dir("a__c") is None
