@@ -18,13 +18,16 @@ ProposalKind = Literal["explore", "neutral", "backoff", "shrink"]
 @dataclass(frozen=True)
 class Proposal:
     """Set `knob` to `value`; `also` holds knobs that must move with it as one change
-    (on the CPU, lanes and threads per lane share the same cores)."""
+    (on the CPU, lanes and threads per lane share the same cores). `past` marks a move
+    beyond a step in the same direction that was tried and did not pay: the guard keeps
+    its memory of it apart, so the reverted step does not block it (nor it the step)."""
 
     knob: str
     value: int
     reason: str
     kind: ProposalKind = "explore"
     also: Mapping[str, int] = field(default_factory=dict)
+    past: bool = False
 
     def changes(self) -> dict[str, int]:
         return {self.knob: self.value, **self.also}
@@ -40,6 +43,8 @@ class TunerInput:
     cores: int
     item_bytes: int  # bytes of one input item (for pool sizing)
     ceilings: Mapping[str, int] = field(default_factory=dict)  # learned caps (after OOM)
+    # (knob, from value, +1 or -1): directions tried and reverted since the landscape last moved
+    reverted: frozenset[tuple[str, int, int]] = frozenset()
 
     def clamp(self, knob: str, value: int) -> int:
         low, high = self.bounds.get(knob, (value, value))

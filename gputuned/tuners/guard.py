@@ -17,7 +17,9 @@ one lane); a knob reverted `flap_reverts` times within `flap_window` is left alo
 that window. A direction once reverted (say, raising the batch from 32) is not tried
 again until another knob's explore change is kept (the landscape moved) or the workload
 shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
-16) on the same terms.
+16) on the same terms. A move marked `past` (beyond a reverted step in the same direction,
+say from 1 straight to 8 after 2 did not pay) is remembered apart from the plain step, and
+tuners are told which directions were reverted (`TunerInput.reverted`).
 
 A workload shift restarts exploration. Our own changes move one of two signals, a real
 shift moves both: in a closed loop (clients waiting for answers) a better setting raises
@@ -197,7 +199,10 @@ class Guard:
         self._until = 0.0  # end of the cooldown
         self._settled_from = 0.0  # when the settings after the cooldown came into force
         self._trial: _Trial | None = None
-        self._rejected: set[tuple[str, int, int]] = set()  # (knob, from value, direction) that did not pay
+        # (knob, from value, direction, past) that did not pay; see Proposal.past
+        self._rejected: set[tuple[str, int, int, bool]] = set()
+        # (knob, from value, direction) of explore steps that held the SLO but gained nothing
+        self._no_gain: set[tuple[str, int, int]] = set()
         self._reverts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._frozen: set[str] = set()
         self._ceilings: dict[str, int] = {}
@@ -217,6 +222,7 @@ class Guard:
     def resume(self) -> None:
         self._frozen.clear()
         self._rejected.clear()
+        self._no_gain.clear()
         if self.mode is Mode.FROZEN:
             self.mode = Mode.AUTO
 
@@ -224,6 +230,7 @@ class Guard:
         """After the worker restarted or the workload changed: measure afresh, retry everything."""
         self._reference = None
         self._rejected.clear()
+        self._no_gain.clear()
         self._reverts.clear()
         if self._trial is not None:
             self._turn.release(now)  # the trial is abandoned: the worker restarted or the load moved
@@ -302,8 +309,8 @@ class Guard:
         return whole, margins
 
     @staticmethod
-    def _direction(proposal: Proposal, old: int) -> tuple[str, int, int]:
-        return proposal.knob, old, 1 if proposal.value > old else -1
+    def _direction(proposal: Proposal, old: int) -> tuple[str, int, int, bool]:
+        return proposal.knob, old, 1 if proposal.value > old else -1, proposal.past
 
     def _blocked(self, proposal: Proposal, old: int, now: float) -> bool:
         if any(knob in self._frozen for knob in proposal.changes()) or self._direction(proposal, old) in self._rejected:
@@ -333,6 +340,7 @@ class Guard:
             context.cores,
             context.item_bytes,
             self._ceilings,
+            frozenset(self._no_gain),
         )
         idle = baseline.arrival_rate == 0
         for tuner in self._tuners:
@@ -438,10 +446,14 @@ class Guard:
                 # Goodput moved beyond the noise, so the landscape did: directions other
                 # knobs were refused in may pay now.
                 self._rejected = {entry for entry in self._rejected if entry[0] == knob}
-            self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2]))
+                self._no_gain = {entry for entry in self._no_gain if entry[0] == knob}
+            self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2], False))
             self._finish(now, settled_from=trial.start)  # the trial window is the next baseline
         else:
-            self._revert(trial, window, now, verdict)
+            why, no_gain = verdict
+            self._revert(trial, window, now, why)
+            if no_gain and not trial.proposal.past:
+                self._no_gain.add(self._direction(trial.proposal, trial.previous[trial.proposal.knob])[:3])
 
     def _harmful(self, trial: _Trial, window: Measurement) -> bool:
         slo = self.settings.slo_seconds
@@ -450,20 +462,23 @@ class Guard:
         error_spike = window.failed / requests > self.settings.max_error_ratio and window.failed > trial.baseline.failed
         return (newly_breached and trial.proposal.kind != "backoff") or error_spike or window.oom > 0
 
-    def _judge(self, trial: _Trial, window: Measurement) -> str | None:
-        """None to keep the change, else why it is reverted."""
+    def _judge(self, trial: _Trial, window: Measurement) -> tuple[str, bool] | None:
+        """None to keep the change, else why it is reverted and whether only for want of a
+        gain (an explore move that held the SLO but did not beat the baseline)."""
         base, slo = trial.baseline, self.settings.slo_seconds
         improved_p99 = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
         base_breached = base.p99 is not None and base.p99 > slo
         if trial.proposal.kind == "backoff":
             slo_ok = window.p99 is None or window.p99 <= slo
-            return None if slo_ok or improved_p99 else "p99 did not come down"
+            return None if slo_ok or improved_p99 else ("p99 did not come down", False)
         if window.p99 is not None and window.p99 > slo:
             # Already over the SLO before the change (overload): the change may not make p99
             # worse beyond the noise; otherwise it must keep p99 within the SLO.
             tolerated = base.p99 * (1 + trial.margins["throughput"]) if base_breached and base.p99 else slo
             if window.p99 > tolerated:
-                return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO" + (" and is worse than before" if base_breached else "")
+                return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO" + (
+                    " and is worse than before" if base_breached else ""
+                ), False
         # Goodput is the objective; while almost nothing meets the SLO (overload), throughput
         # is what drains the queue, so it is compared instead.
         overloaded = base.goodput < OVERLOAD_SHARE * base.throughput
@@ -472,10 +487,10 @@ class Guard:
         if trial.proposal.kind == "explore":
             if after > before * (1 + margin):
                 return None
-            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {margin:.0%} noise margin"
+            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {margin:.0%} noise margin", True
         if after >= before * (1 - margin):
             return None
-        return f"{metric} fell from {before:.1f}/s to {after:.1f}/s"
+        return f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False
 
     def _revert(self, trial: _Trial, window: Measurement, now: float, why: str) -> None:
         knob = trial.proposal.knob

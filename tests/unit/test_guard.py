@@ -182,6 +182,28 @@ def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes
     assert sum(1 for change in worker.applied if change == {"max_batch_size": 64}) == 1
 
 
+class Trough(SimulatedWorker):
+    """One core, 8 clients: batch 2 serves 10% less than batch 1, batch 8 (all of them) 20% more."""
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        gain = {1: 1.0, 2: 0.9, 4: 1.05}.get(knobs["max_batch_size"], 1.2)
+        return 300 * gain, 0.02
+
+    def measure(self, start: float, end: float) -> Measurement | None:
+        window = super().measure(start, end)
+        return None if window is None else replace(window, in_system=7.5, mean_batch=min(self.knobs["max_batch_size"], 7.5))
+
+
+def test_the_climb_jumps_past_a_doubling_that_did_not_pay_when_more_requests_wait():
+    worker = Trough(noise=0.0)
+    worker.knobs["intra_op_threads"] = 1
+    guard, decisions = make(worker, tuners=[BatchTuner()])
+    run(guard, 60)
+    trials = [(d.action, d.old, d.new) for d in decisions if d.knob == "max_batch_size" and d.action in ("keep", "revert")]
+    assert trials[:2] == [("revert", 2, 1), ("keep", 1, 8)], decisions
+    assert worker.knobs["max_batch_size"] == 8
+
+
 def test_bounds_are_obeyed():
     worker = SimulatedWorker()
     bounded = {**BOUNDS, "max_batch_size": (1, 8), "streams": (1, 1)}

@@ -132,3 +132,15 @@ def test_threads_share_the_cores_between_lanes():
 def test_tuners_are_pure():
     for tuner in default_tuners():
         assert tuner.propose(inp()) == tuner.propose(inp())
+
+
+def test_past_a_doubling_that_did_not_pay_the_batch_takes_the_whole_queue():
+    queue = replace(WINDOW, mean_batch=1, in_system=7.5)  # 8 clients: 6.5 wait behind a batch of 1
+    knobs = {"max_batch_size": 1}
+    assert BatchTuner().propose(inp(queue, knobs=knobs)).value == 2
+    after = BatchTuner().propose(inp(queue, knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)})))
+    assert (after.value, after.past) == (8, True) and "2 was no better, 6.5 items wait" in after.reason
+    deep = inp(replace(queue, in_system=40), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    assert BatchTuner().propose(deep).value == 8  # at most 8 times further in one jump
+    shallow = inp(replace(queue, in_system=2.5), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    assert BatchTuner().propose(shallow) is None  # 1.5 wait: nothing past the doubling to take
