@@ -21,9 +21,14 @@ release.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# gRPC's core logs a kubelet restart's GOAWAY at info level to stderr; the collector reports
+# what matters itself, in the daemon's log.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory

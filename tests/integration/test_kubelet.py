@@ -69,8 +69,10 @@ def collector(node) -> KubeletCollector:
 
 
 def test_pods_holding_and_using_each_gpu(node):
+    gathering = collector(node)
     with serving_kubelet(node[0], FakeKubelet(HOLDERS)):
-        out = collector(node).collect([])
+        out = gathering.collect([])
+        gathering.close()
     assert out.errors == []
     assert sorted(values(out, "gputuned_gpu_pod_info")) == [
         ("0", uuid(0), "serving", "resnet-0", "server"),
@@ -101,6 +103,7 @@ def test_a_pod_that_goes_away_leaves_with_its_series(node):
         kubelet.holders = [h for h in HOLDERS if h.pod != "bert-b"]
         node[3].gpus[2].processes.pop(202)
         out = gathering.collect([])
+        gathering.close()
     assert [key for key in values(out, "gputuned_gpu_pod_info") if key[3] == "bert-b"] == []
     assert ("2", "batch", "bert-b") not in values(out, "gputuned_gpu_pod_memory_used_bytes")
     assert kubelet.calls == 2  # one List per tick, over the same channel
@@ -111,6 +114,7 @@ def test_a_shared_gpu_whose_pod_names_are_unknown_is_not_guessed(node):
     blind = KubeletCollector(socket, node[1] / "absent", proc, NvmlSession(fake, SYS, retry_seconds=30, clock=ManualClock()))
     with serving_kubelet(socket, FakeKubelet(HOLDERS)):
         out = blind.collect([])
+        blind.close()
     assert values(out, "gputuned_gpu_pod_memory_used_bytes") == {("0", "serving", "resnet-0"): 6 * GIB}  # GPU 0's only holder
     assert any("cannot list" in note and "not attributed" in note for note in out.notes)
 
