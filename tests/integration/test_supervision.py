@@ -281,7 +281,8 @@ def test_sighup_reloads_a_valid_config_and_refuses_an_invalid_one(tmp_path):
 
 
 def test_status_shows_the_worker_knobs_and_performance(tmp_path):
-    with running_supervising_daemon(tmp_path) as (_, _metrics, worker, admin):
+    # The tuner frozen: this is about what status shows, not what the tuner would change meanwhile.
+    with running_supervising_daemon(tmp_path, tuning={"mode": "frozen"}) as (_, _metrics, worker, admin):
         asyncio.run(run_load(LoadPlan(url=worker, concurrency=4, requests=400, duration=30)))
         time.sleep(1.0)
         command = ["status", "--socket", str(admin)]
