@@ -13,6 +13,8 @@ from dataclasses import replace
 
 from gputuned.tuners.base import Proposal, TunerInput, changed
 
+BATCH_KNOB = "max_batch_size"
+FULL = 0.75  # batches this full (of the maximum): halving the maximum binds
 KNOB = "streams"
 SATURATED = 0.6  # busy this share of the time: another lane may overlap work; the trial decides
 IDLE = 0.35
@@ -26,7 +28,8 @@ def with_threads(inp: TunerInput, proposal: Proposal | None) -> Proposal | None:
     threads = inp.clamp("intra_op_threads", max(inp.cores // proposal.value, 1))
     if threads == inp.knobs["intra_op_threads"]:
         return proposal
-    return replace(proposal, also={"intra_op_threads": threads}, reason=f"{proposal.reason}, with {threads} thread(s) per lane")
+    also = {**proposal.also, "intra_op_threads": threads}
+    return replace(proposal, also=also, reason=f"{proposal.reason}, with {threads} thread(s) per lane")
 
 
 class StreamsTuner:
@@ -43,5 +46,27 @@ class StreamsTuner:
         device_full = inp.device == "cuda" and window.device_busy is not None and window.device_busy >= DEVICE_SATURATED
         cores_full = inp.device == "cpu" and lanes >= inp.cores  # another lane would only contend for a core
         if window.busy_ratio >= SATURATED and not device_full and not cores_full:
+            if (KNOB, lanes, 1) in inp.reverted:
+                return _lane_with_half_the_batch(inp, lanes)
             return with_threads(inp, changed(inp, KNOB, lanes + 1, f"lanes busy {window.busy_ratio:.0%} of the time: add one"))
         return None
+
+
+def _lane_with_half_the_batch(inp: TunerInput, lanes: int) -> Proposal | None:
+    """Another lane with half the batch, after a lane alone held the SLO but gained nothing.
+
+    Lanes and the batch are coupled: a second lane at the same maximum doubles the items in
+    flight (on a CPU, twice the cache and the cores' share per batch), which can cost what
+    the overlap gains. The items in flight stay the same with half the batch per lane, the
+    point a climb that reached its batch with one lane cannot see (measured here: batch 32
+    with one lane, 0.79 of batch 8 with two). Only while batches fill the maximum (so half
+    of it binds)."""
+    size, window = inp.knobs.get(BATCH_KNOB), inp.window
+    if size is None or size < 2 or window.mean_batch < FULL * size:
+        return None
+    proposal = changed(inp, KNOB, lanes + 1, "")
+    if proposal is None:
+        return None
+    half = inp.clamp(BATCH_KNOB, size // 2)
+    reason = f"{lanes + 1} lanes at batches of {size} gained nothing: try {lanes + 1} lanes at {half}, as many items in flight"
+    return with_threads(inp, replace(proposal, reason=reason, also={BATCH_KNOB: half}, past=True))
