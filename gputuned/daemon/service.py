@@ -41,7 +41,7 @@ from gputuned.daemon.placement import host_nodes
 from gputuned.daemon.plans import plan_slots
 from gputuned.daemon.sdnotify import Notifier, status_due, watchdog_due
 from gputuned.daemon.slot import WorkerSlot
-from gputuned.daemon.status import build_status, status_line
+from gputuned.daemon.status import build_status, choose_worker, status_line
 from gputuned.exporter import build_registry, serve_metrics
 from gputuned.knobs import KnobError
 from gputuned.page import render as render_page
@@ -198,17 +198,10 @@ class Daemon:
 
     def _slot(self, name: str | None) -> WorkerSlot:
         """The named worker, or the only one; KnobError saying which there are."""
-        if not self.slots:
-            raise KnobError("this daemon runs without a worker (--no-worker); there is nothing to set or tune")
-        if name is None and len(self.slots) == 1:
-            return self.slots[0]
-        for slot in self.slots:
-            if slot.name == name:
-                return slot
-        names = ", ".join(slot.name for slot in self.slots)
-        if name is None:
-            raise KnobError(f"this daemon runs several workers; name one with --worker: {names}")
-        raise KnobError(f"no worker named {name!r}; workers: {names}")
+        try:
+            return self.slots[choose_worker(self.worker_names(), name)]
+        except LookupError as exc:
+            raise KnobError(f"{exc}; there is nothing to set or tune" if not self.slots else str(exc)) from None
 
     def worker_names(self) -> list[str]:
         return [slot.name for slot in self.slots]

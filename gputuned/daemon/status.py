@@ -108,15 +108,27 @@ def build_status(
     }
 
 
+def choose_worker(names: Sequence[str], name: str | None) -> int:
+    """The index of the worker named, or of the only one; LookupError saying which exist.
+    Shared by the daemon (set, tune) and by readers of its status report."""
+    if not names:
+        raise LookupError("this daemon runs without a worker (--no-worker)")
+    if name is None and len(names) == 1:
+        return 0
+    if name is None:
+        raise LookupError(f"this daemon runs several workers; name one with --worker: {', '.join(names)}")
+    if name not in names:
+        raise LookupError(f"no worker named {name!r}; workers: {', '.join(names)}")
+    return list(names).index(name)
+
+
 def worker_entry(report: dict[str, Any], name: str | None = None) -> dict[str, Any]:
     """One worker of a report: the one named, or the only one; KeyError saying which exist."""
-    workers = {entry["name"]: entry for entry in report["workers"]}
-    if name is None and len(workers) == 1:
-        return next(iter(workers.values()))
-    if name not in workers:
-        known = ", ".join(workers) or "none (the daemon runs without workers)"
-        raise KeyError(f"no worker named {name!r}; workers: {known}" if name else f"name one worker of: {known}")
-    return workers[name]
+    workers = report["workers"]
+    try:
+        return workers[choose_worker([entry["name"] for entry in workers], name)]
+    except LookupError as exc:
+        raise KeyError(str(exc)) from None
 
 
 def status_line(workers: Sequence[WorkerSnapshot]) -> str:

@@ -115,6 +115,7 @@ class Supervisor:
         self._next_start = 0.0
         self._connect_deadline = 0.0
         self._last_message = 0.0
+        self._unanswered: str | None = None  # why the worker is hung, when a set found it so (under _io)
         self._last_ping = 0.0
         self._protocol_complaint = ""
         self._stop = threading.Event()
@@ -163,12 +164,15 @@ class Supervisor:
             try:
                 applied = client.set(changes)
             except ControlTimeout:
+                # As a ping left unanswered: the worker is hung, and the watch, which left it to
+                # the set while the set waited, kills it at its next look.
+                self._unanswered = f"no answer to a set within {self._policy.ping_timeout:g} s"
                 raise ControlError(f"the worker did not answer the set within {self._policy.ping_timeout:g} s") from None
             except ControlError:
+                self._last_message = time.monotonic()  # it answered, with a refusal
                 self._reread_knobs(client)
                 raise
-            finally:
-                self._last_message = time.monotonic()
+            self._last_message = time.monotonic()
             with self._lock:
                 self._knobs.update(applied)
         finally:
@@ -341,7 +345,7 @@ class Supervisor:
             self._stop.wait(0.1)
             return
         with self._io:
-            self._client = client
+            self._client, self._unanswered = client, None
         self._last_message = self._last_ping = now
         with self._lock:
             self._hello = hello
@@ -402,6 +406,8 @@ class Supervisor:
         client = self._client
         if client is None:
             return None
+        if self._unanswered is not None:
+            return self._unanswered
         try:
             message = client.receive(timeout=IO_POLL_SECONDS)
         except ControlTimeout:

@@ -126,6 +126,25 @@ def test_a_slow_ack_holds_up_neither_sampling_nor_another_clients_status(tmp_pat
     assert after["knobs"]["pool_mb"] == 64 and after["restarts"] == 0
 
 
+def test_a_set_the_worker_never_answers_gets_it_replaced_after_one_timeout(tmp_path):
+    # The agent takes 60 s to apply pool_mb and answers nothing meanwhile: a hung worker.
+    command = agent_command("--ack-seconds", "60")
+    timeouts = {"ping_interval_seconds": 0.5, "ping_timeout_seconds": 4.0}
+    with running_supervising_daemon(tmp_path, wait_ready=False, command=command, **timeouts) as (_, _m, _w, admin):
+        first_pid = wait_for(lambda: (s := worker_status(admin))["state"] == "ready" and s, 30, "the agent worker")["pid"]
+        started = time.monotonic()
+        with pytest.raises(ControlError, match="did not answer the set within 4 s"), ControlClient(admin, timeout=30) as client:
+            client.request("set", knobs={"pool_mb": 64})
+        timed_out = time.monotonic() - started
+        wait_for(lambda: worker_status(admin)["pid"] not in (None, first_pid), 30, "the hung worker replaced")
+        replaced = time.monotonic() - started
+    print(f"\na set never answered: timed out after {timed_out:.2f} s, the worker replaced {replaced:.2f} s after the set")
+    # A set left unanswered is a ping left unanswered: killed at the watch's next look after
+    # the set gave up, not after a further ping timeout (the agent's stats still flow).
+    assert 3.5 <= timed_out < 6.0
+    assert replaced < timed_out + 3.0
+
+
 def test_a_malformed_hello_is_a_protocol_error_not_a_hung_worker(tmp_path):
     command = agent_command("--malformed-hello")
     timeouts = {"ping_interval_seconds": 0.2, "ping_timeout_seconds": 1.0}

@@ -252,10 +252,12 @@ def test_the_status_report_and_its_tables():
     assert report["daemon"]["uptime_seconds"] == 120.0 and first["uptime_seconds"] == 60.0
     assert first["performance"]["failed"] == 3 and first["performance"]["rejected"] == 40
     assert worker_entry(report, "gpu1")["state_error"] == "disk full"
-    with pytest.raises(KeyError, match="name one worker of: gpu0, gpu1"):
+    with pytest.raises(KeyError, match="name one with --worker: gpu0, gpu1"):
         worker_entry(report)
     with pytest.raises(KeyError, match="no worker named 'gpu7'"):
         worker_entry(report, "gpu7")
+    with pytest.raises(KeyError, match=r"runs without a worker \(--no-worker\)"):
+        worker_entry({"workers": []})
     text = format_status(report)
     assert "gputuned " in text and "up 120 s" in text and "GPUs: none visible through NVML" in text
     assert "gpu0    protocol_error  4242" in text and "node 1 (CPUs 4-5)" in text
