@@ -145,7 +145,7 @@ def prometheus_query(base: str, promql: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+def running_worker(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str, Path]]:
     """A real `gputuned worker` on a free loopback port; yields (process, base URL, control socket)."""
     port = free_port()
     control = tmp_path / "ctl" / "worker.sock"
@@ -162,7 +162,11 @@ def running_worker(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Pope
     ]
     log = (tmp_path / "worker.log").open("w")
     process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
