@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gputuned.tuners.base import Proposal, TunerInput, changed
+from gputuned.tuners.batch import FULL
+from gputuned.tuners.batch import KNOB as BATCH_KNOB
 
-BATCH_KNOB = "max_batch_size"
-FULL = 0.75  # batches this full (of the maximum): halving the maximum binds
 KNOB = "streams"
 SATURATED = 0.6  # busy this share of the time: another lane may overlap work; the trial decides
 IDLE = 0.35

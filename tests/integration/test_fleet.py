@@ -23,7 +23,7 @@ from gputuned.testing.processes import (
     running_supervising_daemon,
 )
 from tests.dashboard_queries import load_dashboards, queries
-from tests.integration.test_prometheus import LABEL_VALUES, wait_for
+from tests.integration.test_prometheus import LABEL_VALUES, substitute, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -76,19 +76,6 @@ def expected(labels: tuple[str, ...], instances: list[str]) -> list[tuple[str, .
     return sorted((instance, worker) for instance in instances for worker in WORKERS)
 
 
-def fleet_query(expr: str) -> str:
-    """What Grafana sends for every instance, GPU and worker."""
-    for variable, value in (
-        ("$__rate_interval", "10s"),
-        ("$__interval", "30s"),
-        ("$instance", ".*"),
-        ("$gpu", ".*"),
-        ("$worker", ".*"),
-    ):
-        expr = expr.replace(variable, value)
-    return expr
-
-
 def test_every_fleet_dashboard_query_has_one_series_per_instance_and_worker(fleet):
     prometheus, instances = fleet
     found: dict[str, object] = {}
@@ -96,7 +83,7 @@ def test_every_fleet_dashboard_query_has_one_series_per_instance_and_worker(flee
     def wrong() -> list[str]:
         problems = []
         for where, expr in queries(load_dashboards()["gputuned-fleet.json"]):
-            variable = LABEL_VALUES.fullmatch(fleet_query(expr))
+            variable = LABEL_VALUES.fullmatch(substitute(expr, ".*"))
             if variable:
                 values = sorted({s["metric"][variable["label"]] for s in prometheus_query(prometheus, variable["selector"])})
                 want = {"instance": sorted(instances), "worker": sorted(WORKERS), "gpu": [str(i) for i in range(8)]}[
@@ -105,7 +92,7 @@ def test_every_fleet_dashboard_query_has_one_series_per_instance_and_worker(flee
                 if values != want:
                     problems.append(f"{where}: {values}")
                 continue
-            series = per_instance(prometheus_query(prometheus, fleet_query(expr)))
+            series = per_instance(prometheus_query(prometheus, substitute(expr, ".*")))
             found[where] = series
             if series != expected(("instance", "worker"), instances):
                 problems.append(f"{where}: {series}")
