@@ -11,6 +11,7 @@ from types import ModuleType
 
 from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
+from gputuned.triton.adapter import add_arguments as add_adapter_arguments
 from gputuned.tuners.mode import MODE_NAMES
 
 
@@ -117,6 +118,15 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_admin_arguments(status, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    adapter = commands.add_parser("triton-adapter", help="a Triton model as a gputuned worker (the daemon starts this)")
+    add_adapter_arguments(adapter)
+    example = commands.add_parser(
+        "triton-example", help="write a Triton model repository serving the built-in model (Python backend, TorchScript)"
+    )
+    example.add_argument("repository", type=Path, help="the directory to write (created; an existing model is replaced)")
+    example.add_argument("--name", default="resnet-mini", help="the model's name (default resnet-mini)")
+    example.add_argument("--max-batch-size", type=int, default=8, help="the config's max_batch_size (default 8)")
+
     load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
     load.add_argument(
         "url",
@@ -149,7 +159,11 @@ def _load_nvml(spec: str) -> ModuleType:
     """Imports the NVML binding named by nvml.module: 'module' or 'module:factory'."""
     module_name, _, factory = spec.partition(":")
     module = importlib.import_module(module_name)
-    return getattr(module, factory)() if factory else module
+    binding = getattr(module, factory)() if factory else module
+    missing = [name for name in ("nvmlInit", "NVMLError") if not hasattr(binding, name)]
+    if missing:
+        raise AttributeError(f"{spec!r} is not an NVML binding: it has no {' or '.join(missing)}")
+    return binding
 
 
 def _run(args: argparse.Namespace, config: Config) -> int:
@@ -189,6 +203,28 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"gputuned worker needs the [worker] extra (torch, numpy): {exc}", file=sys.stderr)
         return 2
     return run_from_arguments(args)
+
+
+def _triton_adapter(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    from gputuned.triton.adapter import run_from_arguments
+
+    return run_from_arguments(args)
+
+
+def _triton_example(args: argparse.Namespace) -> int:
+    try:
+        from gputuned.triton.example import write_example
+    except ImportError as exc:
+        print(f"gputuned triton-example needs the [worker] extra (torch, numpy): {exc}", file=sys.stderr)
+        return 2
+    try:
+        path = write_example(args.repository, args.name, args.max_batch_size)
+    except (OSError, ValueError) as exc:
+        print(f"gputuned triton-example: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote model {args.name!r} to {path}")
+    return 0
 
 
 def _admin_socket(args: argparse.Namespace, config: Config) -> Path:
@@ -316,7 +352,15 @@ def _load(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    standalone = {"worker": _worker, "load": _load, "install": _install, "sweep": _sweep, "dashboards": _dashboards}
+    standalone = {
+        "worker": _worker,
+        "triton-adapter": _triton_adapter,
+        "triton-example": _triton_example,
+        "load": _load,
+        "install": _install,
+        "sweep": _sweep,
+        "dashboards": _dashboards,
+    }
     if args.command in standalone:
         return standalone[args.command](args)
     try:

@@ -142,9 +142,15 @@ class WorkerConfig:
     With an empty `command` it runs the built-in worker (`gputuned worker`) with the
     settings below; otherwise `command` is run as is, with GPUTUNED_CONTROL_SOCKET in its
     environment and '{control_socket}' in its arguments replaced by the socket path.
+
+    With kind "triton" the worker is a model of a Triton Inference Server (`model` names it,
+    `listen` is Triton's HTTP address): with `triton_server` set, gputuned starts that
+    tritonserver on `triton_repository` and owns it; without, it attaches to the Triton
+    running at `listen` and tunes it (gputuned/triton/).
     """
 
     name: str = "worker"  # names it in metrics, status, logs, `--worker`, its socket and state files
+    kind: str = _choice("builtin", "builtin", "triton")
     command: list = field(default_factory=list)
     model: str = "resnet-mini"
     device: str = "auto"
@@ -164,9 +170,15 @@ class WorkerConfig:
     crash_loop_exits: int = _bounded(5, 1, 1000)
     crash_loop_window_seconds: float = _bounded(60.0, 1.0, 86400.0)
     drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
+    triton_server: str = ""  # the tritonserver binary gputuned starts; empty: attach to one at `listen`
+    triton_repository: str = ""  # the model repository the started server serves
+    triton_args: list = field(default_factory=list)  # more tritonserver arguments
+    triton_metrics_url: str = ""  # default: `listen`'s host, its port + 2, /metrics (Triton's default layout)
+    triton_access_token_file: str = ""  # holds the token of a restricted repository API
 
     def __post_init__(self) -> None:
         _check_name(self.name)
+        _check_triton(self)
         _check_placement(self.placement)
         _check_cpus(self.cpus)
         if not all(isinstance(word, str) for word in self.command):
@@ -179,6 +191,24 @@ class WorkerConfig:
             parse_listen_address(self.listen)
         except ValueError as exc:
             raise ConfigError(f"listen: {exc}") from None
+
+
+def _check_triton(worker: WorkerConfig) -> None:
+    if not all(isinstance(word, str) for word in worker.triton_args):
+        raise ConfigError("triton_args: expected a list of strings")
+    triton_settings = [name for name in ("triton_server", "triton_repository", "triton_metrics_url") if getattr(worker, name)]
+    if worker.kind != "triton":
+        if triton_settings or worker.triton_args or worker.triton_access_token_file:
+            raise ConfigError(f"{(triton_settings or ['triton_args'])[0]}: set only for a worker of kind 'triton'")
+        return
+    if worker.command:
+        raise ConfigError("command: a worker of kind 'triton' runs gputuned's Triton adapter; leave command empty")
+    if worker.triton_server and not worker.triton_repository:
+        raise ConfigError("triton_repository: needed with triton_server (the model repository the server serves)")
+    if worker.triton_repository and not worker.triton_server:
+        raise ConfigError("triton_repository: only with triton_server; an attached Triton has its own repository")
+    if parse_listen_address(worker.listen)[1] == 0:
+        raise ConfigError("listen: a Triton worker needs Triton's HTTP port")
 
 
 @dataclass(frozen=True)

@@ -97,16 +97,24 @@ async def _discover(session: aiohttp.ClientSession, url: str, model: str | None)
     try:
         if model is None:
             async with session.post(f"{url}/v2/repository/index") as response:
-                index = await response.json()
-            if not index:
+                if response.status != 200:
+                    raise LoadError(
+                        f"{url} does not list its models (repository index: HTTP {response.status} "
+                        f"{(await response.text())[:200]}); name the model with --model"
+                    )
+                index = await response.json(content_type=None)
+            ready = [entry["name"] for entry in index if entry.get("state", "READY") == "READY"]
+            if not ready:
                 raise LoadError(f"{url} serves no model")
-            model = index[0]["name"]
+            model = ready[0]
         async with session.get(f"{url}/v2/models/{model}") as response:
             if response.status != 200:
                 raise LoadError(f"{url} has no model {model!r}: HTTP {response.status} {await response.text()}")
             return model, await response.json()
     except aiohttp.ClientError as exc:
         raise LoadError(f"cannot reach {url}: {exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:  # an answer that is not the v2 protocol's JSON
+        raise LoadError(f"{url} does not answer as a v2 inference server: {exc!r}") from None
 
 
 def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[bytes, dict[str, str]]:

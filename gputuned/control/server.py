@@ -41,7 +41,8 @@ class ControlHandler(Protocol):
         ...
 
     def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
-        """Validates and applies a change set, all or nothing; returns what was applied or raises KnobError."""
+        """Validates and applies a change set, all or nothing; returns what was applied or raises
+        KnobError. Called from a worker thread, while stats and status go on being called."""
         ...
 
     def stats(self) -> dict[str, Any]:
@@ -210,7 +211,9 @@ class ControlServer(LineServer):
             return message("status", seq=seq, status=self._handler.status())
         if kind == "set":
             try:
-                applied = self._handler.apply(request["knobs"])
+                # In a thread: a set may take seconds (a pool to allocate, a Triton model to
+                # reload), and the stats stream and other connections go on meanwhile.
+                applied = await asyncio.to_thread(self._handler.apply, request["knobs"])
             except KnobError as exc:
                 return nack(str(exc), seq)
             return message("ack", seq=seq, applied=applied)

@@ -50,9 +50,35 @@ def builtin_worker_command(worker: WorkerConfig, control_socket: Path, knobs: Ma
     return command
 
 
-def ready_url(listen: str) -> str:
+def triton_adapter_command(
+    worker: WorkerConfig, control_socket: Path, knobs: Mapping[str, int], drain_seconds: float
+) -> list[str]:
+    """The adapter that makes a Triton model a worker (gputuned/triton/adapter.py). It drains
+    its server a little within the daemon's own drain timeout."""
+    command = [sys.executable, "-m", "gputuned", "triton-adapter", "--model", worker.model, "--url", base_url(worker.listen)]
+    command += ["--control-socket", str(control_socket), "--device", worker.device]
+    command += ["--hang-timeout", f"{worker.ping_timeout_seconds:g}", "--drain-timeout", f"{max(drain_seconds - 1, 0):g}"]
+    if worker.triton_server:
+        command += ["--server", worker.triton_server, "--repository", worker.triton_repository]
+        command += [f"--server-arg={word}" for word in worker.triton_args]
+    if worker.triton_metrics_url:
+        command += ["--metrics-url", worker.triton_metrics_url]
+    if worker.triton_access_token_file:
+        command += ["--access-token-file", worker.triton_access_token_file]
+    if worker.control_group:
+        command += ["--control-group", worker.control_group]
+    for name, value in sorted(knobs.items()):
+        command += ["--saved-knob", f"{name}={value}"]
+    return command
+
+
+def base_url(listen: str) -> str:
     host, port = parse_listen_address(listen)
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}/v2/health/ready"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def ready_url(listen: str) -> str:
+    return f"{base_url(listen)}/v2/health/ready"
 
 
 def worker_launch(
@@ -65,13 +91,16 @@ def worker_launch(
         config = worker()
         if config.command:
             return [word.replace("{control_socket}", str(control_socket)) for word in config.command]
+        if config.kind == "triton":
+            return triton_adapter_command(config, control_socket, saved_knobs(), config.drain_timeout_seconds)
         return builtin_worker_command(config, control_socket, saved_knobs())
 
     config = worker()
+    probe = f"{base_url(config.listen)}/v2/models/{config.model}/ready" if config.kind == "triton" else ready_url(config.listen)
     return WorkerLaunch(
         command=command,
         control_socket=control_socket,
-        ready_url=None if config.command else ready_url(config.listen),
+        ready_url=None if config.command else probe,
         # NVML numbers GPUs in PCI bus order; make CUDA agree so cuda:N is NVML's GPU N.
         env={"GPUTUNED_CONTROL_SOCKET": str(control_socket), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
     )

@@ -100,6 +100,7 @@ class TuningLoop:
             Mode(tuning.mode),
             wall_clock,
             turn,
+            clock,
         )
 
     @property

@@ -180,11 +180,14 @@ class Guard:
         mode: Mode = Mode.AUTO,
         wall_clock: Callable[[], float] = time.time,
         turn: TrialTurn | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """`measure(start, end)` returns the worker's behaviour between two monotonic times
         (None if unknown); `apply(knobs)` sets knobs on the worker and returns what it applied
         (it raises on refusal); `record(decision)` logs and persists a decision;
-        `wall_clock` stamps decisions; `turn` is this worker's place in its neighbours' turns."""
+        `wall_clock` stamps decisions; `turn` is this worker's place in its neighbours' turns;
+        `clock`, the monotonic clock of `step`'s `now`, is read again after a set, which may take
+        seconds (a Triton model reloads), so that warmup and trial start once it is in force."""
         self.settings = settings
         self._tuners = tuners
         self._context = context
@@ -192,6 +195,7 @@ class Guard:
         self._apply = apply
         self._record = record
         self._wall_clock = wall_clock
+        self._clock = clock
         self._turn = turn or alone()
         self.mode = mode
         self._phase = Phase.SETTLED
@@ -402,6 +406,7 @@ class Guard:
             self._decide(now, proposal.knob, "refuse", old, proposal.value, f"{proposal.reason}; refused: {exc}", baseline)
             self._rejected.add(self._direction(proposal, old))
             return
+        now = self._after_set(now)
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
         self._trial = _Trial(
@@ -498,6 +503,7 @@ class Guard:
             self._apply(dict(trial.previous))
         except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
             why = f"{why}; the revert itself failed: {exc}"
+        now = self._after_set(now)
         self._decide(
             now,
             knob,
@@ -515,6 +521,10 @@ class Guard:
         self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
         self._reverts[knob].append(now)
         self._finish(now, settled_from=now + self.settings.warmup_seconds)
+
+    def _after_set(self, now: float) -> float:
+        """The time a set just made took effect: `now`, or later when the set took a while."""
+        return max(now, self._clock()) if self._clock is not None else now
 
     def _learn_ceiling(self, knob: str, highest: int) -> None:
         self._ceilings[knob] = min(self._ceilings.get(knob, highest), highest)

@@ -1,0 +1,192 @@
+"""The Triton model as the daemon sees a worker: knobs, all-or-nothing sets, cumulative stats.
+
+It implements the control socket's handler (control/server.py). A set validates every value
+first, then writes the whole knob set into the model's config and reloads the model once
+through the repository API; Triton keeps serving the loaded version until the new one is
+ready, so requests neither fail nor stop (measured: bench/triton.py). When Triton refuses
+the new config, the model keeps its old one and the set is nacked with Triton's reason.
+After every set, and whenever Triton comes back after being unreachable (a restart by its
+owner in attach mode), the knobs are read back from the config Triton reports, so the
+daemon's view and Triton's never diverge; the accepted values are then written again.
+
+Stats are polled (`poll`, from the adapter's poll thread) rather than computed on demand,
+so a stats message never waits on Triton.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from gputuned.control.protocol import message
+from gputuned.knobs import KnobError, KnobSpec, validate_changes
+from gputuned.triton import model_config
+from gputuned.triton.api import TritonClient, TritonError
+from gputuned.triton.readings import (
+    Counters,
+    LatencyHistogram,
+    parse_metrics,
+    quantile_observations,
+    raw_counters,
+    worker_stats,
+)
+from gputuned.triton.traces import TraceFiles
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5  # how often Triton is read; the control socket streams stats at the same pace
+
+
+class TritonWorker:
+    def __init__(self, client: TritonClient, model: str, device: str, traces: TraceFiles | None) -> None:
+        """`traces` reads the server's trace files; None when Triton writes none we can read
+        (the latency histogram then comes from Triton's summary quantiles, or the mean)."""
+        self._client = client
+        self._model = model
+        self._device = device
+        self._traces = traces
+        self._lock = threading.Lock()  # config, specs, values, snapshot
+        self._config: dict[str, Any] = {}
+        self._specs: dict[str, KnobSpec] = {}
+        self._values: dict[str, int] = {}
+        self._accepted: dict[str, int] = {}  # what sets asked for: re-applied after Triton restarts
+        self._identity: dict[str, Any] = {}
+        self._counters = Counters()
+        self._latency = LatencyHistogram()
+        self._snapshot: dict[str, Any] = {}
+        self._reachable = False
+        self._last_success = 0.0
+        self._last_duration = 0.0
+
+    # --- start ----------------------------------------------------------------------------
+
+    def attach(self, saved: Mapping[str, int]) -> None:
+        """Reads the model's config and applies `saved` knobs (skipped with a warning if Triton
+        refuses them). TritonError when the model's config cannot be read."""
+        config = self._client.model_config(self._model)
+        with self._lock:
+            self._adopt(config, model_config.knob_specs(config))
+        wanted = {name: value for name, value in saved.items() if name in self._specs}
+        if wanted and wanted != {name: self._values[name] for name in wanted}:
+            try:
+                self.apply(wanted)
+                log.info("applied the saved knobs %s", wanted)
+            except KnobError as exc:
+                log.warning("saved knobs %s not applied: %s", wanted, exc)
+        self._reachable = True
+        self.poll()
+
+    def _adopt(self, config: dict[str, Any], specs: dict[str, KnobSpec] | None = None) -> None:
+        """Under the lock: takes Triton's config as the truth for the knob values."""
+        self._config = config
+        if specs is not None:
+            self._specs = specs
+        self._values = {name: value for name, value in model_config.knobs_of(config).items() if name in self._specs}
+        first = (config.get("input") or [{}])[0]
+        self._identity = {
+            "pid": os.getpid(),
+            "model": self._model,
+            "device": self._device,
+            "kind": "triton",
+            "input": {
+                "shape": [int(dim) for dim in first.get("dims") or ()],
+                "dtype": str(first.get("data_type", "TYPE_FP32")).removeprefix("TYPE_"),
+            },
+        }
+
+    # --- ControlHandler -------------------------------------------------------------------------
+
+    def hello(self) -> dict[str, Any]:
+        with self._lock:
+            knobs = {name: spec.to_wire(self._values[name]) for name, spec in self._specs.items()}
+            restart_only = {"device": self._device, "model": self._model, "triton": self._client.url}
+            return message("hello", worker=dict(self._identity), knobs=knobs, restart_only=restart_only)
+
+    def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
+        """One reload with every change, or none: see the module docstring."""
+        with self._lock:
+            checked = validate_changes(self._specs, knobs, ("device", "model", "triton"))
+            config = model_config.with_knobs(self._config, checked)
+        try:
+            self._client.load(self._model, config)
+        except TritonError as exc:
+            self._reread()
+            raise KnobError(f"Triton did not load the new config: {exc}; the model keeps its previous config") from None
+        self._reread()
+        with self._lock:
+            applied = {name: self._values.get(name, value) for name, value in checked.items()}
+            self._accepted.update(applied)
+        return applied
+
+    def _reread(self) -> None:
+        try:
+            config = self._client.model_config(self._model)
+        except TritonError as exc:
+            log.warning("cannot read the model's config back: %s", exc)
+            return
+        with self._lock:
+            self._adopt(config)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._snapshot)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {"worker": dict(self._identity), "knobs": dict(self._values)}
+
+    # --- polling --------------------------------------------------------------------------------
+
+    def poll(self) -> bool:
+        """Reads Triton once into the stats snapshot; False when Triton did not answer."""
+        try:
+            metrics = parse_metrics(self._client.metrics(), self._model)
+            stats = self._client.model_stats(self._model)
+        except (TritonError, ValueError) as exc:
+            if self._reachable:
+                log.warning("Triton does not answer: %s", exc)
+            self._reachable = False
+            return False
+        if not self._reachable:
+            log.info("Triton answers again")
+            self._reachable = True
+            self._restore_accepted()
+        self._counters.update(raw_counters(metrics, stats))
+        self._feed_latency(metrics)
+        with self._lock:
+            instances = sum(
+                int(group.get("count") or 1) * max(len(group.get("gpus") or ()), 1)
+                for group in self._config.get("instance_group") or [{}]
+            )
+            self._snapshot = worker_stats(self._counters.totals, self._latency.snapshot(), metrics.pending, instances)
+        return True
+
+    def _feed_latency(self, metrics: Any) -> None:
+        """Traces when Triton writes them; else its summary quantiles or, lacking those, the
+        mean, spread over the requests that completed since the last poll."""
+        completed = metrics.success - self._last_success
+        duration = metrics.request_duration_us - self._last_duration
+        self._last_success, self._last_duration = metrics.success, metrics.request_duration_us
+        if self._traces is not None:
+            requests = [request for request in self._traces.take() if request.model == self._model]
+            self._latency.observe((request.latency_seconds, 1) for request in requests)
+            return
+        if completed <= 0:
+            return
+        quantiles = metrics.latency_quantiles_us or {1.0: duration / completed}
+        self._latency.observe(quantile_observations(quantiles, int(completed)))
+
+    def _restore_accepted(self) -> None:
+        """After Triton was away: its config may be the repository's again; put the accepted knobs back."""
+        self._reread()
+        with self._lock:
+            differing = {name: value for name, value in self._accepted.items() if self._values.get(name) != value}
+        if differing:
+            try:
+                self.apply(differing)
+                log.info("Triton came back; re-applied %s", differing)
+            except KnobError as exc:
+                log.warning("Triton came back; cannot re-apply %s: %s", differing, exc)

@@ -1,0 +1,85 @@
+"""Knobs <-> a Triton model config (pure).
+
+The adapter's knobs carry the built-in worker's names, so every tuner applies unchanged:
+
+- `max_batch_size`: the config's `max_batch_size`, the largest batch Triton's dynamic
+  batcher forms (and the largest request it accepts). A config without `dynamic_batching`
+  executes every request alone, so its batch knob reads 1 whatever `max_batch_size` says.
+- `max_queue_delay_us`: `dynamic_batching.max_queue_delay_microseconds`.
+- `streams`: the `count` of every `instance_group` entry: model instances per device (per
+  listed GPU for KIND_GPU), the batches Triton runs at once, as lanes are for the worker.
+
+A change of the batch or the delay turns dynamic batching on and sets
+`preferred_batch_size` to the new maximum: what Triton fills in itself when dynamic batching
+has no preferred size, so batches fill up to `max_batch_size` (a smaller preferred size left
+in place would cap them). A change of `streams` alone leaves batching as it is. Everything
+else stays as Triton reported it. A model whose config says `max_batch_size: 0` does not
+batch; it gets only `streams`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from gputuned.knobs import KnobSpec
+
+BATCH = "max_batch_size"
+DELAY = "max_queue_delay_us"
+INSTANCES = "streams"
+
+MAX_BATCH_SIZE = 128  # Model Analyzer's brute grid reaches 128
+MAX_QUEUE_DELAY_US = 100_000
+MAX_INSTANCES = 8
+
+
+def batches(config: Mapping[str, Any]) -> bool:
+    """Whether the model takes a batch dimension at all (max_batch_size > 0)."""
+    return int(config.get("max_batch_size") or 0) > 0
+
+
+def knob_specs(config: Mapping[str, Any], maximum_batch: int = MAX_BATCH_SIZE) -> dict[str, KnobSpec]:
+    """The knobs this model's config allows, with its present values as defaults."""
+    values = knobs_of(config)
+    specs = {
+        INSTANCES: KnobSpec(
+            INSTANCES, values[INSTANCES], 1, max(MAX_INSTANCES, values[INSTANCES]), True, "model instances per device"
+        )
+    }
+    if batches(config):
+        specs[BATCH] = KnobSpec(
+            BATCH, values[BATCH], 1, max(maximum_batch, values[BATCH]), True, "largest batch Triton's dynamic batcher forms"
+        )
+        specs[DELAY] = KnobSpec(
+            DELAY, values[DELAY], 0, max(MAX_QUEUE_DELAY_US, values[DELAY]), True, "longest a request waits for its batch"
+        )
+    return specs
+
+
+def knobs_of(config: Mapping[str, Any]) -> dict[str, int]:
+    """The knob values a config amounts to (see the module docstring)."""
+    groups = config.get("instance_group") or [{}]
+    values = {INSTANCES: max(int(groups[0].get("count") or 1), 1)}
+    if batches(config):
+        dynamic = config.get("dynamic_batching")
+        values[BATCH] = int(config["max_batch_size"]) if dynamic is not None else 1
+        values[DELAY] = int((dynamic or {}).get("max_queue_delay_microseconds") or 0)
+    return values
+
+
+def with_knobs(config: Mapping[str, Any], knobs: Mapping[str, int]) -> dict[str, Any]:
+    """A copy of `config` with the knobs in `knobs` changed (see the module docstring)."""
+    result = copy.deepcopy(dict(config))
+    if INSTANCES in knobs:
+        groups = result.get("instance_group") or [{"kind": "KIND_AUTO"}]
+        result["instance_group"] = [{**group, "count": knobs[INSTANCES]} for group in groups]
+    if batches(config) and (BATCH in knobs or DELAY in knobs):
+        current = knobs_of(config)
+        size = knobs.get(BATCH, current[BATCH])
+        dynamic = dict(result.get("dynamic_batching") or {})
+        dynamic["max_queue_delay_microseconds"] = knobs.get(DELAY, current[DELAY])
+        dynamic["preferred_batch_size"] = [size]
+        result["dynamic_batching"] = dynamic
+        result["max_batch_size"] = size
+    return result

@@ -1,0 +1,152 @@
+"""Triton's own numbers -> the cumulative stats a worker reports (pure).
+
+Sources, per poll:
+- its Prometheus metrics: requests by outcome (`nv_inference_request_success`, and
+  `nv_inference_request_failure` by reason), pending requests, executions, and the
+  latency summary where the server exports one;
+- its statistics extension: per batch size, how many batches ran and how long they took;
+- its request traces (traces.py) for the latency histogram.
+
+Triton resets a model's statistics when the model is reloaded, which is how a knob is
+applied, so raw counters can fall. `Counters` turns them into totals that never fall, as
+Prometheus's rate() does: after a drop, the new raw value is what happened since the reset.
+The failure reasons map onto the worker's outcomes: BACKEND and OTHER are the server's
+fault (`failed`); REJECTED (the queue policy turned it away) is `refused`; CANCELED (the
+client gave up) is `rejected`, never held against a trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from gputuned.worker.stats import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
+
+_OUTCOME_OF_FAILURE = {"BACKEND": "failed", "OTHER": "failed", "REJECTED": "refused", "CANCELED": "rejected"}
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+@dataclass(frozen=True)
+class MetricsReading:
+    """One model's figures from Triton's /metrics, summed over its versions."""
+
+    success: float = 0.0
+    failures: Mapping[str, float] = field(default_factory=dict)  # by our outcome: failed, refused, rejected
+    pending: float = 0.0
+    request_duration_us: float = 0.0  # cumulative, for the mean when nothing better is known
+    latency_quantiles_us: Mapping[float, float] = field(default_factory=dict)  # the sliding-minute summary
+
+
+def parse_metrics(text: str, model: str) -> MetricsReading:
+    success = pending = duration = 0.0
+    failures: dict[str, float] = {}
+    quantiles: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("model") != model or sample.name not in (family.name, family.name + "_total"):
+                continue  # another model, or a summary's _count and _sum
+            name, value = family.name, float(sample.value)
+            if name == "nv_inference_request_success":
+                success += value
+            elif name == "nv_inference_request_failure":
+                outcome = _OUTCOME_OF_FAILURE.get(sample.labels.get("reason", "OTHER"), "failed")
+                failures[outcome] = failures.get(outcome, 0.0) + value
+            elif name == "nv_inference_pending_request_count":
+                pending += value
+            elif name == "nv_inference_request_duration_us":
+                duration += value
+            elif name == "nv_inference_request_summary_us" and "quantile" in sample.labels and not math.isnan(value):
+                quantiles[float(sample.labels["quantile"])] = value
+    return MetricsReading(success, failures, pending, duration, quantiles)
+
+
+def raw_counters(metrics: MetricsReading, stats: Mapping[str, Any]) -> dict[str, float]:
+    """The counters of one poll, named as `worker_stats` reads their totals: requests by
+    outcome from the metrics, and per batch size ("batches:N", "batch_seconds:N") the batches
+    run and the seconds they took from a statistics-extension entry."""
+    raw = {"success": metrics.success, **metrics.failures}
+    for entry in stats.get("batch_stats") or ():
+        size = int(entry["batch_size"])
+        phases = [entry.get(phase) or {} for phase in ("compute_input", "compute_infer", "compute_output")]
+        raw[f"batches:{size}"] = float(phases[1].get("count") or 0)
+        raw[f"batch_seconds:{size}"] = sum(float(phase.get("ns") or 0) for phase in phases) / 1e9
+    return raw
+
+
+class Counters:
+    """Totals that never fall, from raw counters that a reload may reset."""
+
+    def __init__(self) -> None:
+        self._raw: dict[str, float] = {}
+        self.totals: dict[str, float] = {}
+
+    def update(self, raw: Mapping[str, float]) -> None:
+        for name, value in raw.items():
+            last = self._raw.get(name, 0.0)
+            increase = value - last if value >= last else value
+            self.totals[name] = self.totals.get(name, 0.0) + increase
+            self._raw[name] = value
+
+
+def quantile_observations(quantiles: Mapping[float, float], count: int) -> list[tuple[float, int]]:
+    """`count` requests spread over latencies (seconds) so that they have these quantiles (µs):
+    the share between two quantiles sits at the upper one. How the adapter fills the histogram
+    when Triton writes no traces; exact only in the shares, never in between."""
+    observations, placed, below = [], 0, 0.0
+    for q, value_us in sorted(quantiles.items()):
+        share = round((q - below) * count)
+        if share > 0:
+            observations.append((value_us / 1e6, share))
+            placed += share
+        below = q
+    if count > placed and quantiles:
+        observations.append((max(quantiles.values()) / 1e6, count - placed))
+    return observations
+
+
+class LatencyHistogram:
+    """The worker-format latency histogram the adapter keeps, fed from traces or quantiles."""
+
+    def __init__(self) -> None:
+        self._histogram = Histogram(LATENCY_BUCKETS_SECONDS)
+
+    def observe(self, observations: Iterable[tuple[float, int]]) -> None:
+        for seconds, times in observations:
+            self._histogram.observe(seconds, times)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._histogram.snapshot()
+
+
+def worker_stats(totals: Mapping[str, float], latency: Mapping[str, Any], pending: float, instances: int) -> dict[str, Any]:
+    """The stats message of a worker (see worker/stats.py) from the adapter's running totals."""
+    batch_size = Histogram(BATCH_SIZE_BUCKETS)
+    batches = busy = 0.0
+    for name, value in totals.items():
+        kind, _, size = name.partition(":")
+        if kind == "batches" and value:
+            batch_size.observe(int(size), int(value))
+            batches += value
+        elif kind == "batch_seconds":
+            busy += value
+    failures = {outcome: int(totals.get(outcome, 0)) for outcome in ("failed", "refused", "rejected")}
+    completed = int(totals.get("success", 0))
+    return {
+        "requests": completed + sum(failures.values()),
+        "completed": completed,
+        **failures,
+        "oom": 0,
+        "batches": int(batches),
+        "pool_hits": 0,
+        "pool_misses": 0,
+        "h2d_bytes": 0,
+        "lane_busy_seconds": busy,
+        "queue_depth": int(pending),
+        "lanes": instances,
+        "latency_seconds": dict(latency),
+        "batch_size": batch_size.snapshot(),
+    }
