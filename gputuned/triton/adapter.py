@@ -38,7 +38,6 @@ from gputuned.triton.server import (
     start_server,
     stop_server,
 )
-from gputuned.triton.traces import TraceFiles
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", metavar="BINARY", help="start and own this tritonserver (supervised); omit to attach")
     parser.add_argument("--repository", type=Path, help="the model repository the started server serves")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="one more tritonserver argument")
-    parser.add_argument("--trace-dir", type=Path, help="where the started server writes request traces")
     parser.add_argument("--access-token-file", type=Path, help="a file holding the repository API's access token")
     parser.add_argument("--saved-knob", action="append", metavar="KNOB=VALUE", help="accepted knobs to re-apply")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the model to become ready")
@@ -96,10 +94,8 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     process = None
-    traces = None
     if args.server:
-        trace_dir = args.trace_dir or args.control_socket.parent / f"{args.control_socket.stem}.traces"
-        spec = _server_spec(args, trace_dir / "trace.json")
+        spec = _server_spec(args)
         try:
             check_ports_free(spec.host, (spec.http_port, spec.metrics_port))
         except OSError as exc:
@@ -107,12 +103,11 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             return 1
         reap_orphans()
         process = start_server(spec, os.environ, device_indices(args.device))
-        traces = TraceFiles(spec.trace_file)
         log.info("started tritonserver pid %d on %s", process.pid, args.url)
     try:
         if not _wait_ready(client, args.model, process, args.ready_timeout, stop):
             return 1 if not stop.is_set() else 0
-        worker = TritonWorker(client, args.model, args.device, traces)
+        worker = TritonWorker(client, args.model, args.device)
         worker.attach(saved)
         control = ServerThread(ControlServer(args.control_socket, worker, group=group), "gputuned-triton-control")
         control.start()
@@ -132,7 +127,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
                 log.warning("killed %d process(es) the server left behind (Python backend stubs)", left)
 
 
-def _server_spec(args: argparse.Namespace, trace_file: Path) -> ServerSpec:
+def _server_spec(args: argparse.Namespace) -> ServerSpec:
     parts = urlsplit(args.url)
     host, port = parse_listen_address(f"{parts.hostname}:{parts.port}")
     metrics = urlsplit(args.metrics_url or default_metrics_url(args.url))
@@ -143,7 +138,6 @@ def _server_spec(args: argparse.Namespace, trace_file: Path) -> ServerSpec:
         host=host,
         http_port=port,
         metrics_port=metrics.port or port + 2,
-        trace_file=trace_file,
         extra_args=tuple(args.server_arg),
     )
 

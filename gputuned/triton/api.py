@@ -63,12 +63,6 @@ class TritonClient:
         body = json.dumps({"parameters": parameters}).encode()
         self._call("POST", f"/v2/repository/models/{model}/load", body, repository=True, timeout=timeout)
 
-    def trace_setting(self) -> dict[str, Any]:
-        return self._json("GET", "/v2/trace/setting")
-
-    def update_trace_setting(self, settings: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/v2/trace/setting", json.dumps(settings).encode())
-
     def metrics(self) -> str:
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=self._timeout) as response:  # noqa: S310 - configured http URL

@@ -18,22 +18,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gputuned.control.protocol import message
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
 from gputuned.triton import model_config
 from gputuned.triton.api import TritonClient, TritonError
-from gputuned.triton.readings import (
-    Counters,
-    LatencyHistogram,
-    parse_metrics,
-    quantile_observations,
-    raw_counters,
-    worker_stats,
-)
-from gputuned.triton.traces import TraceFiles
+from gputuned.triton.readings import Counters, LatencyEstimate, parse_metrics, raw_counters, worker_stats
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +34,11 @@ POLL_SECONDS = 0.5  # how often Triton is read; the control socket streams stats
 
 
 class TritonWorker:
-    def __init__(self, client: TritonClient, model: str, device: str, traces: TraceFiles | None) -> None:
-        """`traces` reads the server's trace files; None when Triton writes none we can read
-        (the latency histogram then comes from Triton's summary quantiles, or the mean)."""
+    def __init__(self, client: TritonClient, model: str, device: str, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self._model = model
         self._device = device
-        self._traces = traces
+        self._clock = clock
         self._lock = threading.Lock()  # config, specs, values, snapshot
         self._config: dict[str, Any] = {}
         self._specs: dict[str, KnobSpec] = {}
@@ -55,11 +46,9 @@ class TritonWorker:
         self._accepted: dict[str, int] = {}  # what sets asked for: re-applied after Triton restarts
         self._identity: dict[str, Any] = {}
         self._counters = Counters()
-        self._latency = LatencyHistogram()
+        self._latency = LatencyEstimate()
         self._snapshot: dict[str, Any] = {}
         self._reachable = False
-        self._last_success = 0.0
-        self._last_duration = 0.0
 
     # --- start ----------------------------------------------------------------------------
 
@@ -155,7 +144,8 @@ class TritonWorker:
             self._reachable = True
             self._restore_accepted()
         self._counters.update(raw_counters(metrics, stats))
-        self._feed_latency(metrics)
+        totals = self._counters.totals
+        self._latency.update(self._clock(), totals["success"], totals["duration_us"], metrics.latency_quantiles_us)
         with self._lock:
             instances = sum(
                 int(group.get("count") or 1) * max(len(group.get("gpus") or ()), 1)
@@ -163,21 +153,6 @@ class TritonWorker:
             )
             self._snapshot = worker_stats(self._counters.totals, self._latency.snapshot(), metrics.pending, instances)
         return True
-
-    def _feed_latency(self, metrics: Any) -> None:
-        """Traces when Triton writes them; else its summary quantiles or, lacking those, the
-        mean, spread over the requests that completed since the last poll."""
-        completed = metrics.success - self._last_success
-        duration = metrics.request_duration_us - self._last_duration
-        self._last_success, self._last_duration = metrics.success, metrics.request_duration_us
-        if self._traces is not None:
-            requests = [request for request in self._traces.take() if request.model == self._model]
-            self._latency.observe((request.latency_seconds, 1) for request in requests)
-            return
-        if completed <= 0:
-            return
-        quantiles = metrics.latency_quantiles_us or {1.0: duration / completed}
-        self._latency.observe(quantile_observations(quantiles, int(completed)))
 
     def _restore_accepted(self) -> None:
         """After Triton was away: its config may be the repository's again; put the accepted knobs back."""

@@ -2,7 +2,7 @@
 
 Triton runs as the adapter's child with explicit model control, its HTTP and metrics
 ports on the configured (loopback by default) address, gRPC off unless the operator's
-extra arguments turn it on, and request tracing to a file of the adapter's (traces.py).
+extra arguments turn it on, and latency summaries on (readings.py).
 It inherits the adapter's CPU and NUMA placement. It is bound to the adapter's life with
 PR_SET_PDEATHSIG, so a killed adapter (the daemon's hang detection uses SIGKILL) cannot
 leave an orphaned server holding the port for the next one.
@@ -23,11 +23,6 @@ import psutil
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-# Traces per file: small enough that latencies arrive within a second down to ~20 requests/s,
-# large enough that 2,000 requests/s make 100 small files a second. Fixed at the start: a
-# Triton 2.51 server once died of SIGILL while its log frequency was being changed at run
-# time under load, so the adapter leaves it alone.
-TRACE_LOG_FREQUENCY = 20
 
 
 @dataclass(frozen=True)
@@ -38,7 +33,6 @@ class ServerSpec:
     host: str
     http_port: int
     metrics_port: int
-    trace_file: Path
     extra_args: tuple[str, ...] = ()
 
 
@@ -54,11 +48,7 @@ def server_command(spec: ServerSpec) -> list[str]:
         f"--metrics-port={spec.metrics_port}",
         "--allow-grpc=false",
         "--log-verbose=0",
-        f"--trace-config=triton,file={spec.trace_file}",
-        f"--trace-config=triton,log-frequency={TRACE_LOG_FREQUENCY}",
-        "--trace-config=level=TIMESTAMPS",
-        "--trace-config=rate=1",
-        "--trace-config=count=-1",
+        "--metrics-config=summary_latencies=true",
         *spec.extra_args,
     ]
 
@@ -108,9 +98,6 @@ def start_server(spec: ServerSpec, env: Mapping[str, str], device_indices: Seque
     environment = dict(env)
     if device_indices is not None:
         environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(index) for index in device_indices)
-    spec.trace_file.parent.mkdir(parents=True, exist_ok=True)
-    for stale in spec.trace_file.parent.glob(spec.trace_file.name + "*"):
-        stale.unlink(missing_ok=True)
     return subprocess.Popen(server_command(spec), env=environment, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
 
 
