@@ -232,13 +232,13 @@ def _admin_socket(args: argparse.Namespace, config: Config) -> Path:
 
 
 def _set(args: argparse.Namespace, config: Config) -> int:
-    from gputuned.control.client import ControlClient, ControlError
+    from gputuned.control.client import SLOW_SET_SECONDS, ControlClient, ControlError
     from gputuned.knobs import KnobError, parse_assignments
 
     try:
         changes = parse_assignments(args.assignments)
         with ControlClient(_admin_socket(args, config)) as client:
-            applied = client.set(changes, args.worker)
+            applied = client.set(changes, args.worker, timeout=SLOW_SET_SECONDS)
     except (KnobError, ControlError) as exc:
         print(f"gputuned set: refused: {exc}", file=sys.stderr)
         return 1

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from gputuned.control.client import ControlClient, ControlError
+from gputuned.control.client import SLOW_SET_SECONDS, ControlClient, ControlError
 from gputuned.loadgen import LoadPlan, run_load
 
 
@@ -92,7 +92,7 @@ def run_sweep(
 
     with ControlClient(control_socket) as client:
         for index, knobs in enumerate(settings, 1):
-            client.set(knobs, worker)
+            client.set(knobs, worker, timeout=SLOW_SET_SECONDS)
             if warmup > 0:
                 measure_point(plan(warmup), slo_seconds)
             windows = [measure_point(plan(window), slo_seconds) for _ in range(repeats)]

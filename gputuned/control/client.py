@@ -28,6 +28,11 @@ class ControlProtocolError(ControlError):
     """The worker answered, but not as the protocol says (e.g. a hello without knob bounds)."""
 
 
+# How long a person's or a sweep's set waits for its answer. A set may take seconds (a Triton
+# model reloads); whether the worker hangs is the daemon's to judge, with its own timeout.
+SLOW_SET_SECONDS = 120.0
+
+
 class ControlClient:
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self._path = path
@@ -113,13 +118,14 @@ class ControlClient:
         except ProtocolError as exc:
             raise ControlError(f"the worker sent an invalid message: {exc}") from None
 
-    def request(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Sends a request with the next sequence number; returns its reply (ack/pong) or raises on nack."""
+    def request(self, kind: str, *, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Sends a request with the next sequence number; returns its reply (ack/pong) or raises on
+        nack. `timeout` bounds the wait for each message (default: the client's)."""
         self._seq += 1
         seq = self._seq
         self.send_raw(encode(message(kind, seq=seq, **fields)))
         while True:
-            reply = self.receive()
+            reply = self.receive(timeout)
             if reply["type"] == "stats":
                 self.stats.append(reply)
                 continue
@@ -131,11 +137,12 @@ class ControlClient:
                 raise ControlError(reply["error"])
             return reply
 
-    def set(self, knobs: dict[str, int], worker: str | None = None) -> dict[str, int]:
+    def set(self, knobs: dict[str, int], worker: str | None = None, timeout: float | None = None) -> dict[str, int]:
         """Applies knobs; returns what the worker applied. ControlError carries its refusal.
-        `worker` names one of the daemon's workers (on its admin socket)."""
+        `worker` names one of the daemon's workers (on its admin socket); `timeout` bounds the
+        wait for the answer (default: the client's)."""
         fields = {"knobs": knobs} if worker is None else {"knobs": knobs, "worker": worker}
-        return self.request("set", **fields)["applied"]
+        return self.request("set", timeout=timeout, **fields)["applied"]
 
     def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""

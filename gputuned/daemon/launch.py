@@ -15,6 +15,10 @@ from pathlib import Path
 
 from gputuned.config import WorkerConfig, parse_listen_address
 
+# A Triton set reloads the model: 4-7 s for the example model on this 2-core machine under
+# load; a large model takes far longer to load. Past this, the adapter counts as hung.
+TRITON_RELOAD_SECONDS = 120.0
+
 
 @dataclass(frozen=True)
 class WorkerLaunch:
@@ -22,6 +26,7 @@ class WorkerLaunch:
     control_socket: Path
     ready_url: str | None  # the built-in worker's HTTP readiness; None: ready once connected
     env: dict[str, str] = field(default_factory=dict)
+    set_timeout: float = 0.0  # how long a set may take when longer than the ping timeout (a Triton reload)
 
 
 def worker_gpu(device: str, gpu_count: int) -> int | None:
@@ -103,4 +108,5 @@ def worker_launch(
         ready_url=None if config.command else probe,
         # NVML numbers GPUs in PCI bus order; make CUDA agree so cuda:N is NVML's GPU N.
         env={"GPUTUNED_CONTROL_SOCKET": str(control_socket), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+        set_timeout=TRITON_RELOAD_SECONDS if config.kind == "triton" else 0.0,
     )

@@ -161,13 +161,14 @@ class Supervisor:
                 hello, state, message = self._hello, self._state, self._message
             if client is None or hello is None:
                 raise ControlError(f"the worker is not connected ({state.value}: {message})")
+            set_timeout = max(self._policy.ping_timeout, self._launch.set_timeout)
             try:
-                applied = client.set(changes)
+                applied = client.set(changes, timeout=set_timeout)
             except ControlTimeout:
                 # As a ping left unanswered: the worker is hung, and the watch, which left it to
                 # the set while the set waited, kills it at its next look.
-                self._unanswered = f"no answer to a set within {self._policy.ping_timeout:g} s"
-                raise ControlError(f"the worker did not answer the set within {self._policy.ping_timeout:g} s") from None
+                self._unanswered = f"no answer to a set within {set_timeout:g} s"
+                raise ControlError(f"the worker did not answer the set within {set_timeout:g} s") from None
             except ControlError:
                 self._last_message = time.monotonic()  # it answered, with a refusal
                 self._reread_knobs(client)
@@ -334,7 +335,7 @@ class Supervisor:
             current = {name: spec["value"] for name, spec in hello["knobs"].items()}
             differing = {name: value for name, value in wanted.items() if name in current and current[name] != value}
             if differing:
-                current.update(client.set(differing))
+                current.update(client.set(differing, timeout=max(self._policy.ping_timeout, self._launch.set_timeout)))
         except ControlProtocolError as exc:
             client.close()
             self._protocol_error(str(exc), now)

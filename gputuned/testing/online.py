@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from gputuned.control.client import ControlClient
+from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
 from gputuned.loadgen import LoadPlan
 from gputuned.sweep import measure_point
 
@@ -59,7 +59,7 @@ def side_by_side(
     for round_index in range(rounds):
         for index, knobs in enumerate(settings):
             with ControlClient(admin) as client:
-                client.set(knobs, worker)
+                client.set(knobs, worker, timeout=SLOW_SET_SECONDS)
             measure_point(_lasting(plan, 1.0), slo)
             _, goodput, p99, _ = measure_point(_lasting(plan, seconds), slo)
             windows[index].append((goodput, p99 if p99 is not None else float("inf")))
