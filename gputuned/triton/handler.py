@@ -39,7 +39,8 @@ class TritonWorker:
         self._model = model
         self._device = device
         self._clock = clock
-        self._lock = threading.Lock()  # config, specs, values, snapshot
+        self._lock = threading.Lock()  # config, specs, values, snapshot; never held across a call to Triton
+        self._reloading = threading.Lock()  # one reload at a time: a set, or the knobs put back after a restart
         self._config: dict[str, Any] = {}
         self._specs: dict[str, KnobSpec] = {}
         self._values: dict[str, int] = {}
@@ -96,19 +97,20 @@ class TritonWorker:
 
     def apply(self, knobs: dict[str, Any]) -> dict[str, int]:
         """One reload with every change, or none: see the module docstring."""
-        with self._lock:
-            checked = validate_changes(self._specs, knobs, ("device", "model", "triton"))
-            config = model_config.with_knobs(self._config, checked)
-        try:
-            self._client.load(self._model, config)
-        except TritonError as exc:
+        with self._reloading:
+            with self._lock:
+                checked = validate_changes(self._specs, knobs, ("device", "model", "triton"))
+                config = model_config.with_knobs(self._config, checked)
+            try:
+                self._client.load(self._model, config)
+            except TritonError as exc:
+                self._reread()
+                raise KnobError(f"Triton did not load the new config: {exc}; the model keeps its previous config") from None
             self._reread()
-            raise KnobError(f"Triton did not load the new config: {exc}; the model keeps its previous config") from None
-        self._reread()
-        with self._lock:
-            applied = {name: self._values.get(name, value) for name, value in checked.items()}
-            self._accepted.update(applied)
-        return applied
+            with self._lock:
+                applied = {name: self._values.get(name, value) for name, value in checked.items()}
+                self._accepted.update(applied)
+            return applied
 
     def _reread(self) -> None:
         try:

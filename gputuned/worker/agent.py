@@ -21,11 +21,6 @@ callback fails part-way (a pool that cannot be allocated after the batch size wa
 changed), the values already changed are set back to what they were and the set is
 answered with a nack saying so; the knobs are then exactly as before the set.
 
-A set is all-or-nothing: every value is checked before any is applied, and when a
-callback fails part-way (a pool that cannot be allocated after the batch size was
-changed), the values already changed are set back to what they were and the set is
-answered with a nack saying so; the knobs are then exactly as before the set.
-
 The server keeps running with its last values if the daemon disconnects; the daemon
 reconnects to the same socket.
 """

@@ -1,0 +1,198 @@
+"""A real Triton Inference Server (2.51, from the nvidia-pytriton wheel that
+scripts/install_triton.sh installs in .triton) tuned by the daemon, on the CPU.
+
+Supervised: the daemon starts Triton through the adapter, reads it, tunes it under load
+to a better goodput than its defaults with every decision logged and no failed request,
+and restarts it with the accepted knobs after a `kill -9`. Attached: the adapter tunes a
+Triton the test runs, with its repository API restricted to an access token, and puts the
+accepted knobs back when that Triton is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
+from gputuned.loadgen import run_load
+from gputuned.sweep import measure_point
+from gputuned.testing.online import timed_load
+from gputuned.testing.processes import (
+    REPO_ROOT,
+    free_port,
+    run_cli,
+    running_supervising_daemon,
+    stop,
+    wait_for,
+    wait_for_http,
+    worker_status,
+)
+from gputuned.triton.example import write_example
+
+pytestmark = pytest.mark.integration
+SERVER = Path(os.environ.get("GPUTUNED_TRITON_SERVER", REPO_ROOT / ".triton" / "bin" / "tritonserver"))
+MODEL = "resnet-mini"
+SLO = 0.1
+CLIENTS = 16
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    assert SERVER.exists(), f"{SERVER} is missing: run scripts/install_triton.sh (setup.sh --test does)"
+    path = tmp_path_factory.mktemp("models")
+    write_example(path, MODEL, 8)
+    return path
+
+
+def triton_config(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/v2/models/{MODEL}/config", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def knobs_in(config: dict) -> tuple[int, int, int]:
+    """(max_batch_size, instances, queue delay) as Triton holds them."""
+    delay = (config.get("dynamic_batching") or {}).get("max_queue_delay_microseconds", 0)
+    return config["max_batch_size"], config["instance_group"][0]["count"], delay
+
+
+def tritonserver_under(adapter_pid: int) -> psutil.Process:
+    return next(p for p in psutil.Process(adapter_pid).children() if p.name() == "tritonserver")
+
+
+def test_the_daemon_tunes_a_supervised_triton_and_restarts_it_with_its_knobs(tmp_path, repository):
+    worker = {
+        "kind": "triton",
+        "model": MODEL,
+        "device": "cpu",
+        "triton_server": str(SERVER),
+        "triton_repository": str(repository),
+        "ping_timeout_seconds": 10.0,
+    }
+    with running_supervising_daemon(tmp_path, tuning={"mode": "frozen", "slo_p99_ms": SLO * 1000}, **worker) as (
+        _,
+        metrics,
+        url,
+        admin,
+    ):
+        status = worker_status(admin)
+        assert status["hello"]["worker"]["kind"] == "triton"
+        assert status["knobs"] == {"max_batch_size": 1, "max_queue_delay_us": 0, "streams": 1}  # no dynamic batching
+        measure_point(timed_load(url, 2, CLIENTS), SLO)  # warm-up
+        _, default_goodput, _, default_errors = measure_point(timed_load(url, 6, CLIENTS), SLO)
+
+        assert run_cli("tune", "--socket", str(admin), "auto").returncode == 0
+        online = asyncio.run(run_load(timed_load(url, 70, CLIENTS)))
+        assert run_cli("tune", "--socket", str(admin), "frozen").returncode == 0
+        _, tuned_goodput, _, tuned_errors = measure_point(timed_load(url, 6, CLIENTS), SLO)
+
+        decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+        applied = [d for d in decisions if d["action"] == "apply"]
+        assert applied and all(d["baseline"] for d in applied), "every change is logged with its evidence"
+        assert {d["action"] for d in decisions} & {"keep", "revert"}
+        assert default_errors == tuned_errors == 0
+        assert not online.errors, f"tuning failed requests: {online.errors}"
+        assert tuned_goodput > 1.15 * default_goodput, (default_goodput, tuned_goodput, decisions)
+        tuned = worker_status(admin)["knobs"]
+        triton_holds = knobs_in(triton_config(url))
+        assert triton_holds == (tuned["max_batch_size"], tuned["streams"], tuned["max_queue_delay_us"])
+        exported = urllib.request.urlopen(metrics, timeout=5).read().decode()
+        served = [
+            sample.value
+            for family in text_string_to_metric_families(exported)
+            for sample in family.samples
+            if sample.name == "gputuned_worker_requests_total" and sample.labels.get("outcome") == "ok"
+        ]
+        assert served and served[0] > 0, "the daemon exports the Triton worker's requests"
+
+        # kill -9 Triton: the adapter exits, the daemon restarts both, and the knobs come back.
+        server = tritonserver_under(worker_status(admin)["pid"])
+        server.send_signal(signal.SIGKILL)
+        wait_for(lambda: worker_status(admin)["restarts"] >= 1, 30, "the daemon to see the exit")
+        wait_for(lambda: worker_status(admin)["state"] == "ready", 120, "Triton to be ready again")
+        assert knobs_in(triton_config(url)) == triton_holds
+        assert worker_status(admin)["knobs"] == tuned
+        assert measure_point(timed_load(url, 2, CLIENTS), SLO)[3] == 0
+
+
+@contextlib.contextmanager
+def running_triton(repository: Path, port: int, *extra: str) -> Iterator[str]:
+    """A Triton the test runs itself (what attach mode watches); yields its URL."""
+    log = (repository.parent / f"triton-{port}.log").open("a")
+    process = subprocess.Popen(
+        [
+            str(SERVER),
+            f"--model-repository={repository}",
+            "--model-control-mode=explicit",
+            f"--load-model={MODEL}",
+            "--http-address=127.0.0.1",
+            f"--http-port={port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={port + 2}",
+            "--allow-grpc=false",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/v2/models/{MODEL}/ready", process, deadline_s=60)
+        yield url
+    finally:
+        stop(process, timeout=30)
+        log.close()
+
+
+def test_attached_to_a_restricted_triton_it_tunes_with_the_token_and_survives_its_restarts(tmp_path, repository):
+    port = free_port()
+    restricted = "--http-restricted-api=model-repository:triton-access-token=s3cret"
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    with running_triton(repository, port, restricted) as url:
+        # The restricted index: a clear answer, not a traceback; naming the model works.
+        listing = run_cli("load", url, "--requests", "5")
+        assert listing.returncode == 1 and "name the model with --model" in listing.stderr, listing.stderr
+        assert "Traceback" not in listing.stderr
+        assert run_cli("load", url, "--model", MODEL, "--requests", "5").returncode == 0
+
+        worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "ping_timeout_seconds": 10.0}
+        no_token = tmp_path / "no-token"
+        no_token.mkdir()
+        with running_supervising_daemon(no_token, worker_port=port, tuning={"mode": "frozen"}, **worker) as (_, _, _, admin):
+            refused = run_cli("set", "--socket", str(admin), "max_batch_size=4")
+            assert refused.returncode == 1
+            assert "restricted" in refused.stderr and "triton_access_token_file" in refused.stderr, refused.stderr
+            assert knobs_in(triton_config(url)) == (8, 1, 0)  # unchanged
+
+    # With the token, through Triton's restarts by its owner.
+    with_token = tmp_path / "with-token"
+    with_token.mkdir()
+    worker["triton_access_token_file"] = str(token)
+    with running_supervising_daemon(with_token, worker_port=port, wait_ready=False, tuning={"mode": "frozen"}, **worker) as (
+        daemon,
+        _,
+        _,
+        admin,
+    ):
+        with running_triton(repository, port, restricted) as url:
+            wait_for(lambda: worker_status(admin)["state"] == "ready", 60, "the adapter to attach")
+            with ControlClient(admin) as client:
+                applied = client.set({"max_batch_size": 4, "streams": 2}, timeout=SLOW_SET_SECONDS)
+            assert applied == {"max_batch_size": 4, "streams": 2}
+            assert knobs_in(triton_config(url)) == (4, 2, 0)
+        # Its owner restarts it with the repository's config; the adapter puts the accepted knobs back.
+        with running_triton(repository, port, restricted) as url:
+            wait_for(lambda: knobs_in(triton_config(url)) == (4, 2, 0), 60, "the accepted knobs to be re-applied")
+            assert worker_status(admin)["knobs"]["max_batch_size"] == 4
+        assert daemon.poll() is None and worker_status(admin)["restarts"] == 0
