@@ -30,8 +30,8 @@ WORKER_UPTIME = MetricSpec("gputuned_worker_uptime_seconds", "gauge", "Seconds s
 WORKER_INFO = MetricSpec(
     "gputuned_worker_info",
     "gauge",
-    "A supervised worker and its GPU (empty on the CPU); always 1.",
-    ("worker", "pid", "model", "device", "gpu"),
+    "A supervised worker, its kind (builtin, agent, triton) and its GPU (empty on the CPU); always 1.",
+    ("worker", "pid", "model", "device", "gpu", "kind"),
 )
 WORKER_PLACEMENT = MetricSpec(
     "gputuned_worker_placement_info",
@@ -162,7 +162,8 @@ class WorkerCollector:
         if status.pid is not None and status.hello is not None:
             identity = status.hello.get("worker", {})
             model, device = str(identity.get("model", "")), str(identity.get("device", ""))
-            out.add(WORKER_INFO, 1, name, str(status.pid), model, device, "" if gpu is None else str(gpu))
+            kind = str(identity.get("kind", "agent"))
+            out.add(WORKER_INFO, 1, name, str(status.pid), model, device, "" if gpu is None else str(gpu), kind)
         if status.placement is not None:
             out.add(WORKER_PLACEMENT, 1, name, str(status.placement.node), status.placement.cpulist())
         for knob, value in sorted(status.knobs.items()):

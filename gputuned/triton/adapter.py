@@ -112,7 +112,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         control = ServerThread(ControlServer(args.control_socket, worker, group=group), "gputuned-triton-control")
         control.start()
         log.info("control socket listening on %s; tuning model %s at %s", args.control_socket, args.model, args.url)
-        watch = threading.Thread(target=_poll, args=(worker, process, args.hang_timeout, stop), daemon=True)
+        watch = threading.Thread(target=_poll, args=(worker, client, process, args.hang_timeout, stop), daemon=True)
         watch.start()
         code = _serve(process, stop)
         control.stop()
@@ -158,15 +158,21 @@ def _wait_ready(
     return True
 
 
-def _poll(worker: TritonWorker, process: subprocess.Popen[bytes] | None, hang_timeout: float, stop: threading.Event) -> None:
-    """Reads Triton every POLL_SECONDS; a started server that stays silent is killed (the main
-    thread then sees it exit)."""
+def _poll(
+    worker: TritonWorker,
+    client: TritonClient,
+    process: subprocess.Popen[bytes] | None,
+    hang_timeout: float,
+    stop: threading.Event,
+) -> None:
+    """Reads Triton every POLL_SECONDS; a started server that stays silent or not ready
+    (/v2/health/ready) for `hang_timeout` is killed (the main thread then sees it exit)."""
     last_answer = time.monotonic()
     while not stop.wait(POLL_SECONDS):
-        if worker.poll():
+        if worker.poll() and client.ready():
             last_answer = time.monotonic()
         elif process is not None and time.monotonic() - last_answer > hang_timeout and process.poll() is None:
-            log.error("tritonserver did not answer for %.0f s; killing it", hang_timeout)
+            log.error("tritonserver was not ready or did not answer for %.0f s; killing it", hang_timeout)
             process.kill()
 
 

@@ -52,10 +52,12 @@ class Agent:
         input_dtype: str,
         group: int | None = None,
         stats_interval: float = 0.5,
+        kind: str = "agent",
     ) -> None:
         self._path = Path(socket_path) if socket_path is not None else None
         self._identity = {
             "pid": os.getpid(),
+            "kind": kind,  # builtin: gputuned's own worker; agent: a server that embeds this class
             "model": model,
             "device": device,
             "input": {"shape": list(input_shape), "dtype": input_dtype},

@@ -116,6 +116,7 @@ class WorkerService:
             input_shape=list(model.input.shape),
             input_dtype=model.input.datatype,
             group=self._options.control_group,
+            kind="builtin",
         )
         s = self.settings
         agent.knob(

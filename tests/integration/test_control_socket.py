@@ -60,7 +60,13 @@ def socket_path(server: Server) -> Path:
 def test_hello_declares_identity_and_knobs(server):
     with ControlClient(socket_path(server)) as client:
         hello = client.hello
-    assert hello["worker"] == {"pid": os.getpid(), "model": "m", "device": "cpu", "input": {"shape": [4], "dtype": "FP32"}}
+    assert hello["worker"] == {
+        "pid": os.getpid(),
+        "kind": "agent",
+        "model": "m",
+        "device": "cpu",
+        "input": {"shape": [4], "dtype": "FP32"},
+    }
     assert hello["knobs"]["max_batch_size"] == {"type": "int", "value": 1, "min": 1, "max": 64, "live": True, "description": ""}
     assert hello["restart_only"] == {"device": "cpu", "model": "m", "interop_threads": "2"}
 

@@ -107,13 +107,10 @@ def test_the_daemon_tunes_a_supervised_triton_and_restarts_it_with_its_knobs(tmp
         triton_holds = knobs_in(triton_config(url))
         assert triton_holds == (tuned["max_batch_size"], tuned["streams"], tuned["max_queue_delay_us"])
         exported = urllib.request.urlopen(metrics, timeout=5).read().decode()
-        served = [
-            sample.value
-            for family in text_string_to_metric_families(exported)
-            for sample in family.samples
-            if sample.name == "gputuned_worker_requests_total" and sample.labels.get("outcome") == "ok"
-        ]
+        samples = [sample for family in text_string_to_metric_families(exported) for sample in family.samples]
+        served = [s.value for s in samples if s.name == "gputuned_worker_requests_total" and s.labels["outcome"] == "ok"]
         assert served and served[0] > 0, "the daemon exports the Triton worker's requests"
+        assert [s.labels["kind"] for s in samples if s.name == "gputuned_worker_info"] == ["triton"]
 
         # kill -9 Triton: the adapter exits, the daemon restarts both, and the knobs come back.
         server = tritonserver_under(worker_status(admin)["pid"])
