@@ -25,6 +25,11 @@ batching, one instance).
 Targets (issue 14): 4. reached in under 2 minutes, no failed request; 5. >= 0.95.
 
     python bench/triton.py [--server .triton/bin/tritonserver] [--clients 16] [--slo-ms 100] [--online 150]
+                           [--candidate max_batch_size=16,streams=2,max_queue_delay_us=0 ...]
+
+`--candidate` (repeatable) skips the sweep and compares the tuned configuration with the
+given ones (for iterating on the tuner once a full run has found the best; the figures to
+report come from a full run).
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ from pathlib import Path
 
 from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
 from gputuned.daemon.status import worker_entry
+from gputuned.knobs import parse_assignments
 from gputuned.loadgen import run_load
-from gputuned.sweep import measure_point, parse_grid, run_sweep
+from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
 from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
 from gputuned.testing.processes import free_port, running_supervising_daemon
 from gputuned.triton.example import write_example
@@ -105,6 +111,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--online", type=float, default=150.0, help="seconds of online tuning")
+    parser.add_argument("--candidate", action="append", metavar="KNOB=V,KNOB=V", help="skip the sweep; compare with these")
     args = parser.parse_args()
     if not args.server.exists():
         parser.error(f"{args.server} is missing; run scripts/install_triton.sh")
@@ -126,9 +133,12 @@ def main() -> int:
             )
             cost = reload_cost(admin, url, args.clients, slo)
             sweep_started = time.monotonic()
-            results = run_sweep(
-                url, admin, parse_grid(GRID), slo, args.clients, None, warmup=2.0, window=2.0, repeats=2, progress=sys.stderr
-            )
+            if args.candidate:
+                results = [SweepPoint(parse_assignments(text.split(",")), 0.0, 0.0, None, 0) for text in args.candidate]
+            else:
+                results = run_sweep(
+                    url, admin, parse_grid(GRID), slo, args.clients, None, warmup=2.0, window=2.0, repeats=2, progress=sys.stderr
+                )
             sweep_seconds = time.monotonic() - sweep_started
         sweep_errors = sum(point.errors for point in results)
         candidates = sorted(results, key=lambda p: p.goodput, reverse=True)[:CANDIDATES]

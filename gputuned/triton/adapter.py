@@ -109,7 +109,9 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             return 1 if not stop.is_set() else 0
         worker = TritonWorker(client, args.model, args.device)
         worker.attach(saved)
-        control = ServerThread(ControlServer(args.control_socket, worker, group=group), "gputuned-triton-control")
+        control = ServerThread(
+            ControlServer(args.control_socket, worker, group=group, stats_interval=POLL_SECONDS), "gputuned-triton-control"
+        )
         control.start()
         log.info("control socket listening on %s; tuning model %s at %s", args.control_socket, args.model, args.url)
         watch = threading.Thread(target=_poll, args=(worker, client, process, args.hang_timeout, stop), daemon=True)

@@ -31,6 +31,10 @@ from gputuned.triton.readings import Counters, LatencyEstimate, parse_metrics, r
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5  # how often Triton is read; the control socket streams stats at the same pace
+# Polls a set waits for after its reload (see _await_polls): the first takes in the requests
+# the reload held up; the two after it span more than a stats interval, so a stats report
+# carrying them goes out before the ack, and the trial measured from the ack leaves them out.
+SETTLE_POLLS = 3
 
 
 class TritonWorker:
@@ -49,6 +53,8 @@ class TritonWorker:
         self._counters = Counters()
         self._latency = LatencyEstimate()
         self._snapshot: dict[str, Any] = {}
+        self._polls = 0  # polls done, under `_polled`
+        self._polled = threading.Condition()
         self._reachable = False
 
     # --- start ----------------------------------------------------------------------------
@@ -110,7 +116,16 @@ class TritonWorker:
             with self._lock:
                 applied = {name: self._values.get(name, value) for name, value in checked.items()}
                 self._accepted.update(applied)
+            self._await_polls(SETTLE_POLLS)
             return applied
+
+    def _await_polls(self, count: int) -> None:
+        """Until `count` more polls have been taken (at most a few seconds; none if no poll
+        thread runs). The requests a reload held up complete as it ends; answering the set
+        after they are counted charges them to the change, not to the trial of the new config."""
+        with self._polled:
+            target = self._polls + count
+            self._polled.wait_for(lambda: self._polls >= target, timeout=(count + 2) * POLL_SECONDS)
 
     def _reread(self) -> None:
         try:
@@ -154,6 +169,9 @@ class TritonWorker:
                 for group in self._config.get("instance_group") or [{}]
             )
             self._snapshot = worker_stats(self._counters.totals, self._latency.snapshot(), metrics.pending, instances)
+        with self._polled:
+            self._polls += 1
+            self._polled.notify_all()
         return True
 
     def _restore_accepted(self) -> None:
