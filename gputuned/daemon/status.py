@@ -69,6 +69,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
         "message": status.message,
         "pid": status.pid,
         "model": identity.get("model"),
+        "kind": identity.get("kind"),
         "device": identity.get("device"),
         "restarts": status.restarts,
         "last_exit_code": status.last_exit_code,
