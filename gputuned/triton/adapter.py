@@ -122,6 +122,9 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     except TritonError as exc:
         log.error("%s", exc)
         return 1
+    except OSError as exc:  # the control socket could not be bound
+        log.error("cannot serve the control socket %s: %s", args.control_socket, exc)
+        return 1
     finally:
         if process is not None:
             stop_server(process, args.drain_timeout)
