@@ -120,12 +120,18 @@ class ControlClient:
 
     def request(self, kind: str, *, timeout: float | None = None, **fields: Any) -> dict[str, Any]:
         """Sends a request with the next sequence number; returns its reply (ack/pong) or raises on
-        nack. `timeout` bounds the wait for each message (default: the client's)."""
+        nack. `timeout` bounds the wait for the reply (default: the client's), however many stats
+        messages arrive meanwhile: a worker that streams stats but never answers is still hung."""
         self._seq += 1
         seq = self._seq
         self.send_raw(encode(message(kind, seq=seq, **fields)))
+        wait = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
         while True:
-            reply = self.receive(timeout)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ControlTimeout(f"no answer to the {kind} within {wait:g} s")
+            reply = self.receive(remaining)
             if reply["type"] == "stats":
                 self.stats.append(reply)
                 continue

@@ -3,7 +3,7 @@ scripts/install_triton.sh installs in .triton) tuned by the daemon, on the CPU.
 
 Supervised: the daemon starts Triton through the adapter, reads it, tunes it under load
 to a better goodput than its defaults with every decision logged and no failed request,
-and restarts it with the accepted knobs after a `kill -9`. Attached: the adapter tunes a
+and restarts it with the accepted knobs after a `kill -9` and after it hangs (SIGSTOP). Attached: the adapter tunes a
 Triton the test runs, with its repository API restricted to an access token, and puts the
 accepted knobs back when that Triton is restarted.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,16 @@ def test_the_daemon_tunes_a_supervised_triton_and_restarts_it_with_its_knobs(tmp
         assert knobs_in(triton_config(url)) == triton_holds
         assert worker_status(admin)["knobs"] == tuned
         assert measure_point(timed_load(url, 2, CLIENTS), SLO)[3] == 0
+
+        # SIGSTOP: Triton stops answering; the adapter kills it after its hang timeout (the
+        # worker's ping timeout, 10 s), and the daemon starts both again with the knobs.
+        restarts = worker_status(admin)["restarts"]
+        hung_at = time.monotonic()
+        tritonserver_under(worker_status(admin)["pid"]).send_signal(signal.SIGSTOP)
+        wait_for(lambda: worker_status(admin)["restarts"] > restarts, 40, "the hung server to be replaced")
+        assert time.monotonic() - hung_at >= 10.0
+        wait_for(lambda: worker_status(admin)["state"] == "ready", 120, "Triton to be ready again")
+        assert knobs_in(triton_config(url)) == triton_holds
 
 
 @contextlib.contextmanager
