@@ -161,7 +161,7 @@ class Supervisor:
                 hello, state, message = self._hello, self._state, self._message
             if client is None or hello is None:
                 raise ControlError(f"the worker is not connected ({state.value}: {message})")
-            set_timeout = max(self._policy.ping_timeout, self._launch.set_timeout)
+            set_timeout = self._set_timeout()
             try:
                 applied = client.set(changes, timeout=set_timeout)
             except ControlTimeout:
@@ -335,7 +335,7 @@ class Supervisor:
             current = {name: spec["value"] for name, spec in hello["knobs"].items()}
             differing = {name: value for name, value in wanted.items() if name in current and current[name] != value}
             if differing:
-                current.update(client.set(differing, timeout=max(self._policy.ping_timeout, self._launch.set_timeout)))
+                current.update(client.set(differing, timeout=self._set_timeout()))
         except ControlProtocolError as exc:
             client.close()
             self._protocol_error(str(exc), now)
@@ -372,6 +372,10 @@ class Supervisor:
             log.error("worker pid %s breaks the control protocol: %s; it is left running and not tuned", self._pid, reason)
             self._protocol_complaint = reason
         self._ready_event.set()  # as ready as it will get
+
+    def _set_timeout(self) -> float:
+        """How long a set may go unanswered before the worker counts as hung."""
+        return max(self._policy.ping_timeout, self._launch.set_timeout)
 
     def _http_ready(self) -> bool:
         if self._launch.ready_url is None:

@@ -95,7 +95,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     process = None
     if args.server:
-        spec = _server_spec(args)
+        spec = _server_spec(args, metrics_url)
         try:
             check_ports_free(spec.host, (spec.http_port, spec.metrics_port))
         except OSError as exc:
@@ -132,10 +132,10 @@ def run_from_arguments(args: argparse.Namespace) -> int:
                 log.warning("killed %d process(es) the server left behind (Python backend stubs)", left)
 
 
-def _server_spec(args: argparse.Namespace) -> ServerSpec:
+def _server_spec(args: argparse.Namespace, metrics_url: str) -> ServerSpec:
     parts = urlsplit(args.url)
     host, port = parse_listen_address(f"{parts.hostname}:{parts.port}")
-    metrics = urlsplit(args.metrics_url or default_metrics_url(args.url))
+    metrics = urlsplit(metrics_url)
     return ServerSpec(
         binary=args.server,
         repository=args.repository,

@@ -164,11 +164,8 @@ class TritonWorker:
         totals = self._counters.totals
         self._latency.update(self._clock(), totals["success"], totals["duration_us"], metrics.latency_quantiles_us)
         with self._lock:
-            instances = sum(
-                int(group.get("count") or 1) * max(len(group.get("gpus") or ()), 1)
-                for group in self._config.get("instance_group") or [{}]
-            )
-            self._snapshot = worker_stats(self._counters.totals, self._latency.snapshot(), metrics.pending, instances)
+            lanes = model_config.instances(self._config)
+            self._snapshot = worker_stats(self._counters.totals, self._latency.snapshot(), metrics.pending, lanes)
         with self._polled:
             self._polls += 1
             self._polled.notify_all()

@@ -68,6 +68,14 @@ def knobs_of(config: Mapping[str, Any]) -> dict[str, int]:
     return values
 
 
+def instances(config: Mapping[str, Any]) -> int:
+    """Model instances in all (each group's count on each GPU it lists): the batches Triton can
+    run at once, the worker's lanes."""
+    return sum(
+        int(group.get("count") or 1) * max(len(group.get("gpus") or ()), 1) for group in config.get("instance_group") or [{}]
+    )
+
+
 def with_knobs(config: Mapping[str, Any], knobs: Mapping[str, int]) -> dict[str, Any]:
     """A copy of `config` with the knobs in `knobs` changed (see the module docstring)."""
     result = copy.deepcopy(dict(config))

@@ -63,6 +63,12 @@ def test_instances_alone_leave_batching_as_it_is():
     assert changed["instance_group"][0] == {**AS_USERS_WRITE_IT["instance_group"][0], "count": 3}
 
 
+def test_instances_count_every_group_on_every_gpu_it_lists():
+    assert model_config.instances(AS_USERS_WRITE_IT) == 1
+    on_gpus = {"instance_group": [{"kind": "KIND_GPU", "count": 2, "gpus": [0, 1]}, {"kind": "KIND_CPU", "count": 1}]}
+    assert model_config.instances(on_gpus) == 5
+
+
 def test_a_model_that_does_not_batch_gets_only_instances():
     unbatched = {**AS_USERS_WRITE_IT, "max_batch_size": 0}
     assert set(model_config.knob_specs(unbatched)) == {"streams"}
