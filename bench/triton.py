@@ -49,8 +49,8 @@ from gputuned.daemon.status import worker_entry
 from gputuned.knobs import parse_assignments
 from gputuned.loadgen import run_load
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
-from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
-from gputuned.testing.processes import free_port, running_supervising_daemon
+from gputuned.testing.online import first_at_or_above, goodput_curve, judge, rolling, side_by_side, timed_load
+from gputuned.testing.processes import running_supervising_daemon
 from gputuned.triton.example import write_example
 
 GRID = ["max_batch_size=1,2,4,8,16,32,64,128", "streams=1,2,3", "max_queue_delay_us=0,2000"]
@@ -124,9 +124,12 @@ def main() -> int:
 
         # 1-3 on a server of their own, the tuner frozen.
         (Path(tmp) / "offline").mkdir()
-        with running_supervising_daemon(
-            Path(tmp) / "offline", "--log-level", "warning", worker_port=free_port(), tuning={"mode": "frozen"}, **worker
-        ) as (_, _metrics, url, admin):
+        with running_supervising_daemon(Path(tmp) / "offline", "--log-level", "warning", tuning={"mode": "frozen"}, **worker) as (
+            _,
+            _metrics,
+            url,
+            admin,
+        ):
             measure_point(timed_load(url, 3, args.clients), slo)  # warm-up
             default_throughput, default_goodput, default_p99, default_errors = measure_point(
                 timed_load(url, 10, args.clients), slo
@@ -145,7 +148,7 @@ def main() -> int:
 
         # 4 and 5: a fresh server from the defaults, tuned online, then frozen and compared.
         (Path(tmp) / "online").mkdir()
-        with running_supervising_daemon(Path(tmp) / "online", "--log-level", "warning", worker_port=free_port(), **worker) as (
+        with running_supervising_daemon(Path(tmp) / "online", "--log-level", "warning", **worker) as (
             _,
             _metrics,
             url,
@@ -166,16 +169,10 @@ def main() -> int:
             settings = [tuned] + [{**defaults, **point.knobs} for point in candidates]
             windows = side_by_side(admin, timed_load(url, 1, args.clients), settings, slo, ROUNDS, WINDOW_SECONDS)
 
-    def median_goodput(index: int) -> float:
-        return statistics.median(goodput for goodput, _ in windows[index])
-
-    def median_p99(index: int) -> float:
-        return statistics.median(p99 for _, p99 in windows[index])
-
-    ranked = sorted(range(1, len(settings)), key=median_goodput, reverse=True)
-    best_index = next((i for i in ranked if median_p99(i) <= slo), ranked[0])
-    best, best_goodput = settings[best_index], median_goodput(best_index)
-    ratios = [t[0] / max(b[0], 1e-9) for t, b in zip(windows[0], windows[best_index])]
+    verdict = judge(windows, slo)
+    best_index = verdict.best
+    best, best_goodput = settings[best_index], verdict.goodput[best_index]
+    ratios = verdict.ratios
     curve = goodput_curve(online.timeline, started, ended, slo)
     reached = first_at_or_above(rolling(curve, 5), 0.95 * best_goodput)
     explored = [latency for done, latency in online.timeline if done < (started + reached if reached is not None else ended)]
@@ -208,14 +205,14 @@ def main() -> int:
     )
     print(f"   ended at {knobs_text(tuned)}")
     print(
-        f"5. side by side ({ROUNDS} rounds of {WINDOW_SECONDS:g} s windows): tuned {median_goodput(0):.1f}/s, p99 "
-        f"{median_p99(0) * 1000:.1f} ms; best {knobs_text(best)} {best_goodput:.1f}/s, p99 {median_p99(best_index) * 1000:.1f} ms; "
+        f"5. side by side ({ROUNDS} rounds of {WINDOW_SECONDS:g} s windows): tuned {verdict.goodput[0]:.1f}/s, p99 "
+        f"{verdict.p99[0] * 1000:.1f} ms; best {knobs_text(best)} {best_goodput:.1f}/s, p99 {verdict.p99[best_index] * 1000:.1f} ms; "
         f"median ratio {statistics.median(ratios):.2f} (target >= 0.95); per round " + " ".join(f"{r:.2f}" for r in ratios)
     )
     print(
         "   every setting: "
         + "; ".join(
-            f"{'tuned' if i == 0 else 'candidate'} {knobs_text(settings[i])}: {median_goodput(i):.0f}/s {median_p99(i) * 1000:.0f} ms"
+            f"{'tuned' if i == 0 else 'candidate'} {knobs_text(settings[i])}: {verdict.goodput[i]:.0f}/s {verdict.p99[i] * 1000:.0f} ms"
             for i in range(len(settings))
         )
     )

@@ -52,7 +52,7 @@ from gputuned.daemon.status import worker_entry
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.loadgen import run_load
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
-from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
+from gputuned.testing.online import first_at_or_above, goodput_curve, judge, rolling, side_by_side, timed_load
 from gputuned.testing.processes import running_supervising_daemon, running_worker
 
 GRID = ["max_batch_size=1,4,8,16,32,64", "streams=1,2,3", "intra_op_threads=1,2", "max_queue_delay_us=0,10000,30000"]
@@ -137,16 +137,10 @@ def main() -> int:
                 admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS
             )
 
-    def median_goodput(index: int) -> float:
-        return statistics.median(goodput for goodput, _ in windows[index])
-
-    def median_p99(index: int) -> float:
-        return statistics.median(p99 for _, p99 in windows[index])
-
-    ranked = sorted(range(1, len(settings)), key=median_goodput, reverse=True)
-    oracle_index = next((i for i in ranked if median_p99(i) <= slo), ranked[0])
-    oracle, oracle_goodput, oracle_p99 = settings[oracle_index], median_goodput(oracle_index), median_p99(oracle_index)
-    round_ratios = [t[0] / max(o[0], 1e-9) for t, o in zip(windows[0], windows[oracle_index])]
+    verdict = judge(windows, slo)
+    oracle_index = verdict.best
+    oracle, oracle_goodput, oracle_p99 = settings[oracle_index], verdict.goodput[oracle_index], verdict.p99[oracle_index]
+    round_ratios = verdict.ratios
     steady_ratio = statistics.median(round_ratios)
 
     online = goodput_curve([e for e in timeline if e[0] < shifted_at], started, shifted_at, slo)
@@ -190,14 +184,14 @@ def main() -> int:
     print("   ended at " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
     print(
         f"   steady state, side by side with the oracle ({SIDE_BY_SIDE_ROUNDS} rounds of {SIDE_BY_SIDE_SECONDS:g} s windows): "
-        f"goodput {median_goodput(0):.1f}/s, p99 {median_p99(0) * 1000:.1f} ms, median ratio {steady_ratio:.2f} of the "
+        f"goodput {verdict.goodput[0]:.1f}/s, p99 {verdict.p99[0] * 1000:.1f} ms, median ratio {steady_ratio:.2f} of the "
         f"oracle (target >= 0.95); per round " + " ".join(f"{r:.2f}" for r in round_ratios)
     )
     print(
         "   every setting side by side (median goodput, median p99): "
         + "; ".join(
             f"{'tuned' if i == 0 else 'candidate'} {settings[i]['max_batch_size']}/{settings[i]['streams']}/"
-            f"{settings[i]['intra_op_threads']}/{settings[i]['max_queue_delay_us']}: {median_goodput(i):.0f}/s {median_p99(i) * 1000:.0f} ms"
+            f"{settings[i]['intra_op_threads']}/{settings[i]['max_queue_delay_us']}: {verdict.goodput[i]:.0f}/s {verdict.p99[i] * 1000:.0f} ms"
             for i in range(len(settings))
         )
         + " (batch/lanes/threads/queue delay us)"

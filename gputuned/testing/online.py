@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
@@ -68,6 +69,25 @@ def side_by_side(
                 file=sys.stderr,
             )
     return windows
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What `side_by_side`'s windows say, setting 0 being the tuned one."""
+
+    goodput: list[float]  # median goodput of each setting
+    p99: list[float]  # median p99 of each setting
+    best: int  # the candidate (index >= 1) with the best median goodput whose median p99 meets the SLO, else the best
+    ratios: list[float]  # per round, the tuned setting's goodput over the best candidate's
+
+
+def judge(windows: list[list[tuple[float, float]]], slo: float) -> Verdict:
+    goodput = [statistics.median(g for g, _ in rounds) for rounds in windows]
+    p99 = [statistics.median(p for _, p in rounds) for rounds in windows]
+    ranked = sorted(range(1, len(windows)), key=lambda index: goodput[index], reverse=True)
+    best = next((index for index in ranked if p99[index] <= slo), ranked[0])
+    ratios = [tuned[0] / max(other[0], 1e-9) for tuned, other in zip(windows[0], windows[best])]
+    return Verdict(goodput, p99, best, ratios)
 
 
 def _lasting(plan: LoadPlan, seconds: float) -> LoadPlan:

@@ -99,6 +99,23 @@ def running_daemon(
 
 
 @contextlib.contextmanager
+def serving(
+    command: list[str], log_path: Path, ready_url: str, stop_timeout: float = 10.0, **popen: Any
+) -> Iterator[subprocess.Popen]:
+    """`command` running with its output appended to `log_path`: yields it once `ready_url`
+    answers, and stops it (SIGTERM, then SIGKILL after `stop_timeout`) on the way out."""
+    log = log_path.open("a")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
+    try:
+        wait_for_http(ready_url, process, deadline_s=60)
+        yield process
+    finally:
+        if process.poll() is None:
+            stop(process, timeout=stop_timeout)
+        log.close()
+
+
+@contextlib.contextmanager
 def running_prometheus(targets: list[str], workdir: Path, rule_files: Sequence[Path] = ()) -> Iterator[str]:
     """A real Prometheus server (Debian's package) on loopback scraping `targets` every second,
     evaluating `rule_files` every second."""
@@ -113,24 +130,15 @@ def running_prometheus(targets: list[str], workdir: Path, rule_files: Sequence[P
         "scrape_configs:\n  - job_name: gputuned\n    static_configs:\n"
         f"      - targets: {json.dumps(targets)}\n"
     )
-    log = (workdir / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/-/ready", process, deadline_s=60)
+    with serving(command, workdir / "prometheus.log", f"{base}/-/ready"):
         yield base
-    finally:
-        stop(process)
-        log.close()
 
 
 def prometheus_query(base: str, promql: str) -> list[dict]:
@@ -160,22 +168,10 @@ def running_worker(tmp_path: Path, *args: str, env: dict[str, str] | None = None
         str(control),
         *args,
     ]
-    log = (tmp_path / "worker.log").open("w")
-    process = subprocess.Popen(
-        command,
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{base}/v2/health/ready", process, deadline_s=60)
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    with serving(command, tmp_path / "worker.log", f"{base}/v2/health/ready", cwd=REPO_ROOT, env=environment) as process:
         yield process, base, control
-    finally:
-        if process.poll() is None:
-            stop(process)
-        log.close()
 
 
 def wait_for_supervised_ready(admin: Path, process: subprocess.Popen, deadline_s: float = 60.0) -> None:

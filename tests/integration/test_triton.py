@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,12 +33,12 @@ from gputuned.testing.processes import (
     free_port,
     run_cli,
     running_supervising_daemon,
-    stop,
+    serving,
     wait_for,
-    wait_for_http,
     worker_status,
 )
 from gputuned.triton.example import write_example
+from gputuned.triton.server import ServerSpec, server_command
 
 pytestmark = pytest.mark.integration
 SERVER = Path(os.environ.get("GPUTUNED_TRITON_SERVER", REPO_ROOT / ".triton" / "bin" / "tritonserver"))
@@ -135,31 +134,12 @@ def test_the_daemon_tunes_a_supervised_triton_and_restarts_it_with_its_knobs(tmp
 
 @contextlib.contextmanager
 def running_triton(repository: Path, port: int, *extra: str) -> Iterator[str]:
-    """A Triton the test runs itself (what attach mode watches); yields its URL."""
-    log = (repository.parent / f"triton-{port}.log").open("a")
-    process = subprocess.Popen(
-        [
-            str(SERVER),
-            f"--model-repository={repository}",
-            "--model-control-mode=explicit",
-            f"--load-model={MODEL}",
-            "--http-address=127.0.0.1",
-            f"--http-port={port}",
-            "--metrics-address=127.0.0.1",
-            f"--metrics-port={port + 2}",
-            "--allow-grpc=false",
-            *extra,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    """A Triton the test runs itself (what attach mode watches), started as the adapter starts
+    one; yields its URL."""
+    command = server_command(ServerSpec(str(SERVER), repository, MODEL, "127.0.0.1", port, port + 2, extra))
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/v2/models/{MODEL}/ready", process, deadline_s=60)
+    with serving(command, repository.parent / f"triton-{port}.log", f"{url}/v2/models/{MODEL}/ready", stop_timeout=30):
         yield url
-    finally:
-        stop(process, timeout=30)
-        log.close()
 
 
 def test_attached_to_a_restricted_triton_it_tunes_with_the_token_and_survives_its_restarts(tmp_path, repository):
