@@ -76,6 +76,12 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="KNOB=VALUE",
         help="a value gputuned saved: applied when this worker accepts it, else skipped with a warning",
     )
+    worker.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="the serving path's event loop: uvloop (faster, where installed), asyncio, or auto (uvloop when installed)",
+    )
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
     knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")

@@ -12,7 +12,7 @@ import torch
 from gputuned.config import parse_listen_address
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.worker.models import ModelLoadError, load_model, parse_shape
-from gputuned.worker.service import WorkerOptions, run_worker
+from gputuned.worker.service import WorkerOptions, event_loop_factory, run_worker
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         cap_gpu_memory(device, args.gpu_memory_fraction)
         initial_knobs = parse_assignments(args.knob or [])
         saved_knobs = parse_assignments(args.saved_knob or [])
+        loop_factory = event_loop_factory(args.event_loop)
     except (ValueError, KeyError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
@@ -77,6 +78,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         max_queue_items=args.max_queue,
         initial_knobs=initial_knobs,
         saved_knobs=saved_knobs,
+        loop_factory=loop_factory,
     )
     try:
         return run_worker(model, options)

@@ -9,30 +9,23 @@ readiness and config, inference with JSON tensors or the binary tensor data exte
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from aiohttp import web
 
 from gputuned import __version__
 from gputuned.datatypes import DATATYPES
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest, QueueFull
+from gputuned.worker.codec import HEADER_LENGTH, BadRequest, Codec
 from gputuned.worker.lanes import InferenceFailed
 from gputuned.worker.models import LoadedModel
 from gputuned.worker.stats import WorkerStats
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 RETRY_AFTER_SECONDS = "1"
-
-
-class BadRequest(Exception):
-    """The request is malformed; the message tells the client what to fix."""
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -56,126 +49,6 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Any
         return _error(exc.status, reason)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON part and the binary part of an inference request (binary extension)."""
-    if header_length is None:
-        json_part, binary = body, b""
-    else:
-        try:
-            length = int(header_length)
-        except ValueError:
-            raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
-        if not 0 <= length <= len(body):
-            raise BadRequest(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
-        json_part, binary = body[:length], body[length:]
-    try:
-        document = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("request body is not valid JSON: nested too deeply") from None
-    if not isinstance(document, dict):
-        raise BadRequest("request body must be a JSON object")
-    return document, binary
-
-
-def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
-    """The optional 'parameters' object of the request, an input or an output."""
-    parameters = holder.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise BadRequest(f"{where}: 'parameters' must be an object")
-    return parameters
-
-
-def decode_input(document: dict[str, Any], binary: bytes, model: LoadedModel, max_items: int) -> torch.Tensor:
-    """The request's input tensor [n, *shape], checked against the model's signature."""
-    inputs = document.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(f"'inputs' must be a list holding one tensor, {model.input.name!r}")
-    tensor = inputs[0]
-    spec = model.input
-    if tensor.get("name") != spec.name:
-        raise BadRequest(f"unknown input {tensor.get('name')!r}; model {model.name} takes {spec.name!r}")
-    if tensor.get("datatype") != spec.datatype:
-        raise BadRequest(f"input {spec.name} must be {spec.datatype}, got {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise BadRequest(f"input {spec.name}: 'shape' must be a list of integers")
-    if tuple(shape[1:]) != spec.shape or len(shape) != len(spec.shape) + 1:
-        raise BadRequest(f"input {spec.name} has shape {shape}; expected [batch, {', '.join(map(str, spec.shape))}]")
-    items = shape[0]
-    if not 1 <= items <= max_items:
-        raise BadRequest(f"input {spec.name}: batch dimension {items} is outside 1..{max_items}")
-    count = math.prod(shape)
-    parameters = parameters_of(tensor, f"input {spec.name}")
-    if "binary_data_size" in parameters:
-        size = parameters["binary_data_size"]
-        expected = count * spec.numpy_dtype.itemsize
-        if size != expected or len(binary) != expected:
-            raise BadRequest(
-                f"input {spec.name}: binary data of {len(binary)} bytes (declared {size}); {shape} {spec.datatype} needs {expected}"
-            )
-        array = np.frombuffer(binary, dtype=spec.numpy_dtype).copy()
-    else:
-        if "data" not in tensor:
-            raise BadRequest(f"input {spec.name} has neither 'data' nor binary_data_size")
-        try:
-            array = np.asarray(tensor["data"], dtype=spec.numpy_dtype)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise BadRequest(f"input {spec.name}: data is not {spec.datatype}: {exc}") from None
-        if array.size != count:
-            raise BadRequest(f"input {spec.name}: {array.size} values for shape {shape} ({count} needed)")
-    return torch.from_numpy(array.reshape(shape))
-
-
-def requested_outputs(document: dict[str, Any], model: LoadedModel) -> list[tuple[int, bool]]:
-    """(output index, binary?) for each output to return, in the order asked."""
-    default_binary = bool(parameters_of(document, "request").get("binary_data_output", False))
-    names = {spec.name: index for index, spec in enumerate(model.outputs)}
-    asked = document.get("outputs")
-    if asked is None:
-        return [(index, default_binary) for index in range(len(model.outputs))]
-    if not isinstance(asked, list):
-        raise BadRequest("'outputs' must be a list")
-    chosen = []
-    for output in asked:
-        if not isinstance(output, dict) or not isinstance(output.get("name"), str) or output["name"] not in names:
-            name = output.get("name") if isinstance(output, dict) else output
-            raise BadRequest(f"unknown output {name!r}; model {model.name} has {', '.join(names)}")
-        binary = bool(parameters_of(output, f"output {output['name']}").get("binary_data", default_binary))
-        chosen.append((names[output["name"]], binary))
-    return chosen
-
-
-def encode_response(document: dict[str, Any], model: LoadedModel, outputs: list[torch.Tensor]) -> web.Response:
-    chosen = requested_outputs(document, model)
-    tensors, blobs = [], []
-    for index, binary in chosen:
-        spec = model.outputs[index]
-        array = outputs[index].numpy()
-        entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
-        if binary:
-            blob = np.ascontiguousarray(array).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            entry["data"] = array.reshape(-1).tolist()
-        tensors.append(entry)
-    body: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": tensors}
-    if "id" in document:
-        body["id"] = document["id"]
-    header = json.dumps(body, separators=(",", ":")).encode()
-    if not blobs:
-        return web.Response(body=header, content_type="application/json")
-    return web.Response(
-        body=header + b"".join(blobs),
-        content_type="application/octet-stream",
-        headers={HEADER_LENGTH: str(len(header))},
-    )
-
-
 class InferenceApp:
     """Routes of the v2 API over one loaded model and its batcher."""
 
@@ -184,6 +57,7 @@ class InferenceApp:
         self._batcher = batcher
         self._stats = stats
         self._max_request_items = max_request_items
+        self._codec = Codec(model, max_request_items)
         self.ready = False  # set once the lanes run; cleared when draining
 
     def build(self) -> web.Application:
@@ -280,9 +154,7 @@ class InferenceApp:
             refusal.force_close()  # the unread body must not be taken for the next request
             return refusal
         try:
-            document, binary = split_body(await request.read(), request.headers.get(HEADER_LENGTH))
-            tensor = decode_input(document, binary, self._model, self._max_request_items)
-            requested_outputs(document, self._model)  # refuse bad output names before queueing
+            plan, tensor = self._codec.decode(await request.read(), request.headers.get(HEADER_LENGTH))
         except BadRequest as exc:
             self._stats.request_rejected()
             return _error(400, str(exc))
@@ -303,6 +175,7 @@ class InferenceApp:
         except InferenceFailed as exc:
             self._stats.request_failed()
             return _error(503 if exc.out_of_memory else 500, str(exc))
-        response = encode_response(document, self._model, outputs)
+        encoded = self._codec.encode(plan, outputs)
+        headers = None if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
         self._stats.request_completed(time.perf_counter() - started)
-        return response
+        return web.Response(body=encoded.body, content_type=encoded.content_type, headers=headers)

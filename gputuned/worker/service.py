@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class WorkerOptions:
     drain_timeout: float = 30.0
     initial_knobs: dict[str, int] = field(default_factory=dict)  # applied before the worker is ready
     saved_knobs: dict[str, int] = field(default_factory=dict)  # the same, but a refused one is skipped
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None  # event_loop_factory's; None: asyncio's loop
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -217,6 +219,22 @@ class WorkerService:
         await self._lanes.stop()
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The serving path's event loop for --event-loop auto, uvloop or asyncio (None: asyncio's
+    own). uvloop (libuv, in C) takes less CPU per request, which counts where one core both
+    parses requests and runs the model (bench/serving.py); auto falls back to asyncio where
+    uvloop is not installed. Raises ValueError for uvloop asked for and missing."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def run_worker(model: LoadedModel, options: WorkerOptions) -> int:
     """Runs the worker in the foreground until SIGTERM/SIGINT, then drains and returns 0."""
 
@@ -227,6 +245,7 @@ def run_worker(model: LoadedModel, options: WorkerOptions) -> int:
             loop.add_signal_handler(sig, stop.set)
         await WorkerService(model, options).serve(stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=options.loop_factory) as runner:
+        runner.run(main())
     log.info("worker stopped")
     return 0

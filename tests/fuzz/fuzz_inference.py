@@ -15,25 +15,33 @@ import atheris
 with atheris.instrument_imports(include=["gputuned"]):
     import torch
 
+    from gputuned.worker.codec import BadRequest, Codec
     from gputuned.worker.models import load_model
-    from gputuned.worker.server import BadRequest, decode_input, requested_outputs, split_body
 
 # A model with a two-value input, so that mutated bodies reach the checks past the shape.
 MODEL = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
 MAX_ITEMS = 64
+CODEC = Codec(MODEL, MAX_ITEMS)
 
 
 def test_one_input(data: bytes) -> None:
+    """Decoded twice: the second time the header's plan may come from the codec's cache,
+    and must give the same answer."""
     header, _, body = data.partition(b"\n")
     header_length = header.decode("latin-1") if header else None
-    try:
-        document, binary = split_body(body, header_length)
-        tensor = decode_input(document, binary, MODEL, MAX_ITEMS)
-        requested_outputs(document, MODEL)
-    except BadRequest as exc:
-        assert str(exc)
-        return
-    assert tuple(tensor.shape[1:]) == MODEL.input.shape and 1 <= tensor.shape[0] <= MAX_ITEMS
+    answers = []
+    for _ in range(2):
+        try:
+            plan, tensor = CODEC.decode(body, header_length)
+        except BadRequest as exc:
+            assert str(exc)
+            answers.append(str(exc))
+            continue
+        assert tuple(tensor.shape[1:]) == MODEL.input.shape and 1 <= tensor.shape[0] <= MAX_ITEMS
+        assert tensor.shape == plan.shape
+        answers.append(tensor)
+    first, second = answers
+    assert first == second if isinstance(first, str) else first.numpy().tobytes() == second.numpy().tobytes()  # NaN-safe
 
 
 if __name__ == "__main__":

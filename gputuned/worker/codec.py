@@ -1,0 +1,247 @@
+"""Decoding inference requests and encoding their responses, the per-header work done once.
+
+A client sends the same JSON header with every request of one shape: with the binary
+tensor extension the tensor's bytes follow the header, so the header itself does not
+change from request to request (Triton's and KServe's clients and our load generator all
+work this way). What a header decides — that the input fits the model's signature, how
+many bytes must follow, which outputs to return and how, and the response's own JSON
+header — is worked out once per distinct header and kept in a bounded cache; a request
+then costs a dictionary lookup and one copy of its tensor bytes, and its response the
+bytes of its outputs behind a header built in advance. Requests carrying their values in
+the JSON, and responses asked for as JSON values, are decoded and encoded in full each time.
+
+Every malformed request raises BadRequest with what is wrong; the server answers it with
+a 400. A header that fails is never cached, so it fails the same way every time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from gputuned.worker.models import LoadedModel
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+CACHED_HEADERS = 256  # distinct request headers remembered (one per shape, outputs and id a client sends)
+_NO_ID = object()
+
+
+class BadRequest(Exception):
+    """The request is malformed; the message tells the client what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """What a request's JSON header decides, checked against the model."""
+
+    shape: tuple[int, ...]  # the input tensor's, batch first
+    binary_size: int | None  # bytes of tensor data after the header; None: the values are in the JSON
+    declared_size: Any  # the header's binary_data_size, checked against binary_size with each request
+    outputs: tuple[tuple[int, bool], ...]  # (output index, binary?) in the order asked
+    request_id: Any  # echoed in the response; _NO_ID when the request has none
+    response_header: bytes | None  # the response's JSON header when every output goes back binary
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A response body and the headers that go with it."""
+
+    body: bytes
+    content_type: str
+    header_length: int | None  # the JSON part's length when binary outputs follow it
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON part and the binary part of an inference request (binary extension)."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
+    if not 0 <= length <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def parse_document(json_part: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(json_part)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise BadRequest("request body must be a JSON object")
+    return document
+
+
+def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optional 'parameters' object of the request, an input or an output."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise BadRequest(f"{where}: 'parameters' must be an object")
+    return parameters
+
+
+def _input_tensor(document: dict[str, Any], model: LoadedModel) -> dict[str, Any]:
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest(f"'inputs' must be a list holding one tensor, {model.input.name!r}")
+    return inputs[0]
+
+
+def _input_shape(tensor: dict[str, Any], model: LoadedModel, max_items: int) -> tuple[int, ...]:
+    spec = model.input
+    if tensor.get("name") != spec.name:
+        raise BadRequest(f"unknown input {tensor.get('name')!r}; model {model.name} takes {spec.name!r}")
+    if tensor.get("datatype") != spec.datatype:
+        raise BadRequest(f"input {spec.name} must be {spec.datatype}, got {tensor.get('datatype')!r}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise BadRequest(f"input {spec.name}: 'shape' must be a list of integers")
+    if tuple(shape[1:]) != spec.shape or len(shape) != len(spec.shape) + 1:
+        raise BadRequest(f"input {spec.name} has shape {shape}; expected [batch, {', '.join(map(str, spec.shape))}]")
+    if not 1 <= shape[0] <= max_items:
+        raise BadRequest(f"input {spec.name}: batch dimension {shape[0]} is outside 1..{max_items}")
+    return tuple(shape)
+
+
+def requested_outputs(document: dict[str, Any], model: LoadedModel) -> tuple[tuple[int, bool], ...]:
+    """(output index, binary?) for each output to return, in the order asked."""
+    default_binary = bool(parameters_of(document, "request").get("binary_data_output", False))
+    names = {spec.name: index for index, spec in enumerate(model.outputs)}
+    asked = document.get("outputs")
+    if asked is None:
+        return tuple((index, default_binary) for index in range(len(model.outputs)))
+    if not isinstance(asked, list):
+        raise BadRequest("'outputs' must be a list")
+    chosen = []
+    for output in asked:
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str) or output["name"] not in names:
+            name = output.get("name") if isinstance(output, dict) else output
+            raise BadRequest(f"unknown output {name!r}; model {model.name} has {', '.join(names)}")
+        binary = bool(parameters_of(output, f"output {output['name']}").get("binary_data", default_binary))
+        chosen.append((names[output["name"]], binary))
+    return tuple(chosen)
+
+
+def _response_header(model: LoadedModel, items: int, outputs: tuple[tuple[int, bool], ...], request_id: Any) -> bytes:
+    """The response's JSON header when every output goes back binary, for outputs of the
+    shapes and dtypes the model declared."""
+    entries = []
+    for index, _binary in outputs:
+        spec = model.outputs[index]
+        shape = [items, *spec.shape]
+        size = math.prod(shape) * spec.numpy_dtype.itemsize
+        entries.append({"name": spec.name, "datatype": spec.datatype, "shape": shape, "parameters": {"binary_data_size": size}})
+    return _header_bytes(model, entries, request_id)
+
+
+def _header_bytes(model: LoadedModel, outputs: list[dict[str, Any]], request_id: Any) -> bytes:
+    body: dict[str, Any] = {"model_name": model.name, "model_version": "1", "outputs": outputs}
+    if request_id is not _NO_ID:
+        body["id"] = request_id
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def plan_request(document: dict[str, Any], model: LoadedModel, max_items: int) -> RequestPlan:
+    """Checks a request's JSON header against the model (everything but the tensor's values)."""
+    tensor = _input_tensor(document, model)
+    shape = _input_shape(tensor, model, max_items)
+    parameters = parameters_of(tensor, f"input {model.input.name}")
+    binary_size = None
+    if "binary_data_size" in parameters:
+        binary_size = math.prod(shape) * model.input.numpy_dtype.itemsize
+    elif "data" not in tensor:
+        raise BadRequest(f"input {model.input.name} has neither 'data' nor binary_data_size")
+    outputs = requested_outputs(document, model)
+    request_id = document.get("id", _NO_ID)
+    all_binary = all(binary for _, binary in outputs)
+    header = _response_header(model, shape[0], outputs, request_id) if all_binary else None
+    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header)
+
+
+def _tensor_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> torch.Tensor:
+    spec = model.input
+    try:
+        array = np.asarray(_input_tensor(document, model)["data"], dtype=spec.numpy_dtype)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadRequest(f"input {spec.name}: data is not {spec.datatype}: {exc}") from None
+    if array.size != math.prod(plan.shape):
+        raise BadRequest(f"input {spec.name}: {array.size} values for shape {list(plan.shape)} ({math.prod(plan.shape)} needed)")
+    return torch.from_numpy(array.reshape(plan.shape))
+
+
+class Codec:
+    """Requests to tensors and outputs to responses, for one model."""
+
+    def __init__(self, model: LoadedModel, max_items: int, cached_headers: int = CACHED_HEADERS) -> None:
+        self._model = model
+        self._max_items = max_items
+        self._cached_headers = cached_headers
+        self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
+
+    def decode(self, body: bytes, header_length: str | None) -> tuple[RequestPlan, torch.Tensor]:
+        """The request's plan and its input tensor [n, *shape], or BadRequest."""
+        json_part, binary = split_body(body, header_length)
+        cached = self._plans.get(json_part) if header_length is not None else None
+        plan = cached
+        if plan is None:
+            document = parse_document(json_part)
+            plan = plan_request(document, self._model, self._max_items)
+            if plan.binary_size is None:
+                return plan, _tensor_from_json(document, plan, self._model)
+        spec = self._model.input
+        if plan.declared_size != plan.binary_size or len(binary) != plan.binary_size:
+            raise BadRequest(
+                f"input {spec.name}: binary data of {len(binary)} bytes (declared {plan.declared_size}); "
+                f"{list(plan.shape)} {spec.datatype} needs {plan.binary_size}"
+            )
+        if cached is None:
+            self._remember(json_part, plan)
+        array = np.frombuffer(binary, dtype=spec.numpy_dtype).copy()  # writable: models may work in place
+        return plan, torch.from_numpy(array.reshape(plan.shape))
+
+    def _remember(self, json_part: bytes, plan: RequestPlan) -> None:
+        self._plans[json_part] = plan
+        if len(self._plans) > self._cached_headers:
+            self._plans.popitem(last=False)  # the oldest; a client's steady headers come back at once
+
+    def encode(self, plan: RequestPlan, outputs: list[torch.Tensor]) -> Encoded:
+        """The response to a request: its outputs as it asked for them."""
+        arrays = [outputs[index].numpy() for index, _ in plan.outputs]
+        if plan.response_header is not None and self._as_declared(plan, arrays):
+            blobs = b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)
+            return Encoded(plan.response_header + blobs, "application/octet-stream", len(plan.response_header))
+        entries, blobs_list = [], []
+        for (index, binary), array in zip(plan.outputs, arrays):
+            spec = self._model.outputs[index]
+            entry: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape)}
+            if binary:
+                blob = np.ascontiguousarray(array).tobytes()
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs_list.append(blob)
+            else:
+                entry["data"] = array.reshape(-1).tolist()
+            entries.append(entry)
+        header = _header_bytes(self._model, entries, plan.request_id)
+        if not blobs_list:
+            return Encoded(header, "application/json", None)
+        return Encoded(header + b"".join(blobs_list), "application/octet-stream", len(header))
+
+    def _as_declared(self, plan: RequestPlan, arrays: list[np.ndarray]) -> bool:
+        """Whether the outputs have the shapes and dtypes the prepared header states."""
+        for (index, _), array in zip(plan.outputs, arrays):
+            spec = self._model.outputs[index]
+            if array.dtype != spec.numpy_dtype or array.shape[1:] != spec.shape or array.shape[0] != plan.shape[0]:
+                return False
+        return True
