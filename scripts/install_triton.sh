@@ -5,6 +5,8 @@
 #
 #   DIR/bin/tritonserver   runs the server with its libraries and the Python backend's
 #                          interpreter set up; pass it to gputuned as triton_server.
+#   DIR/python/bin/python  the interpreter PyTriton runs under (bench/peers.py), with the
+#                          wheel's pytriton package on PYTHONPATH=DIR/dist.
 #
 # The Python backend's stub for Python 3.11 links the system's libpython3.11 (Debian's
 # 3.11.2) and runs the first `python3` on PATH as its interpreter home, so the stdlib must
@@ -29,6 +31,10 @@ server="$dir/dist/pytriton/tritonserver"
 cp "$server/python_backend_stubs/3.11/triton_python_backend_stub" "$server/backends/python/"
 "$system_python" -m venv --without-pip --clear "$dir/python"
 echo "$site" >"$dir/python/lib/python3.11/site-packages/gputuned-site.pth"
+# PyTriton's own requirements, for bench/peers.py (which runs PyTriton itself); numpy, grpcio,
+# protobuf and tritonclient come from SITE. pip is SITE's, run by DIR/python.
+"$dir/python/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "pyzmq>=23.0" "sh>=1.14" "typing_inspect>=0.6.0" "wrapt>=1.11" "typer>=0.9.0" "importlib_metadata>=7.0.1"
 mkdir -p "$dir/bin"
 cat >"$dir/bin/tritonserver" <<EOF
 #!/bin/sh

@@ -1,0 +1,197 @@
+"""The gputuned worker against NVIDIA PyTriton on the same models, load and core, in one run.
+
+PyTriton is Triton Inference Server 2.51 with its dynamic batcher, serving a Python
+function through the Python backend: what a PyTorch user picks to put a model behind
+Triton without writing a model repository. Per model (the built-in resnet-mini and
+bench/serving.py's transformer encoder):
+
+1. PyTriton's best configuration: a sweep over its max_batch_size, queue delay and
+   instance count, each configuration measured in two windows after a warm-up.
+2. gputuned: the daemon tunes a fresh worker online from its defaults under the same load,
+   then freezes it.
+3. Side by side: the tuned worker and PyTriton at its best configuration, both up, one
+   window each per round: goodput within the SLO, p99, and the median of the per-round
+   ratios gputuned / PyTriton.
+
+Every server (the daemon, the worker, tritonserver, its Python backend stubs and PyTriton's
+own process) runs on one core, the load generator on the other; the load generator's share
+of its core is printed, so a load generator that ran out of CPU would show. Each instance
+and each lane runs one thread.
+
+Target (issue 15): the tuned gputuned worker >= 1.0x the best peer configuration on every
+model. Needs `scripts/install_triton.sh` (the PyTriton wheel and its Python in .triton/).
+
+    python bench/peers.py [--clients 32] [--slo-ms 100] [--online 90] [--rounds 4] [--window 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+
+from gputuned.control.client import ControlClient
+from gputuned.daemon.status import worker_entry
+from gputuned.loadgen import LoadPlan, run_load
+from gputuned.sweep import measure_point
+from gputuned.testing.online import timed_load
+from gputuned.testing.processes import REPO_ROOT, free_port, running_supervising_daemon, serving
+
+BENCH = Path(__file__).parent
+TRITON = REPO_ROOT / ".triton"
+MODELS = {  # name: (worker model spec, input shape, PyTriton factory)
+    "resnet-mini": ("resnet-mini", "3,64,64", "gputuned.worker.models:build_builtin_model"),
+    "encoder": ("serving_models:encoder", "32,128", "serving_models:encoder"),
+}
+# (max_batch_size, max_queue_delay_us, instances): batching on, as PyTriton's users run it.
+PYTRITON_GRID = [(8, 0, 1), (32, 2000, 1), (32, 10000, 1), (16, 2000, 2), (32, 10000, 2)]
+SERVER_CORE, LOAD_CORE = 1, 0
+
+
+def pytriton_environment() -> dict[str, str]:
+    """What `.triton/bin/tritonserver`'s wrapper sets, for PyTriton, which starts the server itself."""
+    return {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(TRITON / "dist" / "nvidia_pytriton.libs"),
+        "PATH": f"{TRITON / 'python' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join(map(str, (TRITON / "dist", BENCH, REPO_ROOT))),
+    }
+
+
+@contextlib.contextmanager
+def running_pytriton(workdir: Path, factory: str, shape: str, config: tuple[int, int, int]) -> Iterator[str]:
+    port = free_port()
+    command = ["taskset", "-c", str(SERVER_CORE), str(TRITON / "python" / "bin" / "python"), str(BENCH / "pytriton_server.py")]
+    command += [factory, shape, str(port), *map(str, config)]
+    base = f"http://127.0.0.1:{port}"
+    log = workdir / f"pytriton-{port}.log"
+    with serving(command, log, f"{base}/v2/models/model/ready", stop_timeout=30.0, env=pytriton_environment()):
+        yield base
+
+
+@contextlib.contextmanager
+def on_core(core: int) -> Iterator[None]:
+    """Processes started inside inherit `core`; this process returns to the load generator's."""
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, {LOAD_CORE})
+
+
+def pytriton_load(base: str, seconds: float, clients: int) -> LoadPlan:
+    """PyTriton restricts the repository index the load generator would list models with."""
+    return dataclasses.replace(timed_load(base, seconds, clients), model="model")
+
+
+def window(plan: LoadPlan, slo: float) -> tuple[float, float, float]:
+    """(goodput, p99, the load generator's share of its core) of one window."""
+    me = psutil.Process()
+    before, started = me.cpu_times(), time.monotonic()
+    _, goodput, p99, _ = measure_point(plan, slo)
+    after = me.cpu_times()
+    share = (after.user + after.system - before.user - before.system) / (time.monotonic() - started)
+    return goodput, p99 if p99 is not None else float("inf"), share
+
+
+def sweep_pytriton(workdir: Path, factory: str, shape: str, args: argparse.Namespace) -> tuple[tuple[int, int, int], float]:
+    """PyTriton's best configuration (highest goodput whose p99 meets the SLO) and its goodput."""
+    slo = args.slo_ms / 1000
+    results = []
+    for config in PYTRITON_GRID:
+        with running_pytriton(workdir, factory, shape, config) as base:
+            measure_point(pytriton_load(base, 2.0, args.clients), slo)  # warm-up
+            windows = [window(pytriton_load(base, args.window, args.clients), slo) for _ in range(2)]
+        goodput, p99 = statistics.mean(w[0] for w in windows), max(w[1] for w in windows)
+        results.append((config, goodput, p99))
+        print(f"  PyTriton batch/delay us/instances {config}: {goodput:.0f}/s, p99 {p99 * 1000:.0f} ms", file=sys.stderr)
+    within = [r for r in results if r[2] <= slo] or results
+    best = max(within, key=lambda r: r[1])
+    return best[0], best[1]
+
+
+def tune_online(daemon: Path, worker: str, admin: Path, args: argparse.Namespace) -> dict[str, int]:
+    with ControlClient(admin) as client:
+        client.request("tune", mode="auto", resume=True)
+    asyncio.run(run_load(timed_load(worker, args.online, args.clients)))
+    with ControlClient(admin) as client:
+        knobs = worker_entry(client.request("status")["status"])["knobs"]
+        client.request("tune", mode="frozen")
+    decisions = [json.loads(line) for line in (daemon / "state" / "decisions.jsonl").read_text().splitlines()]
+    kept = [f"{d['knob']} {d['old']}->{d['new']}" for d in decisions if d["action"] == "keep"]
+    print(f"  gputuned kept: {', '.join(kept) or 'nothing'}", file=sys.stderr)
+    return knobs
+
+
+def compare(name: str, spec: str, shape: str, factory: str, args: argparse.Namespace) -> float:
+    slo = args.slo_ms / 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        print(f"{name}: sweeping PyTriton ({len(PYTRITON_GRID)} configurations)", file=sys.stderr)
+        best, swept = sweep_pytriton(workdir, factory, shape, args)
+        (workdir / "daemon").mkdir()
+        worker_settings = {"model": spec, "device": "cpu", "input_shape": "" if spec == "resnet-mini" else shape}
+        environment = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}"}
+        with contextlib.ExitStack() as stack:
+            with on_core(SERVER_CORE):
+                _, _, worker, admin = stack.enter_context(
+                    running_supervising_daemon(workdir / "daemon", "--log-level", "warning", env=environment, **worker_settings)
+                )
+            print(f"{name}: gputuned tuning online for {args.online:g} s", file=sys.stderr)
+            knobs = tune_online(workdir / "daemon", worker, admin, args)
+            with on_core(SERVER_CORE):
+                peer = stack.enter_context(running_pytriton(workdir, factory, shape, best))
+            rounds: dict[str, list[tuple[float, float, float]]] = {"gputuned": [], "PyTriton": []}
+            for _ in range(args.rounds):
+                for label, plan in (("gputuned", timed_load), ("PyTriton", pytriton_load)):
+                    base = worker if label == "gputuned" else peer
+                    measure_point(plan(base, 1.0, args.clients), slo)  # warm-up
+                    rounds[label].append(window(plan(base, args.window, args.clients), slo))
+    ratios = [ours[0] / max(theirs[0], 1e-9) for ours, theirs in zip(rounds["gputuned"], rounds["PyTriton"])]
+    ratio = statistics.median(ratios)
+    print(f"\n{name}, {args.clients} closed-loop clients, SLO p99 {args.slo_ms:g} ms, servers on core {SERVER_CORE}:")
+    print(f"  PyTriton's best (batch {best[0]}, delay {best[1]} us, {best[2]} instance(s)): {swept:.0f}/s in the sweep")
+    print("  gputuned tuned online to " + " ".join(f"{k}={v}" for k, v in sorted(knobs.items())))
+    for label, windows in rounds.items():
+        print(
+            f"  {label:<9} goodput {statistics.median(w[0] for w in windows):6.0f}/s, p99 "
+            f"{statistics.median(w[1] for w in windows) * 1000:5.1f} ms; load generator used "
+            f"{statistics.median(w[2] for w in windows):.0%} of its core"
+        )
+    print(
+        f"  gputuned / PyTriton: {ratio:.2f} (per round {' '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0) "
+        + ("OK" if ratio >= 1.0 else "MISSED")
+    )
+    return ratio
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--slo-ms", type=float, default=100.0)
+    parser.add_argument("--online", type=float, default=90.0, help="seconds of online tuning")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--window", type=float, default=4.0, help="seconds per measured window")
+    parser.add_argument("--model", choices=sorted(MODELS), action="append", help="only these models (default: both)")
+    args = parser.parse_args()
+    if not (TRITON / "python" / "bin" / "python").exists():
+        parser.error(f"PyTriton is not installed in {TRITON}; run scripts/install_triton.sh")
+    os.sched_setaffinity(0, {LOAD_CORE})
+    for name in args.model or MODELS:
+        compare(name, *MODELS[name], args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
