@@ -7,18 +7,24 @@ after round, side by side (this machine drifts 20-35% within a minute):
 - raw: with the worker stopped (SIGSTOP), the same model called in a plain loop on the same
   core, one thread, at batches of 8, 16 and 32 (the best of the three): items per second.
 Serving efficiency = served / raw, the median of the per-round ratios, for the built-in
-model and for a transformer encoder (bench/serving_models.py). The serving path's own
-ceiling is the requests per second served of a model that costs next to nothing.
+model and for a transformer encoder (bench/serving_models.py). 64 clients keep two batches'
+worth of requests coming: with as many clients as a batch holds, every batch waits for the
+last one's clients to send again, and the core idles for the closed loop's sake.
+
+The serving path's own ceiling: workers of a model that costs next to nothing, side by side
+on the worker core, loaded in turn: the worker's CPU time per request, on uvloop and on
+asyncio's own loop, and with `--before GIT_REF` the same worker at that commit.
 
 Target (issue 15): serving efficiency >= 0.85 on both models.
 
-    python bench/serving.py [--rounds 4] [--window 4] [--clients 32]
+    python bench/serving.py [--rounds 4] [--window 4] [--clients 64] [--before GIT_REF]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -27,9 +33,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import psutil
+
 from gputuned.loadgen import run_load
 from gputuned.testing.online import timed_load
-from gputuned.testing.processes import REPO_ROOT, running_worker
+from gputuned.testing.processes import REPO_ROOT, free_port, running_worker, serving
 
 BENCH = Path(__file__).parent
 MODELS = {
@@ -102,14 +110,73 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float
     return served, raw
 
 
+def worker_command(port: int, control: Path, *extra: str) -> list[str]:
+    spec, shape = NEARLY_FREE
+    command = [sys.executable, "-m", "gputuned", "worker", "--listen", f"127.0.0.1:{port}", "--control-socket", str(control)]
+    knobs = [word for knob in KNOBS for word in ("--knob", knob)]
+    return [*command, "--device", "cpu", "--model", spec, "--input-shape", shape, *knobs, "--log-level", "warning", *extra]
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    """The serving path's own cost: workers of a nearly free model side by side on the worker
+    core, loaded in turn: this checkout's on uvloop and on asyncio's loop, and `--before`'s.
+    The figure is the worker's CPU time per request (the load generator, not the worker,
+    runs out of CPU first here), and the requests per second one core would serve at it."""
+    variants = [("now", REPO_ROOT, ()), ("now on asyncio's loop", REPO_ROOT, ("--event-loop", "asyncio"))]
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if args.before:
+            tree = tmp / "before"
+            subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "worktree", "add", "--detach", str(tree), args.before],
+                check=True,
+                capture_output=True,
+            )
+            stack.callback(subprocess.run, ["git", "-C", str(REPO_ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+            variants.append((f"before ({args.before})", tree, ()))
+        workers = []
+        for index, (_, tree, extra) in enumerate(variants):
+            port = free_port()
+            command = worker_command(port, tmp / f"worker{index}.sock", *extra)
+            env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
+            base = f"http://127.0.0.1:{port}"
+            process = stack.enter_context(
+                serving(command, tmp / f"worker{index}.log", f"{base}/v2/health/ready", cwd=tree, env=env)
+            )
+            pin(process.pid, args.worker_core)
+            workers.append((process, base))
+        cost: list[list[float]] = [[] for _ in variants]
+        for _ in range(args.rounds):
+            for index, (process, base) in enumerate(workers):
+                asyncio.run(run_load(timed_load(base, 1.0, args.clients)))  # warm-up
+                worker = psutil.Process(process.pid)
+                before = worker.cpu_times()
+                result = asyncio.run(run_load(timed_load(base, args.window, args.clients)))
+                after = worker.cpu_times()
+                cpu = after.user + after.system - before.user - before.system
+                cost[index].append(cpu / max(len(result.latencies), 1))
+    now = cost[0]
+    print("serving path ceiling (a nearly free model, one item per request, the worker's CPU per request):")
+    for (label, _, _), seconds in zip(variants, cost):
+        ratios = [n / s for n, s in zip(now, seconds)]
+        median = statistics.median(seconds)
+        print(
+            f"  {label}: {median * 1e6:.0f} us per request = {1 / median:.0f} requests/s per core; now takes "
+            f"{statistics.median(ratios):.2f} of its CPU per request (per round {' '.join(f'{r:.2f}' for r in ratios)})"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--worker-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
+    parser.add_argument(
+        "--before", metavar="GIT_REF", help="also measure the serving path's ceiling at this commit, side by side"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.load_core})  # the load generator's own CPU stays off the worker's core
     print(f"worker on core {args.worker_core}, load generator on core {args.load_core}; worker at {' '.join(KNOBS)}")
@@ -122,8 +189,7 @@ def main() -> int:
             f"serving efficiency {efficiency:.2f} (per round {' '.join(f'{r:.2f}' for r in ratios)}; target >= 0.85) "
             f"{'OK' if efficiency >= 0.85 else 'MISSED'}"
         )
-    served, _raw = measure(*NEARLY_FREE, argparse.Namespace(**{**vars(args), "rounds": 1}))
-    print(f"serving path ceiling (a nearly free model, one item per request): {served[0]:.0f} requests/s on one core")
+    ceiling(args)
     return 0
 
 

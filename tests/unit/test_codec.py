@@ -1,5 +1,6 @@
-"""The request codec: a header's checks and the response's header worked out once and reused,
-with the same answers as working them out every time."""
+"""The serving path's speed-ups: the request codec works out a header's checks and the
+response's header once and reuses them, with the answers working them out every time gives;
+the worker's event loop is uvloop where it is installed."""
 
 from __future__ import annotations
 
@@ -101,3 +102,19 @@ def test_the_header_length_names_the_json_part():
     codec = Codec(MODEL, 8)
     with pytest.raises(BadRequest, match=f"{HEADER_LENGTH} 'x' is not an integer"):
         codec.decode(b"{}", "x")
+
+
+def test_the_worker_runs_on_uvloop_when_installed_and_asyncio_when_asked(monkeypatch):
+    import sys
+
+    import uvloop
+
+    from gputuned.worker.service import event_loop_factory
+
+    assert event_loop_factory("auto") is uvloop.new_event_loop
+    assert event_loop_factory("uvloop") is uvloop.new_event_loop
+    assert event_loop_factory("asyncio") is None
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert event_loop_factory("auto") is None
+    with pytest.raises(ValueError, match="uvloop is not installed"):
+        event_loop_factory("uvloop")
