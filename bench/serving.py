@@ -7,9 +7,10 @@ after round, side by side (this machine drifts 20-35% within a minute):
 - raw: with the worker stopped (SIGSTOP), the same model called in a plain loop on the same
   core, one thread, at batches of 8, 16 and 32 (the best of the three): items per second.
 Serving efficiency = served / raw, the median of the per-round ratios, for the built-in
-model and for a transformer encoder (bench/serving_models.py). 64 clients keep two batches'
-worth of requests coming: with as many clients as a batch holds, every batch waits for the
-last one's clients to send again, and the core idles for the closed loop's sake.
+model and for a transformer encoder (bench/serving_models.py). The encoder gets 64 clients,
+two batches' worth: with as many clients as a batch holds, every batch waits for the last
+one's clients to send again, and the core idles for the closed loop's sake. resnet-mini
+gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
 
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
 on the worker core, loaded in turn: the worker's CPU time per request, on uvloop and on
@@ -17,7 +18,7 @@ asyncio's own loop, and with `--before GIT_REF` the same worker at that commit.
 
 Target (issue 15): serving efficiency >= 0.85 on both models.
 
-    python bench/serving.py [--rounds 4] [--window 4] [--clients 64] [--before GIT_REF]
+    python bench/serving.py [--rounds 4] [--window 4] [--clients N] [--before GIT_REF]
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ MODELS = {
     "resnet-mini": ("resnet-mini", ""),
     "encoder": ("serving_models:encoder", "32,128"),
 }
+# Closed-loop clients per model: two batches' worth keeps the core busy; resnet-mini (~350
+# items/s on one core here) gets one batch's worth, since 64 would wait past the SLO.
+CLIENTS = {"resnet-mini": 32, "encoder": 64}
 PATHS = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}"}  # the worker and the raw loop find serving_models
 NEARLY_FREE = ("serving_models:nearly_free", "16")
 KNOBS = ("max_batch_size=32", "max_queue_delay_us=10000", "streams=1", "intra_op_threads=1")
@@ -146,12 +150,13 @@ def ceiling(args: argparse.Namespace) -> None:
             pin(process.pid, args.worker_core)
             workers.append((process, base))
         cost: list[list[float]] = [[] for _ in variants]
+        clients = args.clients or 32
         for _ in range(args.rounds):
             for index, (process, base) in enumerate(workers):
-                asyncio.run(run_load(timed_load(base, 1.0, args.clients)))  # warm-up
+                asyncio.run(run_load(timed_load(base, 1.0, clients)))  # warm-up
                 worker = psutil.Process(process.pid)
                 before = worker.cpu_times()
-                result = asyncio.run(run_load(timed_load(base, args.window, args.clients)))
+                result = asyncio.run(run_load(timed_load(base, args.window, clients)))
                 after = worker.cpu_times()
                 cpu = after.user + after.system - before.user - before.system
                 cost[index].append(cpu / max(len(result.latencies), 1))
@@ -170,7 +175,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
-    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--clients", type=int, help="closed-loop clients (default: 32 for resnet-mini, 64 otherwise)")
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--worker-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
@@ -181,7 +186,7 @@ def main() -> int:
     os.sched_setaffinity(0, {args.load_core})  # the load generator's own CPU stays off the worker's core
     print(f"worker on core {args.worker_core}, load generator on core {args.load_core}; worker at {' '.join(KNOBS)}")
     for name, (spec, shape) in MODELS.items():
-        served, raw = measure(spec, shape, args)
+        served, raw = measure(spec, shape, argparse.Namespace(**{**vars(args), "clients": args.clients or CLIENTS[name]}))
         ratios = [s / r for s, r in zip(served, raw)]
         efficiency = statistics.median(ratios)
         print(
