@@ -38,7 +38,7 @@ import psutil
 
 from gputuned.loadgen import run_load
 from gputuned.testing.online import timed_load
-from gputuned.testing.processes import REPO_ROOT, free_port, running_worker, serving
+from gputuned.testing.processes import REPO_ROOT, running_worker
 
 BENCH = Path(__file__).parent
 MODELS = {
@@ -90,14 +90,19 @@ def served_items_per_second(base: str, clients: int, seconds: float, slo: float)
     return sum(1 for latency in result.latencies if latency <= slo) / (result.elapsed or 1.0)
 
 
+def worker_arguments(spec: str, shape: str) -> list[str]:
+    """`gputuned worker`'s arguments for `spec` at the bench's fixed setting, on the CPU."""
+    extra = ["--input-shape", shape] if shape else []
+    knobs = [word for knob in KNOBS for word in ("--knob", knob)]
+    return ["--device", "cpu", "--model", spec, *extra, *knobs, "--log-level", "warning"]
+
+
 def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """Per round: (served items/s, raw items/s)."""
     served, raw = [], []
-    extra = ["--input-shape", shape] if shape else []
-    knobs = [word for knob in KNOBS for word in ("--knob", knob)]
     with (
         tempfile.TemporaryDirectory() as tmp,
-        running_worker(Path(tmp), "--device", "cpu", "--model", spec, *extra, *knobs, "--log-level", "warning", env=PATHS) as (
+        running_worker(Path(tmp), *worker_arguments(spec, shape), env=PATHS) as (
             process,
             base,
             _,
@@ -112,13 +117,6 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float
             finally:
                 os.kill(process.pid, signal.SIGCONT)
     return served, raw
-
-
-def worker_command(port: int, control: Path, *extra: str) -> list[str]:
-    spec, shape = NEARLY_FREE
-    command = [sys.executable, "-m", "gputuned", "worker", "--listen", f"127.0.0.1:{port}", "--control-socket", str(control)]
-    knobs = [word for knob in KNOBS for word in ("--knob", knob)]
-    return [*command, "--device", "cpu", "--model", spec, "--input-shape", shape, *knobs, "--log-level", "warning", *extra]
 
 
 def ceiling(args: argparse.Namespace) -> None:
@@ -140,13 +138,11 @@ def ceiling(args: argparse.Namespace) -> None:
             variants.append((f"before ({args.before})", tree, ()))
         workers = []
         for index, (_, tree, extra) in enumerate(variants):
-            port = free_port()
-            command = worker_command(port, tmp / f"worker{index}.sock", *extra)
-            env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
-            base = f"http://127.0.0.1:{port}"
-            process = stack.enter_context(
-                serving(command, tmp / f"worker{index}.log", f"{base}/v2/health/ready", cwd=tree, env=env)
-            )
+            workdir = tmp / f"worker{index}"
+            workdir.mkdir()
+            arguments = [*worker_arguments(*NEARLY_FREE), *extra]
+            env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
+            process, base, _ = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
             pin(process.pid, args.worker_core)
             workers.append((process, base))
         cost: list[list[float]] = [[] for _ in variants]

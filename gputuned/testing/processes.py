@@ -153,8 +153,11 @@ def prometheus_query(base: str, promql: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def running_worker(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    """A real `gputuned worker` on a free loopback port; yields (process, base URL, control socket)."""
+def running_worker(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, root: Path = REPO_ROOT
+) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """A real `gputuned worker` on a free loopback port; yields (process, base URL, control socket).
+    `root` is the checkout it runs from (another commit's worktree, for a side-by-side bench)."""
     port = free_port()
     control = tmp_path / "ctl" / "worker.sock"
     command = [
@@ -169,8 +172,8 @@ def running_worker(tmp_path: Path, *args: str, env: dict[str, str] | None = None
         *args,
     ]
     base = f"http://127.0.0.1:{port}"
-    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    with serving(command, tmp_path / "worker.log", f"{base}/v2/health/ready", cwd=REPO_ROOT, env=environment) as process:
+    environment = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
+    with serving(command, tmp_path / "worker.log", f"{base}/v2/health/ready", cwd=root, env=environment) as process:
         yield process, base, control
 
 
