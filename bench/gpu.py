@@ -70,7 +70,7 @@ from gputuned.testing.gpu_check import (
     refused_readings,
 )
 from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
-from gputuned.testing.processes import admin_status, free_port, http_get, running_daemon, running_supervising_daemon
+from gputuned.testing.processes import admin_status, free_port, freeze_tuner, http_get, running_daemon, running_supervising_daemon
 
 PHASES = ("monitor", "worker", "tuning", "oom")
 WORKER = "gpu"
@@ -336,9 +336,7 @@ def tuning(args: argparse.Namespace, verdicts: Verdicts) -> None:
             client.request("tune", mode="auto", resume=True, worker=WORKER)
         online_started = time.perf_counter()
         online = asyncio.run(run_load(timed_load(base, args.online, args.clients, timeline=True, items=args.items)))
-        with ControlClient(admin) as client:
-            client.request("tune", mode="frozen", worker=WORKER)
-        tuned = status(admin)["knobs"]
+        tuned = freeze_tuner(admin, WORKER)["knobs"]
         curve = rolling(goodput_curve(online.timeline, online_started, online_started + args.online, slo), 5)
         reached = first_at_or_above(curve, 0.95 * best.goodput)
         figure(
@@ -418,9 +416,7 @@ def oom(args: argparse.Namespace, verdicts: Verdicts) -> None:
         with ControlClient(admin) as client:
             client.request("tune", mode="auto", resume=True, worker=WORKER)
         asyncio.run(run_load(timed_load(base, args.oom_seconds, clients, items=args.items)))
-        entry = status(admin)
-        with ControlClient(admin) as client:
-            client.request("tune", mode="frozen", worker=WORKER)
+        entry = freeze_tuner(admin, WORKER)
         decisions = [
             json.loads(line) for line in (Path(tmp) / "state" / "workers" / WORKER / "decisions.jsonl").read_text().splitlines()
         ]

@@ -36,7 +36,7 @@ from pathlib import Path
 from gputuned.control.client import ControlClient
 from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, LoadResult, run_load
-from gputuned.testing.processes import admin_status, free_port, running_supervising_daemon
+from gputuned.testing.processes import admin_status, free_port, freeze_tuner, running_supervising_daemon
 
 GRID = {"max_batch_size": [1, 4, 8, 16, 32], "max_queue_delay_us": [0, 10000]}
 WINDOW_SECONDS = 3.0
@@ -101,10 +101,7 @@ def main() -> int:
             file=sys.stderr,
         )
         asyncio.run(load_both(urls, args.online, args.clients, set(WORKERS)))
-        with ControlClient(admin) as client:
-            for name in WORKERS:
-                client.request("tune", mode="frozen", worker=name)
-        tuned = {name: worker_entry(admin_status(admin), name)["knobs"] for name in WORKERS}
+        tuned = {name: freeze_tuner(admin, name)["knobs"] for name in WORKERS}
         for name in WORKERS:
             for line in (Path(tmp) / "state" / "workers" / name / "decisions.jsonl").read_text().splitlines():
                 d = json.loads(line)

@@ -42,11 +42,10 @@ from pathlib import Path
 import psutil
 
 from gputuned.control.client import ControlClient
-from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.sweep import measure_point
 from gputuned.testing.online import timed_load
-from gputuned.testing.processes import REPO_ROOT, free_port, running_supervising_daemon, serving
+from gputuned.testing.processes import REPO_ROOT, free_port, freeze_tuner, running_supervising_daemon, serving
 
 BENCH = Path(__file__).parent
 TRITON = REPO_ROOT / ".triton"
@@ -128,9 +127,7 @@ def tune_online(daemon: Path, worker: str, admin: Path, args: argparse.Namespace
     with ControlClient(admin) as client:
         client.request("tune", mode="auto", resume=True)
     asyncio.run(run_load(timed_load(worker, args.online, args.clients)))
-    with ControlClient(admin) as client:
-        knobs = worker_entry(client.request("status")["status"])["knobs"]
-        client.request("tune", mode="frozen")
+    knobs = freeze_tuner(admin)["knobs"]
     decisions = [json.loads(line) for line in (daemon / "state" / "decisions.jsonl").read_text().splitlines()]
     kept = [f"{d['knob']} {d['old']}->{d['new']}" for d in decisions if d["action"] == "keep"]
     print(f"  gputuned kept: {', '.join(kept) or 'nothing'}", file=sys.stderr)

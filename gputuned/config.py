@@ -226,6 +226,9 @@ class TuningConfig:
     flap_reverts: int = _bounded(3, 1, 100)
     flap_window_seconds: float = _bounded(300.0, 1.0, 86400.0)
     shift_threshold: float = _bounded(0.5, 0.05, 100.0)
+    confirm_windows: int = _bounded(8, 2, 64)
+    explore_patience: int = _bounded(4, 1, 1000)
+    reexplore_seconds: float = _bounded(600.0, 1.0, 604800.0)
     # Workers take turns to run trials: one at a time on the host, or one per NUMA node.
     trials: str = _choice("one_per_host", "one_per_host", "one_per_numa_node")
 

@@ -74,7 +74,7 @@ class TunerCollector:
     def _collect_worker(worker: TunedWorker, out: Collected) -> None:
         name, view = worker.name, worker.tuner_view()
         counts = {(knob, action): 0 for knob in worker.knob_names() for action in KNOB_ACTIONS}
-        counts[("*", "shift")] = 0
+        counts[("*", "shift")] = counts[("*", "converge")] = 0
         counts.update(view.counts)
         for (knob, action), count in sorted(counts.items()):
             out.add(DECISIONS, count, name, knob, action)

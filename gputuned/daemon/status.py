@@ -90,7 +90,13 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "rejected": performance.rejected,
         },
         # ceilings: the highest value of a knob that fits, learned from out-of-memory events
-        "tuner": {"mode": tuner.mode, "phase": tuner.phase, "frozen_knobs": tuner.frozen_knobs, "ceilings": tuner.ceilings},
+        "tuner": {
+            "mode": tuner.mode,
+            "phase": tuner.phase,
+            "trial_active": tuner.trial_active,
+            "frozen_knobs": tuner.frozen_knobs,
+            "ceilings": tuner.ceilings,
+        },
         "decisions": [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]],
         "state_error": worker.state_error,
     }

@@ -48,6 +48,9 @@ def guard_settings(tuning: TuningConfig) -> GuardSettings:
         flap_reverts=tuning.flap_reverts,
         flap_window=tuning.flap_window_seconds,
         shift_threshold=tuning.shift_threshold,
+        confirm_windows=tuning.confirm_windows,
+        explore_patience=tuning.explore_patience,
+        reexplore_seconds=tuning.reexplore_seconds,
     )
 
 

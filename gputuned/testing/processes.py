@@ -298,6 +298,21 @@ def worker_status(admin: Path, name: str | None = None) -> dict:
     return worker_entry(admin_status(admin), name)
 
 
+def freeze_tuner(admin: Path, name: str | None = None, seconds: float = 60.0) -> dict:
+    """Sets a worker's tuner to frozen and returns its status once a change on trial (reverted
+    at the tuner's next step, a Triton reload on a Triton worker) is no longer in force."""
+    from gputuned.control.client import ControlClient
+
+    with ControlClient(admin) as client:
+        which: dict[str, Any] = {"worker": name} if name else {}
+        client.request("tune", mode="frozen", **which)
+    return wait_for(
+        lambda: not (entry := worker_status(admin, name))["tuner"]["trial_active"] and entry,
+        seconds,
+        "the change on trial to be reverted",
+    )
+
+
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     """`gputuned ARGS...` in a process of its own, its output captured."""
     return subprocess.run(

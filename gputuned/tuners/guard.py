@@ -9,7 +9,13 @@ States and transitions (`step(now)` is called by the tuning job every tick):
     TRIAL   --trial window measured--> keep (it beat the baseline beyond the measured
                 noise, or for backoff/shrink: the SLO holds without losing goodput)
                 or revert --> COOLDOWN
+    TRIAL   --the verdict is within the noise--> back to the old setting --> CONFIRM
+    CONFIRM --old, new, old... windows until the mean of the pairs is clear, or the
+                window budget is spent (`confirm.py`)--> keep or revert --> COOLDOWN
     COOLDOWN --cooldown passed--> SETTLED
+    SETTLED --`explore_patience` explore trials in a row did not pay--> converged: no
+                explore move until a shift, `resume()` or `reexplore_seconds` later
+    WARMUP/TRIAL --the mode leaves auto--> revert the change --> COOLDOWN
     any     --frozen mode--> nothing
 
 Bounds come from the worker's hello; a step is at most what the tuner proposes (x2 or
@@ -60,6 +66,7 @@ from typing import Any
 
 from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
+from gputuned.tuners.confirm import Interleaving, NoiseEstimate
 from gputuned.tuners.mode import Mode
 from gputuned.tuners.turns import TrialTurn, alone
 
@@ -74,7 +81,11 @@ class Phase(enum.Enum):
     SETTLED = "settled"
     WARMUP = "warmup"
     TRIAL = "trial"
+    CONFIRM = "confirm"
     COOLDOWN = "cooldown"
+
+
+TRIAL_PHASES = (Phase.WARMUP, Phase.TRIAL, Phase.CONFIRM)  # a change is in force, not yet judged
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,9 @@ class GuardSettings:
     flap_reverts: int = 3
     flap_window: float = 300.0
     shift_threshold: float = 0.5
+    confirm_windows: int = 8  # the most windows an interleaved verdict takes (2: none)
+    explore_patience: int = 4  # explore trials in a row without a keep before converging
+    reexplore_seconds: float = 600.0  # converged this long, every direction is tried again
 
 
 @dataclass(frozen=True)
@@ -211,6 +225,12 @@ class Guard:
         self._frozen: set[str] = set()
         self._ceilings: dict[str, int] = {}
         self._reference: Measurement | None = None  # the baseline of the last change tried
+        self._noise = NoiseEstimate()  # goodput's window-to-window noise, across baselines
+        self._noise_sampled_until = -math.inf  # the end of the last baseline sampled for it
+        self._interleaving: Interleaving | None = None
+        self._window_start = 0.0  # when the interleaved window being measured started
+        self._misses = 0  # explore trials in a row that did not pay
+        self._converged_at: float | None = None
         self._recent: collections.deque[Decision] = collections.deque(maxlen=50)
         self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
 
@@ -225,37 +245,40 @@ class Guard:
 
     def resume(self) -> None:
         self._frozen.clear()
-        self._rejected.clear()
-        self._no_gain.clear()
+        self._explore_again()
         if self.mode is Mode.FROZEN:
             self.mode = Mode.AUTO
 
     def restart_exploration(self, now: float) -> None:
         """After the worker restarted or the workload changed: measure afresh, retry everything."""
         self._reference = None
-        self._rejected.clear()
-        self._no_gain.clear()
+        self._explore_again()
         self._reverts.clear()
+        self._noise.clear()
         if self._trial is not None:
             self._turn.release(now)  # the trial is abandoned: the worker restarted or the load moved
-        self._phase, self._trial, self._since = Phase.SETTLED, None, now
+        self._phase, self._trial, self._interleaving, self._since = Phase.SETTLED, None, None, now
+
+    def _explore_again(self) -> None:
+        """Every direction may be tried again, and the stop rule counts afresh."""
+        self._rejected.clear()
+        self._no_gain.clear()
+        self._misses, self._converged_at = 0, None
 
     def reconfigure(self, settings: GuardSettings, mode: Mode | None, now: float) -> None:
         """New settings, whole: a trial in flight is reverted, exploration restarts."""
-        trial = self._trial
-        if trial is not None:
-            window = self._measure(trial.start, now) or trial.baseline
-            self._revert(trial, window, now, "the tuning settings were reloaded")
+        self._abandon_trial(now, "the tuning settings were reloaded")
         self.settings = settings
         if mode is not None:
             self.mode = mode
         self.restart_exploration(now)
 
     def view(self) -> GuardView:
+        converged = self._phase is Phase.SETTLED and self._converged_at is not None
         return GuardView(
             self.mode.value,
-            self._phase.value,
-            self._phase in (Phase.WARMUP, Phase.TRIAL),
+            "converged" if converged else self._phase.value,
+            self._phase in TRIAL_PHASES,
             sorted(self._frozen),
             list(self._recent),
             dict(self._counts),
@@ -265,7 +288,12 @@ class Guard:
     # --- the state machine ----------------------------------------------------------------
 
     def step(self, now: float) -> None:
-        if self.mode is Mode.FROZEN and self._trial is None:
+        if self.mode is not Mode.AUTO and self._trial is not None:
+            # The operator stopped the tuner's changes: an unproven one is not left in force,
+            # nor decided later (a revert after `tune --mode frozen` returned would surprise).
+            self._abandon_trial(now, f"the tuner was set to {self.mode.value} during the trial")
+            return
+        if self.mode is Mode.FROZEN:
             return
         if self._phase is Phase.COOLDOWN:
             if now >= self._until:
@@ -273,6 +301,9 @@ class Guard:
             return
         if self._phase in (Phase.WARMUP, Phase.TRIAL):
             self._step_trial(now)
+            return
+        if self._phase is Phase.CONFIRM:
+            self._step_confirm(now)
             return
         self._step_settled(now)
 
@@ -305,6 +336,9 @@ class Guard:
         first, second = self._measure(start, middle), self._measure(middle, now)
         if whole is None or first is None or second is None:
             return None
+        if start >= self._noise_sampled_until:  # one sample per baseline: overlapping ones repeat it
+            self._noise.add(first.goodput, second.goodput)
+            self._noise_sampled_until = now
         margins = {}
         for metric in ("goodput", "throughput"):
             a, b = getattr(first, metric), getattr(second, metric)
@@ -347,9 +381,13 @@ class Guard:
             frozenset(self._no_gain),
         )
         idle = baseline.arrival_rate == 0
+        if self._converged_at is not None and now - self._converged_at >= self.settings.reexplore_seconds:
+            self._explore_again()
         for tuner in self._tuners:
             proposal = tuner.propose(inp)
             if proposal is None or (idle and proposal.kind != "shrink"):
+                continue
+            if self._converged_at is not None and proposal.kind == "explore":
                 continue
             if self._blocked(proposal, context.knobs[proposal.knob], now):
                 continue
@@ -435,30 +473,90 @@ class Guard:
         if now - trial.start < self.settings.trial_seconds or window is None:
             return
         verdict = self._judge(trial, window)
+        if self._interleave(trial, window, verdict, now):
+            return
         if verdict is None:
-            knob = trial.proposal.knob
-            self._decide(
-                now,
-                knob,
-                "keep",
-                trial.previous[knob],
-                trial.proposal.value,
-                f"{trial.proposal.reason}; kept",
-                trial.baseline,
-                window,
-            )
-            if trial.proposal.kind == "explore":
-                # Goodput moved beyond the noise, so the landscape did: directions other
-                # knobs were refused in may pay now.
-                self._rejected = {entry for entry in self._rejected if entry[0] == knob}
-                self._no_gain = {entry for entry in self._no_gain if entry[0] == knob}
-            self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2], False))
-            self._finish(now, settled_from=trial.start)  # the trial window is the next baseline
+            self._keep(trial, window, now, "kept", settled_from=trial.start)  # the trial window is the next baseline
         else:
-            why, no_gain = verdict
-            self._revert(trial, window, now, why)
-            if no_gain and not trial.proposal.past:
-                self._no_gain.add(self._direction(trial.proposal, trial.previous[trial.proposal.knob])[:3])
+            self._revert(trial, window, now, *verdict)
+
+    def _interleave(self, trial: _Trial, window: Measurement, verdict: tuple[str, bool] | None, now: float) -> bool:
+        """Whether the trial window's verdict is within twice the noise of the bar, so that the
+        old setting is put back and windows at the two settings take turns (`confirm.py`).
+        A back-off (the SLO decides it) and an SLO breach are never in doubt."""
+        kind, slo = trial.proposal.kind, self.settings.slo_seconds
+        if self.settings.confirm_windows <= 2 or kind == "backoff" or (window.p99 is not None and window.p99 > slo):
+            return False
+        metric = self._objective(trial.baseline)
+        before, after = getattr(trial.baseline, metric), getattr(window, metric)
+        if before <= 0 or after <= 0:
+            return False
+        margin = self.settings.min_margin
+        bar = math.log1p(margin if kind == "explore" else -margin)
+        noise = self._noise.value(margin, MAX_MARGIN)
+        if abs(math.log(after / before) - bar) >= 2 * noise:
+            return False
+        try:
+            self._apply(dict(trial.previous))
+        except Exception:  # noqa: BLE001 - the single window's verdict stands; it is recorded
+            return False
+        self._interleaving = Interleaving(bar, noise, self.settings.confirm_windows, metric, [(False, before), (True, after)])
+        self._phase = Phase.CONFIRM
+        self._window_start = self._after_set(now) + self.settings.warmup_seconds
+        return True
+
+    def _step_confirm(self, now: float) -> None:
+        """One more window of an interleaving: recorded, then judged, else the other setting."""
+        trial, interleaving = self._trial, self._interleaving
+        assert trial is not None and interleaving is not None
+        if now - self._window_start < self.settings.trial_seconds:
+            return
+        window = self._measure(self._window_start, now)
+        if window is None:
+            return
+        new = interleaving.next_is_new
+        if new and self._harmful(trial, window):
+            self._revert(trial, window, now, "harmful during the interleaved windows")
+            return
+        value = getattr(window, interleaving.metric)
+        self._noise.add(interleaving.last(new), value)  # the same setting, two windows apart
+        interleaving.add(new, value)
+        keep = interleaving.verdict()
+        try:
+            if keep is None or keep != new:  # the other setting is measured next, or decided on
+                self._apply(trial.proposal.changes() if not new else dict(trial.previous))
+        except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
+            self._revert(trial, window, now, f"{interleaving.describe()}; switching settings failed: {exc}")
+            return
+        switched = self._after_set(now)
+        if keep is None:
+            self._window_start = switched + self.settings.warmup_seconds
+        elif keep:
+            settled_from = self._window_start if new else switched + self.settings.warmup_seconds
+            self._keep(trial, window, now, f"kept, {interleaving.describe()}", settled_from)
+        else:
+            self._revert(trial, window, now, interleaving.describe(), trial.proposal.kind == "explore", in_force=False)
+
+    def _keep(self, trial: _Trial, window: Measurement, now: float, how: str, settled_from: float) -> None:
+        knob = trial.proposal.knob
+        self._decide(
+            now,
+            knob,
+            "keep",
+            trial.previous[knob],
+            trial.proposal.value,
+            f"{trial.proposal.reason}; {how}",
+            trial.baseline,
+            window,
+        )
+        if trial.proposal.kind == "explore":
+            # Goodput moved beyond the noise, so the landscape did: directions other
+            # knobs were refused in may pay now.
+            self._rejected = {entry for entry in self._rejected if entry[0] == knob}
+            self._no_gain = {entry for entry in self._no_gain if entry[0] == knob}
+            self._misses = 0
+        self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2], False))
+        self._finish(now, settled_from)
 
     def _harmful(self, trial: _Trial, window: Measurement) -> bool:
         slo = self.settings.slo_seconds
@@ -466,6 +564,12 @@ class Guard:
         requests = max(window.arrival_rate * window.seconds, 1.0)
         error_spike = window.failed / requests > self.settings.max_error_ratio and window.failed > trial.baseline.failed
         return (newly_breached and trial.proposal.kind != "backoff") or error_spike or window.oom > 0
+
+    @staticmethod
+    def _objective(baseline: Measurement) -> str:
+        """Goodput; while almost nothing meets the SLO (overload), throughput, which is what
+        drains the queue."""
+        return "throughput" if baseline.goodput < OVERLOAD_SHARE * baseline.throughput else "goodput"
 
     def _judge(self, trial: _Trial, window: Measurement) -> tuple[str, bool] | None:
         """None to keep the change, else why it is reverted and whether only for want of a
@@ -484,10 +588,7 @@ class Guard:
                 return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO" + (
                     " and is worse than before" if base_breached else ""
                 ), False
-        # Goodput is the objective; while almost nothing meets the SLO (overload), throughput
-        # is what drains the queue, so it is compared instead.
-        overloaded = base.goodput < OVERLOAD_SHARE * base.throughput
-        metric = "throughput" if overloaded else "goodput"
+        metric = self._objective(base)
         before, after, margin = getattr(base, metric), getattr(window, metric), trial.margins[metric]
         if trial.proposal.kind == "explore":
             if after > before * (1 + margin):
@@ -497,12 +598,37 @@ class Guard:
             return None
         return f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False
 
-    def _revert(self, trial: _Trial, window: Measurement, now: float, why: str) -> None:
+    def _abandon_trial(self, now: float, why: str) -> None:
+        """Ends a trial in flight, if any, before its verdict: its change is reverted but not
+        counted against its direction (nothing was learnt about it)."""
+        trial = self._trial
+        if trial is not None:
+            window = self._measure(trial.start, now) or trial.baseline
+            # An interleaving switches the change on and off: it is in force while its window runs.
+            in_force = self._interleaving is None or self._interleaving.next_is_new
+            self._revert(trial, window, now, why, judged=False, in_force=in_force)
+
+    def _revert(
+        self,
+        trial: _Trial,
+        window: Measurement,
+        now: float,
+        why: str,
+        no_gain: bool = False,
+        judged: bool = True,
+        in_force: bool = True,
+    ) -> None:
+        """Puts the trial's previous values back (unless they are already, `in_force` false);
+        `judged` reverts also refuse its direction, count towards the knob's flapping and,
+        for an explore move, towards the stop rule; `no_gain`, an explore move that held the
+        SLO but did not pay, is remembered for the tuners."""
         knob = trial.proposal.knob
-        try:
-            self._apply(dict(trial.previous))
-        except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
-            why = f"{why}; the revert itself failed: {exc}"
+        self._interleaving = None
+        if in_force:
+            try:
+                self._apply(dict(trial.previous))
+            except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
+                why = f"{why}; the revert itself failed: {exc}"
         now = self._after_set(now)
         self._decide(
             now,
@@ -518,13 +644,35 @@ class Guard:
             # Raising it ran out of memory: it stays below that value for good, not only until
             # the refused direction is forgotten (another knob's keep, a shift).
             self._learn_ceiling(knob, trial.proposal.value - 1)
-        self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
-        self._reverts[knob].append(now)
+        if judged:
+            self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
+            self._reverts[knob].append(now)
+            if no_gain and not trial.proposal.past:
+                self._no_gain.add(self._direction(trial.proposal, trial.previous[knob])[:3])
+            if trial.proposal.kind == "explore":
+                self._count_miss(now)
         self._finish(now, settled_from=now + self.settings.warmup_seconds)
 
     def _after_set(self, now: float) -> float:
         """The time a set just made took effect: `now`, or later when the set took a while."""
         return max(now, self._clock()) if self._clock is not None else now
+
+    def _count_miss(self, now: float) -> None:
+        """The stop rule: `explore_patience` explore trials in a row that did not pay say the
+        tuner stands on the optimum, or on a plateau whose points the noise cannot tell
+        apart; each further trial there only costs goodput."""
+        self._misses += 1
+        if self._converged_at is None and self._misses >= self.settings.explore_patience:
+            self._converged_at = now
+            self._decide(
+                now,
+                "*",
+                "converge",
+                None,
+                None,
+                f"{self._misses} explore trials in a row did not pay: no explore move until a workload "
+                f"shift, `gputuned tune --resume` or {self.settings.reexplore_seconds:g} s from now",
+            )
 
     def _learn_ceiling(self, knob: str, highest: int) -> None:
         self._ceilings[knob] = min(self._ceilings.get(knob, highest), highest)

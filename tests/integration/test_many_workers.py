@@ -20,6 +20,7 @@ from gputuned.loadgen import LoadPlan, run_load
 from gputuned.testing.processes import (
     admin_status,
     free_port,
+    freeze_tuner,
     http_get,
     run_cli,
     running_supervising_daemon,
@@ -78,10 +79,7 @@ def test_two_workers_on_their_own_cores_are_supervised_and_tuned_apart(tmp_path:
         human = run_cli("status", "--socket", str(admin))
 
         # Killing one restarts only it; the other keeps its process and its knobs.
-        for name in ports:
-            with ControlClient(admin) as client:
-                client.request("tune", mode="frozen", worker=name)
-        before = {name: worker_status(admin, name) for name in ports}
+        before = {name: freeze_tuner(admin, name) for name in ports}
         os.kill(before["left"]["pid"], signal.SIGKILL)
         wait_for(lambda: worker_status(admin, "left")["pid"] not in (None, before["left"]["pid"]), 30, "a new left worker")
         wait_for(lambda: worker_status(admin, "left")["state"] == "ready", 60, "the new left worker")

@@ -8,6 +8,7 @@ in simulated time without sleeping.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from dataclasses import replace
 
@@ -280,6 +281,30 @@ def test_frozen_mode_and_frozen_knobs():
     assert any("max_batch_size" in change for change in worker.applied)
 
 
+@pytest.mark.parametrize("mode", [Mode.FROZEN, Mode.RECOMMEND])
+def test_a_trial_in_flight_is_reverted_when_the_mode_leaves_auto_and_nothing_moves_after(mode):
+    worker = SimulatedWorker()
+    guard, decisions = make(worker)
+    now = 0.0
+    while not guard.view().trial_active and now < 60:
+        guard.step(now)
+        now += 0.5
+    assert guard.view().trial_active, "a change went on trial"
+    trial = decisions[-1]
+    guard.set_mode(mode)
+    guard.step(now)
+    assert (decisions[-1].action, decisions[-1].knob, decisions[-1].new) == ("revert", trial.knob, trial.old)
+    assert worker.knobs[trial.knob] == trial.old and not guard.view().trial_active
+    applied = len(worker.applied)
+    run(guard, 60, start=now + 0.5)
+    assert len(worker.applied) == applied, f"{mode.value}: no change after the mode left auto"
+    if mode is Mode.FROZEN:  # (recommend mode says each move once, then refuses it)
+        guard.set_mode(Mode.AUTO)
+        run(guard, 60, start=now + 61)
+        retried = worker.applied[applied]
+        assert retried.get(trial.knob) == trial.new, f"an abandoned trial's direction is not refused: {retried}"
+
+
 def test_out_of_memory_halves_the_batch_and_remembers_the_ceiling():
     worker = SimulatedWorker(noise=0.0)
     worker.knobs["max_batch_size"] = 16
@@ -373,3 +398,92 @@ def test_convergence_holds_across_noise_seeds(seed):
     run(guard, 240)
     throughput, p99 = worker.performance(worker.knobs)
     assert p99 <= SLO and throughput >= 0.9 * best_goodput(worker), worker.knobs
+
+
+class Plateau(SimulatedWorker):
+    """Near the optimum: batch 16 serves `gain` more (or less) than batch 8. As on this
+    machine, each window is off by up to +-12% and the machine's speed drifts by 30% (a
+    minute's swing, from a phase of its own per seed)."""
+
+    def __init__(self, gain: float, seed: int) -> None:
+        super().__init__(noise=0.12, seed=seed)
+        self.gain = gain
+        self.knobs["max_batch_size"] = 8
+        self.phase = self.rng.uniform(0, 2 * math.pi)
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        return 1000 * (1 + self.gain if knobs["max_batch_size"] == 16 else 1), 0.02
+
+    def measure(self, start: float, end: float) -> Measurement | None:
+        window = super().measure(start, end)
+        if window is None:
+            return None
+        speed = 1 + 0.15 * math.sin(self.phase + 2 * math.pi * (start + end) / 2 / 60)
+        return replace(window, throughput=window.throughput * speed, goodput=window.goodput * speed)
+
+
+class DoubleOnce:
+    """Proposes batch 8 -> 16 (an explore move) while the batch is 8, from its 20th turn on
+    (the guard has then been at batch 8 for a while, as on a plateau after the climb)."""
+
+    name = "double_once"
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def propose(self, inp):
+        self.asked += 1
+        return Proposal("max_batch_size", 16, "test") if inp.knobs["max_batch_size"] == 8 and self.asked >= 20 else None
+
+
+def kept_sixteen(gain: float, seed: int, confirm_windows: int) -> bool:
+    worker = Plateau(gain, seed)
+    guard, _ = make(worker, tuners=[DoubleOnce()], confirm_windows=confirm_windows)
+    run(guard, 90)
+    return worker.knobs["max_batch_size"] == 16
+
+
+def test_on_a_drifting_plateau_interleaved_windows_keep_the_better_setting_where_one_window_guesses():
+    runs = 100
+    worse = {windows: sum(kept_sixteen(-0.05, seed, windows) for seed in range(runs)) for windows in (2, 8)}
+    better = {windows: sum(kept_sixteen(0.10, seed, windows) for seed in range(runs)) for windows in (2, 8)}
+    # Measured: one window pair kept the 5% worse batch 13 times in 100 and the 10% better
+    # one 62 times; interleaved, 6 and 91.
+    assert worse[8] <= 0.10 * runs and worse[8] < worse[2], worse
+    assert better[8] >= 0.85 * runs and better[8] >= better[2] + 0.15 * runs, better
+
+
+def test_an_interleaved_verdict_leaves_the_chosen_setting_in_force_and_says_how_it_was_reached():
+    worker = Plateau(0.10, seed=1)
+    guard, decisions = make(worker, tuners=[DoubleOnce()])
+    run(guard, 90)
+    ended = [d for d in decisions if d.action in ("keep", "revert")]
+    assert len(ended) == 1 and "interleaved over" in ended[0].reason, decisions
+    assert worker.knobs["max_batch_size"] == (16 if ended[0].action == "keep" else 8)
+    switches = [change["max_batch_size"] for change in worker.applied]
+    assert switches[:3] == [16, 8, 16] and all(a != b for a, b in itertools.pairwise(switches))
+
+
+class Flat(SimulatedWorker):
+    """Nothing pays: every setting serves the same."""
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        return 500.0, 0.02
+
+
+def test_the_tuner_stops_exploring_after_trials_that_do_not_pay_and_tries_again_later():
+    worker = Flat(noise=0.0)
+    guard, decisions = make(worker, explore_patience=3, reexplore_seconds=200.0)
+    at: list[float] = []
+    for tick in range(800):
+        guard.step(tick * 0.5)
+        at += [tick * 0.5] * (len(decisions) - len(at))
+    stamped = list(zip(decisions, at))
+    converged = [t for d, t in stamped if d.action == "converge"]
+    assert converged and guard.view().phase in ("converged", "settled", "cooldown")
+    first = converged[0]
+    misses = [d for d, t in stamped if d.action == "revert" and t <= first]
+    assert len(misses) == 3 and all(d.action != "keep" for d, _ in stamped)
+    quiet = [d for d, t in stamped if d.action == "apply" and first < t < first + 200]
+    assert quiet == [], "no explore move while converged"
+    assert any(d.action == "apply" for d, t in stamped if t >= first + 200), "every direction is tried again later"

@@ -59,8 +59,8 @@ def test_every_knob_and_action_is_counted_from_zero_so_the_first_decision_shows_
     samples = collect_one(view, MEASURED)
     decisions = {labels: value for (name, labels), value in samples.items() if name == "gputuned_tuner_decisions_total"}
     assert decisions[("streams", "apply")] == 2
-    assert decisions[("max_batch_size", "revert")] == 0 and decisions[("*", "shift")] == 0
-    assert len(decisions) == 2 * 5 + 1
+    assert decisions[("max_batch_size", "revert")] == 0 and decisions[("*", "shift")] == decisions[("*", "converge")] == 0
+    assert len(decisions) == 2 * 5 + 2
     assert samples[("gputuned_tuner_slo_p99_seconds", ())] == 0.1
     assert samples[("gputuned_tuner_goodput_requests_per_second", ())] == 110.0
     assert samples[("gputuned_tuner_trial_active", ())] == 1
