@@ -186,8 +186,9 @@ def main() -> int:
             sweep_seconds = time.monotonic() - sweep_started
             candidates = sorted(results, key=lambda p: p.goodput, reverse=True)[:ORACLE_CANDIDATES]
         if args.runs > 1:
+            candidates = candidates[:RUN_CANDIDATES]
             print(f"oracle candidates: {', '.join(' '.join(f'{k}={v}' for k, v in p.knobs.items()) for p in candidates)}")
-            return repeat_online(args, candidates[:RUN_CANDIDATES])
+            return repeat_online(args, candidates)
 
         # 3 and 4: the daemon tunes a fresh worker from the defaults.
         daemon_dir = Path(tmp) / "online"
