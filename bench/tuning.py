@@ -118,10 +118,12 @@ def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int
         ratios.append(statistics.median(verdict.ratios))
         converged = [d["t"] - online_wall for d in decisions if d["action"] == "converge"]
         trials = sum(1 for d in decisions if d["action"] == "apply")
+        interleaved = sum(1 for d in decisions if d["action"] in ("keep", "revert") and "interleaved over" in d["reason"])
         print(
             f"run {run + 1}: {ratios[-1]:.2f} of the oracle (batch/lanes/threads/delay us {describe(knobs)} against "
             f"{describe(settings[verdict.best])}); "
-            f"{trials} trials, converged {'never' if not converged else f'after {converged[0]:.0f} s'}; "
+            f"{trials} trials ({interleaved} judged by interleaved windows), "
+            f"converged {'never' if not converged else f'after {converged[0]:.0f} s'}; "
             f"{time.monotonic() - started:.0f} s in all",
             flush=True,
         )
