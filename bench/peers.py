@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,8 +100,11 @@ def running_ray(workdir: Path, factory: str, shape: str, config: tuple[int, int,
     command += [factory, shape, str(port), *map(str, config)]
     base = f"http://127.0.0.1:{port}"
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (BENCH, REPO_ROOT))), "RAY_USAGE_STATS_ENABLED": "0"}
-    with serving(command, workdir / f"ray-{port}.log", f"{base}/v2/models/model", stop_timeout=60.0, env=environment):
-        yield base
+    try:
+        with serving(command, workdir / f"ray-{port}.log", f"{base}/v2/models/model", stop_timeout=30.0, env=environment):
+            yield base
+    finally:  # what a driver stopped in the middle of its shutdown leaves behind (every Ray process here)
+        subprocess.run([RAY / "bin" / "ray", "stop", "--force"], capture_output=True, timeout=60)
 
 
 @dataclasses.dataclass(frozen=True)

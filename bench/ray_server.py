@@ -9,7 +9,7 @@ of the model, runs one batch at a time on one thread (torch.set_num_threads(1), 
 worker's lanes are set for this comparison) and answers the v2 protocol's model metadata
 and binary-extension inference (input "input" FP32 [-1, *SHAPE], output "output0") at
 /v2/models/model, parsing it as a Ray user would, with json and numpy. Ray runs locally
-(`ray.init` with the CPUs this process may use, no dashboard) until SIGTERM.
+(`ray.init` with the CPUs this process may use, no dashboard, no access log) until SIGTERM.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def main() -> None:
             num_replicas=int(replicas),
             max_ongoing_requests=4 * int(max_batch),
             ray_actor_options={"num_cpus": cpus / int(replicas)},
+            logging_config={"enable_access_log": False, "log_level": "WARNING"},  # no log line per request
         )
         .bind(spec, dims, int(max_batch), int(wait_us) / 1e6)
     )
@@ -107,8 +108,7 @@ def main() -> None:
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     stopped.wait()
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # the local cluster with it (serve.shutdown's graceful drain can take 30 s on one core)
 
 
 if __name__ == "__main__":
