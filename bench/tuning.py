@@ -63,7 +63,7 @@ from gputuned.daemon.status import worker_entry
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.loadgen import run_load
 from gputuned.sweep import SweepPoint, measure_point, parse_grid, run_sweep
-from gputuned.testing.online import first_at_or_above, goodput_curve, judge, rolling, side_by_side, timed_load
+from gputuned.testing.online import Verdict, first_at_or_above, goodput_curve, judge, rolling, side_by_side, timed_load
 from gputuned.testing.processes import REPO_ROOT, freeze_tuner, running_supervising_daemon, running_worker
 
 BENCH = Path(__file__).parent
@@ -90,7 +90,6 @@ def worker_setup(model: str) -> tuple[dict[str, Any], list[str], dict[str, str]]
 def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int:
     """The online phase from the defaults, `args.runs` times on fresh daemons, each judged
     side by side against the oracle's candidates; prints the ratios."""
-    slo = args.slo_ms / 1000
     options, _, environment = worker_setup(args.model)
     ratios: list[float] = []
     for run in range(args.runs):
@@ -108,13 +107,7 @@ def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int
                     client.request("tune", mode="auto", resume=True)
                 online_wall = time.time()  # decisions carry wall-clock times
                 asyncio.run(run_load(timed_load(worker, args.online, args.clients)))
-                knobs = freeze_tuner(admin)["knobs"]
-                decisions = [json.loads(line) for line in (workdir / "state" / "decisions.jsonl").read_text().splitlines()]
-                settings = [knobs] + [{**defaults, **point.knobs} for point in candidates]
-                windows = side_by_side(
-                    admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS
-                )
-        verdict = judge(windows, slo)
+                knobs, decisions, settings, verdict = judge_tuned(admin, worker, workdir, defaults, candidates, args)
         ratios.append(statistics.median(verdict.ratios))
         converged = [d["t"] - online_wall for d in decisions if d["action"] == "converge"]
         trials = sum(1 for d in decisions if d["action"] == "apply")
@@ -134,6 +127,20 @@ def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int
         f">= 0.95 in {reached} of {args.runs} (target: 9 of 10)"
     )
     return 0
+
+
+def judge_tuned(
+    admin: Path, worker: str, daemon_dir: Path, defaults: dict[str, int], candidates: list[SweepPoint], args: argparse.Namespace
+) -> tuple[dict[str, int], list[dict[str, Any]], list[dict[str, int]], Verdict]:
+    """5. The tuner frozen, the tuned setting and the candidates (over the defaults for knobs
+    the grid leaves out) side by side; returns the tuned knobs, the decisions, the settings
+    compared (tuned first) and the verdict."""
+    slo = args.slo_ms / 1000
+    knobs = freeze_tuner(admin)["knobs"]
+    decisions = [json.loads(line) for line in (daemon_dir / "state" / "decisions.jsonl").read_text().splitlines()]
+    settings = [knobs] + [{**defaults, **point.knobs} for point in candidates]
+    windows = side_by_side(admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS)
+    return knobs, decisions, settings, judge(windows, slo)
 
 
 def describe(knobs: dict[str, int]) -> str:
@@ -218,16 +225,8 @@ def main() -> int:
 
             online_wall = time.time()  # decisions carry wall-clock times
             timeline, started, shifted_at, back_at, ended, quarter_rate = asyncio.run(phases())
-            knobs = freeze_tuner(admin)["knobs"]
-            decisions = [json.loads(line) for line in (daemon_dir / "state" / "decisions.jsonl").read_text().splitlines()]
+            knobs, decisions, settings, verdict = judge_tuned(admin, worker, daemon_dir, defaults, candidates, args)
 
-            # 5. Side by side: the tuned setting and the candidates (over the defaults for knobs the grid leaves out).
-            settings = [knobs] + [{**defaults, **point.knobs} for point in candidates]
-            windows = side_by_side(
-                admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS
-            )
-
-    verdict = judge(windows, slo)
     oracle_index = verdict.best
     oracle, oracle_goodput, oracle_p99 = settings[oracle_index], verdict.goodput[oracle_index], verdict.p99[oracle_index]
     round_ratios = verdict.ratios
