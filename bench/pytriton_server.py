@@ -12,7 +12,6 @@ protocol: input "input" FP32 [-1, *SHAPE], output "output0".
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import numpy as np
@@ -21,14 +20,11 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-
-def build(spec: str) -> torch.nn.Module:
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)().eval()
+from gputuned.worker.models import LoadedModel, load_model, parse_shape
 
 
-def instance(spec: str):
-    model = build(spec)
+def instance(loaded: LoadedModel):
+    model = loaded.module
 
     @batch
     def infer(input: np.ndarray) -> dict[str, np.ndarray]:  # noqa: A002 - the tensor's name on the wire
@@ -41,16 +37,15 @@ def instance(spec: str):
 
 def main() -> None:
     spec, shape, port, max_batch, delay_us, instances = sys.argv[1:7]
-    dims = tuple(int(d) for d in shape.split(","))
-    with torch.inference_mode():
-        out_dims = tuple(build(spec)(torch.zeros(1, *dims)).shape[1:])
+    dims = parse_shape(shape)
+    models = [load_model(spec, torch.device("cpu"), dims) for _ in range(int(instances))]  # a copy per instance
     config = TritonConfig(http_port=int(port), grpc_port=int(port) + 1, metrics_port=int(port) + 2, log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(
             model_name="model",
-            infer_func=[instance(spec) for _ in range(int(instances))],
+            infer_func=[instance(loaded) for loaded in models],
             inputs=[Tensor(name="input", dtype=np.float32, shape=dims)],
-            outputs=[Tensor(name="output0", dtype=np.float32, shape=out_dims)],
+            outputs=[Tensor(name="output0", dtype=np.float32, shape=models[0].outputs[0].shape)],
             config=ModelConfig(max_batch_size=int(max_batch), batcher=DynamicBatcher(max_queue_delay_microseconds=int(delay_us))),
             strict=False,
         )

@@ -14,7 +14,6 @@ and binary-extension inference (input "input" FP32 [-1, *SHAPE], output "output0
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -28,12 +27,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
-
-
-def build(spec: str) -> torch.nn.Module:
-    module_name, _, factory = spec.partition(":")
-    return getattr(importlib.import_module(module_name), factory)().eval()
+from gputuned.worker.codec import HEADER_LENGTH
+from gputuned.worker.models import load_model, parse_shape
 
 
 class Model:
@@ -41,10 +36,10 @@ class Model:
 
     def __init__(self, spec: str, dims: tuple[int, ...], max_batch: int, wait_s: float) -> None:
         torch.set_num_threads(1)
-        self.model = build(spec)
+        loaded = load_model(spec, torch.device("cpu"), dims)
+        self.model = loaded.module
         self.dims = dims
-        with torch.inference_mode():
-            self.out_dims = tuple(self.model(torch.zeros(1, *dims)).shape[1:])
+        self.out_dims = loaded.outputs[0].shape
         self.infer.set_max_batch_size(max_batch)
         self.infer.set_batch_wait_timeout_s(wait_s)
 
@@ -89,7 +84,7 @@ class Model:
 
 def main() -> None:
     spec, shape, port, max_batch, wait_us, replicas = sys.argv[1:7]
-    dims = tuple(int(d) for d in shape.split(","))
+    dims = parse_shape(shape)
     cpus = len(os.sched_getaffinity(0))
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="warning")
     serve.start(http_options={"host": "127.0.0.1", "port": int(port)})
