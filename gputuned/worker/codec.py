@@ -6,7 +6,7 @@ change from request to request (Triton's and KServe's clients and our load gener
 work this way). What a header decides — that the input fits the model's signature, how
 many bytes must follow, which outputs to return and how, and the response's own JSON
 header — is worked out once per distinct header and kept in a bounded cache; a request
-then costs a dictionary lookup and one copy of its tensor bytes, and its response the
+then costs a dictionary lookup and a view of its tensor bytes, and its response the
 bytes of its outputs behind a header built in advance. Requests carrying their values in
 the JSON, and responses asked for as JSON values, are decoded and encoded in full each time.
 
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from gputuned.worker.models import LoadedModel
 
@@ -57,17 +56,19 @@ class Encoded:
     header_length: int | None  # the JSON part's length when binary outputs follow it
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """The JSON part and the binary part of an inference request (binary extension)."""
+def split_body(body: bytes | bytearray, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON part and the binary part of an inference request (binary extension); the
+    binary part is a view of the body, not a copy."""
     if header_length is None:
-        return body, b""
+        return bytes(body), memoryview(b"")
     try:
         length = int(header_length)
     except ValueError:
         raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
     if not 0 <= length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
-    return body[:length], body[length:]
+    view = memoryview(body)
+    return bytes(view[:length]), view[length:]
 
 
 def parse_document(json_part: bytes) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def plan_request(document: dict[str, Any], model: LoadedModel, max_items: int) -
     return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header)
 
 
-def _tensor_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> torch.Tensor:
+def _array_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> np.ndarray:
     spec = model.input
     try:
         array = np.asarray(_input_tensor(document, model)["data"], dtype=spec.numpy_dtype)
@@ -178,7 +179,7 @@ def _tensor_from_json(document: dict[str, Any], plan: RequestPlan, model: Loaded
         raise BadRequest(f"input {spec.name}: data is not {spec.datatype}: {exc}") from None
     if array.size != math.prod(plan.shape):
         raise BadRequest(f"input {spec.name}: {array.size} values for shape {list(plan.shape)} ({math.prod(plan.shape)} needed)")
-    return torch.from_numpy(array.reshape(plan.shape))
+    return array.reshape(plan.shape)
 
 
 class Codec:
@@ -190,8 +191,10 @@ class Codec:
         self._cached_headers = cached_headers
         self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
 
-    def decode(self, body: bytes, header_length: str | None) -> tuple[RequestPlan, torch.Tensor]:
-        """The request's plan and its input tensor [n, *shape], or BadRequest."""
+    def decode(self, body: bytes | bytearray, header_length: str | None) -> tuple[RequestPlan, np.ndarray]:
+        """The request's plan and its input [n, *shape], or BadRequest. A binary input is a
+        read-only view of the body, not a copy: the lane copies every request into its
+        batch anyway, and the model only ever sees the batch."""
         json_part, binary = split_body(body, header_length)
         cached = self._plans.get(json_part) if header_length is not None else None
         plan = cached
@@ -199,7 +202,7 @@ class Codec:
             document = parse_document(json_part)
             plan = plan_request(document, self._model, self._max_items)
             if plan.binary_size is None:
-                return plan, _tensor_from_json(document, plan, self._model)
+                return plan, _array_from_json(document, plan, self._model)
         spec = self._model.input
         if plan.declared_size != plan.binary_size or len(binary) != plan.binary_size:
             raise BadRequest(
@@ -208,17 +211,16 @@ class Codec:
             )
         if cached is None:
             self._remember(json_part, plan)
-        array = np.frombuffer(binary, dtype=spec.numpy_dtype).copy()  # writable: models may work in place
-        return plan, torch.from_numpy(array.reshape(plan.shape))
+        return plan, np.frombuffer(binary, dtype=spec.numpy_dtype).reshape(plan.shape)
 
     def _remember(self, json_part: bytes, plan: RequestPlan) -> None:
         self._plans[json_part] = plan
         if len(self._plans) > self._cached_headers:
             self._plans.popitem(last=False)  # the oldest; a client's steady headers come back at once
 
-    def encode(self, plan: RequestPlan, outputs: list[torch.Tensor]) -> Encoded:
-        """The response to a request: its outputs as it asked for them."""
-        arrays = [outputs[index].numpy() for index, _ in plan.outputs]
+    def encode(self, plan: RequestPlan, outputs: list[np.ndarray]) -> Encoded:
+        """The response to a request: its outputs (one array per model output) as it asked for them."""
+        arrays = [outputs[index] for index, _ in plan.outputs]
         if plan.response_header is not None and self._as_declared(plan, arrays):
             blobs = b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)
             return Encoded(plan.response_header + blobs, "application/octet-stream", len(plan.response_header))

@@ -4,49 +4,35 @@ Triton's and KServe's clients work unchanged: health, server and model metadata,
 readiness and config, inference with JSON tensors or the binary tensor data extension
 (both ways), and Triton's repository index. Every malformed request is answered with a
 4xx and a JSON `error` saying what is wrong; a full queue with 503 and Retry-After.
+
+The routes answer through httpserver's callback: an inference request is decoded and
+queued here, and answered from its batch's completion (`_InferenceReply`), with no
+coroutine of its own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from aiohttp import web
-
 from gputuned import __version__
 from gputuned.datatypes import DATATYPES
-from gputuned.worker.batcher import DynamicBatcher, PendingRequest, QueueFull
-from gputuned.worker.codec import HEADER_LENGTH, BadRequest, Codec
+from gputuned.worker.batcher import DynamicBatcher, Outcome, PendingRequest, QueueFull
+from gputuned.worker.codec import HEADER_LENGTH, BadRequest, Codec, RequestPlan
+from gputuned.worker.httpserver import Request, Respond, Response, error_response, json_response
 from gputuned.worker.lanes import InferenceFailed
 from gputuned.worker.models import LoadedModel
 from gputuned.worker.stats import WorkerStats
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-RETRY_AFTER_SECONDS = "1"
+RETRY_AFTER = (("Retry-After", "1"),)
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower()  # httpserver's header names are in lower case
+MODEL_ROUTES = {"": "GET", "ready": "GET", "config": "GET", "infer": "POST"}  # what follows /v2/models/{name}[/versions/{v}]
 
 
-def _error(status: int, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers or None)
-
-
-@web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 answers as JSON `error` bodies like ours, and a request that
-    cannot even be read into memory (the worker at its memory limit) as a 503 to retry."""
-    try:
-        return await handler(request)
-    except MemoryError:
-        return _error(503, "out of memory while reading the request; retry later or send fewer items", **{"Retry-After": "1"})
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        reason = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
-        if exc.status == 413:
-            reason = f"request body exceeds the limit of {MAX_BODY_BYTES} bytes"
-        return _error(exc.status, reason)
+class _NotFound(Exception):
+    pass
 
 
 class InferenceApp:
@@ -59,48 +45,79 @@ class InferenceApp:
         self._max_request_items = max_request_items
         self._codec = Codec(model, max_request_items)
         self.ready = False  # set once the lanes run; cleared when draining
+        self._server_routes: dict[str, tuple[str, Callable[[], Response]]] = {
+            "/v2": ("GET", self._server_metadata),
+            "/v2/health/live": ("GET", lambda: json_response({"live": True})),
+            "/v2/health/ready": ("GET", lambda: json_response({"ready": self.ready}, 200 if self.ready else 503)),
+            "/v2/repository/index": ("POST", self._repository_index),
+        }
 
-    def build(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[json_errors])
-        model_paths = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
-        app.router.add_get("/v2", self.server_metadata)
-        app.router.add_get("/v2/health/live", self.live)
-        app.router.add_get("/v2/health/ready", self.server_ready)
-        app.router.add_post("/v2/repository/index", self.repository_index)
-        for path in model_paths:
-            app.router.add_get(path, self.model_metadata)
-            app.router.add_get(path + "/ready", self.model_ready)
-            app.router.add_get(path + "/config", self.model_config)
-            app.router.add_post(path + "/infer", self.infer)
-        return app
+    def handle(self, request: Request, respond: Respond) -> None:
+        """httpserver's handler: routes `request` and answers it through `respond`."""
+        path = request.path.rstrip("/") or "/"
+        if path.startswith("/v2/models/"):
+            self._model_route(request, path, respond)
+            return
+        route = self._server_routes.get(path)
+        if route is None:
+            respond(error_response(404, f"no endpoint at {request.path}; this server speaks the v2 inference protocol under /v2"))
+        elif request.method != route[0]:
+            respond(_wrong_method(request, route[0]))
+        else:
+            respond(route[1]())
 
-    def _check_model(self, request: web.Request) -> None:
-        name = request.match_info["name"]
+    def refused(self, path: str, _response: Response) -> None:
+        """httpserver's refusals (oversize, malformed): an inference request's are the client's mistakes."""
+        if path.endswith("/infer"):
+            self._stats.request_received()
+            self._stats.request_rejected()
+
+    def _model_route(self, request: Request, path: str, respond: Respond) -> None:
+        parts = path.split("/")[3:]  # after "", "v2", "models"
+        name, version = parts[0], None
+        if len(parts) >= 3 and parts[1] == "versions":
+            version, parts = parts[2], [name, *parts[3:]]
+        action = "/".join(parts[1:])
+        method = MODEL_ROUTES.get(action)
+        if method is None:
+            respond(error_response(404, f"no endpoint at {request.path}; a model has metadata, /ready, /config and /infer"))
+            return
+        if request.method != method:
+            respond(_wrong_method(request, method))
+            return
+        if action == "infer":
+            self._infer(request, name, version, respond)
+            return
+        try:
+            self._check_model(name, version)
+        except _NotFound as exc:
+            respond(error_response(404, str(exc)))
+            return
+        if action == "ready":
+            respond(json_response({"name": self._model.name, "ready": self.ready}, 200 if self.ready else 503))
+        elif action == "config":
+            respond(self._model_config())
+        else:
+            respond(self._model_metadata())
+
+    def _check_model(self, name: str, version: str | None) -> None:
         if name != self._model.name:
-            raise web.HTTPNotFound(text=f"unknown model {name!r}; this worker serves {self._model.name!r}")
-        version = request.match_info.get("version")
+            raise _NotFound(f"unknown model {name!r}; this worker serves {self._model.name!r}")
         if version not in (None, "1"):
-            raise web.HTTPNotFound(text=f"model {name} has no version {version!r}; it has version 1")
+            raise _NotFound(f"model {name} has no version {version!r}; it has version 1")
 
-    async def server_metadata(self, _request: web.Request) -> web.Response:
-        return web.json_response(
+    def _server_metadata(self) -> Response:
+        return json_response(
             {"name": "gputuned-worker", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
         )
 
-    async def live(self, _request: web.Request) -> web.Response:
-        return web.json_response({"live": True})
-
-    async def server_ready(self, _request: web.Request) -> web.Response:
-        return web.json_response({"ready": self.ready}, status=200 if self.ready else 503)
-
-    async def repository_index(self, _request: web.Request) -> web.Response:
+    def _repository_index(self) -> Response:
         state = "READY" if self.ready else "UNAVAILABLE"
-        return web.json_response([{"name": self._model.name, "version": "1", "state": state}])
+        return json_response([{"name": self._model.name, "version": "1", "state": state}])
 
-    async def model_metadata(self, request: web.Request) -> web.Response:
-        self._check_model(request)
+    def _model_metadata(self) -> Response:
         model = self._model
-        return web.json_response(
+        return json_response(
             {
                 "name": model.name,
                 "versions": ["1"],
@@ -110,18 +127,13 @@ class InferenceApp:
             }
         )
 
-    async def model_ready(self, request: web.Request) -> web.Response:
-        self._check_model(request)
-        return web.json_response({"name": self._model.name, "ready": self.ready}, status=200 if self.ready else 503)
-
-    async def model_config(self, request: web.Request) -> web.Response:
-        self._check_model(request)
+    def _model_config(self) -> Response:
         model = self._model
 
         def dims(spec: Any) -> dict[str, Any]:
             return {"name": spec.name, "data_type": DATATYPES[spec.datatype].triton, "dims": list(spec.shape)}
 
-        return web.json_response(
+        return json_response(
             {
                 "name": model.name,
                 "platform": model.platform,
@@ -132,50 +144,68 @@ class InferenceApp:
             }
         )
 
-    async def infer(self, request: web.Request) -> web.Response:
+    def _infer(self, request: Request, name: str, version: str | None, respond: Respond) -> None:
         """Every request ends in exactly one outcome of WorkerStats: completed, rejected (the
         client's mistake), refused (not now) or failed (the server's fault)."""
-        started = time.perf_counter()
-        self._stats.request_received()
+        stats = self._stats
+        stats.request_received()
         try:
-            self._check_model(request)
-        except web.HTTPNotFound:
-            self._stats.request_rejected()
-            raise
+            self._check_model(name, version)
+        except _NotFound as exc:
+            stats.request_rejected()
+            respond(error_response(404, str(exc)))
+            return
         if not self.ready:
-            self._stats.request_refused()
-            refusal = _error(503, "the worker is not ready (starting or draining)", **{"Retry-After": RETRY_AFTER_SECONDS})
-            refusal.force_close()  # no keep-alive: a client should not send its next request down this connection
-            return refusal
-        if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            # Refused on its declared length, before reading it: an oversize body costs no copy.
-            self._stats.request_rejected()
-            refusal = _error(413, f"request body exceeds the limit of {MAX_BODY_BYTES} bytes")
-            refusal.force_close()  # the unread body must not be taken for the next request
-            return refusal
+            stats.request_refused()
+            # No keep-alive: a client should not send its next request down this connection.
+            respond(error_response(503, "the worker is not ready (starting or draining)", RETRY_AFTER, close=True))
+            return
         try:
-            plan, tensor = self._codec.decode(await request.read(), request.headers.get(HEADER_LENGTH))
+            plan, tensor = self._codec.decode(request.body, request.headers.get(HEADER_LENGTH_KEY))
         except BadRequest as exc:
-            self._stats.request_rejected()
-            return _error(400, str(exc))
-        except web.HTTPRequestEntityTooLarge:  # a body without a declared length that ran past the limit
-            self._stats.request_rejected()
-            raise
-        except MemoryError:  # answered by json_errors with a 503 to retry
-            self._stats.request_refused()
-            raise
-        future: asyncio.Future[list[torch.Tensor]] = asyncio.get_running_loop().create_future()
+            stats.request_rejected()
+            respond(error_response(400, str(exc)))
+            return
+        except MemoryError:
+            stats.request_refused()
+            respond(error_response(503, "out of memory while reading the request; retry later or send fewer items", RETRY_AFTER))
+            return
+        reply = _InferenceReply(self._codec, stats, plan, request.received, respond)
         try:
-            self._batcher.submit(PendingRequest(tensor, future, started))
+            self._batcher.submit(PendingRequest(tensor, reply, request.received))
         except QueueFull as exc:
-            self._stats.request_refused()
-            return _error(503, f"queue full: {exc}; retry later", **{"Retry-After": RETRY_AFTER_SECONDS})
-        try:
-            outputs = await future
-        except InferenceFailed as exc:
+            stats.request_refused()
+            respond(error_response(503, f"queue full: {exc}; retry later", RETRY_AFTER))
+
+
+class _InferenceReply:
+    """Answers one queued inference request with its batch's outcome."""
+
+    __slots__ = ("_codec", "_plan", "_received", "_respond", "_stats")
+
+    def __init__(self, codec: Codec, stats: WorkerStats, plan: RequestPlan, received: float, respond: Respond) -> None:
+        self._codec = codec
+        self._stats = stats
+        self._plan = plan
+        self._received = received
+        self._respond = respond
+
+    def __call__(self, outcome: Outcome) -> None:
+        if isinstance(outcome, BaseException):
             self._stats.request_failed()
-            return _error(503 if exc.out_of_memory else 500, str(exc))
-        encoded = self._codec.encode(plan, outputs)
-        headers = None if encoded.header_length is None else {HEADER_LENGTH: str(encoded.header_length)}
-        self._stats.request_completed(time.perf_counter() - started)
-        return web.Response(body=encoded.body, content_type=encoded.content_type, headers=headers)
+            out_of_memory = isinstance(outcome, InferenceFailed) and outcome.out_of_memory
+            self._respond(error_response(503 if out_of_memory else 500, str(outcome)))
+            return
+        try:
+            encoded = self._codec.encode(self._plan, outcome)
+        except Exception as exc:  # noqa: BLE001 - outputs the codec cannot write fail this request, not the lane
+            self._stats.request_failed()
+            self._respond(error_response(500, f"the model's outputs could not be encoded: {type(exc).__name__}: {exc}"))
+            return
+        headers = () if encoded.header_length is None else ((HEADER_LENGTH, str(encoded.header_length)),)
+        self._stats.request_completed(time.perf_counter() - self._received)
+        self._respond(Response(200, encoded.body, encoded.content_type, headers))
+
+
+def _wrong_method(request: Request, allowed: str) -> Response:
+    return error_response(405, f"{request.method} is not allowed on {request.path}; use {allowed}", (("Allow", allowed),))

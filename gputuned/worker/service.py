@@ -18,15 +18,15 @@ from pathlib import Path
 
 import psutil
 import torch
-from aiohttp import web
 
 from gputuned.knobs import KnobError
 from gputuned.worker.agent import Agent
 from gputuned.worker.batcher import DynamicBatcher
+from gputuned.worker.httpserver import HttpServer
 from gputuned.worker.lanes import LaneSet, LiveSettings
 from gputuned.worker.models import LoadedModel
 from gputuned.worker.pool import BufferPool
-from gputuned.worker.server import InferenceApp
+from gputuned.worker.server import MAX_BODY_BYTES, InferenceApp
 from gputuned.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -178,11 +178,9 @@ class WorkerService:
         self.stats = WorkerStats(lambda: batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
         self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
         app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_BATCH_SIZE)
-        # Everything in flight is finished by the drain; the runner's own grace period is a backstop.
-        runner = web.AppRunner(app_routes.build(), access_log=None, handle_signals=False, shutdown_timeout=5.0)
-        await runner.setup()
+        http_server = HttpServer(app_routes.handle, MAX_BODY_BYTES, app_routes.refused)
         listener = socket.create_server((self._options.host, self._options.port), family=_family(self._options.host))
-        await web.SockSite(runner, listener).start()
+        await http_server.start(listener)
         self.bound_port = listener.getsockname()[1]
         self.agent = self._build_agent(self._options.control_socket)
         for name, value in self._options.saved_knobs.items():
@@ -202,7 +200,8 @@ class WorkerService:
         finally:
             app_routes.ready = False
             await self._drain()
-            await runner.cleanup()
+            # Everything in flight was answered by the drain; the grace period is a backstop.
+            await http_server.shutdown(timeout=5.0)
             self.agent.stop()
 
     async def _drain(self) -> None:

@@ -44,8 +44,7 @@ def test_requests_with_one_header_decode_to_their_own_values_through_the_cache()
     cached_plan, second = codec.decode(second_body, length)
     assert cached_plan is plan  # the second request's header was not parsed again
     assert first.tolist() == [[1.0, 2.0]] and second.tolist() == [[3.0, 4.0]]
-    second[0, 0] = 9.0  # the tensor is the request's own, writable copy
-    assert codec.decode(second_body, length)[1].tolist() == [[3.0, 4.0]]
+    assert np.shares_memory(second, np.frombuffer(second_body, np.uint8))  # a view of its own body, no copy
 
 
 def test_the_prepared_response_is_what_encoding_in_full_gives():
@@ -62,7 +61,7 @@ def test_the_prepared_response_is_what_encoding_in_full_gives():
     }
     assert np.frombuffer(blob, dtype=np.float32).tolist() == [1.0, 2.0, 3.0, 4.0]
     # An output of another shape than the model declared is encoded in full, as it is.
-    odd = codec.encode(plan, [torch.zeros(2, 3)])
+    odd = codec.encode(plan, [np.zeros((2, 3), np.float32)])
     header, blob = response_parts(odd.body, odd.header_length)
     assert header["outputs"][0]["shape"] == [2, 3] and len(blob) == 24
 

@@ -1,0 +1,280 @@
+"""The worker's HTTP/1.1 layer over real loopback sockets: order, framing, limits and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gputuned.worker import httpserver
+from gputuned.worker.httpserver import HttpServer, Request, Respond, Response, json_response
+
+LIMIT = 1024
+
+
+class Recorder:
+    """A handler that keeps every request; answers at once with its body echoed, or holds the answer."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.hold = hold
+        self.requests: list[Request] = []
+        self.held: list[Respond] = []
+        self.refusals: list[tuple[str, int]] = []
+
+    def handle(self, request: Request, respond: Respond) -> None:
+        self.requests.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("a bug in a handler")
+        if self.hold:
+            self.held.append(respond)
+        else:
+            respond(Response(200, bytes(request.body) or request.path.encode(), "text/plain"))
+
+    def refused(self, path: str, response: Response) -> None:
+        self.refusals.append((path, response.status))
+
+
+@contextlib.asynccontextmanager
+async def serving(recorder: Recorder, **options: float) -> AsyncIterator[int]:
+    import socket
+
+    server = HttpServer(recorder.handle, LIMIT, recorder.refused, **options)
+    listener = socket.create_server(("127.0.0.1", 0))
+    await server.start(listener)
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        await server.shutdown(timeout=2.0)
+
+
+async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in lines[1:] if line)}
+    length = 0 if head_only or status == 100 else int(headers["content-length"])
+    return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
+
+
+async def closed(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(), 5) == b""
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def get(path: str, extra: str = "") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
+
+
+def test_pipelined_requests_are_answered_in_request_order_whatever_order_they_finish_in():
+    async def scenario():
+        recorder = Recorder(hold=True)
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(get("/a") + get("/b") + get("/c"))
+            while len(recorder.held) < 3:
+                await asyncio.sleep(0.01)
+            for index in (2, 0, 1):  # the last one finishes first
+                recorder.held[index](Response(200, recorder.requests[index].path.encode(), "text/plain"))
+            bodies = [(await read_response(reader))[2] for _ in range(3)]
+            writer.close()
+            return bodies
+
+    assert run(scenario()) == [b"/a", b"/b", b"/c"]
+
+
+def test_keep_alive_serves_many_requests_on_one_connection_and_http_1_0_closes():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers = []
+            for path in ("/one", "/two"):
+                writer.write(get(path))
+                answers.append(await read_response(reader))
+            writer.write(b"GET /old HTTP/1.0\r\n\r\n")
+            old = await read_response(reader)
+            return answers, old, await closed(reader)
+
+    answers, old, was_closed = run(scenario())
+    assert [body for _, _, body in answers] == [b"/one", b"/two"]
+    assert all("connection" not in headers for _, headers, _ in answers)
+    assert old[0] == 200 and old[1]["connection"] == "close" and was_closed
+
+
+def test_a_chunked_body_arrives_whole_and_a_percent_encoded_path_decoded():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"POST /a%20b?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            answer = await read_response(reader)
+            writer.close()
+            return answer, recorder.requests[0].path
+
+    (status, _, body), path = run(scenario())
+    assert (status, body, path) == (200, b"hello world", "/a b")
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+            interim = await read_response(reader)
+            writer.write(b"data")
+            final = await read_response(reader)
+            writer.close()
+            return interim[0], final
+
+    interim, (status, _, body) = run(scenario())
+    assert (interim, status, body) == (100, 200, b"data")
+
+
+def test_head_gets_the_headers_of_get_and_no_body():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n" + get("/next"))
+            head = await read_response(reader, head_only=True)
+            following = await read_response(reader)
+            writer.close()
+            return head, following, recorder.requests[0]
+
+    (status, headers, body), following, request = run(scenario())
+    assert status == 200 and headers["content-length"] == "2" and body == b""
+    assert following[2] == b"/next"  # the next answer starts where HEAD's headers end
+    assert request.method == "GET" and request.head_only
+
+
+def test_an_oversize_body_is_refused_on_its_declared_length_and_the_client_still_reads_the_refusal():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            size = 8 * 1024 * 1024
+            writer.write(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+            writer.write(b"x" * size)  # the body keeps coming; the server reads it away while it lingers
+            answer = await read_response(reader)
+            return answer, await closed(reader), recorder.requests, recorder.refusals
+
+    (status, headers, body), was_closed, handled, refusals = run(scenario())
+    assert status == 413 and headers["connection"] == "close" and was_closed
+    assert json.loads(body)["error"] == f"request body exceeds the limit of {LIMIT} bytes"
+    assert handled == [] and refusals == [("/infer", 413)]
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_grows():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            chunk = b"%x\r\n%s\r\n" % (600, b"y" * 600)
+            writer.write(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + chunk)
+            return (await read_response(reader))[0], await closed(reader)
+
+    assert run(scenario()) == (413, True)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "error"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, "malformed HTTP request"),
+        (b"GET / HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 400, "malformed HTTP request"),
+        (get("/", "X-Big: " + "z" * (httpserver.MAX_HEADER_BYTES + 1) + "\r\n"), 431, "exceed 65536 bytes"),
+    ],
+)
+def test_a_malformed_request_is_answered_with_a_json_error_and_the_connection_closed(raw, status, error):
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(get("/before") + raw + get("/after"))
+            before = await read_response(reader)
+            refusal = await read_response(reader)
+            return before[2], refusal, await closed(reader), [r.path for r in recorder.requests]
+
+    before, (got_status, headers, body), was_closed, paths = run(scenario())
+    assert before == b"/before" and got_status == status and error in json.loads(body)["error"]
+    assert headers["content-type"] == "application/json" and was_closed
+    assert paths == ["/before"]  # nothing after the malformed request was taken
+
+
+def test_a_handler_that_raises_is_answered_500_and_the_connection_goes_on():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(get("/boom") + get("/fine"))
+            failed = await read_response(reader)
+            fine = await read_response(reader)
+            writer.close()
+            return failed[0], fine[2]
+
+    assert run(scenario()) == (500, b"/fine")
+
+
+def test_an_upgrade_request_is_answered_in_http_1_1_and_the_connection_goes_on():
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                get("/u", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n")
+            )
+            writer.write(get("/after"))
+            answers = [(await read_response(reader))[:3:2] for _ in range(2)]
+            writer.close()
+            return answers
+
+    assert run(scenario()) == [(200, b"/u"), (200, b"/after")]
+
+
+def test_a_connection_with_too_many_unanswered_requests_is_not_read_until_answers_go_out():
+    async def scenario():
+        recorder = Recorder(hold=True)
+        async with serving(recorder) as port:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for index in range(httpserver.MAX_PIPELINED + 8):
+                writer.write(get(f"/{index}"))
+                await writer.drain()
+                await asyncio.sleep(0.005)  # separate reads, so that reading can pause between them
+            await asyncio.sleep(0.2)
+            taken_while_full = len(recorder.requests)
+            for respond in list(recorder.held):
+                respond(Response(200, b"", "text/plain"))
+            await asyncio.sleep(0.2)
+            writer.close()
+            return taken_while_full, len(recorder.requests)
+
+    taken_while_full, taken_after = run(scenario())
+    assert taken_while_full == httpserver.MAX_PIPELINED
+    assert taken_after == httpserver.MAX_PIPELINED + 8
+
+
+def test_idle_and_slow_connections_are_closed_and_a_busy_one_is_not(monkeypatch):
+    monkeypatch.setattr(httpserver, "SWEEP_SECONDS", 0.05)
+
+    async def scenario():
+        recorder = Recorder(hold=True)
+        async with serving(recorder, keepalive=0.3, read_timeout=0.3) as port:
+            idle_reader, _ = await asyncio.open_connection("127.0.0.1", port)
+            slow_reader, slow = await asyncio.open_connection("127.0.0.1", port)
+            slow.write(b"GET /slow HTTP/1.1\r\nHo")  # and never the rest
+            busy_reader, busy = await asyncio.open_connection("127.0.0.1", port)
+            busy.write(get("/busy"))
+            await asyncio.sleep(0.8)
+            recorder.held[0](json_response({"done": True}))  # answered after twice the idle limit
+            answer = await read_response(busy_reader)
+            return await closed(idle_reader), await closed(slow_reader), answer[0]
+
+    assert run(scenario()) == (True, True, 200)
