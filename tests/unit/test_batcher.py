@@ -147,3 +147,18 @@ def test_a_closed_batcher_refuses_new_requests_but_keeps_the_queued_ones():
         return len(await batcher.next_batch())
 
     assert run(scenario()) == 1
+
+
+def test_a_batch_whose_queue_was_drained_while_it_formed_waits_for_the_next_requests():
+    async def scenario():
+        batcher = make(Knobs(max_batch_size=4, max_queue_delay_us=50_000))
+        batcher.submit(request())
+        forming = asyncio.get_running_loop().create_task(batcher.next_batch())
+        await asyncio.sleep(0.01)
+        failed = batcher.drain_waiting(RuntimeError("stopping"))
+        await asyncio.sleep(0.08)  # past the drained request's deadline
+        batcher.submit(request(2))
+        batch = await forming
+        return failed, [r.items for r in batch]
+
+    assert run(scenario()) == (1, [2])
