@@ -1,6 +1,6 @@
 """HTTP/1.1 for the worker's serving path: httptools' parser under an asyncio protocol.
 
-Why not aiohttp, which the daemon uses: for every request aiohttp builds a request object,
+Why not aiohttp, which the load generator uses: for every request aiohttp builds a request object,
 a task to run its handler, a response object and its header multidicts. Measured on one
 core that was ~45 us of the ~110 us of event-loop CPU an inference request cost, and on a
 host where one core both serves and computes, every microsecond of it is taken from the
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 MAX_PIPELINED = 16  # unanswered requests per connection before it is no longer read
 MAX_HEADER_BYTES = 64 * 1024  # the request line and headers together
-KEEPALIVE_SECONDS = 75.0  # aiohttp's and nginx's default idle keep-alive
+KEEPALIVE_SECONDS = 75.0  # nginx's default idle keep-alive
 READ_TIMEOUT_SECONDS = 60.0  # from a request's first byte to its last
 LINGER_SECONDS = 10.0  # aiohttp's lingering_time: reading a refused body before closing on it
 SWEEP_SECONDS = 1.0  # how often idle and slow connections are looked for

@@ -59,6 +59,16 @@ async def read_response(reader: asyncio.StreamReader, head_only: bool = False) -
     return status, headers, await asyncio.wait_for(reader.readexactly(length), 5)
 
 
+async def exchange(recorder: Recorder, raw: bytes, answers: int) -> list[tuple[int, dict[str, str], bytes]]:
+    """Sends `raw` down one connection and reads `answers` answers."""
+    async with serving(recorder) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        got = [await read_response(reader) for _ in range(answers)]
+        writer.close()
+        return got
+
+
 async def closed(reader: asyncio.StreamReader) -> bool:
     return await asyncio.wait_for(reader.read(), 5) == b""
 
@@ -108,19 +118,10 @@ def test_keep_alive_serves_many_requests_on_one_connection_and_http_1_0_closes()
 
 
 def test_a_chunked_body_arrives_whole_and_a_percent_encoded_path_decoded():
-    async def scenario():
-        recorder = Recorder()
-        async with serving(recorder) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                b"POST /a%20b?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-            )
-            answer = await read_response(reader)
-            writer.close()
-            return answer, recorder.requests[0].path
-
-    (status, _, body), path = run(scenario())
-    assert (status, body, path) == (200, b"hello world", "/a b")
+    recorder = Recorder()
+    raw = b"POST /a%20b?x=1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+    ((status, _, body),) = run(exchange(recorder, raw, 1))
+    assert (status, body, recorder.requests[0].path) == (200, b"hello world", "/a b")
 
 
 def test_expect_100_continue_is_answered_before_the_body_is_sent():
@@ -210,33 +211,14 @@ def test_a_malformed_request_is_answered_with_a_json_error_and_the_connection_cl
 
 
 def test_a_handler_that_raises_is_answered_500_and_the_connection_goes_on():
-    async def scenario():
-        recorder = Recorder()
-        async with serving(recorder) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(get("/boom") + get("/fine"))
-            failed = await read_response(reader)
-            fine = await read_response(reader)
-            writer.close()
-            return failed[0], fine[2]
-
-    assert run(scenario()) == (500, b"/fine")
+    failed, fine = run(exchange(Recorder(), get("/boom") + get("/fine"), 2))
+    assert (failed[0], fine[2]) == (500, b"/fine")
 
 
 def test_an_upgrade_request_is_answered_in_http_1_1_and_the_connection_goes_on():
-    async def scenario():
-        recorder = Recorder()
-        async with serving(recorder) as port:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                get("/u", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n")
-            )
-            writer.write(get("/after"))
-            answers = [(await read_response(reader))[:3:2] for _ in range(2)]
-            writer.close()
-            return answers
-
-    assert run(scenario()) == [(200, b"/u"), (200, b"/after")]
+    upgrade = get("/u", "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n")
+    answers = run(exchange(Recorder(), upgrade + get("/after"), 2))
+    assert [(status, body) for status, _, body in answers] == [(200, b"/u"), (200, b"/after")]
 
 
 def test_a_connection_with_too_many_unanswered_requests_is_not_read_until_answers_go_out():
