@@ -44,6 +44,8 @@ KEEPALIVE_SECONDS = 75.0  # nginx's default idle keep-alive
 READ_TIMEOUT_SECONDS = 60.0  # from a request's first byte to its last
 LINGER_SECONDS = 10.0  # aiohttp's lingering_time: reading a refused body before closing on it
 SWEEP_SECONDS = 1.0  # how often idle and slow connections are looked for
+RETRY_AFTER = (("Retry-After", "1"),)  # on every 503: the worker may take the request a second later
+OUT_OF_MEMORY = "out of memory while reading the request; retry later or send fewer items"
 
 
 @dataclass(slots=True)
@@ -52,7 +54,7 @@ class Request:
     path: str  # percent-decoded, without the query
     headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
     body: bytes | bytearray
-    received: float  # time.perf_counter() at its first byte
+    received: float  # time.perf_counter() at its first byte (every time here is perf_counter's)
     head_only: bool = False
 
 
@@ -134,8 +136,8 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._closing = False
         self._linger = False  # close lingering once the refusal is written
-        self.last_active = time.monotonic()
-        self.request_started: float | None = None  # monotonic time of the current request's first byte
+        self.last_active = time.perf_counter()
+        self.request_started: float | None = None  # the current request's first byte, until it is whole
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -143,7 +145,6 @@ class HttpConnection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: bytes | bytearray = b""
-        self._received = 0.0
         self._keep_alive = True
         self._method = ""
 
@@ -171,7 +172,7 @@ class HttpConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active = time.perf_counter()
         if self._closing:
             return
         try:
@@ -193,8 +194,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._received = time.perf_counter()
-        self.request_started = time.monotonic()
+        self.request_started = time.perf_counter()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -229,18 +229,15 @@ class HttpConnection(asyncio.Protocol):
                 self._body = bytearray(self._body)
             self._body += body
         except MemoryError:
-            raise _Refusal(
-                error_response(
-                    503, "out of memory while reading the request; retry later or send fewer items", (("Retry-After", "1"),), True
-                )
-            ) from None
+            raise _Refusal(error_response(503, OUT_OF_MEMORY, RETRY_AFTER, close=True)) from None
 
     def on_message_complete(self) -> None:
         if self._closing:
             return
         if len(self._body) > self._server.max_body_bytes:  # one piece over the limit
             raise _Refusal(self._too_large())
-        self.request_started = None
+        received, self.request_started = self.request_started, None
+        assert received is not None  # set by on_message_begin
         answer = _Answer(self, self._method == "HEAD", self._keep_alive)
         self._answers.append(answer)
         request = Request(
@@ -248,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
             self._path(),
             self._headers,
             self._body,
-            self._received,
+            received,
             answer.head_only,
         )
         self._update_reading()
@@ -300,7 +297,7 @@ class HttpConnection(asyncio.Protocol):
                 else:
                     transport.close()  # after what is buffered is written
                 return
-        self.last_active = time.monotonic()
+        self.last_active = time.perf_counter()
         self._update_reading()
 
     def _close_lingering(self, transport: asyncio.Transport) -> None:
@@ -318,11 +315,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
-            return
+        if transport is None or transport.is_closing() or self._linger:
+            return  # lingering: reading on, to discard what a refused client still sends
         wanted = not self._write_paused and len(self._answers) < MAX_PIPELINED and not self._closing
-        if self._linger:
-            return  # reading on, to discard what a refused client still sends
         if wanted != self._reading:
             self._reading = wanted
             if wanted:
@@ -347,7 +342,8 @@ class HttpServer:
         read_timeout: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         """`refused` hears of every request this layer answers itself, with the path it
-        had (possibly empty) and the refusal: an oversize or malformed one."""
+        had (possibly empty) and the refusal: oversize or malformed (4xx), or no memory
+        left to read it (503)."""
         self._handler = handler
         self.refused = refused
         self.max_body_bytes = max_body_bytes
@@ -364,7 +360,7 @@ class HttpServer:
         self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = time.perf_counter()
         for connection in list(self.connections):
             started = connection.request_started
             if started is not None and now - started > self._read_timeout:
@@ -378,15 +374,15 @@ class HttpServer:
         every connection and waits for them to go."""
         if self._server is not None:
             self._server.close()
-        deadline = time.monotonic() + timeout
-        while any(c.in_flight for c in self.connections) and time.monotonic() < deadline:
+        deadline = time.perf_counter() + timeout
+        while any(c.in_flight for c in self.connections) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         for connection in list(self.connections):
             connection.close()
-        while self.connections and time.monotonic() < deadline:
+        while self.connections and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), max(deadline - time.monotonic(), 0.1))
+                await asyncio.wait_for(self._server.wait_closed(), max(deadline - time.perf_counter(), 0.1))

@@ -20,13 +20,12 @@ from gputuned import __version__
 from gputuned.datatypes import DATATYPES
 from gputuned.worker.batcher import DynamicBatcher, Outcome, PendingRequest, QueueFull
 from gputuned.worker.codec import HEADER_LENGTH, BadRequest, Codec, RequestPlan
-from gputuned.worker.httpserver import Request, Respond, Response, error_response, json_response
+from gputuned.worker.httpserver import OUT_OF_MEMORY, RETRY_AFTER, Request, Respond, Response, error_response, json_response
 from gputuned.worker.lanes import InferenceFailed
 from gputuned.worker.models import LoadedModel
 from gputuned.worker.stats import WorkerStats
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-RETRY_AFTER = (("Retry-After", "1"),)
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower()  # httpserver's header names are in lower case
 MODEL_ROUTES = {"": "GET", "ready": "GET", "config": "GET", "infer": "POST"}  # what follows /v2/models/{name}[/versions/{v}]
 
@@ -66,11 +65,15 @@ class InferenceApp:
         else:
             respond(route[1]())
 
-    def refused(self, path: str, _response: Response) -> None:
-        """httpserver's refusals (oversize, malformed): an inference request's are the client's mistakes."""
+    def refused(self, path: str, response: Response) -> None:
+        """httpserver's refusals of an inference request: oversize or malformed is the
+        client's mistake (rejected), no memory to read it is "not now" (refused)."""
         if path.endswith("/infer"):
             self._stats.request_received()
-            self._stats.request_rejected()
+            if response.status == 503:
+                self._stats.request_refused()
+            else:
+                self._stats.request_rejected()
 
     def _model_route(self, request: Request, path: str, respond: Respond) -> None:
         parts = path.split("/")[3:]  # after "", "v2", "models"
@@ -168,7 +171,7 @@ class InferenceApp:
             return
         except MemoryError:
             stats.request_refused()
-            respond(error_response(503, "out of memory while reading the request; retry later or send fewer items", RETRY_AFTER))
+            respond(error_response(503, OUT_OF_MEMORY, RETRY_AFTER))
             return
         reply = _InferenceReply(self._codec, stats, plan, request.received, respond)
         try:

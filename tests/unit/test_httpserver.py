@@ -8,9 +8,14 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+import torch
 
 from gputuned.worker import httpserver
+from gputuned.worker.batcher import DynamicBatcher
 from gputuned.worker.httpserver import HttpServer, Request, Respond, Response, json_response
+from gputuned.worker.models import load_model
+from gputuned.worker.server import InferenceApp
+from gputuned.worker.stats import WorkerStats
 
 LIMIT = 1024
 
@@ -260,3 +265,14 @@ def test_idle_and_slow_connections_are_closed_and_a_busy_one_is_not(monkeypatch)
             return await closed(idle_reader), await closed(slow_reader), answer[0]
 
     assert run(scenario()) == (True, True, 200)
+
+
+def test_the_worker_counts_the_layers_refusals_of_inference_requests_by_whose_fault_they_are():
+    model = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+    stats = WorkerStats(lambda: 0, lambda: 1)
+    app = InferenceApp(model, DynamicBatcher(8, lambda: 1, lambda: 0), stats, 8)
+    app.refused("/v2/models/identity/infer", httpserver.error_response(413, "too large"))
+    app.refused("/v2/models/identity/infer", httpserver.error_response(503, httpserver.OUT_OF_MEMORY))
+    app.refused("/v2/health/ready", httpserver.error_response(400, "malformed"))  # not an inference request
+    counts = stats.snapshot()
+    assert (counts["requests"], counts["rejected"], counts["refused"]) == (2, 1, 1)
