@@ -645,10 +645,11 @@ class Guard:
             # the refused direction is forgotten (another knob's keep, a shift).
             self._learn_ceiling(knob, trial.proposal.value - 1)
         if judged:
-            self._rejected.add(self._direction(trial.proposal, trial.previous[knob]))
+            direction = self._direction(trial.proposal, trial.previous[knob])
+            self._rejected.add(direction)
             self._reverts[knob].append(now)
             if no_gain and not trial.proposal.past:
-                self._no_gain.add(self._direction(trial.proposal, trial.previous[knob])[:3])
+                self._no_gain.add(direction[:3])
             if trial.proposal.kind == "explore":
                 self._count_miss(now)
         self._finish(now, settled_from=now + self.settings.warmup_seconds)
