@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import http
 import json
 import logging
@@ -44,6 +45,7 @@ KEEPALIVE_SECONDS = 75.0  # nginx's default idle keep-alive
 READ_TIMEOUT_SECONDS = 60.0  # from a request's first byte to its last
 LINGER_SECONDS = 10.0  # aiohttp's lingering_time: reading a refused body before closing on it
 SWEEP_SECONDS = 1.0  # how often idle and slow connections are looked for
+READ_BUFFER_BYTES = 256 * 1024  # what one read from a connection may take (libuv's own size)
 RETRY_AFTER = (("Retry-After", "1"),)  # on every 503: the worker may take the request a second later
 OUT_OF_MEMORY = "out of memory while reading the request; retry later or send fewer items"
 
@@ -52,7 +54,7 @@ OUT_OF_MEMORY = "out of memory while reading the request; retry later or send fe
 class Request:
     method: str  # HEAD arrives as GET, with head_only set
     path: str  # percent-decoded, without the query
-    headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
+    headers: dict[bytes, bytes]  # as sent, names in lower case; a repeated header keeps its last value
     body: bytes | bytearray
     received: float  # time.perf_counter() at its first byte (every time here is perf_counter's)
     head_only: bool = False
@@ -82,20 +84,32 @@ def error_response(status: int, message: str, headers: tuple[tuple[str, str], ..
 
 
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+_METHODS = {name.encode(): name for name in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 def serialize(response: Response, head_only: bool, keep_alive: bool) -> tuple[bytes, bytes]:
     """The status line and headers, and the body (empty for HEAD)."""
-    extra = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers)
-    head = b"HTTP/1.1 %d %s\r\nServer: gputuned\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
-        response.status,
-        _REASONS.get(response.status, b"Unknown"),
-        response.content_type.encode("latin-1"),
-        len(response.body),
+    head = _head(response.status, response.content_type, len(response.body), response.headers, keep_alive)
+    return head, b"" if head_only else response.body
+
+
+@functools.lru_cache(maxsize=256)
+def _head(status: int, content_type: str, length: int, headers: tuple[tuple[str, str], ...], keep_alive: bool) -> bytes:
+    """A response's status line and headers, built once: the answers to one client's
+    inference requests are alike but for their bodies' bytes."""
+    extra = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1")) for name, value in headers)
+    return b"HTTP/1.1 %d %s\r\nServer: gputuned\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n" % (
+        status,
+        _REASONS.get(status, b"Unknown"),
+        content_type.encode("latin-1"),
+        length,
         extra,
         b"" if keep_alive else b"Connection: close\r\n",
     )
-    return head, b"" if head_only else response.body
+
+
+def _headers_too_large() -> Response:
+    return error_response(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes", close=True)
 
 
 class _Answer:
@@ -123,8 +137,13 @@ class _Refusal(Exception):
         self.response = response
 
 
-class HttpConnection(asyncio.Protocol):
-    """One client connection: parses its requests, hands each to the handler, writes the answers in order."""
+class HttpConnection(asyncio.BufferedProtocol):
+    """One client connection: parses its requests, hands each to the handler, writes the answers in order.
+
+    The event loop reads straight into the server's one read buffer (a buffered protocol),
+    not into a new bytes object per read: the parser copies out what it keeps (a body
+    arriving in one piece is copied once, by the parser), and the loop's thread parses
+    each read before it makes the next, so every connection can share the buffer."""
 
     def __init__(self, handler: Handler, server: HttpServer) -> None:
         self._handler = handler
@@ -142,7 +161,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _reset_message(self) -> None:
         self._url = b""
-        self._headers: dict[str, str] = {}
+        self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0
         self._body: bytes | bytearray = b""
         self._keep_alive = True
@@ -152,7 +171,7 @@ class HttpConnection(asyncio.Protocol):
     def in_flight(self) -> int:
         return len(self._answers)
 
-    # --- asyncio.Protocol ---------------------------------------------------------------
+    # --- asyncio.BufferedProtocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports quack, not subclass
@@ -171,7 +190,14 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._update_reading()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._server.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
+        """Parses what arrived; requests it completes go to the handler."""
         self.last_active = time.perf_counter()
         if self._closing:
             return
@@ -198,22 +224,27 @@ class HttpConnection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refusal(_headers_too_large())
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value))
-        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refusal(_headers_too_large())
+        self._headers[name.lower()] = value  # decoded by whoever reads it: most never are
 
     def on_headers_complete(self) -> None:
         if self._closing:  # pipelined behind an answer that closes the connection
             return
         parser = self._parser
-        self._method = parser.get_method().decode("latin-1")
+        method = parser.get_method()
+        self._method = _METHODS.get(method) or method.decode("latin-1")
         self._keep_alive = parser.should_keep_alive()
-        declared = self._headers.get("content-length")
+        declared = self._headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self._server.max_body_bytes:
             raise _Refusal(self._too_large())
-        if self._headers.get("expect", "").lower() == "100-continue" and not self._answers and self._transport is not None:
+        if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self._answers and self._transport is not None:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # only at the head of the answer order
 
     def on_body(self, body: bytes) -> None:
@@ -248,7 +279,8 @@ class HttpConnection(asyncio.Protocol):
             received,
             answer.head_only,
         )
-        self._update_reading()
+        if len(self._answers) >= MAX_PIPELINED:
+            self._update_reading()
         try:
             self._handler(request, answer.respond)
         except Exception:  # a handler's bug is answered 500; the connection and the server go on
@@ -260,11 +292,6 @@ class HttpConnection(asyncio.Protocol):
     def _path(self) -> str:
         path = self._url.partition(b"?")[0].decode("latin-1")
         return unquote(path) if "%" in path else path
-
-    def _count_header_bytes(self, count: int) -> None:
-        self._header_bytes += count
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise _Refusal(error_response(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes", close=True))
 
     def _too_large(self) -> Response:
         return error_response(413, f"request body exceeds the limit of {self._server.max_body_bytes} bytes", close=True)
@@ -298,7 +325,8 @@ class HttpConnection(asyncio.Protocol):
                     transport.close()  # after what is buffered is written
                 return
         self.last_active = time.perf_counter()
-        self._update_reading()
+        if not self._reading:
+            self._update_reading()
 
     def _close_lingering(self, transport: asyncio.Transport) -> None:
         """Ends the answer (FIN) but reads on, discarding, until the client closes or
@@ -350,6 +378,7 @@ class HttpServer:
         self._keepalive = keepalive
         self._read_timeout = read_timeout
         self.connections: set[HttpConnection] = set()
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))  # every connection's reads (HttpConnection)
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 

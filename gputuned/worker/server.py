@@ -12,6 +12,7 @@ coroutine of its own.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ from gputuned.worker.models import LoadedModel
 from gputuned.worker.stats import WorkerStats
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-HEADER_LENGTH_KEY = HEADER_LENGTH.lower()  # httpserver's header names are in lower case
+HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # httpserver's header names are bytes in lower case
 MODEL_ROUTES = {"": "GET", "ready": "GET", "config": "GET", "infer": "POST"}  # what follows /v2/models/{name}[/versions/{v}]
 
 
@@ -55,7 +56,7 @@ class InferenceApp:
         """httpserver's handler: routes `request` and answers it through `respond`."""
         path = request.path.rstrip("/") or "/"
         if path.startswith("/v2/models/"):
-            self._model_route(request, path, respond)
+            self._model_route(request, *_model_path(path), respond)
             return
         route = self._server_routes.get(path)
         if route is None:
@@ -75,12 +76,7 @@ class InferenceApp:
             else:
                 self._stats.request_rejected()
 
-    def _model_route(self, request: Request, path: str, respond: Respond) -> None:
-        parts = path.split("/")[3:]  # after "", "v2", "models"
-        name, version = parts[0], None
-        if len(parts) >= 3 and parts[1] == "versions":
-            version, parts = parts[2], [name, *parts[3:]]
-        action = "/".join(parts[1:])
+    def _model_route(self, request: Request, name: str, version: str | None, action: str, respond: Respond) -> None:
         method = MODEL_ROUTES.get(action)
         if method is None:
             respond(error_response(404, f"no endpoint at {request.path}; a model has metadata, /ready, /config and /infer"))
@@ -164,7 +160,8 @@ class InferenceApp:
             respond(error_response(503, "the worker is not ready (starting or draining)", RETRY_AFTER, close=True))
             return
         try:
-            plan, tensor = self._codec.decode(request.body, request.headers.get(HEADER_LENGTH_KEY))
+            header_length = request.headers.get(HEADER_LENGTH_KEY)
+            plan, tensor = self._codec.decode(request.body, None if header_length is None else header_length.decode("latin-1"))
         except BadRequest as exc:
             stats.request_rejected()
             respond(error_response(400, str(exc)))
@@ -208,6 +205,17 @@ class _InferenceReply:
         headers = () if encoded.header_length is None else ((HEADER_LENGTH, str(encoded.header_length)),)
         self._stats.request_completed(time.perf_counter() - self._received)
         self._respond(Response(200, encoded.body, encoded.content_type, headers))
+
+
+@functools.lru_cache(maxsize=256)
+def _model_path(path: str) -> tuple[str, str | None, str]:
+    """(model name, version or None, action) of a path under /v2/models/, worked out once
+    per path: a client sends the same one again and again."""
+    parts = path.split("/")[3:]  # after "", "v2", "models"
+    name, version = parts[0], None
+    if len(parts) >= 3 and parts[1] == "versions":
+        version, parts = parts[2], [name, *parts[3:]]
+    return name, version, "/".join(parts[1:])
 
 
 def _wrong_method(request: Request, allowed: str) -> Response:

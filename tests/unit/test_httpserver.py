@@ -129,6 +129,29 @@ def test_a_chunked_body_arrives_whole_and_a_percent_encoded_path_decoded():
     assert (status, body, recorder.requests[0].path) == (200, b"hello world", "/a b")
 
 
+def test_requests_arriving_in_pieces_on_many_connections_keep_their_own_bytes():
+    """Every connection reads into the server's one buffer: what a request keeps must be its own copy."""
+
+    async def scenario():
+        recorder = Recorder()
+        async with serving(recorder) as port:
+            streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            requests = [b"POST /p%d HTTP/1.1\r\nContent-Length: 8\r\n\r\nbody-%03d" % (i, i) for i in range(3)]
+            for start, end in ((0, 10), (10, 30), (30, 45), (45, None)):  # each connection's next piece, in turn
+                for (_, writer), request in zip(streams, requests):
+                    writer.write(request[start:end])
+                    await writer.drain()
+                    await asyncio.sleep(0.01)  # a read of its own
+            answers = [(await read_response(reader))[2] for reader, _ in streams]
+            for _, writer in streams:
+                writer.close()
+            return answers, [(r.path, bytes(r.body)) for r in recorder.requests]
+
+    answers, requests = run(scenario())
+    assert answers == [b"body-000", b"body-001", b"body-002"]
+    assert sorted(requests) == [("/p0", b"body-000"), ("/p1", b"body-001"), ("/p2", b"body-002")]
+
+
 def test_expect_100_continue_is_answered_before_the_body_is_sent():
     async def scenario():
         recorder = Recorder()
