@@ -1,17 +1,21 @@
 """Execution lanes (`streams`): that many batches run at once.
 
 Each lane is an asyncio task that takes a batch from the batcher and runs it on a
-thread of its own (torch releases the GIL inside its kernels, so CPU lanes overlap);
-on CUDA each lane also owns a torch.cuda.Stream, so one lane's copy overlaps another's
-compute. Adding lanes starts them at once; removing lanes lets the surplus finish the
+thread of its own (torch releases the GIL inside its kernels, so CPU lanes overlap),
+handed over through a queue and answered with one call into the event loop. Through a
+thread pool (its futures, its idle-thread semaphore, their chaining into asyncio) a
+batch's round trip took 80 us of CPU, against 57 us this way: at batch 1, a sixth of a
+request's cost. On CUDA each lane also owns a torch.cuda.Stream, so one lane's copy
+overlaps another's compute. Adding lanes starts them at once; removing lanes lets the surplus finish the
 batch they hold and then exit, so no request is dropped by a change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -66,13 +70,29 @@ class Lane:
         self._model = model
         self._settings = settings
         self._stats = stats
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"lane{index}")
         self._threads: int | None = None  # torch intra-op threads set in this lane's thread
         self._stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
+        self._batches: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=f"lane{index}", daemon=True)
+        self._thread.start()
 
     async def run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Runs one batch in this lane's thread; returns each request's outputs."""
-        return await asyncio.wrap_future(self._executor.submit(self._run, inputs))
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._batches.put((inputs, done, loop))
+        return await done
+
+    def _serve(self) -> None:
+        """The lane's thread: runs each batch handed to it until `close`."""
+        while (job := self._batches.get()) is not None:
+            inputs, done, loop = job
+            try:
+                outputs = self._run(inputs)
+            except BaseException as exc:  # noqa: BLE001 - whatever failed is the batch's outcome
+                loop.call_soon_threadsafe(_settle, done, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, done, outputs, None)
 
     def _run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
         started = time.perf_counter()
@@ -124,7 +144,23 @@ class Lane:
         return per_request
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        """Ends the thread once the batch it runs (if any) is done."""
+        self._batches.put(None)
+        self._thread.join()
+
+
+# A batch handed to a lane's thread: its inputs, the future its outcome settles, and that future's loop.
+_Job = tuple[list[np.ndarray], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
+
+
+def _settle(done: asyncio.Future[Any], outputs: Any, exc: BaseException | None) -> None:
+    """In the event loop: a batch's outcome to its future (gone already if its lane was cancelled)."""
+    if done.done():
+        return
+    if exc is None:
+        done.set_result(outputs)
+    else:
+        done.set_exception(exc)
 
 
 def _as_tuple(result: Any) -> tuple[torch.Tensor, ...]:

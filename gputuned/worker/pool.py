@@ -9,6 +9,7 @@ lane go back to their old pool, which is freed when the last one returns.
 
 from __future__ import annotations
 
+import math
 import threading
 
 import torch
@@ -25,10 +26,7 @@ class Block:
 
     def view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
         """The first bytes of the block as a tensor of `dtype` and `shape`."""
-        count = 1
-        for dim in shape:
-            count *= dim
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         return self.data[:nbytes].view(dtype).view(shape)
 
     def release(self) -> None:
