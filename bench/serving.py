@@ -9,8 +9,9 @@ after round, side by side (this machine drifts 20-35% within a minute), at batch
 - raw: with the worker stopped (SIGSTOP), the same model called in a plain loop on the same
   core, one thread, in a thread of its own as a lane runs it (the main thread computes no
   faster: the encoder as fast, resnet-mini 378 against 491 items/s at batch 32), by one
-  long-lived process warmed up like the worker: a fresh process per round computed
-  resnet-mini ~25% slower than the same loop a few rounds on, which flattered the ratio.
+  long-lived process: a fresh process per round computed resnet-mini ~25% slower than the
+  same loop a few rounds on, which flattered the ratio. Both sides get a warm-up round first
+  (the worker's first resnet-mini round served ~35% less than its later ones).
 Each side counts at its best batch of the round, over the same windows.
 Serving efficiency = served / raw, the median of the per-round ratios, for the built-in
 model and for a transformer encoder (bench/serving_models.py). The encoder gets 64 clients,
@@ -19,12 +20,14 @@ one's clients to send again, and the core idles for the closed loop's sake. resn
 gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
 
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
-on the worker core, loaded in turn: the worker's CPU time per request, on uvloop and on
-asyncio's own loop, and with `--before GIT_REF` the same worker at that commit.
+on the worker core, loaded in turn: the worker's CPU time per request at batch 32 and at
+batch 1 (a batch per request), on uvloop and on asyncio's own loop, and with `--before
+GIT_REF` the same worker at that commit.
 
 Target (issue 15): serving efficiency >= 0.85 on both models.
 
     python bench/serving.py [--rounds 4] [--window 4] [--clients N] [--before GIT_REF]
+                            [--model NAME] [--no-ceiling]
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ CLIENTS = {"resnet-mini": 32, "encoder": 64}
 PATHS = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}"}  # the worker and the raw loop find serving_models
 NEARLY_FREE = ("serving_models:nearly_free", "16")
 KNOBS = ("max_batch_size=32", "max_queue_delay_us=10000", "streams=1", "intra_op_threads=1")  # the ceiling's
+CEILING_BATCHES = (32, 1)  # the ceiling's: the per-request cost alone, and with a batch's per request
 BATCHES = (8, 16, 32)  # efficiency: served and raw alike, each at its best of these
 # The raw side: a process that loads the model once, then for each "BATCH SECONDS" line on
 # its stdin computes batches in a plain loop, in a thread of its own as a lane runs them,
@@ -146,12 +150,14 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float
         raw_loop(spec, shape, args.worker_core) as raw_rate,
     ):
         pin(process.pid, args.worker_core)
-        os.kill(process.pid, signal.SIGSTOP)
-        try:
-            for batch in BATCHES:  # warm-up: the raw loop reaches its speed over its first ~10 s
+        for batch in BATCHES:  # warm-up, both sides: each reaches its speed over its first ~10 s
+            client.set({"max_batch_size": batch})
+            served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000)
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
                 raw_rate(batch, args.window)
-        finally:
-            os.kill(process.pid, signal.SIGCONT)
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
         for _ in range(args.rounds):
             served_rates, raw_rates = [], []
             for batch in BATCHES:
@@ -176,7 +182,9 @@ def ceiling(args: argparse.Namespace) -> None:
     """The serving path's own cost: workers of a nearly free model side by side on the worker
     core, loaded in turn: this checkout's on uvloop and on asyncio's loop, and `--before`'s.
     The figure is the worker's CPU time per request (the load generator, not the worker,
-    runs out of CPU first here), and the requests per second one core would serve at it."""
+    runs out of CPU first here), and the requests per second one core would serve at it:
+    at batch 32, where the per-request cost shows, and at batch 1, where every request also
+    pays for a batch (the lane's round trip)."""
     variants = [("now", REPO_ROOT, ()), ("now on asyncio's loop", REPO_ROOT, ("--event-loop", "asyncio"))]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
@@ -195,29 +203,34 @@ def ceiling(args: argparse.Namespace) -> None:
             workdir.mkdir()
             arguments = [*worker_arguments(*NEARLY_FREE), *extra]
             env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
-            process, base, _ = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
+            process, base, control = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
             pin(process.pid, args.worker_core)
-            workers.append((process, base))
-        cost: list[list[float]] = [[] for _ in variants]
-        clients = args.clients or 32
-        for _ in range(args.rounds):
-            for index, (process, base) in enumerate(workers):
-                asyncio.run(run_load(timed_load(base, 1.0, clients)))  # warm-up
-                worker = psutil.Process(process.pid)
-                before = worker.cpu_times()
-                result = asyncio.run(run_load(timed_load(base, args.window, clients)))
-                after = worker.cpu_times()
-                cpu = after.user + after.system - before.user - before.system
-                cost[index].append(cpu / max(len(result.latencies), 1))
-    now = cost[0]
-    print("serving path ceiling (a nearly free model, one item per request, the worker's CPU per request):")
-    for (label, _, _), seconds in zip(variants, cost):
-        ratios = [n / s for n, s in zip(now, seconds)]
-        median = statistics.median(seconds)
-        print(
-            f"  {label}: {median * 1e6:.0f} us per request = {1 / median:.0f} requests/s per core; now takes "
-            f"{statistics.median(ratios):.2f} of its CPU per request (per round {' '.join(f'{r:.2f}' for r in ratios)})"
-        )
+            workers.append((process, base, stack.enter_context(ControlClient(control))))
+        for batch in CEILING_BATCHES:
+            for _, _, client in workers:
+                client.set({"max_batch_size": batch})
+            cost: list[list[float]] = [[] for _ in variants]
+            clients = args.clients or 32
+            for _ in range(args.rounds):
+                for index, (process, base, _) in enumerate(workers):
+                    asyncio.run(run_load(timed_load(base, 1.0, clients)))  # warm-up
+                    worker = psutil.Process(process.pid)
+                    before = worker.cpu_times()
+                    result = asyncio.run(run_load(timed_load(base, args.window, clients)))
+                    after = worker.cpu_times()
+                    cpu = after.user + after.system - before.user - before.system
+                    cost[index].append(cpu / max(len(result.latencies), 1))
+            now = cost[0]
+            print(
+                f"serving path ceiling at batch {batch} (a nearly free model, one item per request, the worker's CPU per request):"
+            )
+            for (label, _, _), seconds in zip(variants, cost):
+                ratios = [n / s for n, s in zip(now, seconds)]
+                median = statistics.median(seconds)
+                print(
+                    f"  {label}: {median * 1e6:.0f} us per request = {1 / median:.0f} requests/s per core; now takes "
+                    f"{statistics.median(ratios):.2f} of its CPU per request (per round {' '.join(f'{r:.2f}' for r in ratios)})"
+                )
 
 
 def main() -> int:
