@@ -1,0 +1,102 @@
+"""A lane's thread: batches handed over through its queue, outcomes back into the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from gputuned.worker.lanes import InferenceFailed, Lane, LiveSettings
+from gputuned.worker.models import LoadedModel, TensorSpec
+from gputuned.worker.pool import BufferPool
+from gputuned.worker.stats import WorkerStats
+
+
+class Doubler(torch.nn.Module):
+    """Doubles its input, records the thread it ran in, and fails on a negative first value
+    or waits on `gate` when one is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        self.gate: threading.Event | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.threads.append(threading.current_thread().name)
+        if self.gate is not None:
+            self.gate.wait(5)
+        if x[0, 0] < 0:
+            raise RuntimeError("negative input")
+        return x * 2
+
+
+def lane_for(module: Doubler) -> tuple[Lane, WorkerStats]:
+    spec = TensorSpec("input", "FP32", (2,))
+    model = LoadedModel("doubler", module, spec, (TensorSpec("output", "FP32", (2,)),), torch.device("cpu"), "pytorch_libtorch")
+    stats = WorkerStats(lambda: 0, lambda: 1)
+    settings = LiveSettings(8, 0, 1, 1, 1, BufferPool(2**20, 2, False))
+    return Lane(0, model, settings, stats), stats
+
+
+def request(*values: float) -> np.ndarray:
+    return np.array([values], dtype=np.float32)
+
+
+def test_a_batch_runs_in_the_lanes_own_thread_and_each_request_gets_its_rows():
+    module = Doubler()
+    lane, stats = lane_for(module)
+
+    async def scenario():
+        return await lane.run([request(1, 2), np.array([[3, 4], [5, 6]], dtype=np.float32)])
+
+    try:
+        outputs = asyncio.run(scenario())
+    finally:
+        lane.close()
+    assert module.threads == ["lane0"]
+    assert [o[0].tolist() for o in outputs] == [[[2, 4]], [[6, 8], [10, 12]]]
+    assert stats.batches == 1 and stats.batch_size.snapshot()["sum"] == 3
+
+
+def test_a_failing_batch_raises_for_its_requests_and_the_lane_runs_the_next_one():
+    lane, stats = lane_for(Doubler())
+
+    async def scenario():
+        with pytest.raises(InferenceFailed, match="negative input"):
+            await lane.run([request(-1, 0)])
+        return await lane.run([request(1, 1)])
+
+    try:
+        outputs = asyncio.run(scenario())
+    finally:
+        lane.close()
+    assert outputs[0][0].tolist() == [[2, 2]] and stats.batches == 2
+
+
+def test_a_batch_whose_waiter_was_cancelled_ends_quietly_and_the_lane_goes_on():
+    module = Doubler()
+    lane, _ = lane_for(module)
+    module.gate = threading.Event()
+
+    errors: list[dict] = []
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+        waiting = asyncio.ensure_future(lane.run([request(1, 1)]))
+        while not module.threads:  # the batch is in the lane's thread
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+        assert module.gate is not None
+        module.gate.set()  # the batch finishes after its waiter is gone
+        module.gate = None
+        return await asyncio.wait_for(lane.run([request(3, 3)]), 5)
+
+    try:
+        outputs = asyncio.run(scenario())
+    finally:
+        lane.close()
+    assert outputs[0][0].tolist() == [[6, 6]]
+    assert errors == []  # the late outcome found its future cancelled and was dropped, not set
