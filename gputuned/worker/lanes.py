@@ -6,8 +6,8 @@ handed over through a queue and answered with one call into the event loop. Thro
 thread pool (its futures, its idle-thread semaphore, their chaining into asyncio) a
 batch's round trip took 80 us of CPU, against 57 us this way: at batch 1, a sixth of a
 request's cost. On CUDA each lane also owns a torch.cuda.Stream, so one lane's copy
-overlaps another's compute. Adding lanes starts them at once; removing lanes lets the surplus finish the
-batch they hold and then exit, so no request is dropped by a change.
+overlaps another's compute. Adding lanes starts them at once; removing lanes lets the
+surplus finish the batch they hold and then exit, so no request is dropped by a change.
 """
 
 from __future__ import annotations
