@@ -61,7 +61,8 @@ MODELS = {
 CLIENTS = {"resnet-mini": 32, "encoder": 64}
 PATHS = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}"}  # the worker and the raw loop find serving_models
 NEARLY_FREE = ("serving_models:nearly_free", "16")
-KNOBS = ("max_batch_size=32", "max_queue_delay_us=10000", "streams=1", "intra_op_threads=1")  # the ceiling's
+# Every worker's starting setting; the batch size is then set live for each window.
+KNOBS = ("max_batch_size=32", "max_queue_delay_us=10000", "streams=1", "intra_op_threads=1")
 CEILING_BATCHES = (32, 1)  # the ceiling's: the per-request cost alone, and with a batch's per request
 BATCHES = (8, 16, 32)  # efficiency: served and raw alike, each at its best of these
 # The raw side: a process that loads the model once, then for each "BATCH SECONDS" line on
@@ -150,24 +151,21 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float
         raw_loop(spec, shape, args.worker_core) as raw_rate,
     ):
         pin(process.pid, args.worker_core)
-        for batch in BATCHES:  # warm-up, both sides: each reaches its speed over its first ~10 s
+
+        def side_by_side(batch: int) -> tuple[float, float]:
+            """(served, raw) items/s at `batch`, one window each, back to back."""
             client.set({"max_batch_size": batch})
-            served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000)
+            served_rate = served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000)
             os.kill(process.pid, signal.SIGSTOP)
             try:
-                raw_rate(batch, args.window)
+                return served_rate, raw_rate(batch, args.window)
             finally:
                 os.kill(process.pid, signal.SIGCONT)
+
+        for batch in BATCHES:  # warm-up, both sides: each reaches its speed over its first ~10 s
+            side_by_side(batch)
         for _ in range(args.rounds):
-            served_rates, raw_rates = [], []
-            for batch in BATCHES:
-                client.set({"max_batch_size": batch})
-                served_rates.append(served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000))
-                os.kill(process.pid, signal.SIGSTOP)
-                try:
-                    raw_rates.append(raw_rate(batch, args.window))
-                finally:
-                    os.kill(process.pid, signal.SIGCONT)
+            served_rates, raw_rates = zip(*(side_by_side(batch) for batch in BATCHES))
             served.append(max(served_rates))
             raw.append(max(raw_rates))
             print(

@@ -108,10 +108,6 @@ def _head(status: int, content_type: str, length: int, headers: tuple[tuple[str,
     )
 
 
-def _headers_too_large() -> Response:
-    return error_response(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes", close=True)
-
-
 class _Answer:
     """One request's place in its connection's answer order."""
 
@@ -194,9 +190,9 @@ class HttpConnection(asyncio.BufferedProtocol):
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._server.read_buffer[:nbytes])
+        self._parse(self._server.read_buffer[:nbytes])
 
-    def data_received(self, data: bytes | memoryview) -> None:
+    def _parse(self, data: memoryview) -> None:
         """Parses what arrived; requests it completes go to the handler."""
         self.last_active = time.perf_counter()
         if self._closing:
@@ -206,7 +202,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade as upgrade:
             # The request asking to upgrade was taken whole; what follows is more HTTP/1.1.
             self._parser = httptools.HttpRequestParser(self)
-            self.data_received(data[upgrade.args[0] :])
+            self._parse(data[upgrade.args[0] :])
         except _Refusal as refusal:
             self._refuse(refusal.response)
         except httptools.HttpParserError as exc:
@@ -224,14 +220,10 @@ class HttpConnection(asyncio.BufferedProtocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise _Refusal(_headers_too_large())
+        self._count_header_bytes(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            raise _Refusal(_headers_too_large())
+        self._count_header_bytes(len(name) + len(value))
         self._headers[name.lower()] = value  # decoded by whoever reads it: most never are
 
     def on_headers_complete(self) -> None:
@@ -292,6 +284,11 @@ class HttpConnection(asyncio.BufferedProtocol):
     def _path(self) -> str:
         path = self._url.partition(b"?")[0].decode("latin-1")
         return unquote(path) if "%" in path else path
+
+    def _count_header_bytes(self, count: int) -> None:
+        self._header_bytes += count
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Refusal(error_response(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes", close=True))
 
     def _too_large(self) -> Response:
         return error_response(413, f"request body exceeds the limit of {self._server.max_body_bytes} bytes", close=True)
