@@ -70,7 +70,9 @@ BATCHES = (8, 16, 32)  # efficiency: served and raw alike, each at its best of t
 # and prints the items per second. It waits on stdin, taking no CPU, while the worker serves.
 RAW_LOOP = """
 import concurrent.futures, sys, time, torch
+from gputuned.worker.allocator import keep_freed_memory
 from gputuned.worker.models import load_model, parse_shape
+keep_freed_memory()  # malloc as in the worker, so the ratio measures serving, not page faults
 spec, shape = sys.argv[1], sys.argv[2]
 model = load_model(spec, torch.device("cpu"), parse_shape(shape) if shape else None, "FP32", None, "input")
 

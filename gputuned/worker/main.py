@@ -11,6 +11,7 @@ import torch
 
 from gputuned.config import parse_listen_address
 from gputuned.knobs import KnobError, parse_assignments
+from gputuned.worker.allocator import keep_freed_memory
 from gputuned.worker.models import ModelLoadError, load_model, parse_shape
 from gputuned.worker.service import WorkerOptions, event_loop_factory, run_worker
 
@@ -65,6 +66,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
+    keep_freed_memory()
     try:
         model = load_model(args.model, device, shape, args.input_dtype, args.model_name, args.input_name)
     except ModelLoadError as exc:
