@@ -47,9 +47,9 @@ class RequestPlan:
     response_header: bytes | None  # the response's JSON header when every output goes back binary
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Encoded:
-    """A response body and the headers that go with it."""
+    """A response body and the headers that go with it (one per request: not frozen, as Response)."""
 
     body: bytes
     content_type: str
@@ -222,7 +222,7 @@ class Codec:
         """The response to a request: its outputs (one array per model output) as it asked for them."""
         arrays = [outputs[index] for index, _ in plan.outputs]
         if plan.response_header is not None and self._as_declared(plan, arrays):
-            blobs = b"".join(np.ascontiguousarray(array).tobytes() for array in arrays)
+            blobs = b"".join(array.tobytes() for array in arrays)  # tobytes writes C order, contiguous or not
             return Encoded(plan.response_header + blobs, "application/octet-stream", len(plan.response_header))
         entries, blobs_list = [], []
         for (index, binary), array in zip(plan.outputs, arrays):
