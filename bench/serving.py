@@ -21,8 +21,9 @@ gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
 
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
 on the worker core, loaded in turn: the worker's CPU time per request at batch 32 and at
-batch 1 (a batch per request), on uvloop and on asyncio's own loop, and with `--before
-GIT_REF` the same worker at that commit.
+batch 1 (a batch per request), on uvloop, on asyncio's own loop and with its threads under
+SCHED_BATCH (the sched_batch knob), and with `--before GIT_REF` the same worker at that
+commit.
 
 Target (issue 15): serving efficiency >= 0.85 on both models.
 
@@ -180,12 +181,17 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[list[float
 
 def ceiling(args: argparse.Namespace) -> None:
     """The serving path's own cost: workers of a nearly free model side by side on the worker
-    core, loaded in turn: this checkout's on uvloop and on asyncio's loop, and `--before`'s.
+    core, loaded in turn: this checkout's on uvloop, on asyncio's loop and under SCHED_BATCH,
+    and `--before`'s.
     The figure is the worker's CPU time per request (the load generator, not the worker,
     runs out of CPU first here), and the requests per second one core would serve at it:
     at batch 32, where the per-request cost shows, and at batch 1, where every request also
     pays for a batch (the lane's round trip)."""
-    variants = [("now", REPO_ROOT, ()), ("now on asyncio's loop", REPO_ROOT, ("--event-loop", "asyncio"))]
+    variants = [
+        ("now", REPO_ROOT, ()),
+        ("now on asyncio's loop", REPO_ROOT, ("--event-loop", "asyncio")),
+        ("now with sched_batch=1", REPO_ROOT, ("--knob", "sched_batch=1")),
+    ]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         if args.before:

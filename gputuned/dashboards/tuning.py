@@ -17,6 +17,7 @@ KNOBS = (
     ("streams", "Lanes", "short", "Execution lanes: a CUDA stream each on a GPU, a thread each on the CPU."),
     ("pool_mb", "Pool size", "decmbytes", "Pinned (GPU) or preallocated (CPU) input buffer pool."),
     ("intra_op_threads", "Threads per lane", "short", "torch intra-op threads per lane (CPU worker only)."),
+    ("sched_batch", "SCHED_BATCH", "short", "1: the worker's threads hand batches over without preempting (Linux)."),
 )
 
 LATENCY_BUCKETS = f"gputuned_worker_latency_seconds_bucket{{{WORKER}}}"
@@ -144,7 +145,7 @@ def build() -> Board:
                     "{{worker}} {{action}} {{knob}}",
                 )
             ],
-            width=8,
+            width=12,
             height=7,
         ),
         graph(
@@ -163,7 +164,7 @@ def build() -> Board:
                     "frozen knobs",
                 ),
             ],
-            width=24,
+            width=12,
             height=7,
         ),
     )

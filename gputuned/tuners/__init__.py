@@ -9,21 +9,26 @@ from gputuned.tuners.base import Tuner
 from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner
 from gputuned.tuners.queue_delay import QueueDelayTuner
+from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
 
 
 def default_tuners() -> list[Tuner]:
-    """In the order the guard asks them: batch first (it also answers SLO breaches and
-    OOM), then how the cores and lanes are shared, then the queue delay, then a bigger
-    batch with the wait that fills it, then the pool, and last the probe for a smaller
-    batch (a move for when nobody has a better one)."""
+    """In the order the guard asks them: the threads' scheduling policy first when p99
+    breaches the SLO with it on (another process competing for the worker's cores would
+    show so), then batch (it also answers SLO breaches and OOM), then how the cores and
+    lanes are shared, then the queue delay, then a bigger batch with the wait that fills
+    it, then the pool, then the scheduling policy, and last the probe for a smaller batch
+    (a move for when nobody has a better one)."""
     return [
+        SchedulingBackoff(),
         BatchTuner(),
         ThreadsTuner(),
         StreamsTuner(),
         QueueDelayTuner(),
         BatchFillTuner(),
         PoolTuner(),
+        SchedulingTuner(),
         BatchDownProbe(),
     ]

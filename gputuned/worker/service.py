@@ -26,6 +26,7 @@ from gputuned.worker.httpserver import HttpServer
 from gputuned.worker.lanes import LaneSet, LiveSettings
 from gputuned.worker.models import LoadedModel
 from gputuned.worker.pool import BufferPool
+from gputuned.worker.scheduling import set_batch_policy, starting_policy
 from gputuned.worker.server import MAX_BODY_BYTES, InferenceApp
 from gputuned.worker.stats import WorkerStats
 
@@ -161,6 +162,16 @@ class WorkerService:
                 maximum=available_cpus(),
                 apply=self._set_threads,
                 description="torch intra-op threads per lane",
+            )
+        policy = starting_policy()
+        if policy is not None:
+            agent.knob(
+                "sched_batch",
+                default=policy,
+                minimum=0,
+                maximum=1,
+                apply=set_batch_policy,
+                description="1: the worker's threads under SCHED_BATCH, handing batches over without preempting",
             )
         agent.restart_only("interop_threads", torch.get_num_interop_threads())
         assert self.stats is not None

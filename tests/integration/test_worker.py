@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,9 +246,11 @@ def test_knob_changes_under_load_fail_no_request(tmp_path):
             {"max_queue_delay_us": 2000},
             {"pool_mb": 16},
             {"intra_op_threads": 1},
+            {"sched_batch": 1},
             {"max_batch_size": 32, "streams": 3},
             {"pool_mb": 0},
             {"streams": 1},
+            {"sched_batch": 0},
             {"max_batch_size": 2, "max_queue_delay_us": 0, "intra_op_threads": 2},
         ]
         acks = []
@@ -262,6 +266,31 @@ def test_knob_changes_under_load_fail_no_request(tmp_path):
     assert result.sent == 600 and result.ok == 600 and sum(result.errors.values()) == 0
     assert stats["failed"] == 0 and stats["completed"] >= 1
     assert stats["batch_size"]["sum"] == stats["completed"]  # every item ran in exactly one batch
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
+def test_sched_batch_moves_every_worker_thread_and_the_lanes_started_after(tmp_path):
+    with running_worker(tmp_path) as (process, base, control):
+        tasks = Path(f"/proc/{process.pid}/task")
+
+        def policies() -> set[int]:
+            return {os.sched_getscheduler(int(task.name)) for task in tasks.iterdir()}
+
+        assert policies() == {os.SCHED_OTHER}
+        with ControlClient(control) as client:
+            assert client.hello["knobs"]["sched_batch"]["value"] == 0
+            threads = len(list(tasks.iterdir()))
+            client.set({"sched_batch": 1})
+            assert policies() == {os.SCHED_BATCH}
+            client.set({"streams": 3})  # two lane threads more, started by the event loop's thread
+            deadline = time.monotonic() + 10
+            while len(list(tasks.iterdir())) < threads + 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(list(tasks.iterdir())) >= threads + 2 and policies() == {os.SCHED_BATCH}
+            served = asyncio.run(run_load(LoadPlan(url=base, concurrency=4, requests=40, duration=60)))
+            assert served.ok == 40
+            client.set({"sched_batch": 0})
+            assert policies() == {os.SCHED_OTHER}
 
 
 def test_gputuned_set_refuses_out_of_bounds_and_changes_nothing(worker):

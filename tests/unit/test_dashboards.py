@@ -102,7 +102,7 @@ def test_tuning_dashboard_marks_decisions_and_draws_the_slo():
     assert "gputuned_tuner_decisions_total" in annotation["expr"]
     exprs = [expr for _, expr in queries(tuning)]
     assert any("gputuned_tuner_slo_p99_seconds" in expr for expr in exprs)
-    knobs = {"max_batch_size", "max_queue_delay_us", "streams", "pool_mb", "intra_op_threads"}
+    knobs = {"max_batch_size", "max_queue_delay_us", "streams", "pool_mb", "intra_op_threads", "sched_batch"}
     assert {knob for knob in knobs if any(f'knob="{knob}"' in expr for expr in exprs)} == knobs
 
 

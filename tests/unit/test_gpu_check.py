@@ -20,7 +20,7 @@ from gputuned.testing.gpu_check import (
     per_gpu,
     refused_readings,
 )
-from gputuned.tuners import default_tuners
+from gputuned.tuners.batch import BatchTuner
 from tests.unit.test_guard import SimulatedWorker, make, run
 from tests.unit.test_nvml_collector import make as make_collector
 
@@ -128,14 +128,14 @@ def test_the_oom_verdict_reads_the_guards_own_decisions():
     worker = SimulatedWorker(noise=0.0)
     worker.knobs["max_batch_size"] = 8
     worker.oom_above = 8  # the climb's next step, 16, runs out of memory
-    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    guard, decisions = make(worker, tuners=[BatchTuner()])
     run(guard, 30)
     as_logged = [decision.to_json() for decision in decisions]  # as decisions.jsonl holds them
     assert oom_verdict(as_logged, guard.view().ceilings, batch_before=8) is None
     assert "no ceiling below max_batch_size=16" in oom_verdict(as_logged, {}, batch_before=8)
     assert "not back to 4" in oom_verdict(as_logged, guard.view().ceilings, batch_before=4)
     clean = SimulatedWorker(noise=0.0)
-    guard, decisions = make(clean, tuners=[default_tuners()[0]])
+    guard, decisions = make(clean, tuners=[BatchTuner()])
     run(guard, 30)
     assert "no max_batch_size revert for out-of-memory events" in oom_verdict([d.to_json() for d in decisions], {}, 1)
 

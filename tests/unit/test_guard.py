@@ -174,7 +174,7 @@ def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes
     worker = SimulatedWorker(noise=0.0, demand=3.0)  # 96 clients: 64 wait behind a batch of 32
     worker.knobs["max_batch_size"] = 32  # doubling to 64 breaks the SLO (p99 138 ms)
     worker.knobs["streams"] = 1
-    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    guard, decisions = make(worker, tuners=[BatchTuner()])
     run(guard, 60)
     reverts = [d for d in decisions if d.action == "revert" and d.knob == "max_batch_size"]
     assert len(reverts) == 1 and reverts[0].old == 64 and reverts[0].new == 32
@@ -231,7 +231,7 @@ def test_the_flap_budget_stops_a_knob_that_keeps_being_reverted():
     # Each kept batch change lets the useless queue-delay proposal be tried again; after
     # three reverts the flap budget leaves that knob alone for the flap window.
     worker = SimulatedWorker(noise=0.0)
-    guard, decisions = make(worker, tuners=[AlwaysWorse(), default_tuners()[0]], flap_reverts=3, flap_window=1000.0)
+    guard, decisions = make(worker, tuners=[AlwaysWorse(), BatchTuner()], flap_reverts=3, flap_window=1000.0)
     run(guard, 300)
     reverts = [d for d in decisions if d.action == "revert" and d.knob == "max_queue_delay_us"]
     assert len(reverts) == 3
@@ -309,7 +309,7 @@ def test_out_of_memory_halves_the_batch_and_remembers_the_ceiling():
     worker = SimulatedWorker(noise=0.0)
     worker.knobs["max_batch_size"] = 16
     worker.oom_above = 8
-    guard, _decisions = make(worker, tuners=[default_tuners()[0]])
+    guard, _decisions = make(worker, tuners=[BatchTuner()])
     run(guard, 120)
     assert worker.knobs["max_batch_size"] <= 8
     assert guard.view().ceilings["max_batch_size"] == 15
@@ -320,7 +320,7 @@ def test_a_trial_that_runs_out_of_memory_sets_a_ceiling_that_outlives_a_shift():
     worker = SimulatedWorker(noise=0.0)
     worker.knobs["max_batch_size"] = 8
     worker.oom_above = 8  # the climb's next step, 16, runs out of memory
-    guard, decisions = make(worker, tuners=[default_tuners()[0]])
+    guard, decisions = make(worker, tuners=[BatchTuner()])
     now = run(guard, 30)
     assert ("revert", 16, 8) in [(d.action, d.old, d.new) for d in decisions]
     assert guard.view().ceilings["max_batch_size"] == 15

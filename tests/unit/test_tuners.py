@@ -10,6 +10,7 @@ from gputuned.tuners.base import TunerInput
 from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner, working_set_mb
 from gputuned.tuners.queue_delay import QueueDelayTuner
+from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
 
@@ -127,6 +128,25 @@ def test_threads_share_the_cores_between_lanes():
     assert tuner.propose(inp(knobs={"streams": 1, "intra_op_threads": 1})).value == 2
     assert tuner.propose(inp(knobs={"streams": 1, "intra_op_threads": 2})) is None
     assert tuner.propose(inp(device="cuda")) is None
+
+
+def test_sched_batch_is_tried_once_off_and_given_back_on_an_slo_breach():
+    explore, backoff = SchedulingTuner(), SchedulingBackoff()
+    bounds = {**BOUNDS, "sched_batch": (0, 1)}
+    off, on = {"sched_batch": 0}, {"sched_batch": 1}
+    breach = replace(WINDOW, p99=0.15)
+
+    def ask(tuner, window, knobs):
+        return tuner.propose(TunerInput(window, {**KNOBS, **knobs}, bounds, 0.1, "cpu", 2, 0))
+
+    tried = ask(explore, WINDOW, off)
+    assert (tried.changes(), tried.kind) == ({"sched_batch": 1}, "explore")
+    assert ask(explore, WINDOW, on) is None and ask(explore, breach, off) is None  # no exploring past the SLO
+    given_back = ask(backoff, breach, on)
+    assert (given_back.changes(), given_back.kind) == ({"sched_batch": 0}, "backoff")
+    assert ask(backoff, WINDOW, on) is None and ask(backoff, breach, off) is None
+    assert explore.propose(inp()) is None and backoff.propose(inp(breach)) is None  # a worker without the knob
+    assert isinstance(default_tuners()[0], SchedulingBackoff)  # before the batch backs off
 
 
 def test_tuners_are_pure():
