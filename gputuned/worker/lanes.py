@@ -84,15 +84,17 @@ class Lane:
         return await done
 
     def _serve(self) -> None:
-        """The lane's thread: runs each batch handed to it until `close`."""
-        while (job := self._batches.get()) is not None:
-            inputs, done, loop = job
-            try:
-                outputs = self._run(inputs)
-            except BaseException as exc:  # noqa: BLE001 - whatever failed is the batch's outcome
-                loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, outputs, None)
+        """The lane's thread: runs each batch handed to it until `close`, in inference mode
+        (entered once: per batch it cost ~1.4 us)."""
+        with torch.inference_mode():
+            while (job := self._batches.get()) is not None:
+                inputs, done, loop = job
+                try:
+                    outputs = self._run(inputs)
+                except BaseException as exc:  # noqa: BLE001 - whatever failed is the batch's outcome
+                    loop.call_soon_threadsafe(_settle, done, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, done, outputs, None)
 
     def _run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
         started = time.perf_counter()
@@ -105,25 +107,23 @@ class Lane:
         items = sum(sizes)
         spec = self._model.input
         shape = (items, *spec.shape)
-        nbytes = sum(array.nbytes for array in inputs)
         block, pool_hit = None, False
         h2d_bytes = 0
         oom = False
         try:
-            block, pool_hit = settings.pool.acquire(nbytes)
-            batch = block.view(spec.torch_dtype, shape)
+            block, pool_hit = settings.pool.acquire(spec.torch_dtype, shape)
+            batch, array = block.view(spec.torch_dtype, shape)
             # The batch's one copy of each request, into memory the lane owns (writable, pinned on CUDA).
-            np.concatenate(inputs, out=batch.numpy())
-            with torch.inference_mode():
-                if self._stream is not None:
-                    with torch.cuda.stream(self._stream):
-                        device_batch = batch.to(self._model.device, non_blocking=True)
-                        h2d_bytes = nbytes
-                        result = self._model.module(device_batch)
-                        outputs = [t.to("cpu", non_blocking=True) for t in _as_tuple(result)]
-                    self._stream.synchronize()  # the block may be reused and outputs read after this
-                else:
-                    outputs = list(_as_tuple(self._model.module(batch)))
+            np.concatenate(inputs, out=array)
+            if self._stream is not None:
+                with torch.cuda.stream(self._stream):
+                    device_batch = batch.to(self._model.device, non_blocking=True)
+                    h2d_bytes = array.nbytes
+                    result = self._model.module(device_batch)
+                    outputs = [t.to("cpu", non_blocking=True) for t in _as_tuple(result)]
+                self._stream.synchronize()  # the block may be reused and outputs read after this
+            else:
+                outputs = list(_as_tuple(self._model.module(batch)))
         except Exception as exc:  # one failed batch must not stop the lane
             oom = _is_out_of_memory(exc)
             raise InferenceFailed(

@@ -12,22 +12,39 @@ from __future__ import annotations
 import math
 import threading
 
+import numpy as np
 import torch
 
 
 class Block:
-    """A byte buffer lent by a pool (or allocated for one batch when the pool had none)."""
+    """A byte buffer lent by a pool (or allocated for one batch when the pool had none),
+    with the views it served batches through."""
 
-    __slots__ = ("data", "pool")
+    __slots__ = ("_views", "data", "pool")
 
     def __init__(self, data: torch.Tensor, pool: BufferPool | None) -> None:
         self.data = data
         self.pool = pool
+        self._views: dict[tuple[torch.dtype, tuple[int, ...]], tuple[torch.Tensor, np.ndarray]] = {}
 
-    def view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        """The first bytes of the block as a tensor of `dtype` and `shape`."""
-        nbytes = math.prod(shape) * dtype.itemsize
-        return self.data[:nbytes].view(dtype).view(shape)
+    @classmethod
+    def for_batch(cls, dtype: torch.dtype, shape: tuple[int, ...], pin_memory: bool) -> Block:
+        """A block of its own for one batch (the pool had none to lend), allocated as the batch."""
+        batch = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+        block = cls(batch, None)
+        block._views[(dtype, shape)] = (batch, batch.numpy())
+        return block
+
+    def view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
+        """The first bytes of the block as a tensor of `dtype` and `shape`, and the same
+        memory as a numpy array. Made once per shape and kept: slicing and viewing a tensor
+        three times cost ~5 us a batch, and a block serves the same few shapes again and again."""
+        views = self._views.get((dtype, shape))
+        if views is None:
+            nbytes = math.prod(shape) * dtype.itemsize
+            batch = self.data[:nbytes].view(dtype).view(shape)
+            views = self._views[(dtype, shape)] = (batch, batch.numpy())
+        return views
 
     def release(self) -> None:
         if self.pool is not None:
@@ -48,13 +65,13 @@ class BufferPool:
                 Block(torch.empty(self.block_bytes, dtype=torch.uint8, pin_memory=pin_memory), self) for _ in range(slots)
             ]
 
-    def acquire(self, nbytes: int) -> tuple[Block, bool]:
-        """A block of at least `nbytes`, and whether it came from the pool (a hit)."""
-        if nbytes <= self.block_bytes:
+    def acquire(self, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[Block, bool]:
+        """A block that holds a batch of `dtype` and `shape`, and whether it came from the pool (a hit)."""
+        if math.prod(shape) * dtype.itemsize <= self.block_bytes:
             with self._lock:
                 if self._free:
                     return self._free.pop(), True
-        return Block(torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pin_memory), None), False
+        return Block.for_batch(dtype, shape, self.pin_memory), False
 
     def give_back(self, block: Block) -> None:
         with self._lock:

@@ -16,16 +16,18 @@ from gputuned.worker.stats import WorkerStats
 
 
 class Doubler(torch.nn.Module):
-    """Doubles its input, records the thread it ran in, and fails on a negative first value
+    """Doubles its input, records the thread it ran in and whether in inference mode, and fails on a negative first value
     or waits on `gate` when one is set."""
 
     def __init__(self) -> None:
         super().__init__()
         self.threads: list[str] = []
+        self.inference: list[bool] = []
         self.gate: threading.Event | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.threads.append(threading.current_thread().name)
+        self.inference.append(torch.is_inference_mode_enabled())
         if self.gate is not None:
             self.gate.wait(5)
         if x[0, 0] < 0:
@@ -59,6 +61,26 @@ def test_a_batch_runs_in_the_lanes_own_thread_and_each_request_gets_its_rows():
     assert module.threads == ["lane0"]
     assert [o[0].tolist() for o in outputs] == [[[2, 4]], [[6, 8], [10, 12]]]
     assert stats.batches == 1 and stats.batch_size.snapshot()["sum"] == 3
+
+
+def test_batches_of_other_sizes_through_one_pooled_block_each_get_their_own_rows():
+    """The pool's block keeps a view per batch shape: alternating sizes must not mix them up,
+    nor a batch too large for the block (a block of its own) disturb them."""
+    module = Doubler()
+    lane, stats = lane_for(module)
+    lane._settings.pool = BufferPool(64, 1, False)  # one block of 64 bytes: 8 items of 2 FP32
+    sizes = [1, 3, 1, 8, 3, 9, 1]
+
+    async def scenario():
+        return [await lane.run([np.full((size, 2), size, dtype=np.float32)]) for size in sizes]
+
+    try:
+        outputs = asyncio.run(scenario())
+    finally:
+        lane.close()
+    assert [o[0][0].tolist() for o in outputs] == [[[2 * size] * 2] * size for size in sizes]
+    assert module.inference == [True] * len(sizes) and not torch.is_inference_mode_enabled()  # in the lane's thread only
+    assert (stats.pool_hits, stats.pool_misses) == (6, 1)
 
 
 def test_a_failing_batch_raises_for_its_requests_and_the_lane_runs_the_next_one():
