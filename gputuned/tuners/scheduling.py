@@ -1,7 +1,7 @@
 """sched_batch: try the worker's threads under SCHED_BATCH; give it back on an SLO breach.
 
 Under SCHED_BATCH the worker's event loop and lanes hand batches to each other without
-preempting, which saves an eighth of a request's CPU at batch 1, but a woken worker
+preempting, which saves a quarter of a request's CPU at batch 1, but a woken worker
 thread also stops preempting other processes on its core (worker/scheduling.py). Whether
 that pays depends on the host: trying it is an exploration the guard keeps only if
 goodput within the SLO rises, asked for once nothing else has a move; and when p99
