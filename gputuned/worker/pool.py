@@ -17,8 +17,8 @@ import torch
 
 
 class Block:
-    """A byte buffer lent by a pool (or allocated for one batch when the pool had none),
-    with the views it served batches through."""
+    """A byte buffer lent by a pool, or one batch's own tensor when the pool had none to
+    lend, with the views it served batches through."""
 
     __slots__ = ("_views", "data", "pool")
 

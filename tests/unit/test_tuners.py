@@ -38,6 +38,7 @@ BOUNDS = {
     "streams": (1, 16),
     "pool_mb": (0, 4096),
     "intra_op_threads": (1, 2),
+    "sched_batch": (0, 1),
 }
 
 
@@ -132,19 +133,14 @@ def test_threads_share_the_cores_between_lanes():
 
 def test_sched_batch_is_tried_once_off_and_given_back_on_an_slo_breach():
     explore, backoff = SchedulingTuner(), SchedulingBackoff()
-    bounds = {**BOUNDS, "sched_batch": (0, 1)}
     off, on = {"sched_batch": 0}, {"sched_batch": 1}
     breach = replace(WINDOW, p99=0.15)
-
-    def ask(tuner, window, knobs):
-        return tuner.propose(TunerInput(window, {**KNOBS, **knobs}, bounds, 0.1, "cpu", 2, 0))
-
-    tried = ask(explore, WINDOW, off)
+    tried = explore.propose(inp(knobs=off))
     assert (tried.changes(), tried.kind) == ({"sched_batch": 1}, "explore")
-    assert ask(explore, WINDOW, on) is None and ask(explore, breach, off) is None  # no exploring past the SLO
-    given_back = ask(backoff, breach, on)
+    assert explore.propose(inp(knobs=on)) is None and explore.propose(inp(breach, knobs=off)) is None  # no exploring past the SLO
+    given_back = backoff.propose(inp(breach, knobs=on))
     assert (given_back.changes(), given_back.kind) == ({"sched_batch": 0}, "backoff")
-    assert ask(backoff, WINDOW, on) is None and ask(backoff, breach, off) is None
+    assert backoff.propose(inp(knobs=on)) is None and backoff.propose(inp(breach, knobs=off)) is None
     assert explore.propose(inp()) is None and backoff.propose(inp(breach)) is None  # a worker without the knob
     assert isinstance(default_tuners()[0], SchedulingBackoff)  # before the batch backs off
 
