@@ -111,6 +111,27 @@ def _head(status: int, content_type: str, length: int, headers: tuple[tuple[str,
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _KnownHead:
+    """A request's head (its request line and headers) as llhttp parsed it, kept so that the
+    same bytes again need no parse: a client sends every request of one kind with the same
+    head, and the parser's callbacks (a dozen calls into Python) were half of what the
+    HTTP layer cost a request. Same bytes, same parse: the replay takes nothing llhttp did
+    not take, and the Content-Length it frames the body by is the one llhttp framed it by."""
+
+    head: bytes  # exactly as it arrived, ending at its first (and only) empty line
+    size: int  # the head and its body of Content-Length bytes
+    method: str
+    url: bytes
+    headers: dict[bytes, bytes]
+    keep_alive: bool
+
+
+# Heads never replayed: what they ask for (a 100 Continue, chunked framing, an upgrade)
+# is the parser's to handle each time.
+_PARSED_EVERY_TIME = (b"expect", b"transfer-encoding", b"upgrade")
+
+
 class _Answer:
     """One request's place in its connection's answer order."""
 
@@ -128,6 +149,13 @@ class _Answer:
             self.connection.flush()
 
 
+@functools.lru_cache(maxsize=256)
+def _path_of(url: bytes) -> str:
+    """A request target's path, percent-decoded, without the query (a client sends the same few again and again)."""
+    path = url.partition(b"?")[0].decode("latin-1")
+    return unquote(path) if "%" in path else path
+
+
 class _Refusal(Exception):
     """Ends the parse of a request the connection answers itself (it then closes)."""
 
@@ -142,7 +170,10 @@ class HttpConnection(asyncio.BufferedProtocol):
     The event loop reads straight into the server's one read buffer (a buffered protocol),
     not into a new bytes object per read: the parser copies out what it keeps (a body
     arriving in one piece is copied once, by the parser), and the loop's thread parses
-    each read before it makes the next, so every connection can share the buffer."""
+    each read before it makes the next, so every connection can share the buffer.
+
+    A read that begins with the head of this connection's last request parsed whole, byte
+    for byte, and holds its body, is taken without the parser (`_KnownHead`)."""
 
     def __init__(self, handler: Handler, server: HttpServer) -> None:
         self._handler = handler
@@ -156,6 +187,8 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._linger = False  # close lingering once the refusal is written
         self.last_active = time.perf_counter()
         self.request_started: float | None = None  # the current request's first byte, until it is whole
+        self._known: _KnownHead | None = None
+        self._completed = 0  # requests the parser completed (a read that completes just one may teach its head)
         self._reset_message()
 
     def _reset_message(self) -> None:
@@ -193,15 +226,35 @@ class HttpConnection(asyncio.BufferedProtocol):
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._parse(self._server.read_buffer[:nbytes])
+        taken = 0
+        if self._known is not None and self.request_started is None:  # the parser is between requests
+            taken = self._replay(self._known, nbytes)
+        if taken < nbytes:
+            self._parse(self._server.read_buffer[taken:nbytes])
+
+    def _replay(self, known: _KnownHead, nbytes: int) -> int:
+        """Hands the handler each whole request at the start of the read that has `known`'s
+        head; returns the bytes taken (the rest, if any, is the parser's)."""
+        buffer, data = self._server.read_buffer, self._server.read_bytes
+        head, size, body_starts = known.head, known.size, len(known.head)
+        now = self.last_active = time.perf_counter()
+        taken = 0
+        while not self._closing and nbytes - taken >= size and data.startswith(head, taken):
+            body = bytes(buffer[taken + body_starts : taken + size])
+            taken += size
+            self._dispatch(known.method, known.url, dict(known.headers), body, known.keep_alive, now)
+        return nbytes if self._closing else taken  # past an answer that closes, nothing more is read
 
     def _parse(self, data: memoryview) -> None:
         """Parses what arrived; requests it completes go to the handler."""
         self.last_active = time.perf_counter()
         if self._closing:
             return
+        between_requests, completed = self.request_started is None, self._completed
         try:
             self._parser.feed_data(data)
+            if between_requests and self.request_started is None and self._completed == completed + 1:
+                self._learn(data)
         except httptools.HttpParserUpgrade as upgrade:
             # The request asking to upgrade was taken whole; what follows is more HTTP/1.1.
             self._parser = httptools.HttpRequestParser(self)
@@ -264,16 +317,31 @@ class HttpConnection(asyncio.BufferedProtocol):
             raise _Refusal(self._too_large())
         received, self.request_started = self.request_started, None
         assert received is not None  # set by on_message_begin
-        answer = _Answer(self, self._method == "HEAD", self._keep_alive)
+        self._completed += 1
+        self._dispatch(self._method, self._url, self._headers, self._body, self._keep_alive, received)
+
+    def _learn(self, data: memoryview) -> None:
+        """Keeps the head of the one request `data` held, whole and nothing else, for
+        `_replay`: only a head that ends at its first empty line, with CRLF line ends and
+        a Content-Length that is its body's, so no other reading of the same bytes exists."""
+        headers, body_size = self._headers, len(self._body)
+        if self._closing or any(name in headers for name in _PARSED_EVERY_TIME):
+            return
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) != body_size:
+            return
+        head = bytes(data[: len(data) - body_size])
+        if head.find(b"\r\n\r\n") != len(head) - 4 or head.count(b"\n") != head.count(b"\r\n"):
+            return  # bytes after the body (the parser skips stray CRLFs), or bare LF line ends
+        self._known = _KnownHead(head, len(data), self._method, self._url, dict(headers), self._keep_alive)
+
+    def _dispatch(
+        self, method: str, url: bytes, headers: dict[bytes, bytes], body: bytes | bytearray, keep_alive: bool, received: float
+    ) -> None:
+        """A whole request, parsed or replayed, to the handler."""
+        answer = _Answer(self, method == "HEAD", keep_alive)
         self._answers.append(answer)
-        request = Request(
-            "GET" if answer.head_only else self._method,
-            self._path(),
-            self._headers,
-            self._body,
-            received,
-            answer.head_only,
-        )
+        request = Request("GET" if answer.head_only else method, _path_of(url), headers, body, received, answer.head_only)
         if len(self._answers) >= MAX_PIPELINED:
             self._update_reading()
         try:
@@ -283,10 +351,6 @@ class HttpConnection(asyncio.BufferedProtocol):
             answer.respond(error_response(500, "internal error while handling the request; see the worker's log"))
 
     # --- answers ------------------------------------------------------------------------
-
-    def _path(self) -> str:
-        path = self._url.partition(b"?")[0].decode("latin-1")
-        return unquote(path) if "%" in path else path
 
     def _count_header_bytes(self, count: int) -> None:
         self._header_bytes += count
@@ -303,7 +367,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._answers.append(answer)
         self._closing = True  # no more requests are parsed from this connection
         self._linger = True
-        self._server.refused(self._path(), response)
+        self._server.refused(_path_of(self._url), response)
         answer.respond(response)
 
     def flush(self) -> None:
@@ -378,7 +442,8 @@ class HttpServer:
         self._keepalive = keepalive
         self._read_timeout = read_timeout
         self.connections: set[HttpConnection] = set()
-        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))  # every connection's reads (HttpConnection)
+        self.read_bytes = bytearray(READ_BUFFER_BYTES)  # every connection's reads (HttpConnection)
+        self.read_buffer = memoryview(self.read_bytes)
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
 

@@ -299,3 +299,106 @@ def test_the_worker_counts_the_layers_refusals_of_inference_requests_by_whose_fa
     app.refused("/v2/health/ready", httpserver.error_response(400, "malformed"))  # not an inference request
     counts = stats.snapshot()
     assert (counts["requests"], counts["rejected"], counts["refused"]) == (2, 1, 1)
+
+
+def post(path: str, body: bytes, extra: str = "") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode() + body
+
+
+def test_requests_with_the_head_of_the_one_before_are_taken_without_the_parser_and_keep_their_own_bodies(monkeypatch):
+    parsed = []
+    parser_begins = httpserver.HttpConnection.on_message_begin
+    monkeypatch.setattr(httpserver.HttpConnection, "on_message_begin", lambda self: (parsed.append(1), parser_begins(self)))
+
+    async def scenario():
+        async with serving(Recorder()) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            answers = []
+            for index in range(12):  # one read each
+                writer.write(post("/echo", b"body-%03d" % index))
+                answers.append((await read_response(reader))[2])
+            writer.write(b"".join(post("/echo", b"many-%03d" % index) for index in range(4)))  # one read, pipelined
+            answers += [(await read_response(reader))[2] for _ in range(4)]
+            writer.close()
+            return answers
+
+    answers = run(scenario())
+    assert answers == [b"body-%03d" % i for i in range(12)] + [b"many-%03d" % i for i in range(4)]
+    assert len(parsed) < 4  # the first request's head was learned; the others were replayed
+
+
+class FakeTransport:
+    """What HttpConnection asks of an asyncio transport, writes kept (the differential test's seam)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        self.written.append(b"".join(pieces))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_replayed_head_frames_every_stream_exactly_as_the_parser_does(seed):
+    """Streams of repeated, varied, chunked and pipelined requests, stray CRLFs and malformed
+    bytes, cut at random: a connection that replays known heads hands the handler the same
+    requests, and writes the same answers, as one that parses everything."""
+    import random
+
+    chooser = random.Random(seed)
+    same = [post("/m/infer", bytes([65 + i]) * 16) for i in range(6)]  # one head, bodies of one length
+    other = [
+        post("/m/infer", b"x" * 17),  # another Content-Length
+        post("/m/infer", b"y" * 16, "X-Id: 7\r\n"),
+        post("/m/infer", b"z" * 16, "Expect: 100-continue\r\n"),
+        b"POST /m/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"POST /m/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        get("/v2/health/ready"),
+        post("/m/infer", b"\r\n\r\nPOST /m/infer HTTP/1.1\r\n"),  # a body that looks like a head
+    ]
+    pieces: list[bytes] = []
+    while len(pieces) < 60:  # runs of one request, as clients send them, some with a stray CRLF after
+        piece = chooser.choice(same if chooser.random() < 0.5 else other)
+        for _ in range(chooser.randint(1, 4)):
+            pieces += [piece, b"\r\n"] if chooser.random() < 0.2 else [piece]
+    if seed % 3 == 0:
+        pieces.insert(chooser.randrange(30, len(pieces)), b"POST /m HTTP/1.1\r\nContent-Length: x\r\n\r\n")  # malformed
+    stream = b"".join(pieces)
+    boundaries = [sum(map(len, pieces[:index])) for index in range(1, len(pieces))]
+    # Reads end mostly where a request does (as clients write them), sometimes anywhere.
+    cuts = sorted({b for b in boundaries if chooser.random() < 0.7} | set(chooser.sample(range(1, len(stream)), 10)))
+
+    def serve(replay: bool) -> tuple[list[tuple[str, str, dict[bytes, bytes], bytes]], list[bytes]]:
+        recorder = Recorder()
+        server = HttpServer(recorder.handle, LIMIT, recorder.refused)
+        connection = httpserver.HttpConnection(recorder.handle, server)
+        if not replay:
+            connection._learn = lambda data: None  # never learns a head: the parser takes every request
+        transport = FakeTransport()
+        connection.connection_made(transport)
+        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+            server.read_buffer[: end - start] = stream[start:end]
+            connection.buffer_updated(end - start)
+        requests = [(r.method, r.path, r.headers, bytes(r.body)) for r in recorder.requests]
+        return requests, transport.written
+
+    assert serve(replay=True) == serve(replay=False)
+    assert len(serve(replay=False)[0]) >= 20
