@@ -45,6 +45,7 @@ class RequestPlan:
     outputs: tuple[tuple[int, bool], ...]  # (output index, binary?) in the order asked
     request_id: Any  # echoed in the response; _NO_ID when the request has none
     response_header: bytes | None  # the response's JSON header when every output goes back binary
+    response_headers: tuple[tuple[str, str], ...]  # the HTTP headers that go with it
 
 
 @dataclass(slots=True)
@@ -54,9 +55,15 @@ class Encoded:
     body: bytes
     content_type: str
     header_length: int | None  # the JSON part's length when binary outputs follow it
+    headers: tuple[tuple[str, str], ...]  # the HTTP headers saying so
 
 
-def split_body(body: bytes | bytearray, header_length: str | None) -> tuple[bytes, memoryview]:
+def length_headers(header_length: int | None) -> tuple[tuple[str, str], ...]:
+    """The HTTP header a response with binary outputs carries: its JSON part's length."""
+    return () if header_length is None else ((HEADER_LENGTH, str(header_length)),)
+
+
+def split_body(body: bytes | bytearray, header_length: bytes | str | None) -> tuple[bytes, memoryview]:
     """The JSON part and the binary part of an inference request (binary extension); the
     binary part is a view of the body, not a copy."""
     if header_length is None:
@@ -64,7 +71,8 @@ def split_body(body: bytes | bytearray, header_length: str | None) -> tuple[byte
     try:
         length = int(header_length)
     except ValueError:
-        raise BadRequest(f"{HEADER_LENGTH} {header_length!r} is not an integer") from None
+        shown = header_length.decode("latin-1") if isinstance(header_length, bytes) else header_length
+        raise BadRequest(f"{HEADER_LENGTH} {shown!r} is not an integer") from None
     if not 0 <= length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
     view = memoryview(body)
@@ -168,7 +176,8 @@ def plan_request(document: dict[str, Any], model: LoadedModel, max_items: int) -
     request_id = document.get("id", _NO_ID)
     all_binary = all(binary for _, binary in outputs)
     header = _response_header(model, shape[0], outputs, request_id) if all_binary else None
-    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header)
+    headers = length_headers(None if header is None else len(header))
+    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header, headers)
 
 
 def _array_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> np.ndarray:
@@ -191,7 +200,7 @@ class Codec:
         self._cached_headers = cached_headers
         self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
 
-    def decode(self, body: bytes | bytearray, header_length: str | None) -> tuple[RequestPlan, np.ndarray]:
+    def decode(self, body: bytes | bytearray, header_length: bytes | str | None) -> tuple[RequestPlan, np.ndarray]:
         """The request's plan and its input [n, *shape], or BadRequest. A binary input is a
         read-only view of the body, not a copy: the lane copies every request into its
         batch anyway, and the model only ever sees the batch."""
@@ -222,8 +231,9 @@ class Codec:
         """The response to a request: its outputs (one array per model output) as it asked for them."""
         arrays = [outputs[index] for index, _ in plan.outputs]
         if plan.response_header is not None and self._as_declared(plan, arrays):
-            blobs = b"".join(array.tobytes() for array in arrays)  # tobytes writes C order, contiguous or not
-            return Encoded(plan.response_header + blobs, "application/octet-stream", len(plan.response_header))
+            blobs = b"".join([array.tobytes() for array in arrays])  # tobytes writes C order, contiguous or not
+            header = plan.response_header
+            return Encoded(header + blobs, "application/octet-stream", len(header), plan.response_headers)
         entries, blobs_list = [], []
         for (index, binary), array in zip(plan.outputs, arrays):
             spec = self._model.outputs[index]
@@ -237,8 +247,8 @@ class Codec:
             entries.append(entry)
         header = _header_bytes(self._model, entries, plan.request_id)
         if not blobs_list:
-            return Encoded(header, "application/json", None)
-        return Encoded(header + b"".join(blobs_list), "application/octet-stream", len(header))
+            return Encoded(header, "application/json", None, ())
+        return Encoded(header + b"".join(blobs_list), "application/octet-stream", len(header), length_headers(len(header)))
 
     def _as_declared(self, plan: RequestPlan, arrays: list[np.ndarray]) -> bool:
         """Whether the outputs have the shapes and dtypes the prepared header states."""

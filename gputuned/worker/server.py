@@ -29,6 +29,7 @@ from gputuned.worker.stats import WorkerStats
 MAX_BODY_BYTES = 64 * 1024 * 1024
 HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode()  # httpserver's header names are bytes in lower case
 MODEL_ROUTES = {"": "GET", "ready": "GET", "config": "GET", "infer": "POST"}  # what follows /v2/models/{name}[/versions/{v}]
+KNOWN_INFER_PATHS = 16  # the served model's inference paths remembered as clients spell them (with or without a version, "/")
 
 
 class _NotFound(Exception):
@@ -44,6 +45,7 @@ class InferenceApp:
         self._stats = stats
         self._max_request_items = max_request_items
         self._codec = Codec(model, max_request_items)
+        self._infer_paths: set[str] = set()  # paths already routed to this model's inference
         self.ready = False  # set once the lanes run; cleared when draining
         self._server_routes: dict[str, tuple[str, Callable[[], Response]]] = {
             "/v2": ("GET", self._server_metadata),
@@ -54,6 +56,9 @@ class InferenceApp:
 
     def handle(self, request: Request, respond: Respond) -> None:
         """httpserver's handler: routes `request` and answers it through `respond`."""
+        if request.path in self._infer_paths and request.method == "POST":
+            self._infer_model(request, respond)  # routed before: its model and version checked already
+            return
         path = request.path.rstrip("/") or "/"
         if path.startswith("/v2/models/"):
             self._model_route(request, *_model_path(path), respond)
@@ -84,15 +89,19 @@ class InferenceApp:
         if request.method != method:
             respond(_wrong_method(request, method))
             return
-        if action == "infer":
-            self._infer(request, name, version, respond)
-            return
         try:
             self._check_model(name, version)
         except _NotFound as exc:
+            if action == "infer":
+                self._stats.request_received()
+                self._stats.request_rejected()
             respond(error_response(404, str(exc)))
             return
-        if action == "ready":
+        if action == "infer":
+            if len(self._infer_paths) < KNOWN_INFER_PATHS:
+                self._infer_paths.add(request.path)
+            self._infer_model(request, respond)
+        elif action == "ready":
             respond(json_response({"name": self._model.name, "ready": self.ready}, 200 if self.ready else 503))
         elif action == "config":
             respond(self._model_config())
@@ -143,25 +152,19 @@ class InferenceApp:
             }
         )
 
-    def _infer(self, request: Request, name: str, version: str | None, respond: Respond) -> None:
-        """Every request ends in exactly one outcome of WorkerStats: completed, rejected (the
-        client's mistake), refused (not now) or failed (the server's fault)."""
+    def _infer_model(self, request: Request, respond: Respond) -> None:
+        """An inference request to this worker's model. Every request ends in exactly one
+        outcome of WorkerStats: completed, rejected (the client's mistake), refused (not
+        now) or failed (the server's fault)."""
         stats = self._stats
         stats.request_received()
-        try:
-            self._check_model(name, version)
-        except _NotFound as exc:
-            stats.request_rejected()
-            respond(error_response(404, str(exc)))
-            return
         if not self.ready:
             stats.request_refused()
             # No keep-alive: a client should not send its next request down this connection.
             respond(error_response(503, "the worker is not ready (starting or draining)", RETRY_AFTER, close=True))
             return
         try:
-            header_length = request.headers.get(HEADER_LENGTH_KEY)
-            plan, tensor = self._codec.decode(request.body, None if header_length is None else header_length.decode("latin-1"))
+            plan, tensor = self._codec.decode(request.body, request.headers.get(HEADER_LENGTH_KEY))
         except BadRequest as exc:
             stats.request_rejected()
             respond(error_response(400, str(exc)))
@@ -202,9 +205,8 @@ class _InferenceReply:
             self._stats.request_failed()
             self._respond(error_response(500, f"the model's outputs could not be encoded: {type(exc).__name__}: {exc}"))
             return
-        headers = () if encoded.header_length is None else ((HEADER_LENGTH, str(encoded.header_length)),)
         self._stats.request_completed(time.perf_counter() - self._received)
-        self._respond(Response(200, encoded.body, encoded.content_type, headers))
+        self._respond(Response(200, encoded.body, encoded.content_type, encoded.headers))
 
 
 @functools.lru_cache(maxsize=256)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import torch
 
-from gputuned.worker import httpserver
+from gputuned.worker import httpserver, server
 from gputuned.worker.batcher import DynamicBatcher
 from gputuned.worker.httpserver import HttpServer, Request, Respond, Response, json_response
 from gputuned.worker.models import load_model
@@ -402,3 +402,28 @@ def test_a_replayed_head_frames_every_stream_exactly_as_the_parser_does(seed):
 
     assert serve(replay=True) == serve(replay=False)
     assert len(serve(replay=False)[0]) >= 20
+
+
+def test_an_inference_path_once_routed_skips_the_model_check_and_others_are_still_routed_in_full():
+    async def scenario():
+        model = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+        stats = WorkerStats(lambda: 0, lambda: 1)
+        batcher = DynamicBatcher(1000, lambda: 1, lambda: 0)
+        app = InferenceApp(model, batcher, stats, 8)
+        app.ready = True
+        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}).encode()
+        answers: list[int] = []
+
+        def send(method: str, path: str) -> None:
+            app.handle(Request(method, path, {}, body, 0.0), lambda response: answers.append(response.status))
+
+        for slashes in range(40):  # as many spellings of the one path as a client cares to send
+            send("POST", "/v2/models/identity/infer" + "/" * slashes)
+        send("POST", "/v2/models/identity/versions/2/infer")
+        send("POST", "/v2/models/other/infer")
+        send("GET", "/v2/models/identity/infer")
+        return answers, batcher.queued_items, len(app._infer_paths)
+
+    answers, queued, remembered = run(scenario())
+    assert (answers, queued) == ([404, 404, 405], 40)
+    assert remembered == server.KNOWN_INFER_PATHS  # bounded, whatever a client sends
