@@ -318,14 +318,17 @@ class HttpConnection(asyncio.BufferedProtocol):
         received, self.request_started = self.request_started, None
         assert received is not None  # set by on_message_begin
         self._completed += 1
+        if not self._keep_alive:
+            self._known = None  # the connection's last request: what follows is the parser's to refuse
         self._dispatch(self._method, self._url, self._headers, self._body, self._keep_alive, received)
 
     def _learn(self, data: memoryview) -> None:
         """Keeps the head of the one request `data` held, whole and nothing else, for
         `_replay`: only a head that ends at its first empty line, with CRLF line ends and
-        a Content-Length that is its body's, so no other reading of the same bytes exists."""
+        a Content-Length that is its body's, so no other reading of the same bytes exists;
+        and not a connection's last request (the parser refuses what follows one)."""
         headers, body_size = self._headers, len(self._body)
-        if self._closing or any(name in headers for name in _PARSED_EVERY_TIME):
+        if self._closing or not self._keep_alive or any(name in headers for name in _PARSED_EVERY_TIME):
             return
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) != body_size:

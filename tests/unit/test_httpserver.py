@@ -356,11 +356,12 @@ class FakeTransport:
         pass
 
 
-@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("seed", range(16))
 def test_a_replayed_head_frames_every_stream_exactly_as_the_parser_does(seed):
-    """Streams of repeated, varied, chunked and pipelined requests, stray CRLFs and malformed
-    bytes, cut at random: a connection that replays known heads hands the handler the same
-    requests, and writes the same answers, as one that parses everything."""
+    """Streams of repeated, varied, chunked and pipelined requests, stray CRLFs, a last
+    request and malformed bytes, cut at random, answered at once or held: a connection that
+    replays known heads hands the handler the same requests, and writes the same answers,
+    as one that parses everything."""
     import random
 
     chooser = random.Random(seed)
@@ -381,13 +382,18 @@ def test_a_replayed_head_frames_every_stream_exactly_as_the_parser_does(seed):
             pieces += [piece, b"\r\n"] if chooser.random() < 0.2 else [piece]
     if seed % 3 == 0:
         pieces.insert(chooser.randrange(30, len(pieces)), b"POST /m HTTP/1.1\r\nContent-Length: x\r\n\r\n")  # malformed
+    last = post("/m/infer", b"A" * 16, "Connection: close\r\n")  # the last request a connection takes
+    if seed % 2 == 1:  # answers held, so the connection is open when requests follow its last: the same one, or a known one
+        at = chooser.randrange(30, len(pieces))
+        pieces[at:at] = [last, last] if seed % 4 == 1 else [same[0], last, same[0]]
     stream = b"".join(pieces)
     boundaries = [sum(map(len, pieces[:index])) for index in range(1, len(pieces))]
-    # Reads end mostly where a request does (as clients write them), sometimes anywhere.
-    cuts = sorted({b for b in boundaries if chooser.random() < 0.7} | set(chooser.sample(range(1, len(stream)), 10)))
+    # Reads end mostly where a request does (as clients write them), sometimes anywhere; always around a last one.
+    ends = {b for index, b in enumerate(boundaries, 1) if chooser.random() < 0.7 or last in (pieces[index - 1], pieces[index])}
+    cuts = sorted(ends | set(chooser.sample(range(1, len(stream)), 10)))
 
     def serve(replay: bool) -> tuple[list[tuple[str, str, dict[bytes, bytes], bytes]], list[bytes]]:
-        recorder = Recorder()
+        recorder = Recorder(hold=seed % 2 == 1)
         server = HttpServer(recorder.handle, LIMIT, recorder.refused)
         connection = httpserver.HttpConnection(recorder.handle, server)
         if not replay:
