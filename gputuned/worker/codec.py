@@ -54,8 +54,7 @@ class Encoded:
 
     body: bytes
     content_type: str
-    header_length: int | None  # the JSON part's length when binary outputs follow it
-    headers: tuple[tuple[str, str], ...]  # the HTTP headers saying so
+    headers: tuple[tuple[str, str], ...]  # the JSON part's length when binary outputs follow it (length_headers)
 
 
 def length_headers(header_length: int | None) -> tuple[tuple[str, str], ...]:
@@ -233,7 +232,7 @@ class Codec:
         if plan.response_header is not None and self._as_declared(plan, arrays):
             blobs = b"".join([array.tobytes() for array in arrays])  # tobytes writes C order, contiguous or not
             header = plan.response_header
-            return Encoded(header + blobs, "application/octet-stream", len(header), plan.response_headers)
+            return Encoded(header + blobs, "application/octet-stream", plan.response_headers)
         entries, blobs_list = [], []
         for (index, binary), array in zip(plan.outputs, arrays):
             spec = self._model.outputs[index]
@@ -247,8 +246,8 @@ class Codec:
             entries.append(entry)
         header = _header_bytes(self._model, entries, plan.request_id)
         if not blobs_list:
-            return Encoded(header, "application/json", None, ())
-        return Encoded(header + b"".join(blobs_list), "application/octet-stream", len(header), length_headers(len(header)))
+            return Encoded(header, "application/json", ())
+        return Encoded(header + b"".join(blobs_list), "application/octet-stream", length_headers(len(header)))
 
     def _as_declared(self, plan: RequestPlan, arrays: list[np.ndarray]) -> bool:
         """Whether the outputs have the shapes and dtypes the prepared header states."""

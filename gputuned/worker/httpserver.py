@@ -123,8 +123,7 @@ class _KnownHead:
     size: int  # the head and its body of Content-Length bytes
     method: str
     url: bytes
-    headers: dict[bytes, bytes]
-    keep_alive: bool
+    headers: dict[bytes, bytes]  # keep-alive: a connection's last request is never learned
 
 
 # Heads never replayed: what they ask for (a 100 Continue, chunked framing, an upgrade)
@@ -242,7 +241,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         while not self._closing and nbytes - taken >= size and data.startswith(head, taken):
             body = bytes(buffer[taken + body_starts : taken + size])
             taken += size
-            self._dispatch(known.method, known.url, dict(known.headers), body, known.keep_alive, now)
+            self._dispatch(known.method, known.url, dict(known.headers), body, True, now)
         return nbytes if self._closing else taken  # past an answer that closes, nothing more is read
 
     def _parse(self, data: memoryview) -> None:
@@ -336,7 +335,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         head = bytes(data[: len(data) - body_size])
         if head.find(b"\r\n\r\n") != len(head) - 4 or head.count(b"\n") != head.count(b"\r\n"):
             return  # bytes after the body (the parser skips stray CRLFs), or bare LF line ends
-        self._known = _KnownHead(head, len(data), self._method, self._url, dict(headers), self._keep_alive)
+        self._known = _KnownHead(head, len(data), self._method, self._url, dict(headers))
 
     def _dispatch(
         self, method: str, url: bytes, headers: dict[bytes, bytes], body: bytes | bytearray, keep_alive: bool, received: float

@@ -29,10 +29,12 @@ def binary_request(values: list[list[float]], **extra: object) -> tuple[bytes, s
     return json_part + data, str(len(json_part))
 
 
-def response_parts(body: bytes, header_length: int | None) -> tuple[dict, bytes]:
-    if header_length is None:
+def response_parts(body: bytes, headers: tuple[tuple[str, str], ...]) -> tuple[dict, bytes]:
+    """The JSON part and the binary part of a response, split where its HTTP header says."""
+    length = dict(headers).get(HEADER_LENGTH)
+    if length is None:
         return json.loads(body), b""
-    return json.loads(body[:header_length]), body[header_length:]
+    return json.loads(body[: int(length)]), body[int(length) :]
 
 
 def test_requests_with_one_header_decode_to_their_own_values_through_the_cache():
@@ -52,7 +54,7 @@ def test_the_prepared_response_is_what_encoding_in_full_gives():
     body, length = binary_request([[1.0, 2.0], [3.0, 4.0]], id="r7")
     plan, tensor = codec.decode(body, length)
     fast = codec.encode(plan, [tensor])
-    header, blob = response_parts(fast.body, fast.header_length)
+    header, blob = response_parts(fast.body, fast.headers)
     assert header == {
         "model_name": "identity",
         "model_version": "1",
@@ -62,7 +64,7 @@ def test_the_prepared_response_is_what_encoding_in_full_gives():
     assert np.frombuffer(blob, dtype=np.float32).tolist() == [1.0, 2.0, 3.0, 4.0]
     # An output of another shape than the model declared is encoded in full, as it is.
     odd = codec.encode(plan, [np.zeros((2, 3), np.float32)])
-    header, blob = response_parts(odd.body, odd.header_length)
+    header, blob = response_parts(odd.body, odd.headers)
     assert header["outputs"][0]["shape"] == [2, 3] and len(blob) == 24
 
 
@@ -72,7 +74,7 @@ def test_json_values_in_and_out_are_decoded_and_encoded_every_time():
     plan, tensor = codec.decode(body, None)
     assert tensor.tolist() == [[5.0, 6.0]] and plan.response_header is None
     encoded = codec.encode(plan, [tensor])
-    assert encoded.header_length is None and encoded.content_type == "application/json"
+    assert encoded.headers == () and encoded.content_type == "application/json"
     assert json.loads(encoded.body)["outputs"][0]["data"] == [5.0, 6.0]
 
 
