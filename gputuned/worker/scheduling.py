@@ -7,8 +7,8 @@ to six switches a batch where two do. A thread under SCHED_BATCH does not preemp
 waking: the waker runs on until it blocks, and the woken thread then finds the GIL free.
 Measured on one core with a nearly free model at batch 1 (bench/serving.py's ceiling): 101
 -> 75 us of the worker's CPU a request (in an earlier A/B on one worker, 13% more requests
-a second and p99 4.9 -> 4.3 ms); at batch 32 29 against 30 us, and for the transformer
-encoder no change.
+a second and p99 4.9 -> 4.3 ms); at batch 32 29 against 30 us; the transformer encoder of
+bench/serving.py at batch 32 served 1.02x side by side (6 rounds of 6 above 1).
 
 The price: a woken worker thread no longer preempts another process on its core either,
 so where something else competes for the core a request waits for that task's time slice
