@@ -46,6 +46,9 @@ class RequestPlan:
     request_id: Any  # echoed in the response; _NO_ID when the request has none
     response_header: bytes | None  # the response's JSON header when every output goes back binary
     response_headers: tuple[tuple[str, str], ...]  # the HTTP headers that go with it
+    # The (shape, dtype) of each output asked for, as the model declared them and the
+    # prepared header states them: outputs that differ are encoded in full.
+    declared: tuple[tuple[tuple[int, ...], np.dtype], ...]
 
 
 @dataclass(slots=True)
@@ -62,11 +65,11 @@ def length_headers(header_length: int | None) -> tuple[tuple[str, str], ...]:
     return () if header_length is None else ((HEADER_LENGTH, str(header_length)),)
 
 
-def split_body(body: bytes | bytearray, header_length: bytes | str | None) -> tuple[bytes, memoryview]:
-    """The JSON part and the binary part of an inference request (binary extension); the
-    binary part is a view of the body, not a copy."""
+def split_body(body: bytes | bytearray, header_length: bytes | str | None) -> tuple[bytes, int]:
+    """The JSON part of an inference request and where its binary part (binary extension)
+    begins in the body; the binary part is left in place, not copied."""
     if header_length is None:
-        return bytes(body), memoryview(b"")
+        return bytes(body), len(body)
     try:
         length = int(header_length)
     except ValueError:
@@ -74,8 +77,7 @@ def split_body(body: bytes | bytearray, header_length: bytes | str | None) -> tu
         raise BadRequest(f"{HEADER_LENGTH} {shown!r} is not an integer") from None
     if not 0 <= length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {length} is outside the body of {len(body)} bytes")
-    view = memoryview(body)
-    return bytes(view[:length]), view[length:]
+    return bytes(body[:length]), length
 
 
 def parse_document(json_part: bytes) -> dict[str, Any]:
@@ -176,7 +178,8 @@ def plan_request(document: dict[str, Any], model: LoadedModel, max_items: int) -
     all_binary = all(binary for _, binary in outputs)
     header = _response_header(model, shape[0], outputs, request_id) if all_binary else None
     headers = length_headers(None if header is None else len(header))
-    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header, headers)
+    declared = tuple(((shape[0], *model.outputs[index].shape), model.outputs[index].numpy_dtype) for index, _ in outputs)
+    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header, headers, declared)
 
 
 def _array_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> np.ndarray:
@@ -203,7 +206,7 @@ class Codec:
         """The request's plan and its input [n, *shape], or BadRequest. A binary input is a
         read-only view of the body, not a copy: the lane copies every request into its
         batch anyway, and the model only ever sees the batch."""
-        json_part, binary = split_body(body, header_length)
+        json_part, binary_starts = split_body(body, header_length)
         cached = self._plans.get(json_part) if header_length is not None else None
         plan = cached
         if plan is None:
@@ -212,14 +215,16 @@ class Codec:
             if plan.binary_size is None:
                 return plan, _array_from_json(document, plan, self._model)
         spec = self._model.input
-        if plan.declared_size != plan.binary_size or len(binary) != plan.binary_size:
+        binary_size = len(body) - binary_starts
+        if plan.declared_size != plan.binary_size or binary_size != plan.binary_size:
             raise BadRequest(
-                f"input {spec.name}: binary data of {len(binary)} bytes (declared {plan.declared_size}); "
+                f"input {spec.name}: binary data of {binary_size} bytes (declared {plan.declared_size}); "
                 f"{list(plan.shape)} {spec.datatype} needs {plan.binary_size}"
             )
         if cached is None:
             self._remember(json_part, plan)
-        return plan, np.frombuffer(binary, dtype=spec.numpy_dtype).reshape(plan.shape)
+        # One call where frombuffer, a memoryview and reshape took three (0.3 against 0.8 us).
+        return plan, np.ndarray(plan.shape, spec.numpy_dtype, body, binary_starts)
 
     def _remember(self, json_part: bytes, plan: RequestPlan) -> None:
         self._plans[json_part] = plan
@@ -229,7 +234,7 @@ class Codec:
     def encode(self, plan: RequestPlan, outputs: list[np.ndarray]) -> Encoded:
         """The response to a request: its outputs (one array per model output) as it asked for them."""
         arrays = [outputs[index] for index, _ in plan.outputs]
-        if plan.response_header is not None and self._as_declared(plan, arrays):
+        if plan.response_header is not None and _as_declared(arrays, plan.declared):
             blobs = b"".join([array.tobytes() for array in arrays])  # tobytes writes C order, contiguous or not
             header = plan.response_header
             return Encoded(header + blobs, "application/octet-stream", plan.response_headers)
@@ -249,10 +254,10 @@ class Codec:
             return Encoded(header, "application/json", ())
         return Encoded(header + b"".join(blobs_list), "application/octet-stream", length_headers(len(header)))
 
-    def _as_declared(self, plan: RequestPlan, arrays: list[np.ndarray]) -> bool:
-        """Whether the outputs have the shapes and dtypes the prepared header states."""
-        for (index, _), array in zip(plan.outputs, arrays):
-            spec = self._model.outputs[index]
-            if array.dtype != spec.numpy_dtype or array.shape[1:] != spec.shape or array.shape[0] != plan.shape[0]:
-                return False
-        return True
+
+def _as_declared(arrays: list[np.ndarray], declared: tuple[tuple[tuple[int, ...], np.dtype], ...]) -> bool:
+    """Whether the outputs have the shapes and dtypes the prepared header states."""
+    for array, (shape, dtype) in zip(arrays, declared):  # noqa: SIM110 - all() over a generator costs a third more
+        if array.shape != shape or array.dtype != dtype:
+            return False
+    return True

@@ -2,7 +2,10 @@
 
 Counters are cumulative from the worker's start (a lost stats message loses nothing; the
 daemon takes differences), histograms carry cumulative bucket counts in Prometheus form.
-Updated from the event loop and the lane threads, so every update takes the lock.
+A request's counters and its latency are written by the event loop's thread alone, without
+a lock (two locked updates were ~0.4 us of a request's ~9 us in the loop); a batch's are
+written by the lane threads, several at once, so each takes the lock. A snapshot, read in
+the agent's thread, may miss the request the loop is counting at that moment.
 
 Every request ends in one outcome, so the tuner can tell whose fault a failure was:
 `completed` (answered), `rejected` (the client's mistake: a malformed body, an unknown
@@ -54,7 +57,7 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
 class Histogram:
-    """Fixed buckets; not thread-safe on its own (WorkerStats holds the lock)."""
+    """Fixed buckets; one writer at a time (WorkerStats says which)."""
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)
@@ -94,29 +97,28 @@ class WorkerStats:
         self.latency = Histogram(LATENCY_BUCKETS_SECONDS)
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
 
+    # --- a request's outcome: in the event loop's thread only ----------------------------
+
     def request_received(self) -> None:
-        with self._lock:
-            self.requests += 1
+        self.requests += 1
 
     def request_rejected(self) -> None:
         """The client's mistake."""
-        with self._lock:
-            self.rejected += 1
+        self.rejected += 1
 
     def request_refused(self) -> None:
         """Not taken now (queue full, not ready, draining); the client may retry."""
-        with self._lock:
-            self.refused += 1
+        self.refused += 1
 
     def request_failed(self) -> None:
         """The server's fault."""
-        with self._lock:
-            self.failed += 1
+        self.failed += 1
 
     def request_completed(self, latency_seconds: float) -> None:
-        with self._lock:
-            self.completed += 1
-            self.latency.observe(latency_seconds)
+        self.completed += 1
+        self.latency.observe(latency_seconds)
+
+    # --- a batch's: in the lane threads ------------------------------------------------
 
     def batch_done(self, size: int, busy_seconds: float, pool_hit: bool, h2d_bytes: int, oom: bool) -> None:
         with self._lock:
