@@ -25,13 +25,18 @@ gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
 on the worker core, loaded in turn: the worker's CPU time per request at batch 32 and at
 batch 1 (a batch per request), on uvloop, on asyncio's own loop and with its threads under
-SCHED_BATCH (the sched_batch knob), and with `--before GIT_REF` the same worker at that
-commit.
+SCHED_BATCH (the sched_batch knob), interpreted (this checkout's sources without the
+extension modules setup.py compiles with mypyc), and with `--before GIT_REF` the same
+worker at that commit.
+
+With --interpreted, each model is also served side by side by this checkout's worker and
+its interpreted copy, at batch 32 under sched_batch=1, in windows taken in turn (A B B A):
+what compiling the serving path gains where the model shares the core.
 
 Target (issue 15): serving efficiency >= 0.85 on both models.
 
     python bench/serving.py [--rounds 4] [--window 4] [--clients N] [--before GIT_REF]
-                            [--model NAME] [--no-ceiling]
+                            [--model NAME] [--no-ceiling] [--interpreted]
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -54,6 +60,7 @@ from gputuned.control.client import ControlClient
 from gputuned.loadgen import run_load
 from gputuned.testing.online import timed_load
 from gputuned.testing.processes import REPO_ROOT, running_worker
+from gputuned.worker.compiled import compiled
 
 BENCH = Path(__file__).parent
 MODELS = {
@@ -192,6 +199,45 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[dict[int, 
     return served, raw
 
 
+def interpreted_copy(directory: Path) -> Path:
+    """This checkout's sources in `directory`, without the extension modules that setup.py
+    compiles (Python imports those before a source of the same name); returns the root."""
+    shutil.copytree(REPO_ROOT / "gputuned", directory / "gputuned", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    return directory
+
+
+def compiled_against_interpreted(spec: str, shape: str, args: argparse.Namespace) -> None:
+    """The served rate of this checkout's worker against its interpreted copy's, side by side
+    on the worker core at batch 32 under sched_batch=1, in windows taken in turn (A B B A)."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        roots = {"compiled": REPO_ROOT, "interpreted": interpreted_copy(tmp / "interpreted")}
+        bases = {}
+        for label, root in roots.items():
+            workdir = tmp / f"{label}-worker"
+            workdir.mkdir()
+            env = {"PYTHONPATH": f"{root}{os.pathsep}{BENCH}"}
+            process, base, control = stack.enter_context(
+                running_worker(workdir, *worker_arguments(spec, shape), env=env, root=root)
+            )
+            pin(process.pid, args.worker_core)
+            client = stack.enter_context(ControlClient(control))
+            client.set({"max_batch_size": 32, "sched_batch": 1})
+            bases[label] = base
+        ratios = []
+        for turn in range(args.rounds + 1):  # the first round warms both up
+            order = ("compiled", "interpreted", "interpreted", "compiled")
+            rates: dict[str, float] = {label: 0.0 for label in roots}
+            for label in order if turn % 2 else order[::-1]:
+                rates[label] += served_items_per_second(bases[label], args.clients, args.window, args.slo_ms / 1000)
+            if turn:
+                ratios.append(rates["compiled"] / rates["interpreted"])
+        print(
+            f"{spec}: compiled serves {statistics.median(ratios):.3f}x its interpreted copy at batch 32 "
+            f"(per round {' '.join(f'{r:.3f}' for r in ratios)})"
+        )
+
+
 def ceiling(args: argparse.Namespace) -> None:
     """The serving path's own cost: workers of a nearly free model side by side on the worker
     core, loaded in turn: this checkout's on uvloop, on asyncio's loop and under SCHED_BATCH,
@@ -207,6 +253,8 @@ def ceiling(args: argparse.Namespace) -> None:
     ]
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        if compiled():
+            variants.append(("now interpreted (not compiled)", interpreted_copy(tmp / "interpreted"), ()))
         if args.before:
             tree = tmp / "before"
             subprocess.run(
@@ -265,14 +313,21 @@ def main() -> int:
     )
     parser.add_argument("--model", action="append", choices=list(MODELS), help="measure only this model (repeatable)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the serving path's ceiling")
+    parser.add_argument(
+        "--interpreted", action="store_true", help="also serve each model by the worker and its interpreted copy side by side"
+    )
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.load_core})  # the load generator's own CPU stays off the worker's core
     print(
         f"worker on core {args.worker_core}, load generator on core {args.load_core}; worker at {' '.join(KNOBS[1:])}, batches {BATCHES}"
     )
+    print(f"serving path: {'compiled: ' + ', '.join(compiled()) if compiled() else 'interpreted'}")
     for name in args.model or MODELS:
         spec, shape = MODELS[name]
-        served, raw = measure(spec, shape, argparse.Namespace(**{**vars(args), "clients": args.clients or CLIENTS[name]}))
+        model_args = argparse.Namespace(**{**vars(args), "clients": args.clients or CLIENTS[name]})
+        if args.interpreted:
+            compiled_against_interpreted(spec, shape, model_args)
+        served, raw = measure(spec, shape, model_args)
         efficiency = {}
         for policy, rates in served.items():
             ratios = [s / r for s, r in zip(rates, raw)]

@@ -8,6 +8,10 @@
 # torch is pinned to 2.13.0 and installed first: on a CPU-only machine that is the CPU
 # build, where a looser requirement could pull several GB of CUDA build. Set
 # GPUTUNED_TORCH to another requirement (e.g. a CUDA build's index) on GPU machines.
+#
+# The install compiles the worker's serving path with mypyc (setup.py) where a C compiler
+# is found; GPUTUNED_PURE_PYTHON=1 installs it as plain Python. Run this again after
+# editing one of those modules: the compiled one shadows its source.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -176,9 +176,9 @@ class InferenceApp:
         reply = _InferenceReply(self._codec, stats, plan, request.received, respond)
         try:
             self._batcher.submit(PendingRequest(tensor, reply, request.received))
-        except QueueFull as exc:
+        except QueueFull as full:
             stats.request_refused()
-            respond(error_response(503, f"queue full: {exc}; retry later", RETRY_AFTER))
+            respond(error_response(503, f"queue full: {full}; retry later", RETRY_AFTER))
 
 
 class _InferenceReply:

@@ -22,6 +22,7 @@ import torch
 from gputuned.knobs import KnobError
 from gputuned.worker.agent import Agent
 from gputuned.worker.batcher import DynamicBatcher
+from gputuned.worker.compiled import compiled, out_of_date
 from gputuned.worker.httpserver import HttpServer
 from gputuned.worker.lanes import LaneSet, LiveSettings
 from gputuned.worker.models import LoadedModel
@@ -205,7 +206,18 @@ class WorkerService:
             self.agent.start()
         self._lanes.resize(settings.streams)
         app_routes.ready = True
-        log.info("serving %s on %s at http://%s:%d/v2", self._model.name, self._model.device, self._options.host, self.bound_port)
+        log.info(
+            "serving %s on %s at http://%s:%d/v2 (serving path %s)",
+            self._model.name,
+            self._model.device,
+            self._options.host,
+            self.bound_port,
+            "compiled: " + ", ".join(compiled()) if compiled() else "interpreted",
+        )
+        if out_of_date():
+            log.warning(
+                "%s changed since it was compiled and runs as it was built; rebuild: pip install -e .", ", ".join(out_of_date())
+            )
         try:
             await stop.wait()
         finally:
