@@ -20,6 +20,11 @@ def compiled(directory: Path = WORKER) -> list[str]:
     return sorted({built.name.split(".")[0] for built in directory.glob("*.so")})
 
 
+def describe() -> str:
+    """What runs the serving path, as the worker's start-up line and the benches say it."""
+    return f"compiled: {', '.join(compiled())}" if compiled() else "interpreted"
+
+
 def out_of_date(directory: Path = WORKER) -> list[str]:
     """The sources in `directory` changed since they were compiled (their extension modules shadow them)."""
     stale = []

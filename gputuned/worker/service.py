@@ -22,7 +22,7 @@ import torch
 from gputuned.knobs import KnobError
 from gputuned.worker.agent import Agent
 from gputuned.worker.batcher import DynamicBatcher
-from gputuned.worker.compiled import compiled, out_of_date
+from gputuned.worker.compiled import describe, out_of_date
 from gputuned.worker.httpserver import HttpServer
 from gputuned.worker.lanes import LaneSet, LiveSettings
 from gputuned.worker.models import LoadedModel
@@ -212,12 +212,11 @@ class WorkerService:
             self._model.device,
             self._options.host,
             self.bound_port,
-            "compiled: " + ", ".join(compiled()) if compiled() else "interpreted",
+            describe(),
         )
-        if out_of_date():
-            log.warning(
-                "%s changed since it was compiled and runs as it was built; rebuild: pip install -e .", ", ".join(out_of_date())
-            )
+        stale = out_of_date()
+        if stale:
+            log.warning("%s changed since it was compiled and runs as it was built; rebuild: pip install -e .", ", ".join(stale))
         try:
             await stop.wait()
         finally:
