@@ -158,17 +158,10 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[dict[int, 
     batch of the round."""
     served: dict[int, list[float]] = {policy: [] for policy in POLICIES}
     raw: list[float] = []
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        running_worker(Path(tmp), *worker_arguments(spec, shape), env=PATHS) as (
-            process,
-            base,
-            control,
-        ),
-        ControlClient(control) as client,
-        raw_loop(spec, shape, args.worker_core) as raw_rate,
-    ):
-        pin(process.pid, args.worker_core)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        process, base, client = pinned_worker(stack, tmp / "worker", REPO_ROOT, worker_arguments(spec, shape), args.worker_core)
+        raw_rate = stack.enter_context(raw_loop(spec, shape, args.worker_core))
 
         def side_by_side(batch: int) -> tuple[tuple[float, ...], float]:
             """(served at each of POLICIES, raw) items/s at `batch`, one window each, back to back."""
@@ -206,6 +199,18 @@ def interpreted_copy(directory: Path) -> Path:
     return directory
 
 
+def pinned_worker(
+    stack: contextlib.ExitStack, workdir: Path, tree: Path, arguments: list[str], core: int
+) -> tuple[subprocess.Popen, str, ControlClient]:
+    """A worker run from the checkout at `tree`, every thread on `core`, and its control
+    client; both end with `stack`."""
+    workdir.mkdir()
+    env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
+    process, base, control = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
+    pin(process.pid, core)
+    return process, base, stack.enter_context(ControlClient(control))
+
+
 def compiled_against_interpreted(spec: str, shape: str, args: argparse.Namespace) -> None:
     """The served rate of this checkout's worker against its interpreted copy's, side by side
     on the worker core at batch 32 under sched_batch=1, in windows taken in turn (A B B A)."""
@@ -214,14 +219,7 @@ def compiled_against_interpreted(spec: str, shape: str, args: argparse.Namespace
         roots = {"compiled": REPO_ROOT, "interpreted": interpreted_copy(tmp / "interpreted")}
         bases = {}
         for label, root in roots.items():
-            workdir = tmp / f"{label}-worker"
-            workdir.mkdir()
-            env = {"PYTHONPATH": f"{root}{os.pathsep}{BENCH}"}
-            process, base, control = stack.enter_context(
-                running_worker(workdir, *worker_arguments(spec, shape), env=env, root=root)
-            )
-            pin(process.pid, args.worker_core)
-            client = stack.enter_context(ControlClient(control))
+            _, base, client = pinned_worker(stack, tmp / f"{label}-worker", root, worker_arguments(spec, shape), args.worker_core)
             client.set({"max_batch_size": 32, "sched_batch": 1})
             bases[label] = base
         ratios = []
@@ -265,13 +263,8 @@ def ceiling(args: argparse.Namespace) -> None:
             variants.append((f"before ({args.before})", tree, ()))
         workers = []
         for index, (_, tree, extra) in enumerate(variants):
-            workdir = tmp / f"worker{index}"
-            workdir.mkdir()
             arguments = [*worker_arguments(*NEARLY_FREE), *extra]
-            env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
-            process, base, control = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
-            pin(process.pid, args.worker_core)
-            workers.append((process, base, stack.enter_context(ControlClient(control))))
+            workers.append(pinned_worker(stack, tmp / f"worker{index}", tree, arguments, args.worker_core))
         for batch in CEILING_BATCHES:
             for _, _, client in workers:
                 client.set({"max_batch_size": batch})

@@ -22,7 +22,8 @@ def compiled(directory: Path = WORKER) -> list[str]:
 
 def describe() -> str:
     """What runs the serving path, as the worker's start-up line and the benches say it."""
-    return f"compiled: {', '.join(compiled())}" if compiled() else "interpreted"
+    names = compiled()
+    return f"compiled: {', '.join(names)}" if names else "interpreted"
 
 
 def out_of_date(directory: Path = WORKER) -> list[str]:
