@@ -26,6 +26,7 @@ def default_tuners() -> list[Tuner]:
         BatchTuner(),
         ThreadsTuner(),
         StreamsTuner(),
+        BatchDownProbe(several_lanes=True),
         QueueDelayTuner(),
         BatchFillTuner(),
         PoolTuner(),

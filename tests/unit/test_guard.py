@@ -170,6 +170,20 @@ def test_the_batch_is_probed_down_once_the_climb_stops_and_the_landscape_moved()
     assert batch_trials.count((16, 8)) == 1 and batch_trials.count((8, 4)) == 1
 
 
+def test_with_every_tuner_the_batch_is_probed_down_as_soon_as_a_lane_is_added():
+    # Asked last, the probe would wait behind the queue delay and the pool; on the encoder
+    # here those trials took the whole tuning time and the worker stayed at batch 16.
+    worker = LanesShrinkTheBestBatch()
+    guard, decisions = make(worker)
+    run(guard, 180)
+    applied = [(d.knob, d.old, d.new) for d in decisions if d.action == "apply"]
+    lane_added = next(i for i, d in enumerate(decisions) if d.action == "keep" and d.knob == "streams")
+    probed = applied.index(("max_batch_size", 16, 8))
+    between = {knob for knob, _, _ in applied[sum(1 for d in decisions[:lane_added] if d.action == "apply") : probed]}
+    assert between <= {"max_batch_size"}, decisions
+    assert (worker.knobs["max_batch_size"], worker.knobs["streams"]) == (8, 2), decisions
+
+
 def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes():
     worker = SimulatedWorker(noise=0.0, demand=3.0)  # 96 clients: 64 wait behind a batch of 32
     worker.knobs["max_batch_size"] = 32  # doubling to 64 breaks the SLO (p99 138 ms)

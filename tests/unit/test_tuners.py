@@ -90,6 +90,9 @@ def test_the_down_probe_halves_full_batches_unless_the_slo_is_breached():
     assert probe.propose(inp(replace(WINDOW, mean_batch=4))) is None  # half would not bind
     assert probe.propose(inp(replace(WINDOW, p99=0.11, batch_seconds=0.04))) is None  # the batch tuner's case
     assert probe.propose(inp(knobs={"max_batch_size": 1})) is None  # at its bound
+    after_lanes = BatchDownProbe(several_lanes=True)
+    assert after_lanes.propose(inp(knobs={"max_batch_size": 8, "streams": 1})) is None  # the batch was chosen at one lane
+    assert after_lanes.propose(inp(knobs={"max_batch_size": 8, "streams": 2})).value == 4
 
 
 def test_queue_delay_targets_the_fill_time_within_the_slo_slack():
