@@ -41,8 +41,9 @@ from a full run).
 
 `--runs N` asks whether the tuner lands on the optimum every time rather than once: the
 online phase from the defaults N times, each on a fresh daemon and worker and judged side
-by side against the oracle as in 5 (no load shifts, no plot). It prints the N ratios and
-how many reach 0.95 (target: 9 of 10, each run under 5 minutes).
+by side against the oracle as in 5 (no load shifts, no plot). It prints the N ratios, how
+many reach 0.95 (target: 9 of 10, each run under 5 minutes), and each run's trials in
+order (`~`: judged by interleaved windows).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int
             f"{time.monotonic() - started:.0f} s in all",
             flush=True,
         )
+        print(f"  {trail(decisions)}", flush=True)
     reached = sum(1 for ratio in ratios if ratio >= 0.95)
     print(
         f"\n{args.model}, {args.clients} closed-loop clients, SLO p99 {args.slo_ms:g} ms, {args.online:g} s online per run: "
@@ -141,6 +143,15 @@ def judge_tuned(
     settings = [knobs] + [{**defaults, **point.knobs} for point in candidates]
     windows = side_by_side(admin, timed_load(worker, 1, args.clients), settings, slo, SIDE_BY_SIDE_ROUNDS, SIDE_BY_SIDE_SECONDS)
     return knobs, decisions, settings, judge(windows, slo)
+
+
+def trail(decisions: list[dict[str, Any]]) -> str:
+    """The trials of one run in order, one word each: what a run that missed tried, and how
+    each was judged (a single window, or interleaved windows: `~`)."""
+    judged = [d for d in decisions if d["action"] in ("keep", "revert")]
+    return ", ".join(
+        f"{d['knob']} {d['old']}->{d['new']} {d['action']}{'~' if 'interleaved over' in d['reason'] else ''}" for d in judged
+    )
 
 
 def describe(knobs: dict[str, int]) -> str:
