@@ -148,10 +148,13 @@ def judge_tuned(
 def trail(decisions: list[dict[str, Any]]) -> str:
     """The trials of one run in order, one word each: what a run that missed tried, and how
     each was judged (a single window, or interleaved windows: `~`)."""
-    judged = [d for d in decisions if d["action"] in ("keep", "revert")]
-    return ", ".join(
-        f"{d['knob']} {d['old']}->{d['new']} {d['action']}{'~' if 'interleaved over' in d['reason'] else ''}" for d in judged
-    )
+    words = []
+    for d in decisions:
+        if d["action"] in ("keep", "revert"):
+            # A revert records the value tried as `old` and the one put back as `new`.
+            tried, before = (d["new"], d["old"]) if d["action"] == "keep" else (d["old"], d["new"])
+            words.append(f"{d['knob']} {before}->{tried} {d['action']}{'~' if 'interleaved over' in d['reason'] else ''}")
+    return ", ".join(words)
 
 
 def describe(knobs: dict[str, int]) -> str:

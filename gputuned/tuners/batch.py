@@ -149,7 +149,11 @@ class BatchFillTuner:
 
 
 class BatchDownProbe:
-    """Half the batch, as an explore move (kept only if goodput rises beyond the noise).
+    """Half the batch, as an explore move that wins ties (kept unless goodput falls: at the
+    same goodput the smaller batch answers sooner and holds less memory). With the usual
+    margin to beat, a plateau keeps the bigger batch where the smaller serves a few percent
+    more (measured here on resnet-mini with two lanes: batch 16 kept in 6 of 8 runs at a
+    median 0.96 of batch 8, side by side).
 
     Asked in two places. Last of all, so that it gets a turn only when no other tuner has
     a move. And, as `BatchDownProbe(several_lanes=True)`, right after the lanes, where
@@ -174,6 +178,7 @@ class BatchDownProbe:
         if inp.knobs.get("streams", 1) < self._min_lanes:
             return None
         size, window = inp.knobs[KNOB], inp.window
-        if window.throughput > 0 and window.mean_batch > size / 2:
-            return changed(inp, KNOB, size // 2, f"batches of {window.mean_batch:.1f} at a maximum of {size}: probe {size // 2}")
-        return None
+        if window.throughput <= 0 or window.mean_batch <= size / 2:
+            return None
+        proposal = changed(inp, KNOB, size // 2, f"batches of {window.mean_batch:.1f} at a maximum of {size}: probe {size // 2}")
+        return None if proposal is None else replace(proposal, wins_ties=True)

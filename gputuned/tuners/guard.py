@@ -25,7 +25,9 @@ again until another knob's explore change is kept (the landscape moved) or the w
 shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
 16) on the same terms. A move marked `past` (beyond a reverted step in the same direction,
 say from 1 straight to 8 after 2 did not pay) is remembered apart from the plain step, and
-tuners are told which directions were reverted (`TunerInput.reverted`).
+tuners are told which directions were reverted (`TunerInput.reverted`). A move marked
+`wins_ties` (half the batch) is kept unless goodput falls: its bar is no change, not the
+margin.
 
 A workload shift restarts exploration. Our own changes move one of two signals, a real
 shift moves both: in a closed loop (clients waiting for answers) a better setting raises
@@ -61,7 +63,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gputuned.performance import Measurement
@@ -448,7 +450,7 @@ class Guard:
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
         self._trial = _Trial(
-            Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also),
+            replace(proposal, value=value),
             previous,
             baseline,
             margins,
@@ -492,7 +494,7 @@ class Guard:
         if before <= 0 or after <= 0:
             return False
         margin = self.settings.min_margin
-        bar = math.log1p(margin if kind == "explore" else -margin)
+        bar = 0.0 if trial.proposal.wins_ties else math.log1p(margin if kind == "explore" else -margin)
         noise = self._noise.value(margin, MAX_MARGIN)
         if abs(math.log(after / before) - bar) >= 2 * noise:
             return False
@@ -591,9 +593,10 @@ class Guard:
         metric = self._objective(base)
         before, after, margin = getattr(base, metric), getattr(window, metric), trial.margins[metric]
         if trial.proposal.kind == "explore":
-            if after > before * (1 + margin):
+            needed = 0.0 if trial.proposal.wins_ties else margin
+            if after > before * (1 + needed):
                 return None
-            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {margin:.0%} noise margin", True
+            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {needed:.0%} noise margin", True
         if after >= before * (1 - margin):
             return None
         return f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False

@@ -143,13 +143,15 @@ class LanesShrinkTheBestBatch(SimulatedWorker):
     """As on this 2-core machine: one lane climbs to batch 16 (no gain beyond), but with two
     lanes (a core each, half the cache) batch 8 beats 16. An up-only climb stays at 16."""
 
+    two_lanes_at_16 = 0.85  # batch 16's share of its goodput at one lane (8 serves 9% more than 16)
+
     def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
         batch, lanes, threads = knobs["max_batch_size"], knobs["streams"], knobs["intra_op_threads"]
         throughput = 400 * (1 - 0.6 / min(batch, 16) ** 0.5)
         if lanes * threads > 2:
             throughput *= 0.8
         elif lanes == 2:
-            throughput *= 1.4 * (1.0 if batch <= 8 else 0.85 if batch == 16 else 0.7)
+            throughput *= 1.4 * (1.0 if batch <= 8 else self.two_lanes_at_16 if batch == 16 else 0.7)
         else:
             throughput *= 1.1 if threads == 2 else 1.0
         return throughput, 0.01 + 0.002 * batch / (1 + 0.3 * (lanes - 1))
@@ -182,6 +184,22 @@ def test_with_every_tuner_the_batch_is_probed_down_as_soon_as_a_lane_is_added():
     between = {knob for knob, _, _ in applied[sum(1 for d in decisions[:lane_added] if d.action == "apply") : probed]}
     assert between <= {"max_batch_size"}, decisions
     assert (worker.knobs["max_batch_size"], worker.knobs["streams"]) == (8, 2), decisions
+
+
+class SmallerIsSlightlyBetter(LanesShrinkTheBestBatch):
+    """As resnet-mini here: with two lanes batch 8 serves 2% more than 16, under the 3% margin."""
+
+    two_lanes_at_16 = 0.91  # 8 serves 2% more than 16
+
+
+def test_the_probe_down_wins_a_tie_that_an_explore_margin_would_lose():
+    worker = SmallerIsSlightlyBetter(noise=0.0)
+    guard, decisions = make(worker)
+    run(guard, 180)
+    assert (worker.knobs["max_batch_size"], worker.knobs["streams"]) == (8, 2), decisions
+    # Half again (4, 11% below 8) is tried and falls: a tie-winning move still has to hold goodput.
+    judged = [(d.action, d.old, d.new) for d in decisions if d.knob == "max_batch_size" and d.action in ("keep", "revert")]
+    assert judged[judged.index(("keep", 16, 8)) + 1 :] == [("revert", 4, 8)]
 
 
 def test_a_harmful_change_is_reverted_and_not_retried_while_nothing_else_changes():

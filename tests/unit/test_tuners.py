@@ -85,7 +85,7 @@ def test_batch_doubles_full_batches_and_halves_on_breach_oom_or_pcie():
 def test_the_down_probe_halves_full_batches_unless_the_slo_is_breached():
     probe = BatchDownProbe()
     proposal = probe.propose(inp())
-    assert (proposal.value, proposal.kind) == (4, "explore")
+    assert (proposal.value, proposal.kind, proposal.wins_ties) == (4, "explore", True)
     assert probe.propose(inp(replace(WINDOW, mean_batch=5))).value == 4  # not full, but half would bind
     assert probe.propose(inp(replace(WINDOW, mean_batch=4))) is None  # half would not bind
     assert probe.propose(inp(replace(WINDOW, p99=0.11, batch_seconds=0.04))) is None  # the batch tuner's case
