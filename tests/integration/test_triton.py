@@ -104,7 +104,8 @@ def test_the_daemon_tunes_a_supervised_triton_and_restarts_it_with_its_knobs(tmp
         assert {d["action"] for d in decisions} & {"keep", "revert"}
         assert default_errors == tuned_errors == 0
         assert not online.errors, f"tuning failed requests: {online.errors}"
-        assert tuned_goodput > 1.15 * default_goodput, (default_goodput, tuned_goodput, decisions)
+        trail = [(d["knob"], d["action"], d["old"], d["new"]) for d in decisions]
+        assert tuned_goodput > 1.15 * default_goodput, (default_goodput, tuned_goodput, trail)
         tuned = worker_status(admin)["knobs"]
         triton_holds = knobs_in(triton_config(url))
         assert triton_holds == (tuned["max_batch_size"], tuned["streams"], tuned["max_queue_delay_us"])
