@@ -63,7 +63,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gputuned.performance import Measurement
@@ -450,7 +450,7 @@ class Guard:
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
         self._trial = _Trial(
-            replace(proposal, value=value),
+            Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also, wins_ties=proposal.wins_ties),
             previous,
             baseline,
             margins,

@@ -237,25 +237,6 @@ def test_the_climb_jumps_past_a_doubling_that_did_not_pay_when_more_requests_wai
     assert worker.knobs["max_batch_size"] == 8
 
 
-class NoTrough(Trough):
-    """As Trough, but the whole queue at once serves no more than batch 1 either."""
-
-    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
-        return 300 * (1.0 if knobs["max_batch_size"] == 1 else 0.9), 0.02
-
-
-def test_a_jump_past_a_step_that_did_not_pay_is_tried_once():
-    # The trial keeps the proposal's `past` mark: its revert refuses the jump, not the step
-    # (already refused), so the jump is not proposed and tried again at every baseline.
-    worker = NoTrough(noise=0.0)
-    worker.knobs["intra_op_threads"] = 1
-    guard, decisions = make(worker, tuners=[BatchTuner()], flap_reverts=10)
-    run(guard, 120)
-    tried = [(d.old, d.new) for d in decisions if d.action == "apply" and d.knob == "max_batch_size"]
-    assert tried == [(1, 2), (1, 8)], decisions
-    assert worker.knobs["max_batch_size"] == 1
-
-
 def test_bounds_are_obeyed():
     worker = SimulatedWorker()
     bounded = {**BOUNDS, "max_batch_size": (1, 8), "streams": (1, 1)}
