@@ -449,6 +449,9 @@ class Guard:
         now = self._after_set(now)
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
+        # The trial's proposal drops `past`, so a reverted jump is remembered as the plain
+        # step and is tried again (up to the flap budget). Keeping the mark (one try) left a
+        # supervised Triton at batch 1 after one 1 -> 8 trial its model reload made noisy.
         self._trial = _Trial(
             Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also, wins_ties=proposal.wins_ties),
             previous,
