@@ -19,8 +19,8 @@ ProposalKind = Literal["explore", "neutral", "backoff", "shrink"]
 class Proposal:
     """Set `knob` to `value`; `also` holds knobs that must move with it as one change
     (on the CPU, lanes and threads per lane share the same cores). `past` marks a move
-    beyond a step in the same direction that was tried and did not pay: the guard keeps
-    its memory of it apart, so the reverted step does not block it (nor it the step).
+    beyond a step in the same direction that was tried and did not pay: the reverted
+    step does not block it (see the guard's `_act` for what its own revert blocks).
     `wins_ties` marks an explore move kept unless goodput falls, with no margin to beat:
     a move to less (a smaller batch), whose latency and memory are lower at the same
     goodput, so that a tie is not a reason to stay."""

@@ -24,7 +24,8 @@ that window. A direction once reverted (say, raising the batch from 32) is not t
 again until another knob's explore change is kept (the landscape moved) or the workload
 shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
 16) on the same terms. A move marked `past` (beyond a reverted step in the same direction,
-say from 1 straight to 8 after 2 did not pay) is remembered apart from the plain step, and
+say from 1 straight to 8 after 2 did not pay) is not blocked by the reverted step (once
+reverted itself, it is remembered as that step and retried up to the flap budget), and
 tuners are told which directions were reverted (`TunerInput.reverted`). A move marked
 `wins_ties` (half the batch) is kept unless goodput falls: its bar is no change, not the
 margin.
