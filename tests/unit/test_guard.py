@@ -178,10 +178,10 @@ def test_with_every_tuner_the_batch_is_probed_down_as_soon_as_a_lane_is_added():
     worker = LanesShrinkTheBestBatch()
     guard, decisions = make(worker)
     run(guard, 180)
-    applied = [(d.knob, d.old, d.new) for d in decisions if d.action == "apply"]
     lane_added = next(i for i, d in enumerate(decisions) if d.action == "keep" and d.knob == "streams")
-    probed = applied.index(("max_batch_size", 16, 8))
-    between = {knob for knob, _, _ in applied[sum(1 for d in decisions[:lane_added] if d.action == "apply") : probed]}
+    after = decisions[lane_added:]
+    probed = next(i for i, d in enumerate(after) if d.action == "apply" and (d.knob, d.old, d.new) == ("max_batch_size", 16, 8))
+    between = {d.knob for d in after[:probed] if d.action == "apply"}
     assert between <= {"max_batch_size"}, decisions
     assert (worker.knobs["max_batch_size"], worker.knobs["streams"]) == (8, 2), decisions
 
