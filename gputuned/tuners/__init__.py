@@ -6,7 +6,7 @@ The guard (`guard.py`) is the only part that acts on a proposal.
 from __future__ import annotations
 
 from gputuned.tuners.base import Tuner
-from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchTuner
+from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchJumpTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner
 from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
@@ -18,15 +18,17 @@ def default_tuners() -> list[Tuner]:
     """In the order the guard asks them: the threads' scheduling policy first when p99
     breaches the SLO with it on (another process competing for the worker's cores would
     show so), then batch (it also answers SLO breaches and OOM), then how the cores and
-    lanes are shared, then the queue delay, then a bigger batch with the wait that fills
-    it, then the pool, then the scheduling policy, and last the probe for a smaller batch
-    (a move for when nobody has a better one)."""
+    lanes are shared (with half the batch right after a lane is added), then the jump past a
+    doubling that did not pay, then the queue delay, then a bigger batch with the wait that
+    fills it, then the pool, then the scheduling policy, and last the probe for a smaller
+    batch (a move for when nobody has a better one)."""
     return [
         SchedulingBackoff(),
         BatchTuner(),
         ThreadsTuner(),
         StreamsTuner(),
         BatchDownProbe(several_lanes=True),
+        BatchJumpTuner(),
         QueueDelayTuner(),
         BatchFillTuner(),
         PoolTuner(),

@@ -20,7 +20,7 @@ class Proposal:
     """Set `knob` to `value`; `also` holds knobs that must move with it as one change
     (on the CPU, lanes and threads per lane share the same cores). `past` marks a move
     beyond a step in the same direction that was tried and did not pay: the reverted
-    step does not block it (see the guard's `_act` for what its own revert blocks).
+    step does not block it, and its own revert blocks only itself (it is tried once).
     `wins_ties` marks an explore move kept unless goodput falls, with no margin to beat:
     a move to less (a smaller batch), whose latency and memory are lower at the same
     goodput, so that a tie is not a reason to stay."""

@@ -25,7 +25,7 @@ again until another knob's explore change is kept (the landscape moved) or the w
 shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
 16) on the same terms. A move marked `past` (beyond a reverted step in the same direction,
 say from 1 straight to 8 after 2 did not pay) is not blocked by the reverted step (once
-reverted itself, it is remembered as that step and retried up to the flap budget), and
+reverted itself, it is remembered apart from the step, so it too is tried once), and
 tuners are told which directions were reverted (`TunerInput.reverted`). A move marked
 `wins_ties` (half the batch) is kept unless goodput falls: its bar is no change, not the
 margin.
@@ -64,7 +64,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from gputuned.performance import Measurement
@@ -455,12 +455,8 @@ class Guard:
         now = self._after_set(now)
         value = applied.get(proposal.knob, proposal.value)
         self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
-        # The trial's proposal drops `past`, so a reverted jump is remembered as the plain
-        # step and is tried again (up to the flap budget). Keeping the mark was taken back
-        # when the Triton tuning test failed, but that test failed with the retries too
-        # (Triton's batch 8 served less than 1 that day): keeping it is owed a re-check.
         self._trial = _Trial(
-            Proposal(proposal.knob, value, proposal.reason, proposal.kind, proposal.also, wins_ties=proposal.wins_ties),
+            replace(proposal, value=value),  # its `past` mark too: a reverted jump is remembered apart from the step
             previous,
             baseline,
             margins,

@@ -17,7 +17,7 @@ import pytest
 from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import Proposal
-from gputuned.tuners.batch import BatchDownProbe, BatchTuner
+from gputuned.tuners.batch import BatchDownProbe, BatchJumpTuner, BatchTuner
 from gputuned.tuners.guard import Context, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
 from gputuned.tuners.streams import StreamsTuner
@@ -230,11 +230,50 @@ class Trough(SimulatedWorker):
 def test_the_climb_jumps_past_a_doubling_that_did_not_pay_when_more_requests_wait():
     worker = Trough(noise=0.0)
     worker.knobs["intra_op_threads"] = 1
-    guard, decisions = make(worker, tuners=[BatchTuner()])
+    guard, decisions = make(worker, tuners=[BatchTuner(), BatchJumpTuner()])
     run(guard, 60)
     trials = [(d.action, d.old, d.new) for d in decisions if d.knob == "max_batch_size" and d.action in ("keep", "revert")]
     assert trials[:2] == [("revert", 2, 1), ("keep", 1, 8)], decisions
     assert worker.knobs["max_batch_size"] == 8
+
+
+class NoTrough(Trough):
+    """As Trough, but the whole queue at once serves no more than batch 1 either."""
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        return 300 * (1.0 if knobs["max_batch_size"] == 1 else 0.9), 0.02
+
+
+def test_a_jump_past_a_step_that_did_not_pay_is_tried_once():
+    # The trial keeps the proposal's `past` mark: its revert refuses the jump, not the step
+    # (already refused), so the jump is not proposed and tried again at every baseline.
+    worker = NoTrough(noise=0.0)
+    worker.knobs["intra_op_threads"] = 1
+    guard, decisions = make(worker, tuners=[BatchTuner(), BatchJumpTuner()], flap_reverts=10)
+    run(guard, 120)
+    tried = [(d.old, d.new) for d in decisions if d.action == "apply" and d.knob == "max_batch_size"]
+    assert tried == [(1, 2), (1, 8)], decisions
+    assert worker.knobs["max_batch_size"] == 1
+
+
+class LanesNotBatches(NoTrough):
+    """As Triton's Python backend here (bench/triton.py): 16 clients, the lanes saturated;
+    batch 2 or 8 on one instance serves less than batch 1, a second instance 1.7x."""
+
+    def performance(self, knobs: dict[str, int]) -> tuple[float, float]:
+        lanes = 1.7 if knobs["streams"] >= 2 else 1.0
+        return super().performance(knobs)[0] * lanes, 0.02
+
+
+def test_a_saturated_lane_is_doubled_before_the_batch_jumps_past_a_step_that_did_not_pay():
+    # Every trial on Triton is a model reload (~9 s here): the jump tried first (and once
+    # more, before the trial kept its past mark) left no time for the instance in 70 s.
+    worker = LanesNotBatches(noise=0.0)  # both cores to its one lane
+    guard, decisions = make(worker)
+    run(guard, 30)
+    tried = [(d.knob, d.old, d.new) for d in decisions if d.action == "apply"]
+    assert tried[:2] == [("max_batch_size", 1, 2), ("streams", 1, 2)], decisions
+    assert worker.knobs["streams"] == 2
 
 
 def test_bounds_are_obeyed():

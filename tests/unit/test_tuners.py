@@ -7,7 +7,7 @@ from dataclasses import replace
 from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import TunerInput
-from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchTuner
+from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchJumpTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner, working_set_mb
 from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
@@ -157,12 +157,17 @@ def test_past_a_doubling_that_did_not_pay_the_batch_takes_the_whole_queue():
     queue = replace(WINDOW, mean_batch=1, in_system=7.5)  # 8 clients: 6.5 wait behind a batch of 1
     knobs = {"max_batch_size": 1}
     assert BatchTuner().propose(inp(queue, knobs=knobs)).value == 2
-    after = BatchTuner().propose(inp(queue, knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)})))
+    assert BatchJumpTuner().propose(inp(queue, knobs=knobs)) is None  # the doubling comes first
+    doubled = inp(queue, knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    assert BatchTuner().propose(doubled) is None  # the jump is asked after the lanes
+    after = BatchJumpTuner().propose(doubled)
     assert (after.value, after.past) == (8, True) and "2 was no better, 6.5 items wait" in after.reason
     deep = inp(replace(queue, in_system=40), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
-    assert BatchTuner().propose(deep).value == 8  # at most 8 times further in one jump
+    assert BatchJumpTuner().propose(deep).value == 8  # at most 8 times further in one jump
     shallow = inp(replace(queue, in_system=2.5), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
-    assert BatchTuner().propose(shallow) is None  # 1.5 wait: nothing past the doubling to take
+    assert BatchJumpTuner().propose(shallow) is None  # 1.5 wait: nothing past the doubling to take
+    oom = inp(replace(queue, oom=1), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    assert BatchJumpTuner().propose(oom) is None  # out of memory at 1: nothing grows
 
 
 def test_after_a_lane_alone_gained_nothing_a_lane_comes_with_half_the_batch():
