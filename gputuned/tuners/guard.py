@@ -11,7 +11,8 @@ States and transitions (`step(now)` is called by the tuning job every tick):
                 or revert --> COOLDOWN
     TRIAL   --the verdict is within the noise--> back to the old setting --> CONFIRM
     CONFIRM --old, new, old... windows until the mean of the pairs is clear, or the
-                window budget is spent (`confirm.py`)--> keep or revert --> COOLDOWN
+                window budget is spent (`confirm.py`; fewer windows where a set takes
+                seconds, see `_window_budget`)--> keep or revert --> COOLDOWN
     COOLDOWN --cooldown passed--> SETTLED
     SETTLED --`explore_patience` explore trials in a row did not pay--> converged: no
                 explore move until a shift, `resume()` or `reexplore_seconds` later
@@ -103,7 +104,7 @@ class GuardSettings:
     flap_reverts: int = 3
     flap_window: float = 300.0
     shift_threshold: float = 0.5
-    confirm_windows: int = 8  # the most windows an interleaved verdict takes (2: none)
+    confirm_windows: int = 8  # the most windows an interleaved verdict takes (2: none; fewer for slow sets)
     explore_patience: int = 4  # explore trials in a row without a keep before converging
     reexplore_seconds: float = 600.0  # converged this long, every direction is tried again
 
@@ -508,10 +509,22 @@ class Guard:
             self._apply(dict(trial.previous))
         except Exception:  # noqa: BLE001 - the single window's verdict stands; it is recorded
             return False
-        self._interleaving = Interleaving(bar, noise, self.settings.confirm_windows, metric, [(False, before), (True, after)])
+        switched = self._after_set(now)
+        windows = self._window_budget(switched - now)
+        self._interleaving = Interleaving(bar, noise, windows, metric, [(False, before), (True, after)])
         self._phase = Phase.CONFIRM
-        self._window_start = self._after_set(now) + self.settings.warmup_seconds
+        self._window_start = switched + self.settings.warmup_seconds
         return True
+
+    def _window_budget(self, set_seconds: float) -> int:
+        """The windows an interleaving may take: `confirm_windows` where a set is instant.
+        Each window after the first two starts with a set; where a set takes seconds (a
+        Triton model reload, ~5 s here, which also holds requests up), only as many as fit
+        in the time the instant ones would take, and at least one: on such a server eight
+        windows took a minute and seven reloads to judge one batch step."""
+        measured = self.settings.warmup_seconds + self.settings.trial_seconds
+        more = (self.settings.confirm_windows - 2) * measured / (measured + set_seconds)
+        return 2 + max(1, int(more))
 
     def _step_confirm(self, now: float) -> None:
         """One more window of an interleaving: recorded, then judged, else the other setting."""

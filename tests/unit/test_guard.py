@@ -103,7 +103,7 @@ def run(guard: Guard, seconds: float, start: float = 0.0, tick: float = 0.5) -> 
     return now
 
 
-def make(worker: SimulatedWorker, mode: Mode = Mode.AUTO, tuners=None, **settings) -> tuple[Guard, list]:
+def make(worker: SimulatedWorker, mode: Mode = Mode.AUTO, tuners=None, clock=None, **settings) -> tuple[Guard, list]:
     decisions: list = []
     guard = Guard(
         GuardSettings(slo_seconds=SLO, **settings),
@@ -113,6 +113,7 @@ def make(worker: SimulatedWorker, mode: Mode = Mode.AUTO, tuners=None, **setting
         worker.apply,
         decisions.append,
         mode,
+        clock=clock,
     )
     return guard, decisions
 
@@ -522,6 +523,37 @@ def test_on_a_drifting_plateau_interleaved_windows_keep_the_better_setting_where
     # one 62 times; interleaved, 6 and 91.
     assert worse[8] <= 0.10 * runs and worse[8] < worse[2], worse
     assert better[8] >= 0.85 * runs and better[8] >= better[2] + 0.15 * runs, better
+
+
+class SlowSets(Plateau):
+    """Each set takes `set_seconds`, as a Triton model reload does (~5 s here): the clock
+    moves on while it is made."""
+
+    def __init__(self, set_seconds: float, seed: int) -> None:
+        super().__init__(0.0, seed)  # no gain: within the noise, the interleaving runs to its budget
+        self.set_seconds = set_seconds
+        self.now = 0.0
+
+    def apply(self, changes: dict[str, int]) -> dict[str, int]:
+        self.now += self.set_seconds
+        return super().apply(changes)
+
+
+def interleaved_windows(set_seconds: float, seed: int) -> list[int]:
+    """The window count of every interleaved verdict in 300 s."""
+    worker = SlowSets(set_seconds, seed)
+    guard, decisions = make(worker, tuners=[DoubleOnce()], clock=lambda: worker.now)
+    while worker.now < 300:
+        guard.step(worker.now)
+        worker.now += 0.5
+    return [int(d.reason.split("interleaved over ")[1].split()[0]) for d in decisions if "interleaved over" in d.reason]
+
+
+def test_where_a_set_takes_seconds_an_interleaving_takes_fewer_windows():
+    instant = [count for seed in range(10) for count in interleaved_windows(0.0, seed)]
+    reloads = [count for seed in range(10) for count in interleaved_windows(5.0, seed)]
+    assert instant and reloads
+    assert max(instant) == 8 and max(reloads) == 4, (instant, reloads)  # 6 x 4 s of windows: 2 of 9 s fit
 
 
 def test_an_interleaved_verdict_leaves_the_chosen_setting_in_force_and_says_how_it_was_reached():
