@@ -519,12 +519,13 @@ class Guard:
     def _window_budget(self, set_seconds: float) -> int:
         """The windows an interleaving may take: `confirm_windows` where a set is instant.
         Each window after the first two starts with a set; where a set takes seconds (a
-        Triton model reload, ~5 s here, which also holds requests up), only as many as fit
-        in the time the instant ones would take, and at least one: on such a server eight
-        windows took a minute and seven reloads to judge one batch step."""
+        Triton model reload, ~5 s here, which also holds requests up), about as many as
+        fit in the time the instant ones would take, and at least one: on such a server
+        eight windows took a minute and seven reloads to judge one batch step. (Rounded: a
+        worker's set, acknowledged within a batch, does not cost a window.)"""
         measured = self.settings.warmup_seconds + self.settings.trial_seconds
         more = (self.settings.confirm_windows - 2) * measured / (measured + set_seconds)
-        return 2 + max(1, int(more))
+        return 2 + max(1, round(more))
 
     def _step_confirm(self, now: float) -> None:
         """One more window of an interleaving: recorded, then judged, else the other setting."""
