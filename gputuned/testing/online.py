@@ -55,10 +55,15 @@ def side_by_side(
 ) -> list[list[tuple[float, float]]]:
     """Each setting measured once per round (after a 1 s warm-up), round after round, on the
     same worker under `plan`'s load (its duration is replaced): windows seconds apart share
-    the machine's drift. Returns, per setting, its (goodput, p99) in every round."""
+    the machine's drift. Every other round takes the settings in reverse (A B, B A), so
+    that neither the drift within a round nor what the setting before leaves behind (a
+    Triton model just reloaded: the tuned setting, measured first, read 0.89 of the same
+    setting measured right after it) always falls on the same setting. Returns, per
+    setting, its (goodput, p99) in every round."""
     windows: list[list[tuple[float, float]]] = [[] for _ in settings]
     for round_index in range(rounds):
-        for index, knobs in enumerate(settings):
+        order = list(enumerate(settings))
+        for index, knobs in order if round_index % 2 == 0 else reversed(order):
             with ControlClient(admin) as client:
                 client.set(knobs, worker, timeout=SLOW_SET_SECONDS)
             measure_point(_lasting(plan, 1.0), slo)
