@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import namedtuple
 
 import psutil
@@ -29,7 +30,9 @@ def test_host_memory_and_per_core_busy_after_two_ticks():
     collector = HostCollector(psutil)
     first = collector.collect([WorkerTarget()])
     assert "gputuned_host_cpu_busy_ratio" not in names(first)
-    sum(i * i for i in range(300_000))  # some CPU time between the ticks
+    spin_until = time.monotonic() + 0.2  # 20 clock ticks (USER_HZ 100) on every core between the readings
+    while time.monotonic() < spin_until:
+        pass
     second = collector.collect([WorkerTarget()])
     busy = values(second, "gputuned_host_cpu_busy_ratio")
     assert set(busy) == {(str(cpu),) for cpu in range(psutil.cpu_count())}
