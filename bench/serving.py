@@ -17,7 +17,9 @@ Each side counts at its best batch of the round, over the same windows, the serv
 under each policy apart (one more window to choose from would flatter it); the target is
 checked at the policy with the better median.
 Serving efficiency = served / raw, the median of the per-round ratios, for the built-in
-model and for a transformer encoder (bench/serving_models.py). The encoder gets 64 clients,
+model and for a transformer encoder (bench/serving_models.py); beside it, the share of the
+worker's CPU time its event loop's thread took while served (the serving path's own
+share; the lanes also run slower beside it, which this does not show). The encoder gets 64 clients,
 two batches' worth: with as many clients as a batch holds, every batch waits for the last
 one's clients to send again, and the core idles for the closed loop's sake. resnet-mini
 gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
@@ -153,11 +155,30 @@ def worker_arguments(spec: str, shape: str) -> list[str]:
     return ["--device", "cpu", "--model", spec, *extra, *knobs, "--log-level", "warning"]
 
 
-def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[dict[int, list[float]], list[float]]:
+def loop_thread_share(pid: int, window: Callable[[], float]) -> tuple[float, float]:
+    """Runs `window` and returns what it returned, with the share of the worker's CPU time
+    in it that its event loop's thread (the main thread) took; the rest is the lanes'."""
+
+    def seconds() -> tuple[float, float]:
+        threads = psutil.Process(pid).threads()
+        loop = sum(t.user_time + t.system_time for t in threads if t.id == pid)
+        return loop, sum(t.user_time + t.system_time for t in threads) - loop
+
+    loop_before, others_before = seconds()
+    result = window()
+    loop_after, others_after = seconds()
+    loop, others = loop_after - loop_before, others_after - others_before
+    return result, loop / ((loop + others) or 1.0)
+
+
+def measure(
+    spec: str, shape: str, args: argparse.Namespace
+) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
     """Per round: served items/s under each of POLICIES and raw items/s, each at its best
-    batch of the round."""
+    batch of the round; and per served window, the event loop thread's share of the worker's CPU."""
     served: dict[int, list[float]] = {policy: [] for policy in POLICIES}
     raw: list[float] = []
+    loop_shares: dict[int, list[float]] = {policy: [] for policy in POLICIES}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         process, base, client = pinned_worker(stack, tmp / "worker", REPO_ROOT, worker_arguments(spec, shape), args.worker_core)
@@ -169,7 +190,11 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[dict[int, 
             served_rates = []
             for policy in POLICIES:
                 client.set({"sched_batch": policy})
-                served_rates.append(served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000))
+                rate, share = loop_thread_share(
+                    process.pid, lambda: served_items_per_second(base, args.clients, args.window, args.slo_ms / 1000)
+                )
+                served_rates.append(rate)
+                loop_shares[policy].append(share)
             os.kill(process.pid, signal.SIGSTOP)
             try:
                 return tuple(served_rates), raw_rate(batch, args.window)
@@ -189,7 +214,7 @@ def measure(spec: str, shape: str, args: argparse.Namespace) -> tuple[dict[int, 
                 + f"; raw {' '.join(f'{r:.0f}' for r in raw_rates)}",
                 flush=True,
             )
-    return served, raw
+    return served, raw, loop_shares
 
 
 def interpreted_copy(directory: Path) -> Path:
@@ -319,7 +344,7 @@ def main() -> int:
         model_args = argparse.Namespace(**{**vars(args), "clients": args.clients or CLIENTS[name]})
         if args.interpreted:
             compiled_against_interpreted(spec, shape, model_args)
-        served, raw = measure(spec, shape, model_args)
+        served, raw, loop_shares = measure(spec, shape, model_args)
         efficiency = {}
         for policy, rates in served.items():
             ratios = [s / r for s, r in zip(rates, raw)]
@@ -327,7 +352,8 @@ def main() -> int:
             print(
                 f"{name}, sched_batch={policy}: served {statistics.median(rates):.0f} items/s within the SLO, raw compute "
                 f"{statistics.median(raw):.0f} items/s; serving efficiency {efficiency[policy]:.2f} "
-                f"(per round {' '.join(f'{r:.2f}' for r in ratios)})"
+                f"(per round {' '.join(f'{r:.2f}' for r in ratios)}); the event loop's thread took "
+                f"{statistics.median(loop_shares[policy]):.1%} of the worker's CPU, the lanes the rest (median over windows)"
             )
         best = max(efficiency, key=efficiency.__getitem__)
         print(
