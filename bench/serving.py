@@ -19,10 +19,12 @@ checked at the policy with the better median.
 Serving efficiency = served / raw, the median of the per-round ratios, for the built-in
 model and for a transformer encoder (bench/serving_models.py); beside it, the share of the
 worker's CPU time its event loop's thread took while served (the serving path's own
-share; the lanes also run slower beside it, which this does not show). The encoder gets 64 clients,
-two batches' worth: with as many clients as a batch holds, every batch waits for the last
-one's clients to send again, and the core idles for the closed loop's sake. resnet-mini
-gets 32: at ~350 items/s on one core, 64 clients would wait past the SLO.
+share; the lanes also run slower beside it, which this does not show). Each model gets 64
+closed-loop clients, two batches' worth of the largest batch: with as many clients as a
+batch holds, every batch waits for the last one's clients to send again, and the core idles
+for the closed loop's sake. A model the raw loop computes so slowly
+that 64 clients would queue past 3/4 of the SLO (64 / its rate) gets 32: resnet-mini at
+~350 items/s on a slower machine.
 
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
 on the worker core, loaded in turn: the worker's CPU time per request at batch 32 and at
@@ -69,9 +71,6 @@ MODELS = {
     "resnet-mini": ("resnet-mini", ""),
     "encoder": ("serving_models:encoder", "32,128"),
 }
-# Closed-loop clients per model: two batches' worth keeps the core busy; resnet-mini (~350
-# items/s on one core here) gets one batch's worth, since 64 would wait past the SLO.
-CLIENTS = {"resnet-mini": 32, "encoder": 64}
 PATHS = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}"}  # the worker and the raw loop find serving_models
 NEARLY_FREE = ("serving_models:nearly_free", "16")
 # Every worker's starting setting; the batch size is then set live for each window.
@@ -140,6 +139,16 @@ def raw_loop(spec: str, shape: str, core: int) -> Iterator[Callable[[int, float]
         finally:
             stdin.close()
             process.wait(timeout=60)
+
+
+def closed_loop_clients(spec: str, shape: str, args: argparse.Namespace) -> int:
+    """Two batches' worth of the largest batch, or one where the raw loop computes the model
+    so slowly that two would queue past 3/4 of the SLO (see the module's docstring)."""
+    with raw_loop(spec, shape, args.worker_core) as rate:
+        rate(max(BATCHES), 1.0)  # warm-up
+        items_per_second = rate(max(BATCHES), 2.0)
+    two_batches = 2 * max(BATCHES)
+    return two_batches if two_batches / items_per_second <= 0.75 * args.slo_ms / 1000 else max(BATCHES)
 
 
 def served_items_per_second(base: str, clients: int, seconds: float, slo: float) -> float:
@@ -321,7 +330,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
-    parser.add_argument("--clients", type=int, help="closed-loop clients (default: 32 for resnet-mini, 64 otherwise)")
+    parser.add_argument(
+        "--clients", type=int, help="closed-loop clients (default: 64, or 32 for a model too slow for 64 within the SLO)"
+    )
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--worker-core", type=int, default=1)
     parser.add_argument("--load-core", type=int, default=0)
@@ -341,7 +352,9 @@ def main() -> int:
     print(f"serving path: {describe()}")
     for name in args.model or MODELS:
         spec, shape = MODELS[name]
-        model_args = argparse.Namespace(**{**vars(args), "clients": args.clients or CLIENTS[name]})
+        clients = args.clients or closed_loop_clients(spec, shape, args)
+        print(f"{name}: {clients} closed-loop clients")
+        model_args = argparse.Namespace(**{**vars(args), "clients": clients})
         if args.interpreted:
             compiled_against_interpreted(spec, shape, model_args)
         served, raw, loop_shares = measure(spec, shape, model_args)
