@@ -22,9 +22,9 @@ worker's CPU time its event loop's thread took while served (the serving path's 
 share; the lanes also run slower beside it, which this does not show). Each model gets 64
 closed-loop clients, two batches' worth of the largest batch: with as many clients as a
 batch holds, every batch waits for the last one's clients to send again, and the core idles
-for the closed loop's sake. A model the raw loop computes so slowly
-that 64 clients would queue past 3/4 of the SLO (64 / its rate) gets 32: resnet-mini at
-~350 items/s on a slower machine.
+for the closed loop's sake. A model the raw loop computes so slowly that 64 clients would
+queue past 3/4 of the SLO (64 / its rate) gets 32: resnet-mini at ~350 items/s on a slower
+machine (here it computes ~1,400).
 
 The serving path's own ceiling: workers of a model that costs next to nothing, side by side
 on the worker core, loaded in turn: the worker's CPU time per request at batch 32 and at
