@@ -141,14 +141,13 @@ def raw_loop(spec: str, shape: str, core: int) -> Iterator[Callable[[int, float]
             process.wait(timeout=60)
 
 
-def closed_loop_clients(spec: str, shape: str, args: argparse.Namespace) -> int:
+def closed_loop_clients(raw_rate: Callable[[int, float], float], slo: float) -> int:
     """Two batches' worth of the largest batch, or one where the raw loop computes the model
     so slowly that two would queue past 3/4 of the SLO (see the module's docstring)."""
-    with raw_loop(spec, shape, args.worker_core) as rate:
-        rate(max(BATCHES), 1.0)  # warm-up
-        items_per_second = rate(max(BATCHES), 2.0)
+    raw_rate(max(BATCHES), 1.0)  # warm-up
+    items_per_second = raw_rate(max(BATCHES), 2.0)
     two_batches = 2 * max(BATCHES)
-    return two_batches if two_batches / items_per_second <= 0.75 * args.slo_ms / 1000 else max(BATCHES)
+    return two_batches if two_batches / items_per_second <= 0.75 * slo else max(BATCHES)
 
 
 def served_items_per_second(base: str, clients: int, seconds: float, slo: float) -> float:
@@ -166,7 +165,8 @@ def worker_arguments(spec: str, shape: str) -> list[str]:
 
 def loop_thread_share(pid: int, window: Callable[[], float]) -> tuple[float, float]:
     """Runs `window` and returns what it returned, with the share of the worker's CPU time
-    in it that its event loop's thread (the main thread) took; the rest is the lanes'."""
+    in it that its event loop's thread (the main thread) took; the rest is the other threads'
+    (the lanes', but for the control agent's next to nothing)."""
 
     def seconds() -> tuple[float, float]:
         threads = psutil.Process(pid).threads()
@@ -181,17 +181,17 @@ def loop_thread_share(pid: int, window: Callable[[], float]) -> tuple[float, flo
 
 
 def measure(
-    spec: str, shape: str, args: argparse.Namespace
+    spec: str, shape: str, args: argparse.Namespace, raw_rate: Callable[[int, float], float]
 ) -> tuple[dict[int, list[float]], list[float], dict[int, list[float]]]:
     """Per round: served items/s under each of POLICIES and raw items/s, each at its best
-    batch of the round; and per served window, the event loop thread's share of the worker's CPU."""
+    batch of the round, the raw side from `raw_rate` (the model's raw_loop on the worker's
+    core); and per served window, the event loop thread's share of the worker's CPU."""
     served: dict[int, list[float]] = {policy: [] for policy in POLICIES}
     raw: list[float] = []
     loop_shares: dict[int, list[float]] = {policy: [] for policy in POLICIES}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         process, base, client = pinned_worker(stack, tmp / "worker", REPO_ROOT, worker_arguments(spec, shape), args.worker_core)
-        raw_rate = stack.enter_context(raw_loop(spec, shape, args.worker_core))
 
         def side_by_side(batch: int) -> tuple[tuple[float, ...], float]:
             """(served at each of POLICIES, raw) items/s at `batch`, one window each, back to back."""
@@ -352,12 +352,13 @@ def main() -> int:
     print(f"serving path: {describe()}")
     for name in args.model or MODELS:
         spec, shape = MODELS[name]
-        clients = args.clients or closed_loop_clients(spec, shape, args)
-        print(f"{name}: {clients} closed-loop clients")
-        model_args = argparse.Namespace(**{**vars(args), "clients": clients})
-        if args.interpreted:
-            compiled_against_interpreted(spec, shape, model_args)
-        served, raw, loop_shares = measure(spec, shape, model_args)
+        with raw_loop(spec, shape, args.worker_core) as raw_rate:
+            clients = args.clients or closed_loop_clients(raw_rate, args.slo_ms / 1000)
+            print(f"{name}: {clients} closed-loop clients")
+            model_args = argparse.Namespace(**{**vars(args), "clients": clients})
+            if args.interpreted:
+                compiled_against_interpreted(spec, shape, model_args)
+            served, raw, loop_shares = measure(spec, shape, model_args, raw_rate)
         efficiency = {}
         for policy, rates in served.items():
             ratios = [s / r for s, r in zip(rates, raw)]
@@ -366,7 +367,7 @@ def main() -> int:
                 f"{name}, sched_batch={policy}: served {statistics.median(rates):.0f} items/s within the SLO, raw compute "
                 f"{statistics.median(raw):.0f} items/s; serving efficiency {efficiency[policy]:.2f} "
                 f"(per round {' '.join(f'{r:.2f}' for r in ratios)}); the event loop's thread took "
-                f"{statistics.median(loop_shares[policy]):.1%} of the worker's CPU, the lanes the rest (median over windows)"
+                f"{statistics.median(loop_shares[policy]):.1%} of the worker's CPU, the other threads the rest (median over windows)"
             )
         best = max(efficiency, key=efficiency.__getitem__)
         print(
