@@ -52,6 +52,7 @@ def cap_gpu_memory(device: torch.device, fraction: float) -> None:
 
 
 def run_from_arguments(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # first: a thread keeps the malloc arena it first took, and CUDA starts threads
     try:
         device = choose_device(args.device)
         host, port = parse_listen_address(args.listen)
@@ -66,7 +67,6 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     except (ValueError, KeyError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
-    keep_freed_memory()
     try:
         model = load_model(args.model, device, shape, args.input_dtype, args.model_name, args.input_name)
     except ModelLoadError as exc:
