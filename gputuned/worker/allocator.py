@@ -17,8 +17,8 @@ and a block over 64 MiB comes from mmap whatever M_MMAP_MAX says. resnet-mini at
 in a thread took 13,700-15,900 faults a batch that way and computed 750-775 items/s
 against 1,106-1,110 with none. So every thread allocates from the one main arena, whose
 heap grows and stays. The worker's memory then stays at its largest batch's, as a CUDA
-caching allocator's does. The price is one lock for large blocks across the lanes'
-threads, taken a few times per layer; the small ones come from each thread's cache.
+caching allocator's does. The price is one lock across the threads for every block past
+glibc's per-thread cache (1 KiB): a few a layer for a lane.
 
 A user's own malloc settings (MALLOC_* variables, glibc.malloc tunables) or a libc that is
 not glibc are left alone.
