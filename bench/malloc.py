@@ -26,10 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from serving import BENCH, MODELS, pin, served_items_per_second, worker_arguments
+from serving import MODELS, pinned_worker, served_items_per_second, warm_up, worker_arguments
 
-from gputuned.control.client import ControlClient
-from gputuned.testing.processes import REPO_ROOT, running_worker
+from gputuned.testing.processes import REPO_ROOT
 
 SETTINGS = {
     "glibc": {"MALLOC_ARENA_TEST": "8"},
@@ -61,24 +60,24 @@ def main() -> int:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         workers = {}
         for label, setting in SETTINGS.items():
-            (tmp / label).mkdir()
-            env = {"PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{BENCH}", **setting}
-            process, base, control = stack.enter_context(running_worker(tmp / label, *worker_arguments(spec, shape), env=env))
-            pin(process.pid, args.worker_core)
-            workers[label] = (process.pid, base, stack.enter_context(ControlClient(control)))
+            process, base, client = pinned_worker(
+                stack, tmp / label, REPO_ROOT, worker_arguments(spec, shape), args.worker_core, setting
+            )
+            workers[label] = (process.pid, base, client)
         order = [*SETTINGS, *reversed(SETTINGS)]
         print(f"{args.model}: {CLIENTS} closed-loop clients, windows {' '.join(order)} at batches {BATCHES} in turn")
         for batch in BATCHES:
             for _, base, client in workers.values():
                 client.set({"max_batch_size": batch})
-                served_items_per_second(base, CLIENTS, 1.0, args.slo_ms / 1000)  # the first batches at a new size grow the heap
+                warm_up(base, CLIENTS)  # the first batches at a new size grow the heap
             rates: dict[str, list[float]] = {label: [] for label in SETTINGS}
             faults: dict[str, list[float]] = {label: [] for label in SETTINGS}
             for _ in range(args.rounds):
                 for label in order:
                     pid, base, _ = workers[label]
-                    before = minor_faults(pid)
-                    rate = served_items_per_second(base, CLIENTS, args.window, args.slo_ms / 1000)
+                    warm_up(base, CLIENTS)
+                    before = minor_faults(pid)  # faults counted over the measured window alone
+                    rate = served_items_per_second(base, CLIENTS, args.window, args.slo_ms / 1000, warmed=True)
                     rates[label].append(rate)
                     faults[label].append((minor_faults(pid) - before) / max(rate * args.window / batch, 1.0))
             now = statistics.median(rates["now"])

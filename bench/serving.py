@@ -150,8 +150,16 @@ def closed_loop_clients(raw_rate: Callable[[int, float], float], slo: float) -> 
     return two_batches if two_batches / items_per_second <= 0.75 * slo else max(BATCHES)
 
 
-def served_items_per_second(base: str, clients: int, seconds: float, slo: float) -> float:
-    asyncio.run(run_load(timed_load(base, 1.0, clients)))  # warm-up
+def warm_up(base: str, clients: int) -> None:
+    """A second of closed-loop load, unmeasured."""
+    asyncio.run(run_load(timed_load(base, 1.0, clients)))
+
+
+def served_items_per_second(base: str, clients: int, seconds: float, slo: float, warmed: bool = False) -> float:
+    """Items/s answered within `slo` over `seconds` of closed-loop load, after `warm_up`
+    unless the caller has `warmed` the worker itself."""
+    if not warmed:
+        warm_up(base, clients)
     result = asyncio.run(run_load(timed_load(base, seconds, clients)))
     return sum(1 for latency in result.latencies if latency <= slo) / (result.elapsed or 1.0)
 
@@ -234,12 +242,17 @@ def interpreted_copy(directory: Path) -> Path:
 
 
 def pinned_worker(
-    stack: contextlib.ExitStack, workdir: Path, tree: Path, arguments: list[str], core: int
+    stack: contextlib.ExitStack,
+    workdir: Path,
+    tree: Path,
+    arguments: list[str],
+    core: int,
+    environment: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, str, ControlClient]:
-    """A worker run from the checkout at `tree`, every thread on `core`, and its control
-    client; both end with `stack`."""
+    """A worker run from the checkout at `tree`, every thread on `core`, with `environment`
+    added to its own, and its control client; both end with `stack`."""
     workdir.mkdir()
-    env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}"}
+    env = {"PYTHONPATH": f"{tree}{os.pathsep}{BENCH}", **(environment or {})}
     process, base, control = stack.enter_context(running_worker(workdir, *arguments, env=env, root=tree))
     pin(process.pid, core)
     return process, base, stack.enter_context(ControlClient(control))
@@ -306,7 +319,7 @@ def ceiling(args: argparse.Namespace) -> None:
             clients = args.clients or 32
             for _ in range(args.rounds):
                 for index, (process, base, _) in enumerate(workers):
-                    asyncio.run(run_load(timed_load(base, 1.0, clients)))  # warm-up
+                    warm_up(base, clients)
                     worker = psutil.Process(process.pid)
                     before = worker.cpu_times()
                     result = asyncio.run(run_load(timed_load(base, args.window, clients)))
