@@ -7,7 +7,6 @@ import grp
 import os
 import stat
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,17 +28,17 @@ from tests.conftest import host_root
 PROC, SYS = host_root("dual-socket-8gpu")
 
 
-def fixture_config() -> Config:
-    runtime = tempfile.mkdtemp(prefix="gputuned-test-")
-    paths = {"proc_root": str(PROC), "sys_root": str(SYS), "runtime_dir": runtime, "state_dir": runtime}
+def fixture_config(runtime: Path) -> Config:
+    """The fixture host's paths, with `runtime` (a test's tmp_path) for the daemon's sockets and state."""
+    paths = {"proc_root": str(PROC), "sys_root": str(SYS), "runtime_dir": str(runtime), "state_dir": str(runtime)}
     paths |= {"kubelet_socket": f"{runtime}/no-kubelet.sock"}  # not a Kubernetes node: pod attribution off
     return with_overrides(Config(), paths=paths, metrics={"listen": "127.0.0.1:0"})
 
 
-def started_daemon(fake: FakeNvml) -> Daemon:
+def started_daemon(fake: FakeNvml, runtime: Path) -> Daemon:
     fake.gpus[0].processes[4242] = 1 << 30
     fake.gpus[0].pending_xids.append(79)
-    daemon = Daemon(fixture_config(), fake, psutil, supervise=False, watch=WorkerTarget(pid=4242, gpu=0))
+    daemon = Daemon(fixture_config(runtime), fake, psutil, supervise=False, watch=WorkerTarget(pid=4242, gpu=0))
     daemon.start()
     return daemon
 
@@ -48,9 +47,9 @@ def scrape(daemon: Daemon) -> str:
     return generate_latest(build_registry(daemon.store)).decode()
 
 
-def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvml():
+def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvml(tmp_path: Path):
     fake = FakeNvml.with_gpus(8)
-    daemon = started_daemon(fake)
+    daemon = started_daemon(fake, tmp_path)
     try:
         text = scrape(daemon)
     finally:
@@ -72,9 +71,9 @@ def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvm
     assert expected - served == not_here
 
 
-def test_a_scrape_makes_no_nvml_call():
+def test_a_scrape_makes_no_nvml_call(tmp_path: Path):
     fake = FakeNvml.with_gpus(8)
-    daemon = started_daemon(fake)
+    daemon = started_daemon(fake, tmp_path)
     try:
         before = fake.calls
         for _ in range(20):
@@ -85,7 +84,7 @@ def test_a_scrape_makes_no_nvml_call():
 
 
 def test_promtool_finds_nothing_to_lint(promtool, tmp_path: Path):
-    daemon = started_daemon(FakeNvml.with_gpus(8))
+    daemon = started_daemon(FakeNvml.with_gpus(8), tmp_path)
     try:
         text = scrape(daemon)
     finally:
@@ -95,10 +94,10 @@ def test_promtool_finds_nothing_to_lint(promtool, tmp_path: Path):
     assert result.stdout.strip() == "" and result.stderr.strip() == ""
 
 
-def test_collector_health_and_sample_age_are_served():
+def test_collector_health_and_sample_age_are_served(tmp_path: Path):
     fake = FakeNvml.with_gpus(1)
     fake.vanish()
-    daemon = Daemon(fixture_config(), fake, psutil, supervise=False)
+    daemon = Daemon(fixture_config(tmp_path), fake, psutil, supervise=False)
     daemon.start()
     try:
         families = {f.name: f for f in text_string_to_metric_families(scrape(daemon))}
@@ -113,8 +112,8 @@ def test_collector_health_and_sample_age_are_served():
     assert "process_resident_memory_bytes" in {s.name for f in families.values() for s in f.samples}
 
 
-def test_disabled_collectors_do_not_run():
-    config = with_overrides(fixture_config(), collectors={"nvml": False, "pcie": False, "kubelet": False})
+def test_disabled_collectors_do_not_run(tmp_path: Path):
+    config = with_overrides(fixture_config(tmp_path), collectors={"nvml": False, "pcie": False, "kubelet": False})
     fake = FakeNvml.with_gpus(1)
     daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()
@@ -126,10 +125,12 @@ def test_disabled_collectors_do_not_run():
     assert fake.calls == 0
 
 
-def test_the_admin_socket_group_comes_from_the_first_worker_even_before_gpus_are_counted():
+def test_the_admin_socket_group_comes_from_the_first_worker_even_before_gpus_are_counted(tmp_path: Path):
     """With [workers_per_gpu] no worker is defined until NVML has counted the GPUs; the
     admin socket takes the template's control_group."""
-    config = dataclasses.replace(fixture_config(), workers_per_gpu=WorkerConfig(control_group=grp.getgrgid(os.getgid()).gr_name))
+    config = dataclasses.replace(
+        fixture_config(tmp_path), workers_per_gpu=WorkerConfig(control_group=grp.getgrgid(os.getgid()).gr_name)
+    )
     daemon = Daemon(config, FakeNvml.with_gpus(2), psutil, supervise=False)
     daemon.start()
     try:
@@ -143,7 +144,7 @@ def test_paths_default_to_the_live_host():
     assert PathsConfig() == PathsConfig(proc_root="/proc", sys_root="/sys")
 
 
-def test_a_round_slower_than_the_interval_is_skipped_and_counted():
+def test_a_round_slower_than_the_interval_is_skipped_and_counted(tmp_path: Path):
     fake = FakeNvml.with_gpus(1)
     slow_power = fake.nvmlDeviceGetPowerUsage
 
@@ -151,7 +152,7 @@ def test_a_round_slower_than_the_interval_is_skipped_and_counted():
         time.sleep(0.35)
         return slow_power(handle)
 
-    config = with_overrides(fixture_config(), sampling={"interval_seconds": 0.1})
+    config = with_overrides(fixture_config(tmp_path), sampling={"interval_seconds": 0.1})
     daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()
     try:

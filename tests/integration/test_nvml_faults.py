@@ -4,6 +4,7 @@ and the windows the tuner reads hold no stale readings of a lost GPU."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,9 +37,9 @@ def gpus_of(samples: dict[tuple, float]) -> set[str]:
     return {dict(labels)["gpu"] for labels in samples}
 
 
-def test_a_lost_gpu_an_unsupported_field_and_a_vanished_library_mid_run():
+def test_a_lost_gpu_an_unsupported_field_and_a_vanished_library_mid_run(tmp_path: Path):
     fake = FakeNvml.with_gpus(8)
-    daemon = Daemon(with_overrides(fixture_config(), sampling={"interval_seconds": 0.1}), fake, psutil, supervise=False)
+    daemon = Daemon(with_overrides(fixture_config(tmp_path), sampling={"interval_seconds": 0.1}), fake, psutil, supervise=False)
     daemon.start()
     try:
         wait_rounds(daemon)
