@@ -30,8 +30,9 @@ import http
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, cast
 from urllib.parse import unquote
 
@@ -54,7 +55,7 @@ OUT_OF_MEMORY = "out of memory while reading the request; retry later or send fe
 class Request:
     method: str  # HEAD arrives as GET, with head_only set
     path: str  # percent-decoded, without the query
-    headers: dict[bytes, bytes]  # as sent, names in lower case; a repeated header keeps its last value
+    headers: Mapping[bytes, bytes]  # as sent, names in lower case; a repeated header keeps its last value
     body: bytes | bytearray
     received: float  # time.perf_counter() at its first byte (every time here is perf_counter's)
     head_only: bool = False
@@ -123,7 +124,9 @@ class _KnownHead:
     size: int  # the head and its body of Content-Length bytes
     method: str
     url: bytes
-    headers: dict[bytes, bytes]  # keep-alive: a connection's last request is never learned
+    # Read-only, so every replayed request shares it (a copy each was 1.5% of the loop's time).
+    # Keep-alive: a connection's last request is never learned.
+    headers: MappingProxyType[bytes, bytes]
 
 
 # Heads never replayed: what they ask for (a 100 Continue, chunked framing, an upgrade)
@@ -241,7 +244,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         while not self._closing and nbytes - taken >= size and data.startswith(head, taken):
             body = bytes(buffer[taken + body_starts : taken + size])
             taken += size
-            self._dispatch(known.method, known.url, dict(known.headers), body, True, now)
+            self._dispatch(known.method, known.url, known.headers, body, True, now)
         return nbytes if self._closing else taken  # past an answer that closes, nothing more is read
 
     def _parse(self, data: memoryview) -> None:
@@ -335,10 +338,10 @@ class HttpConnection(asyncio.BufferedProtocol):
         head = bytes(data[: len(data) - body_size])
         if head.find(b"\r\n\r\n") != len(head) - 4 or head.count(b"\n") != head.count(b"\r\n"):
             return  # bytes after the body (the parser skips stray CRLFs), or bare LF line ends
-        self._known = _KnownHead(head, len(data), self._method, self._url, dict(headers))
+        self._known = _KnownHead(head, len(data), self._method, self._url, MappingProxyType(dict(headers)))
 
     def _dispatch(
-        self, method: str, url: bytes, headers: dict[bytes, bytes], body: bytes | bytearray, keep_alive: bool, received: float
+        self, method: str, url: bytes, headers: Mapping[bytes, bytes], body: bytes | bytearray, keep_alive: bool, received: float
     ) -> None:
         """A whole request, parsed or replayed, to the handler."""
         answer = _Answer(self, method == "HEAD", keep_alive)
