@@ -28,6 +28,7 @@ from pathlib import Path
 
 from serving import MODELS, pinned_worker, served_items_per_second, warm_up, worker_arguments
 
+from gputuned.collectors.parsers import parse_proc_stat
 from gputuned.testing.processes import REPO_ROOT
 
 SETTINGS = {
@@ -40,9 +41,8 @@ CLIENTS = 64
 
 
 def minor_faults(pid: int) -> int:
-    """The process's minor page faults so far, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[7])  # minflt: the 10th field, the 8th after the command's ")"
+    """The process's minor page faults so far, all threads (as the NUMA collector reads them)."""
+    return parse_proc_stat(Path(f"/proc/{pid}/stat").read_text()).minor_faults
 
 
 def main() -> int:
