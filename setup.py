@@ -1,7 +1,7 @@
 """Builds gputuned with its serving path compiled to C by mypyc, where a C compiler is found.
 
 Every inference request the worker serves passes through these modules (the HTTP layer,
-the routes, the codec and the request counters), and where one core both serves and
+the routes, the codec, the request counters and their histogram), and where one core both serves and
 computes, their interpreter time is taken from the model: compiled by mypyc (mypy's
 compiler, from the same typed sources) they serve the transformer encoder of
 bench/serving.py 2-4% faster. mypyc, not Cython: the sources stay plain typed Python,
@@ -25,6 +25,7 @@ COMPILED = [
     "gputuned/worker/server.py",
     "gputuned/worker/codec.py",
     "gputuned/worker/stats.py",
+    "gputuned/control/histogram.py",
 ]
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from serving import MODELS, pinned_worker, served_items_per_second, warm_up, worker_arguments
 
-from gputuned.collectors.parsers import parse_proc_stat
+from gputuned.procfs import parse_proc_stat
 from gputuned.testing.processes import REPO_ROOT
 
 SETTINGS = {

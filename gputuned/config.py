@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from gputuned.collectors.parsers import ParseError, parse_cpulist
+from gputuned.procfs import ParseError, parse_cpulist
 from gputuned.tuners.mode import MODE_NAMES
 
 DEFAULT_CONFIG_PATH = Path("/etc/gputuned/gputuned.toml")

@@ -1,8 +1,18 @@
-"""Knobs: the worker's tunable settings, their schema, and validation of a change (pure).
+"""Knobs: the catalogue of every kind's tunable settings, and validation of a change (pure).
 
-The worker declares its knobs (type, bounds, whether they apply live) in its hello; the
-control protocol, the `gputuned set` command and the tuners all validate against that one
-declaration. A change set is all-or-nothing: every value is checked before any applies.
+`CATALOGUE` declares each knob once: its name, title, unit, static bounds, whether it
+applies live or only at a restart, what it does, and what it maps onto in each worker kind.
+The built-in worker registers its knobs from it, the Triton adapter maps them, the tuners
+and the guard refer to them by these declarations, and the dashboards, the status page and
+docs/knobs.md read their titles and meanings from it. A new worker kind declares its knobs
+here.
+
+A worker declares the knobs it offers at run time (`KnobSpec`: bounds narrowed to the
+machine, the current value) in its hello; the control protocol, `gputuned set` and the
+tuners validate against that declaration. A server embedding the agent may declare knobs
+the catalogue does not know: they arrive in its hello with their own title and meaning, and
+are shown and tuned like the others. A change set is all-or-nothing: every value is checked
+before any applies.
 """
 
 from __future__ import annotations
@@ -17,13 +27,132 @@ class KnobError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class KnobDef:
+    """One knob of the catalogue: what it is, whatever worker offers it.
+
+    `maximum` None: the bound depends on the machine (memory, cores) and each worker
+    declares its own. `memory_bound`: raising it may run out of device memory, so an
+    out-of-memory batch teaches the guard a ceiling for it. `kinds` maps each worker kind
+    that offers the knob to what the knob is in that kind's own terms.
+    """
+
+    name: str
+    title: str
+    unit: str  # for people: "items", "µs", "MiB", "0/1"
+    grafana_unit: str  # Grafana's unit id for its panels
+    description: str
+    minimum: int
+    maximum: int | None
+    kinds: Mapping[str, str]
+    live: bool = True
+    memory_bound: bool = False
+
+    def spec(self, default: int, maximum: int | None = None) -> KnobSpec:
+        """The spec a worker declares for this knob, with its own upper bound where the
+        catalogue leaves it to the machine (or narrows it)."""
+        upper = maximum if maximum is not None else self.maximum
+        if upper is None:
+            raise ValueError(f"{self.name}: the catalogue leaves its maximum to the worker; give one")
+        return KnobSpec(self.name, default, self.minimum, upper, self.live, self.description, self.title, self.unit)
+
+
+MAX_BATCH_SIZE = KnobDef(
+    "max_batch_size",
+    "Max batch size",
+    "items",
+    "short",
+    "The most items the batcher joins into one batch.",
+    1,
+    512,
+    {"builtin": "the dynamic batcher's cap", "triton": "the model config's max_batch_size (dynamic batching on)"},
+    memory_bound=True,
+)
+MAX_QUEUE_DELAY_US = KnobDef(
+    "max_queue_delay_us",
+    "Max queue delay",
+    "µs",
+    "µs",
+    "How long the oldest request waits for its batch to fill.",
+    0,
+    1_000_000,
+    {"builtin": "the dynamic batcher's wait", "triton": "dynamic_batching.max_queue_delay_microseconds"},
+)
+STREAMS = KnobDef(
+    "streams",
+    "Lanes",
+    "lanes",
+    "short",
+    "Batches run at once: execution lanes, a CUDA stream each on a GPU, a thread each on the CPU.",
+    1,
+    16,
+    {"builtin": "execution lanes", "triton": "the count of every instance_group entry (model instances per device)"},
+)
+POOL_MB = KnobDef(
+    "pool_mb",
+    "Pool size",
+    "MiB",
+    "decmbytes",
+    "Pinned (GPU) or preallocated (CPU) input buffer pool; 0 allocates each batch afresh.",
+    0,
+    None,
+    {"builtin": "the input buffer pool, up to half the free memory"},
+)
+INTRA_OP_THREADS = KnobDef(
+    "intra_op_threads",
+    "Threads per lane",
+    "threads",
+    "short",
+    "torch intra-op threads per lane; offered on the CPU only, up to the worker's CPUs.",
+    1,
+    None,
+    {"builtin": "torch.set_num_threads in each lane"},
+)
+SCHED_BATCH = KnobDef(
+    "sched_batch",
+    "SCHED_BATCH",
+    "0/1",
+    "short",
+    "1: the worker's threads run under Linux's SCHED_BATCH, handing batches over without preempting.",
+    0,
+    1,
+    {"builtin": "the scheduling policy of the worker's threads (Linux)"},
+)
+INTEROP_THREADS = KnobDef(
+    "interop_threads",
+    "Inter-op threads",
+    "threads",
+    "short",
+    "torch inter-op threads; torch fixes them once it has run, so they change only at a restart.",
+    1,
+    None,
+    {"builtin": "torch.set_num_interop_threads at start"},
+    live=False,
+)
+
+CATALOGUE: Mapping[str, KnobDef] = {
+    knob.name: knob
+    for knob in (MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STREAMS, POOL_MB, INTRA_OP_THREADS, SCHED_BATCH, INTEROP_THREADS)
+}
+
+
+def memory_bound(name: str) -> bool:
+    """Whether raising this knob may run out of memory (False for knobs the catalogue does not know)."""
+    knob = CATALOGUE.get(name)
+    return knob is not None and knob.memory_bound
+
+
+@dataclass(frozen=True, slots=True)
 class KnobSpec:
+    """A knob as one worker offers it: its bounds there, whether live, and how to show it."""
+
     name: str
     default: int
     minimum: int
     maximum: int
     live: bool = True
     description: str = ""
+    title: str = ""
+    unit: str = ""
 
     def to_wire(self, value: int) -> dict[str, Any]:
         return {
@@ -33,12 +162,26 @@ class KnobSpec:
             "max": self.maximum,
             "live": self.live,
             "description": self.description,
+            "title": self.title,
+            "unit": self.unit,
         }
 
     @classmethod
-    def from_wire(cls, name: str, wire: dict[str, Any]) -> KnobSpec:
-        """The spec a worker declared in its hello (the inverse of to_wire)."""
-        return cls(name, wire["value"], wire["min"], wire["max"], wire["live"], wire.get("description", ""))
+    def from_wire(cls, name: str, wire: Mapping[str, Any]) -> KnobSpec:
+        """The spec a worker declared in its hello (the inverse of to_wire). A worker built
+        before knobs carried a title and a unit is shown with the catalogue's, if it knows
+        the knob."""
+        known = CATALOGUE.get(name)
+        return cls(
+            name,
+            wire["value"],
+            wire["min"],
+            wire["max"],
+            wire["live"],
+            str(wire.get("description") or (known.description if known else "")),
+            str(wire.get("title") or (known.title if known else name)),
+            str(wire.get("unit") or (known.unit if known else "")),
+        )
 
     def check(self, value: Any) -> int:
         """The value as an int, or KnobError saying why it is refused."""

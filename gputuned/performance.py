@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
+
+from gputuned.control.messages import HistogramReport, StatsReport
 
 
-def histogram_delta(older: dict[str, Any], newer: dict[str, Any]) -> tuple[list[float], list[int]] | None:
-    """(bounds, per-bucket counts incl. +Inf) that arrived between two cumulative snapshots."""
-    bounds = newer.get("bounds")
-    if bounds != older.get("bounds") or not isinstance(bounds, list):
+def histogram_delta(older: HistogramReport | None, newer: HistogramReport | None) -> tuple[list[float], list[int]] | None:
+    """(bounds, per-bucket counts incl. +Inf) that arrived between two cumulative snapshots
+    (each checked on arrival, `messages.read_histogram`); None unless both have the same buckets."""
+    if older is None or newer is None or newer["bounds"] != older["bounds"]:
         return None
-    new, old = newer.get("cumulative"), older.get("cumulative")
-    if not isinstance(new, list) or not isinstance(old, list) or len(new) != len(old) or len(new) != len(bounds) + 1:
-        return None
-    cumulative = [n - o for n, o in zip(new, old)]
+    bounds = newer["bounds"]
+    cumulative = [n - o for n, o in zip(newer["cumulative"], older["cumulative"])]
     if any(c < 0 for c in cumulative):
         return None  # the worker restarted between the two: counters reset
     counts = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
@@ -93,8 +93,8 @@ class Measurement:
 
 
 def measure(
-    older: dict[str, Any],
-    newer: dict[str, Any],
+    older: StatsReport,
+    newer: StatsReport,
     seconds: float,
     slo_seconds: float,
     device_busy: float | None = None,
@@ -105,17 +105,17 @@ def measure(
         return None
 
     def delta(name: str) -> float:
-        return float(newer.get(name, 0)) - float(older.get(name, 0))
+        return _number(newer, name) - _number(older, name)
 
     if any(delta(name) < 0 for name in ("completed", "requests", "batches")):
         return None
-    latency = histogram_delta(older.get("latency_seconds") or {}, newer.get("latency_seconds") or {})
+    latency = histogram_delta(older.get("latency_seconds"), newer.get("latency_seconds"))
     completed = delta("completed")
     within = fraction_within(*latency, slo_seconds) if latency else None
     p99 = quantile(*latency, 0.99) if latency else None
     p50 = quantile(*latency, 0.5) if latency else None
     batches = delta("batches")
-    items = float((newer.get("batch_size") or {}).get("sum", 0)) - float((older.get("batch_size") or {}).get("sum", 0))
+    items = _histogram_sum(newer, "batch_size") - _histogram_sum(older, "batch_size")
     busy = delta("lane_busy_seconds")
     lanes = int(newer.get("lanes", 1) or 1)
     return Measurement(
@@ -143,10 +143,17 @@ def measure(
     )
 
 
-def _latency_sum(older: dict[str, Any], newer: dict[str, Any]) -> float:
+def _number(report: StatsReport, name: str) -> float:
+    """A numeric field of the report (`messages.STATS_NUMBERS`); 0 when the worker does not report it."""
+    value = report.get(name, 0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def _histogram_sum(report: StatsReport, name: Literal["latency_seconds", "batch_size"]) -> float:
+    histogram = report.get(name)
+    return 0.0 if histogram is None else histogram["sum"]
+
+
+def _latency_sum(older: StatsReport, newer: StatsReport) -> float:
     """Seconds spent inside the worker by the requests completed between two reports."""
-
-    def total(report: dict[str, Any]) -> float:
-        return float((report.get("latency_seconds") or {}).get("sum", 0))
-
-    return max(total(newer) - total(older), 0.0)
+    return max(_histogram_sum(newer, "latency_seconds") - _histogram_sum(older, "latency_seconds"), 0.0)

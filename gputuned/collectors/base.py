@@ -8,7 +8,6 @@ NVML module) so tests can point it at fixture trees and a fake NVML.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 from gputuned.samples import Collected, WorkerTarget
@@ -25,13 +24,3 @@ class Collector(Protocol):
     def close(self) -> None:
         """Releases what the collector holds (NVML handles, event sets)."""
         ...
-
-
-def read_text(root: Path, *parts: str | int) -> str:
-    """Reads a /proc or /sys file below `root`; raises OSError like open() does."""
-    return root.joinpath(*map(str, parts)).read_text(encoding="ascii", errors="replace")
-
-
-def describe_os_error(exc: OSError) -> str:
-    """'cannot read /proc/vmstat: No such file or directory' for logs and notes."""
-    return f"cannot read {exc.filename}: {exc.strerror or exc}"

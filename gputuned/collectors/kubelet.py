@@ -27,9 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gputuned.collectors.base import read_text
 from gputuned.collectors.nvml_session import GpuDevice, NvmlSession, NvmlUnavailable
-from gputuned.collectors.parsers import parse_cgroup_pod_uid, parse_pod_log_dir
+from gputuned.procfs import parse_cgroup_pod_uid, parse_pod_log_dir, read_text
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 if TYPE_CHECKING:

@@ -13,16 +13,17 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gputuned.collectors.base import describe_os_error, read_text
 from gputuned.collectors.nvml_session import read_pci_numa_node
-from gputuned.collectors.parsers import (
+from gputuned.procfs import (
     ParseError,
+    describe_os_error,
     parse_cpulist,
     parse_key_value_counters,
     parse_node_meminfo,
     parse_numa_maps,
     parse_proc_stat,
     parse_status_field,
+    read_text,
 )
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 

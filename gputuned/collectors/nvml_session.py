@@ -18,8 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from gputuned.collectors.base import read_text
-from gputuned.collectors.parsers import ParseError, nvml_bus_id_to_sysfs, parse_int_file
+from gputuned.procfs import ParseError, nvml_bus_id_to_sysfs, parse_int_file, read_text
 from gputuned.samples import Collected
 
 log = logging.getLogger(__name__)

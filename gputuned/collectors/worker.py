@@ -2,15 +2,17 @@
 
 It reads what the supervisors already hold (the newest stats message and the process
 state), so sampling never waits on the worker. Stats from a user's own server embedding
-the agent may carry only some fields: whatever is missing or not a number is skipped.
+the agent may carry only some fields: what is missing, or was malformed on arrival (`messages.read_stats`), is skipped.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol
 
+from gputuned.control.messages import HistogramReport, StatsReport
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 WORKER = ("worker",)
@@ -84,8 +86,8 @@ SPECS = (
     STATS_AGE,
 )
 
-# stats field -> (spec, label values)
-_SCALARS = {
+# stats field (messages.STATS_NUMBERS) -> (spec, label values)
+_SCALARS: Mapping[str, tuple[MetricSpec, tuple[str, ...]]] = {
     "completed": (REQUESTS, ("ok",)),
     "failed": (REQUESTS, ("failed",)),
     "rejected": (REQUESTS, ("rejected",)),
@@ -99,23 +101,17 @@ _SCALARS = {
     "oom": (OOM, ()),
     "h2d_bytes": (H2D, ()),
 }
+_HISTOGRAMS: Mapping[Literal["latency_seconds", "batch_size"], MetricSpec] = {
+    "latency_seconds": LATENCY,
+    "batch_size": BATCH_SIZE,
+}
 STALE_STATS_SECONDS = 5.0
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def histogram_buckets(stats: Any) -> tuple[list[tuple[float, float]], float] | None:
-    """The worker's {'bounds', 'cumulative', 'sum'} as Prometheus buckets, or None if malformed."""
-    if not isinstance(stats, dict):
-        return None
-    bounds, cumulative, total = stats.get("bounds"), stats.get("cumulative"), stats.get("sum")
-    if not (isinstance(bounds, list) and isinstance(cumulative, list) and len(cumulative) == len(bounds) + 1 and _number(total)):
-        return None
-    if not all(_number(v) for v in bounds + cumulative):
-        return None
-    return [*zip(bounds, cumulative), (float("inf"), cumulative[-1])], float(total)  # type: ignore[arg-type]
+def histogram_buckets(histogram: HistogramReport) -> tuple[list[tuple[float, float]], float]:
+    """A worker's histogram (checked on arrival) as Prometheus buckets and their sum."""
+    cumulative = histogram["cumulative"]
+    return [*zip(histogram["bounds"], map(float, cumulative)), (math.inf, float(cumulative[-1]))], histogram["sum"]
 
 
 class SupervisedWorker(Protocol):
@@ -176,15 +172,16 @@ class WorkerCollector:
                 out.errors.append(f"no stats from worker {name} for {age:.0f} s")
 
     @staticmethod
-    def _collect_stats(name: str, stats: dict[str, Any], out: Collected) -> None:
+    def _collect_stats(name: str, stats: StatsReport, out: Collected) -> None:
+        numbers: Mapping[str, object] = stats
         for field_name, (spec, labels) in _SCALARS.items():
-            value = stats.get(field_name)
-            if _number(value):
-                out.add(spec, float(value), name, *labels)  # type: ignore[arg-type]
-        for field_name, spec in (("latency_seconds", LATENCY), ("batch_size", BATCH_SIZE)):
-            histogram = histogram_buckets(stats.get(field_name))
+            value = numbers.get(field_name)
+            if isinstance(value, (int, float)):
+                out.add(spec, float(value), name, *labels)
+        for field_name, spec in _HISTOGRAMS.items():
+            histogram = stats.get(field_name)
             if histogram is not None:
-                out.add_histogram(spec, *histogram, name)
+                out.add_histogram(spec, *histogram_buckets(histogram), name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

@@ -7,6 +7,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from gputuned.procfs import parse_status_groups, read_text
+
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -25,17 +27,9 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials:
 def peer_groups(pid: int, proc_root: Path = Path("/proc")) -> set[int]:
     """The peer's primary and supplementary groups, from /proc/PID/status ('Groups:')."""
     try:
-        text = (proc_root / str(pid) / "status").read_text()
-    except OSError:
-        return set()
-    groups: set[int] = set()
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key == "Gid" and rest.split():
-            groups.add(int(rest.split()[0]))  # the real gid
-        elif key == "Groups":
-            groups.update(int(g) for g in rest.split())
-    return groups
+        return parse_status_groups(read_text(proc_root, pid, "status"))
+    except (OSError, ValueError):
+        return set()  # gone, or not a status file: let in by uid alone
 
 
 def peer_allowed(creds: PeerCredentials, group: int | None, own_uid: int, proc_root: Path = Path("/proc")) -> bool:

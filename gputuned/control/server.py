@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from gputuned.control.messages import StatsReport, WorkerStatusBody
 from gputuned.control.peers import peer_allowed, peer_credentials
 from gputuned.control.protocol import MAX_MESSAGE_BYTES, ProtocolError, decode, encode, message, nack
 from gputuned.knobs import KnobError
@@ -45,11 +46,11 @@ class ControlHandler(Protocol):
         KnobError. Called from a worker thread, while stats and status go on being called."""
         ...
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReport:
         """Cumulative counters and current gauges for a stats message."""
         ...
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WorkerStatusBody:
         """The answer to a status request: identity and the knob values now."""
         ...
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any
+
+from gputuned.control.messages import StatsReport
 
 STATS_HISTORY = 600  # reports kept (5 minutes at the worker's 0.5 s)
 
-Report = tuple[float, dict[str, Any]]
+Report = tuple[float, StatsReport]
 
 
 class StatsHistory:
@@ -22,7 +23,7 @@ class StatsHistory:
         self._lock = threading.Lock()
         self._reports: collections.deque[Report] = collections.deque(maxlen=capacity)
 
-    def append(self, t: float, stats: dict[str, Any]) -> None:
+    def append(self, t: float, stats: StatsReport) -> None:
         with self._lock:
             if self._reports and t <= self._reports[-1][0]:
                 return  # out of order (a report replayed after a reconnect): the older one stands

@@ -18,8 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gputuned.collectors.base import read_text
-from gputuned.collectors.parsers import ParseError, parse_cpulist, parse_node_meminfo
+from gputuned.procfs import ParseError, parse_cpulist, parse_node_meminfo, read_text
 
 MPOL_PREFERRED = 1
 # set_mempolicy(2) has no glibc wrapper; these are its syscall numbers.

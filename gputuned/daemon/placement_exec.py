@@ -12,8 +12,8 @@ import argparse
 import os
 import sys
 
-from gputuned.collectors.parsers import ParseError, parse_cpulist
 from gputuned.daemon.placement import set_preferred_node
+from gputuned.procfs import ParseError, parse_cpulist
 
 
 def main(argv: list[str] | None = None) -> int:

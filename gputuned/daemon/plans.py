@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gputuned.collectors.parsers import parse_cpulist
 from gputuned.config import ConfigError, WorkerConfig
 from gputuned.daemon.launch import worker_gpu
 from gputuned.daemon.placement import Placement, choose_placement
+from gputuned.procfs import parse_cpulist
 
 SINGLE_WORKER = "worker"  # the name of the one worker of a [worker] table
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gputuned.control.client import ControlClient, ControlError, ControlProtocolError, ControlTimeout
+from gputuned.control.messages import StatsReport, read_stats
 from gputuned.daemon.adopted import AdoptedProcess
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.launch import WorkerLaunch
@@ -72,7 +73,7 @@ class WorkerStatus:
     started_at: float | None
     hello: dict[str, Any] | None
     knobs: dict[str, int]
-    stats: dict[str, Any] | None
+    stats: StatsReport | None
     stats_at: float | None
     placement: Placement | None
     message: str
@@ -425,7 +426,7 @@ class Supervisor:
         if message is not None:
             self._last_message = now
         for report in arrived:
-            self._history.append(report["t"], report["stats"])
+            self._history.append(report["t"], read_stats(report["stats"]))
         if now - self._last_ping >= self._policy.ping_interval:
             self._last_ping = now
             try:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gputuned.config import TuningConfig
+from gputuned.daemon.history import Report
 from gputuned.daemon.supervisor import WorkerState
 from gputuned.datatypes import DATATYPES
 from gputuned.performance import Measurement, measure
@@ -34,7 +35,7 @@ RECENT_SECONDS = 10.0  # the window status, sd_notify and the goodput metric des
 # (start, end) -> (device busy 0..1, PCIe utilisation 0..1) over that window, when known.
 DeviceSignals = Callable[[float, float], tuple[float | None, float | None]]
 # (start, end) -> the bounding stats reports ((t, stats), (t, stats)), or None.
-StatsBetween = Callable[[float, float], tuple[tuple[float, dict[str, Any]], tuple[float, dict[str, Any]]] | None]
+StatsBetween = Callable[[float, float], tuple[Report, Report] | None]
 
 
 def guard_settings(tuning: TuningConfig) -> GuardSettings:

@@ -33,8 +33,8 @@ def build() -> Board:
         (f"sum by (instance, worker) (increase(gputuned_worker_restarts_total{{{WORKER}}}[1h]))", "Restarts (1 h)", "short"),
     ]
     columns += [
-        (f'max by (instance, worker) (gputuned_knob_value{{{WORKER}, knob="{knob}"}})', title, unit)
-        for knob, title, unit, _ in KNOBS
+        (f'max by (instance, worker) (gputuned_knob_value{{{WORKER}, knob="{knob.name}"}})', knob.title, knob.grafana_unit)
+        for knob in KNOBS
     ]
     board.row("Workers").add(
         fleet_table(

@@ -7,18 +7,12 @@ from grafana_foundation_sdk.builders import heatmap
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 from gputuned.dashboards.panels import DATASOURCE, RATE, WORKER, WORKER_GPU, Board, dashed_red, graph, query
+from gputuned.knobs import CATALOGUE
 
 UID = "gputuned-tuning"
 
-# (knob, panel title, unit, what it does)
-KNOBS = (
-    ("max_batch_size", "Max batch size", "short", "The most requests the batcher joins into one batch."),
-    ("max_queue_delay_us", "Max queue delay", "µs", "How long the batcher waits for a batch to fill."),
-    ("streams", "Lanes", "short", "Execution lanes: a CUDA stream each on a GPU, a thread each on the CPU."),
-    ("pool_mb", "Pool size", "decmbytes", "Pinned (GPU) or preallocated (CPU) input buffer pool."),
-    ("intra_op_threads", "Threads per lane", "short", "torch intra-op threads per lane (CPU worker only)."),
-    ("sched_batch", "SCHED_BATCH", "short", "1: the worker's threads hand batches over without preempting (Linux)."),
-)
+# A panel for each knob the online loop may move; restart-only knobs never change under it.
+KNOBS = tuple(knob for knob in CATALOGUE.values() if knob.live)
 
 LATENCY_BUCKETS = f"gputuned_worker_latency_seconds_bucket{{{WORKER}}}"
 
@@ -123,13 +117,13 @@ def build() -> Board:
         ),
     )
     board.row("Knobs (orange markers: the tuner's decisions)")
-    for knob, title, unit, what in KNOBS:
+    for knob in KNOBS:
         board.add(
             graph(
-                title,
-                f"{what} Markers show the tuner's decisions.",
-                unit,
-                [(f'gputuned_knob_value{{{WORKER}, knob="{knob}"}}', "{{worker}} " + knob)],
+                knob.title,
+                f"{knob.description} Markers show the tuner's decisions.",
+                knob.grafana_unit,
+                [(f'gputuned_knob_value{{{WORKER}, knob="{knob.name}"}}', "{{worker}} " + knob.name)],
                 width=8,
                 height=7,
             )

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gputuned.control.messages import StatsReport, WorkerIdentity, WorkerStatusBody
 from gputuned.control.protocol import message
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
 from gputuned.triton import model_config
@@ -49,10 +50,10 @@ class TritonWorker:
         self._specs: dict[str, KnobSpec] = {}
         self._values: dict[str, int] = {}
         self._accepted: dict[str, int] = {}  # what sets asked for: re-applied after Triton restarts
-        self._identity: dict[str, Any] = {}
+        self._identity: WorkerIdentity = {}
         self._counters = Counters()
         self._latency = LatencyEstimate()
-        self._snapshot: dict[str, Any] = {}
+        self._snapshot: StatsReport = {}
         self._polls = 0  # polls done, under `_polled`
         self._polled = threading.Condition()
         self._reachable = False
@@ -136,13 +137,13 @@ class TritonWorker:
         with self._lock:
             self._adopt(config)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReport:
         with self._lock:
-            return dict(self._snapshot)
+            return self._snapshot.copy()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WorkerStatusBody:
         with self._lock:
-            return {"worker": dict(self._identity), "knobs": dict(self._values)}
+            return {"worker": self._identity.copy(), "knobs": dict(self._values)}
 
     # --- polling --------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Knobs <-> a Triton model config (pure).
 
-The adapter's knobs carry the built-in worker's names, so every tuner applies unchanged:
+The adapter offers the catalogue's knobs (`gputuned.knobs`) that the built-in worker
+offers too, so every tuner applies unchanged; Triton's narrower upper bounds are set here:
 
 - `max_batch_size`: the config's `max_batch_size`, the largest batch Triton's dynamic
   batcher forms (and the largest request it accepts). A config without `dynamic_batching`
@@ -23,15 +24,15 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from gputuned.knobs import KnobSpec
+from gputuned.knobs import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STREAMS, KnobSpec
 
-BATCH = "max_batch_size"
-DELAY = "max_queue_delay_us"
-INSTANCES = "streams"
+BATCH = MAX_BATCH_SIZE.name
+DELAY = MAX_QUEUE_DELAY_US.name
+INSTANCES = STREAMS.name
 
-MAX_BATCH_SIZE = 128  # Model Analyzer's brute grid reaches 128
-MAX_QUEUE_DELAY_US = 100_000
-MAX_INSTANCES = 8
+BATCH_LIMIT = 128  # Model Analyzer's brute grid reaches 128
+DELAY_LIMIT_US = 100_000
+INSTANCES_LIMIT = 8
 
 
 def batches(config: Mapping[str, Any]) -> bool:
@@ -39,21 +40,14 @@ def batches(config: Mapping[str, Any]) -> bool:
     return int(config.get("max_batch_size") or 0) > 0
 
 
-def knob_specs(config: Mapping[str, Any], maximum_batch: int = MAX_BATCH_SIZE) -> dict[str, KnobSpec]:
-    """The knobs this model's config allows, with its present values as defaults."""
+def knob_specs(config: Mapping[str, Any], maximum_batch: int = BATCH_LIMIT) -> dict[str, KnobSpec]:
+    """The knobs this model's config allows, with its present values as defaults (a value
+    the operator set above our limit raises the limit to it)."""
     values = knobs_of(config)
-    specs = {
-        INSTANCES: KnobSpec(
-            INSTANCES, values[INSTANCES], 1, max(MAX_INSTANCES, values[INSTANCES]), True, "model instances per device"
-        )
-    }
+    specs = {INSTANCES: STREAMS.spec(values[INSTANCES], maximum=max(INSTANCES_LIMIT, values[INSTANCES]))}
     if batches(config):
-        specs[BATCH] = KnobSpec(
-            BATCH, values[BATCH], 1, max(maximum_batch, values[BATCH]), True, "largest batch Triton's dynamic batcher forms"
-        )
-        specs[DELAY] = KnobSpec(
-            DELAY, values[DELAY], 0, max(MAX_QUEUE_DELAY_US, values[DELAY]), True, "longest a request waits for its batch"
-        )
+        specs[BATCH] = MAX_BATCH_SIZE.spec(values[BATCH], maximum=max(maximum_batch, values[BATCH]))
+        specs[DELAY] = MAX_QUEUE_DELAY_US.spec(values[DELAY], maximum=max(DELAY_LIMIT_US, values[DELAY]))
     return specs
 
 

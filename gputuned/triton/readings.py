@@ -36,7 +36,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gputuned.worker.stats import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
+from gputuned.control.histogram import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
+from gputuned.control.messages import HistogramReport, StatsReport
 
 _OUTCOME_OF_FAILURE = {"BACKEND": "failed", "OTHER": "failed", "REJECTED": "refused", "CANCELED": "rejected"}
 SUMMARY_SECONDS = 60.0  # the window of Triton's latency summaries (prometheus-cpp's default max age)
@@ -146,12 +147,12 @@ class LatencyEstimate:
         for seconds, times in quantile_observations({q: mean * ratio for q, ratio in shape.items()}, completed):
             self._histogram.observe(seconds, times)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HistogramReport:
         return self._histogram.snapshot()
 
 
-def worker_stats(totals: Mapping[str, float], latency: Mapping[str, Any], pending: float, instances: int) -> dict[str, Any]:
-    """The stats message of a worker (see worker/stats.py) from the adapter's running totals."""
+def worker_stats(totals: Mapping[str, float], latency: HistogramReport, pending: float, instances: int) -> StatsReport:
+    """A worker's stats report (control/messages.py) from the adapter's running totals."""
     batch_size = Histogram(BATCH_SIZE_BUCKETS)
     batches = busy = 0.0
     for name, value in totals.items():
@@ -161,12 +162,14 @@ def worker_stats(totals: Mapping[str, float], latency: Mapping[str, Any], pendin
             batches += value
         elif kind == "batch_seconds":
             busy += value
-    failures = {outcome: int(totals.get(outcome, 0)) for outcome in ("failed", "refused", "rejected")}
+    failed, refused, rejected = (int(totals.get(outcome, 0)) for outcome in ("failed", "refused", "rejected"))
     completed = int(totals.get("success", 0))
     return {
-        "requests": completed + sum(failures.values()),
+        "requests": completed + failed + refused + rejected,
         "completed": completed,
-        **failures,
+        "failed": failed,
+        "refused": refused,
+        "rejected": rejected,
         "oom": 0,
         "batches": int(batches),
         "pool_hits": 0,
@@ -175,6 +178,6 @@ def worker_stats(totals: Mapping[str, float], latency: Mapping[str, Any], pendin
         "lane_busy_seconds": busy,
         "queue_depth": int(pending),
         "lanes": instances,
-        "latency_seconds": dict(latency),
+        "latency_seconds": latency,
         "batch_size": batch_size.snapshot(),
     }

@@ -26,11 +26,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+from gputuned.knobs import MAX_BATCH_SIZE, STREAMS
 from gputuned.tuners.base import Proposal, TunerInput, changed
 from gputuned.tuners.queue_delay import KNOB as DELAY_KNOB
 from gputuned.tuners.queue_delay import fill_delay_us
 
-KNOB = "max_batch_size"
+KNOB = MAX_BATCH_SIZE.name
 FULL = 0.75  # batches this full (of the maximum) mean more requests were waiting
 PCIE_LIMIT = 0.8
 SKIP_LIMIT = 8  # a jump past a doubling that did not pay goes at most this many times further
@@ -120,7 +121,7 @@ class BatchJumpTuner:
 
 def _waiting(inp: TunerInput, size: int) -> float:
     """Items a lane finds when it frees: those in the worker less those the running batches hold."""
-    return inp.window.in_system * max(inp.window.items_per_request, 1.0) - inp.knobs.get("streams", 1) * size
+    return inp.window.in_system * max(inp.window.items_per_request, 1.0) - inp.knobs.get(STREAMS.name, 1) * size
 
 
 def _doubling_fills(inp: TunerInput, size: int) -> bool:
@@ -194,7 +195,7 @@ class BatchDownProbe:
     def propose(self, inp: TunerInput) -> Proposal | None:
         if KNOB not in inp.knobs or inp.slo_breached():  # a breach is the batch tuner's to answer
             return None
-        if inp.knobs.get("streams", 1) < self._min_lanes:
+        if inp.knobs.get(STREAMS.name, 1) < self._min_lanes:
             return None
         size, window = inp.knobs[KNOB], inp.window
         if window.throughput <= 0 or window.mean_batch <= size / 2:

@@ -68,6 +68,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from gputuned.knobs import memory_bound
 from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
 from gputuned.tuners.confirm import Interleaving, NoiseEstimate
@@ -442,7 +443,7 @@ class Guard:
             self._decide(now, proposal.knob, "recommend", old, proposal.value, proposal.reason, baseline)
             self._rejected.add(self._direction(proposal, old))  # say it once
             return
-        if proposal.kind == "backoff" and baseline.oom and proposal.knob == "max_batch_size":
+        if proposal.kind == "backoff" and baseline.oom and memory_bound(proposal.knob):
             self._learn_ceiling(proposal.knob, old - 1)
         context = self._context()
         previous = {knob: context.knobs[knob] for knob in proposal.changes()} if context else {proposal.knob: old}

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 
+from gputuned.knobs import MAX_BATCH_SIZE, POOL_MB, STREAMS
 from gputuned.tuners.base import Proposal, TunerInput, changed
 
-KNOB = "pool_mb"
+KNOB = POOL_MB.name
 HEADROOM = 1.25
 MIB = 2**20
 
 
 def working_set_mb(inp: TunerInput) -> int:
-    lanes = inp.knobs.get("streams", 1)
-    size = inp.knobs.get("max_batch_size", 1)
+    lanes = inp.knobs.get(STREAMS.name, 1)
+    size = inp.knobs.get(MAX_BATCH_SIZE.name, 1)
     return math.ceil(size * inp.item_bytes * (lanes + 1) * HEADROOM / MIB)
 
 

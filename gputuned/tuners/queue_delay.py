@@ -8,9 +8,11 @@ queueing), and only changed when the target differs enough to matter.
 
 from __future__ import annotations
 
+from gputuned.knobs import MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US
 from gputuned.tuners.base import Proposal, ProposalKind, TunerInput, changed
 
-KNOB = "max_queue_delay_us"
+KNOB = MAX_QUEUE_DELAY_US.name
+BATCH = MAX_BATCH_SIZE.name
 MIN_CHANGE_US = 200
 MIN_CHANGE_RATIO = 0.3
 
@@ -30,9 +32,9 @@ class QueueDelayTuner:
     name = "queue_delay"
 
     def propose(self, inp: TunerInput) -> Proposal | None:
-        if KNOB not in inp.knobs or "max_batch_size" not in inp.knobs:
+        if KNOB not in inp.knobs or BATCH not in inp.knobs:
             return None
-        window, size, current = inp.window, inp.knobs["max_batch_size"], inp.knobs[KNOB]
+        window, size, current = inp.window, inp.knobs[BATCH], inp.knobs[KNOB]
         target = fill_delay_us(inp, size)
         if abs(target - current) < max(MIN_CHANGE_US, MIN_CHANGE_RATIO * current):
             return None

@@ -11,9 +11,10 @@ off.
 
 from __future__ import annotations
 
+from gputuned.knobs import SCHED_BATCH
 from gputuned.tuners.base import Proposal, TunerInput, changed
 
-KNOB = "sched_batch"
+KNOB = SCHED_BATCH.name
 
 
 class SchedulingTuner:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gputuned.knobs import INTRA_OP_THREADS, STREAMS
 from gputuned.tuners.base import Proposal, TunerInput, changed
 from gputuned.tuners.batch import FULL
 from gputuned.tuners.batch import KNOB as BATCH_KNOB
 
-KNOB = "streams"
+KNOB = STREAMS.name
+THREADS = INTRA_OP_THREADS.name
 SATURATED = 0.6  # busy this share of the time: another lane may overlap work; the trial decides
 IDLE = 0.35
 DEVICE_SATURATED = 0.95
@@ -23,12 +25,12 @@ DEVICE_SATURATED = 0.95
 
 def with_threads(inp: TunerInput, proposal: Proposal | None) -> Proposal | None:
     """On the CPU, the lane change brings the thread count that shares the cores among lanes."""
-    if proposal is None or inp.device != "cpu" or "intra_op_threads" not in inp.knobs:
+    if proposal is None or inp.device != "cpu" or THREADS not in inp.knobs:
         return proposal
-    threads = inp.clamp("intra_op_threads", max(inp.cores // proposal.value, 1))
-    if threads == inp.knobs["intra_op_threads"]:
+    threads = inp.clamp(THREADS, max(inp.cores // proposal.value, 1))
+    if threads == inp.knobs[THREADS]:
         return proposal
-    also = {**proposal.also, "intra_op_threads": threads}
+    also = {**proposal.also, THREADS: threads}
     return replace(proposal, also=also, reason=f"{proposal.reason}, with {threads} thread(s) per lane")
 
 

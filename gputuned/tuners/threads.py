@@ -7,9 +7,10 @@ guard's trial keeps it only if it helps.
 
 from __future__ import annotations
 
+from gputuned.knobs import INTRA_OP_THREADS, STREAMS
 from gputuned.tuners.base import Proposal, TunerInput, changed
 
-KNOB = "intra_op_threads"
+KNOB = INTRA_OP_THREADS.name
 
 
 class ThreadsTuner:
@@ -18,6 +19,6 @@ class ThreadsTuner:
     def propose(self, inp: TunerInput) -> Proposal | None:
         if KNOB not in inp.knobs or inp.device != "cpu":
             return None
-        lanes = inp.knobs.get("streams", 1)
+        lanes = inp.knobs.get(STREAMS.name, 1)
         target = max(inp.cores // max(lanes, 1), 1)
         return changed(inp, KNOB, target, f"{inp.cores} cores over {lanes} lane(s): {target} thread(s) each")

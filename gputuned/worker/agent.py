@@ -5,7 +5,7 @@ framework. The server registers its knobs with callbacks that apply a value (the
 in the agent's thread and must be thread-safe, e.g. set a value the serving loop reads
 at its next batch) and a function returning its stats::
 
-    from gputuned.worker.agent import Agent
+from gputuned.worker.agent import Agent
 
     agent = Agent("/run/gputuned/worker.sock", model="my-model", device="cuda:0",
                   input_shape=[3, 224, 224], input_dtype="FP32")
@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gputuned.control.messages import StatsReport, WorkerIdentity, WorkerStatusBody
 from gputuned.control.protocol import message
 from gputuned.control.server import ControlServer, ServerThread
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
@@ -55,7 +56,7 @@ class Agent:
         kind: str = "agent",
     ) -> None:
         self._path = Path(socket_path) if socket_path is not None else None
-        self._identity = {
+        self._identity: WorkerIdentity = {
             "pid": os.getpid(),
             "kind": kind,  # builtin: gputuned's own worker; agent: a server that embeds this class
             "model": model,
@@ -68,7 +69,7 @@ class Agent:
         self._appliers: dict[str, Callable[[int], int | None]] = {}
         self._values: dict[str, int] = {}
         self._restart_only: dict[str, str] = {"device": device, "model": model}
-        self._stats: Callable[[], dict[str, Any]] = dict
+        self._stats: Callable[[], StatsReport] = StatsReport
         self._lock = threading.Lock()
         self._runner: ServerThread | None = None
 
@@ -85,17 +86,20 @@ class Agent:
         description: str = "",
     ) -> None:
         """Declares a live knob; `apply(value)` returns the value it actually applied (or None for `value`)."""
-        spec = KnobSpec(name, default, minimum, maximum, True, description)
-        spec.check(default)
-        self._specs[name] = spec
-        self._appliers[name] = apply
-        self._values[name] = default
+        self.declare(KnobSpec(name, default, minimum, maximum, True, description, name), apply)
+
+    def declare(self, spec: KnobSpec, apply: Callable[[int], int | None]) -> None:
+        """Declares a live knob from its spec (a catalogue knob's `KnobDef.spec`)."""
+        spec.check(spec.default)
+        self._specs[spec.name] = spec
+        self._appliers[spec.name] = apply
+        self._values[spec.name] = spec.default
 
     def restart_only(self, name: str, value: int | str) -> None:
         """Declares a setting that changes only at restart; a set of it is refused with that reason."""
         self._restart_only[name] = str(value)
 
-    def stats_source(self, source: Callable[[], dict[str, Any]]) -> None:
+    def stats_source(self, source: Callable[[], StatsReport]) -> None:
         self._stats = source
 
     @property
@@ -143,10 +147,10 @@ class Agent:
             return f"restored {', '.join(restored) or 'nothing'}; could not restore {'; '.join(stuck)}"
         return f"restored {', '.join(restored)}: nothing was changed"
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StatsReport:
         return self._stats()
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WorkerStatusBody:
         return {"worker": self._identity, "knobs": self.values}
 
     # --- lifecycle ------------------------------------------------------------------------

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WORKER = Path(__file__).parent
+PACKAGE = Path(__file__).parent.parent  # the serving path spans worker/ and control/ (its histogram)
 # A wheel's files are unpacked in no set order, within a second; an edit comes later than that.
 UNPACKING_SECONDS = 2.0
 
 
-def compiled(directory: Path = WORKER) -> list[str]:
-    """The modules in `directory` built as extension modules: Python imports those first."""
-    return sorted({built.name.split(".")[0] for built in directory.glob("*.so")})
+def compiled(directory: Path = PACKAGE) -> list[str]:
+    """The modules below `directory` built as extension modules: Python imports those first."""
+    return sorted({built.name.split(".")[0] for built in directory.rglob("*.so")})
 
 
 def describe() -> str:
@@ -26,11 +26,11 @@ def describe() -> str:
     return f"compiled: {', '.join(names)}" if names else "interpreted"
 
 
-def out_of_date(directory: Path = WORKER) -> list[str]:
-    """The sources in `directory` changed since they were compiled (their extension modules shadow them)."""
-    stale = []
-    for name in compiled(directory):
-        source, built = directory / f"{name}.py", max(path.stat().st_mtime for path in directory.glob(f"{name}.*.so"))
-        if source.exists() and source.stat().st_mtime > built + UNPACKING_SECONDS:
-            stale.append(source.name)
-    return stale
+def out_of_date(directory: Path = PACKAGE) -> list[str]:
+    """The sources below `directory` changed since they were compiled (their extension modules shadow them)."""
+    stale = set()
+    for built in directory.rglob("*.so"):
+        source = built.parent / f"{built.name.split('.')[0]}.py"
+        if source.exists() and source.stat().st_mtime > built.stat().st_mtime + UNPACKING_SECONDS:
+            stale.add(source.name)
+    return sorted(stale)

@@ -19,7 +19,16 @@ from pathlib import Path
 import psutil
 import torch
 
-from gputuned.knobs import KnobError
+from gputuned.knobs import (
+    INTEROP_THREADS,
+    INTRA_OP_THREADS,
+    MAX_BATCH_SIZE,
+    MAX_QUEUE_DELAY_US,
+    POOL_MB,
+    SCHED_BATCH,
+    STREAMS,
+    KnobError,
+)
 from gputuned.worker.agent import Agent
 from gputuned.worker.batcher import DynamicBatcher
 from gputuned.worker.compiled import describe, out_of_date
@@ -33,9 +42,7 @@ from gputuned.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_SIZE = 512
-MAX_STREAMS = 16
-MAX_QUEUE_DELAY_US = 1_000_000
+MAX_REQUEST_ITEMS = MAX_BATCH_SIZE.spec(1).maximum  # one request may fill the largest batch the worker offers
 
 
 @dataclass(frozen=True)
@@ -123,58 +130,16 @@ class WorkerService:
             kind="builtin",
         )
         s = self.settings
-        agent.knob(
-            "max_batch_size",
-            default=s.max_batch_size,
-            minimum=1,
-            maximum=MAX_BATCH_SIZE,
-            apply=self._set_batch_size,
-            description="most items merged into one batch",
-        )
-        agent.knob(
-            "max_queue_delay_us",
-            default=s.max_queue_delay_us,
-            minimum=0,
-            maximum=MAX_QUEUE_DELAY_US,
-            apply=self._set_queue_delay,
-            description="longest a request waits for its batch to fill",
-        )
-        agent.knob(
-            "streams",
-            default=s.streams,
-            minimum=1,
-            maximum=MAX_STREAMS,
-            apply=self._set_streams,
-            description="batches run at once (CUDA streams / CPU threads)",
-        )
-        agent.knob(
-            "pool_mb",
-            default=s.pool_mb,
-            minimum=0,
-            maximum=max(pool_limit_mb(model.device), 0),
-            apply=self._set_pool,
-            description="preallocated input buffer pool, MiB",
-        )
+        agent.declare(MAX_BATCH_SIZE.spec(s.max_batch_size), self._set_batch_size)
+        agent.declare(MAX_QUEUE_DELAY_US.spec(s.max_queue_delay_us), self._set_queue_delay)
+        agent.declare(STREAMS.spec(s.streams), self._set_streams)
+        agent.declare(POOL_MB.spec(s.pool_mb, maximum=pool_limit_mb(model.device)), self._set_pool)
         if model.device.type == "cpu":
-            agent.knob(
-                "intra_op_threads",
-                default=s.intra_op_threads,
-                minimum=1,
-                maximum=available_cpus(),
-                apply=self._set_threads,
-                description="torch intra-op threads per lane",
-            )
+            agent.declare(INTRA_OP_THREADS.spec(s.intra_op_threads, maximum=available_cpus()), self._set_threads)
         policy = starting_policy()
         if policy is not None:
-            agent.knob(
-                "sched_batch",
-                default=policy,
-                minimum=0,
-                maximum=1,
-                apply=set_batch_policy,
-                description="1: the worker's threads under SCHED_BATCH, handing batches over without preempting",
-            )
-        agent.restart_only("interop_threads", torch.get_num_interop_threads())
+            agent.declare(SCHED_BATCH.spec(policy), set_batch_policy)
+        agent.restart_only(INTEROP_THREADS.name, torch.get_num_interop_threads())
         assert self.stats is not None
         agent.stats_source(self.stats.snapshot)
         return agent
@@ -189,7 +154,7 @@ class WorkerService:
         batcher = self._batcher
         self.stats = WorkerStats(lambda: batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
         self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
-        app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_BATCH_SIZE)
+        app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_REQUEST_ITEMS)
         http_server = HttpServer(app_routes.handle, MAX_BODY_BYTES, app_routes.refused)
         listener = socket.create_server((self._options.host, self._options.port), family=_family(self._options.host))
         await http_server.start(listener)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gputuned.collectors.parsers import (
+from gputuned.procfs import (
     ParseError,
     nvml_bus_id_to_sysfs,
     parse_cgroup_pod_uid,

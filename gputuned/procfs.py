@@ -1,17 +1,31 @@
-"""Pure text -> value parsers for /proc and /sys files.
+"""Reading /proc and /sys: pure text -> value parsers, and the one reader they share.
 
-Reading and parsing are split (node_exporter's getLoad/parseLoad) so that every parser is
-tested on strings copied from real hosts, and the collectors only do I/O.
+Reading and parsing are split (node_exporter's getLoad/parseLoad, prometheus/procfs) so that
+every parser is tested on strings copied from real hosts. Readers take their root (`/proc`,
+`/sys`, or a fixture tree) as an argument; nothing here holds a path of its own. The
+collectors, the config (CPU lists), the daemon (placement) and the control socket (peer
+groups) all read the machine through this module.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class ParseError(ValueError):
     """A file whose content does not have the kernel's format."""
+
+
+def read_text(root: Path, *parts: str | int) -> str:
+    """Reads a /proc or /sys file below `root`; raises OSError like open() does."""
+    return root.joinpath(*map(str, parts)).read_text(encoding="ascii", errors="replace")
+
+
+def describe_os_error(exc: OSError) -> str:
+    """'cannot read /proc/vmstat: No such file or directory' for logs and notes."""
+    return f"cannot read {exc.filename}: {exc.strerror or exc}"
 
 
 def parse_key_value_counters(text: str) -> dict[str, int]:
@@ -135,6 +149,17 @@ def parse_status_field(text: str, name: str) -> str | None:
         if line.startswith(prefix):
             return line[len(prefix) :].strip()
     return None
+
+
+def parse_status_groups(text: str) -> set[int]:
+    """A process's real gid and supplementary groups, from /proc/PID/status ('Gid:', 'Groups:')."""
+    groups: set[int] = set()
+    gid, supplementary = parse_status_field(text, "Gid"), parse_status_field(text, "Groups")
+    if gid:
+        groups.add(int(gid.split()[0]))
+    if supplementary:
+        groups.update(int(g) for g in supplementary.split())
+    return groups
 
 
 def parse_int_file(text: str) -> int:

@@ -1,0 +1,123 @@
+"""The shapes of what travels between the rooms: hello, stats, status and decisions, typed.
+
+`protocol.py` frames and validates each message; this module declares what a message's
+body holds, once, for every producer (the built-in worker, the agent, the Triton adapter)
+and every reader (the supervisor, the window arithmetic, the collectors, the status
+report). Stats are cumulative from the worker's start; every field is optional, because a
+server embedding the agent may report only some of them. `read_stats` is the one check a
+stats report goes through when it arrives: what is missing or malformed is left out, so
+nothing after it validates again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from typing import Any, Literal, TypedDict, cast, get_type_hints
+
+
+class KnobWire(TypedDict, total=False):
+    """A knob as a worker declares it in its hello (`KnobSpec.to_wire`)."""
+
+    type: Literal["int"]
+    value: int
+    min: int
+    max: int
+    live: bool
+    description: str
+    title: str  # absent from workers built before the catalogue: the daemon takes the catalogue's
+    unit: str
+
+
+class WorkerIdentity(TypedDict, total=False):
+    pid: int
+    kind: str  # builtin, agent, triton
+    model: str
+    device: str
+    input: dict[str, Any]
+
+
+class HistogramReport(TypedDict):
+    """A cumulative histogram in Prometheus form: `cumulative[i]` observations at or below
+    `bounds[i]`, the last one (+Inf) all of them."""
+
+    bounds: list[float]
+    cumulative: list[int]
+    sum: float
+    count: int
+
+
+class StatsReport(TypedDict, total=False):
+    """A worker's cumulative stats (the body of a stats message)."""
+
+    requests: int  # received, whatever their outcome
+    completed: int  # answered: outcome ok
+    failed: int  # the server's fault: the only outcome held against a trial
+    rejected: int  # the client's mistake
+    refused: int  # not taken now: queue full, not ready, draining
+    oom: int  # batches that ran out of memory
+    batches: int
+    pool_hits: int
+    pool_misses: int
+    h2d_bytes: int
+    lane_busy_seconds: float  # summed over lanes
+    queue_depth: int  # a gauge: items waiting now
+    lanes: int  # a gauge: lanes running now
+    latency_seconds: HistogramReport
+    batch_size: HistogramReport
+
+
+# The stats fields that are plain numbers, and those that are histograms.
+STATS_HISTOGRAMS = tuple(name for name, kind in get_type_hints(StatsReport).items() if kind is HistogramReport)
+STATS_NUMBERS = tuple(name for name in get_type_hints(StatsReport) if name not in STATS_HISTOGRAMS)
+
+
+class Hello(TypedDict, total=False):
+    worker: WorkerIdentity
+    knobs: dict[str, KnobWire]
+    restart_only: dict[str, str]
+
+
+class WorkerStatusBody(TypedDict):
+    """What a worker answers to `status`: who it is and its knobs now."""
+
+    worker: WorkerIdentity
+    knobs: dict[str, int]
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_histogram(value: object) -> HistogramReport | None:
+    """The one histogram check: increasing bounds, one more cumulative count than bounds,
+    counts that never fall, and a numeric sum; None for anything else."""
+    if not isinstance(value, Mapping):
+        return None
+    bounds, cumulative, total = value.get("bounds"), value.get("cumulative"), value.get("sum")
+    if not (isinstance(bounds, list) and isinstance(cumulative, list) and len(cumulative) == len(bounds) + 1 and _number(total)):
+        return None
+    if not all(_number(v) for v in bounds) or any(later <= earlier for earlier, later in itertools.pairwise(bounds)):
+        return None
+    if not all(_number(v) and v >= 0 for v in cumulative) or any(
+        later < earlier for earlier, later in itertools.pairwise(cumulative)
+    ):
+        return None
+    count = value.get("count")
+    return HistogramReport(
+        bounds=[float(b) for b in bounds],
+        cumulative=[int(c) for c in cumulative],
+        sum=float(cast(float, total)),
+        count=int(cast(int, count)) if _number(count) else int(cumulative[-1]),
+    )
+
+
+def read_stats(raw: Mapping[str, Any]) -> StatsReport:
+    """A received stats body as a StatsReport: the fields that are well formed, the rest left out."""
+    report: dict[str, Any] = {name: raw[name] for name in STATS_NUMBERS if _number(raw.get(name))}
+    for name in STATS_HISTOGRAMS:
+        histogram = read_histogram(raw.get(name))
+        if histogram is not None:
+            report[name] = histogram
+    return cast(StatsReport, report)
