@@ -93,7 +93,21 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
         f'<p class="muted"><span style="color:#1a7f37">goodput</span>, <span style="color:#0969da">p99</span> and '
         f'<span style="color:#cf222e">the SLO</span> over the last {span / 60:g} minutes</p>'
     )
-    parts.append(_table(["knob", "value"], sorted(entry["knobs"].items())))
+    info = entry.get("knob_info", {})
+    parts.append(
+        _table(
+            ["knob", "value", "range", "what it does"],
+            [
+                [
+                    name,
+                    f"{value} {info.get(name, {}).get('unit', '')}".strip(),
+                    f"{info[name]['min']}..{info[name]['max']}" if name in info else "",
+                    info.get(name, {}).get("description", ""),
+                ]
+                for name, value in sorted(entry["knobs"].items())
+            ],
+        )
+    )
     decisions = entry["decisions"][-5:]
     if decisions:
         rows = [
@@ -102,11 +116,12 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
                 d["action"],
                 d["knob"],
                 "" if d["new"] is None else f"{d['old']} -> {d['new']}",
+                d.get("tuner") or "",
                 d["reason"],
             ]
             for d in reversed(decisions)
         ]
-        parts.append(_table(["time", "action", "knob", "change", "why"], rows))
+        parts.append(_table(["time", "action", "knob", "change", "tuner", "why"], rows))
     parts.append("</section>")
     return "".join(parts)
 

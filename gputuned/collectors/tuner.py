@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from gputuned.control.messages import ALL_KNOBS, KNOB_ACTIONS, WORKLOAD_ACTIONS
 from gputuned.performance import Measurement
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
-from gputuned.tuners.guard import KNOB_ACTIONS
 from gputuned.tuners.mode import MODE_NAMES
 
 WORKER = ("worker",)
@@ -27,7 +27,15 @@ GOODPUT = MetricSpec(
     WORKER,
 )
 
-SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, GOODPUT)
+VERDICT_WINDOWS = MetricSpec(
+    "gputuned_tuner_verdict_windows_total",
+    "counter",
+    "Measured windows the tuner's keep and revert verdicts compared: 2 where one trial window against its baseline "
+    "settled it, more where the difference was within the noise and the settings were interleaved.",
+    WORKER,
+)
+
+SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, GOODPUT, VERDICT_WINDOWS)
 
 
 class TunedWorker(Protocol):
@@ -73,12 +81,13 @@ class TunerCollector:
     @staticmethod
     def _collect_worker(worker: TunedWorker, out: Collected) -> None:
         name, view = worker.name, worker.tuner_view()
-        counts = {(knob, action): 0 for knob in worker.knob_names() for action in KNOB_ACTIONS}
-        counts[("*", "shift")] = counts[("*", "converge")] = 0
+        counts = {(knob, action.value): 0 for knob in worker.knob_names() for action in KNOB_ACTIONS}
+        counts.update({(ALL_KNOBS, action.value): 0 for action in WORKLOAD_ACTIONS})
         counts.update(view.counts)
         for (knob, action), count in sorted(counts.items()):
             out.add(DECISIONS, count, name, knob, action)
         out.add(TRIAL_ACTIVE, 1 if view.trial_active else 0, name)
+        out.add(VERDICT_WINDOWS, view.verdict_windows, name)
         for mode in MODE_NAMES:
             out.add(MODE, 1 if view.mode == mode else 0, name, mode)
         for knob in view.frozen_knobs:

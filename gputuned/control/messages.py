@@ -11,9 +11,11 @@ nothing after it validates again.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, TypedDict, cast, get_type_hints
 
 
@@ -121,3 +123,74 @@ def read_stats(raw: Mapping[str, Any]) -> StatsReport:
         if histogram is not None:
             report[name] = histogram
     return cast(StatsReport, report)
+
+
+class Action(enum.StrEnum):
+    """What the guard decided. The knob actions concern one knob; SHIFT and CONVERGE concern
+    the workload and the search as a whole, and are recorded under the knob `*`."""
+
+    APPLY = "apply"  # a change put on trial
+    KEEP = "keep"  # a trial's change kept
+    REVERT = "revert"  # a trial's change undone
+    REFUSE = "refuse"  # the worker refused the change
+    RECOMMEND = "recommend"  # recommend mode: what auto mode would have tried
+    SHIFT = "shift"  # the workload moved: exploring again
+    CONVERGE = "converge"  # exploring stopped paying: no explore move until a shift or resume
+
+
+KNOB_ACTIONS = (Action.APPLY, Action.KEEP, Action.REVERT, Action.REFUSE, Action.RECOMMEND)
+WORKLOAD_ACTIONS = (Action.SHIFT, Action.CONVERGE)
+ALL_KNOBS = "*"  # the knob a workload action is recorded under
+
+
+class WindowSummary(TypedDict):
+    """A measured window as a decision records it."""
+
+    goodput: float
+    throughput: float
+    arrival: float
+    p99_ms: float | None
+    failed: int
+    oom: int
+    mean_batch: float
+    busy: float
+    in_system: float
+    items_per_request: float
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How a keep or revert was judged: on which metric, over how many windows, against what.
+
+    `windows` counts the measured windows compared: 2 for a baseline against one trial
+    window, more when the verdict was within the noise and the settings were interleaved
+    (`interleaved` true). `gain` is the trial's relative change of `metric` (the mean of the
+    interleaved pairs), `bar` what it had to beat, `noise` the window-to-window noise the
+    bar was judged against. None where the decision did not get that far (a harm check, a
+    back-off judged on p99 alone)."""
+
+    metric: str | None = None  # goodput, or throughput under overload
+    windows: int | None = None
+    interleaved: bool = False
+    gain: float | None = None
+    bar: float | None = None
+    noise: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One line of the decision log (`decisions.jsonl`), of `gputuned status` and the page."""
+
+    t: float  # wall clock, for people; decisions are taken on the monotonic clock
+    knob: str
+    action: Action
+    old: int | None
+    new: int | None
+    reason: str
+    baseline: WindowSummary | None = None
+    trial: WindowSummary | None = None
+    tuner: str | None = None  # the tuner that proposed the change; None for workload actions
+    evidence: Evidence | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)

@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from gputuned.tuners.guard import Decision
+from gputuned.control.messages import Decision
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,12 @@ and each worker's snapshot), `format_status` renders it as tables for a person, 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gputuned import __version__
+from gputuned.knobs import KnobSpec
 from gputuned.samples import Sample
 from gputuned.store import SampleStore
 
@@ -58,6 +59,23 @@ def _offnode_ratio(store: SampleStore, name: str) -> float | None:
     return points[-1][1] if points else None
 
 
+def _knob_info(hello: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if hello is None:
+        return {}
+    specs = (KnobSpec.from_wire(name, wire) for name, wire in hello.get("knobs", {}).items())
+    return {
+        spec.name: {
+            "title": spec.title,
+            "unit": spec.unit,
+            "min": spec.minimum,
+            "max": spec.maximum,
+            "live": spec.live,
+            "description": spec.description,
+        }
+        for spec in specs
+    }
+
+
 def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> dict[str, Any]:
     status, performance, tuner = worker.status, worker.performance, worker.tuner
     identity = (status.hello or {}).get("worker", {})
@@ -77,6 +95,8 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
         "placement": None if placement is None else {"node": placement.node, "cpus": placement.cpulist()},
         "offnode_ratio": _offnode_ratio(store, worker.name),
         "knobs": dict(status.knobs),
+        # each knob's title, unit, bounds and meaning: from the hello, or the catalogue for a worker older than it
+        "knob_info": _knob_info(status.hello),
         "performance": None
         if performance is None
         else {
@@ -251,5 +271,6 @@ def format_status(report: dict[str, Any]) -> str:
     for d in decisions[-DECISIONS_SHOWN:]:
         when = time.strftime("%H:%M:%S", time.localtime(d["t"]))
         change = f"{d['old']} -> {d['new']}" if d["new"] is not None else ""
-        lines.append(f"  {when} {d['worker']} {d['action']:<9} {d['knob']} {change}: {d['reason']}")
+        by = f" [{d['tuner']}]" if d.get("tuner") else ""
+        lines.append(f"  {when} {d['worker']} {d['action']:<9} {d['knob']} {change}{by}: {d['reason']}")
     return "\n".join(lines)

@@ -19,12 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from gputuned.config import TuningConfig
+from gputuned.control.messages import Decision
 from gputuned.daemon.history import Report
 from gputuned.daemon.supervisor import WorkerState
 from gputuned.datatypes import DATATYPES
 from gputuned.performance import Measurement, measure
 from gputuned.tuners import default_tuners
-from gputuned.tuners.guard import Context, Decision, Guard, GuardSettings
+from gputuned.tuners.guard import Context, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
 from gputuned.tuners.turns import TrialTurn
 

@@ -47,8 +47,9 @@ class TunerInput:
     cores: int
     item_bytes: int  # bytes of one input item (for pool sizing)
     ceilings: Mapping[str, int] = field(default_factory=dict)  # learned caps (after OOM)
-    # (knob, from value, +1 or -1): directions tried and reverted since the landscape last moved
-    reverted: frozenset[tuple[str, int, int]] = frozenset()
+    # (knob, from value, +1 or -1): explore steps that held the SLO but did not pay, since the
+    # landscape last moved (directions.DirectionMemory); a tuner may reach past them
+    no_gain: frozenset[tuple[str, int, int]] = frozenset()
 
     def clamp(self, knob: str, value: int) -> int:
         low, high = self.bounds.get(knob, (value, value))

@@ -51,7 +51,7 @@ class BatchTuner:
         if not _grows(inp):
             return None
         size = inp.knobs[KNOB]
-        if (KNOB, size, 1) not in inp.reverted and _doubling_fills(inp, size):
+        if (KNOB, size, 1) not in inp.no_gain and _doubling_fills(inp, size):
             return changed(inp, KNOB, size * 2, f"batches {inp.window.mean_batch:.1f}/{size} full: try {size * 2}")
         return None
 
@@ -102,7 +102,7 @@ class BatchJumpTuner:
         if KNOB not in inp.knobs or _backoff(inp) is not None or not _grows(inp):
             return None
         size = inp.knobs[KNOB]
-        if (KNOB, size, 1) not in inp.reverted:
+        if (KNOB, size, 1) not in inp.no_gain:
             return None
         waiting = _waiting(inp, size)
         if waiting < 2 * size:

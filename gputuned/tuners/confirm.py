@@ -26,6 +26,8 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from gputuned.control.messages import Evidence
+
 NOISE_SAMPLES = 16  # pairs of same-setting windows the noise estimate remembers
 
 
@@ -112,6 +114,10 @@ class Interleaving:
         if len(self.windows) >= self.max_windows:
             return gain > self.bar
         return None
+
+    def evidence(self) -> Evidence:
+        """The verdict's evidence as the decision records it (relative gain and bar, not logs)."""
+        return Evidence(self.metric, len(self.windows), True, math.expm1(self.gain()), math.expm1(self.bar), self.noise)
 
     def describe(self) -> str:
         return (

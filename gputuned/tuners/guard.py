@@ -19,31 +19,18 @@ States and transitions (`step(now)` is called by the tuning job every tick):
     WARMUP/TRIAL --the mode leaves auto--> revert the change --> COOLDOWN
     any     --frozen mode--> nothing
 
-Bounds come from the worker's hello; a step is at most what the tuner proposes (x2 or
-one lane); a knob reverted `flap_reverts` times within `flap_window` is left alone for
-that window. A direction once reverted (say, raising the batch from 32) is not tried
-again until another knob's explore change is kept (the landscape moved) or the workload
-shifts. A kept change also rules out its own undoing (from 8 back up to 16 after 8 beat
-16) on the same terms. A move marked `past` (beyond a reverted step in the same direction,
-say from 1 straight to 8 after 2 did not pay) is not blocked by the reverted step (once
-reverted itself, it is remembered apart from the step, so it too is tried once), and
-tuners are told which directions were reverted (`TunerInput.reverted`). A move marked
-`wins_ties` (half the batch) is kept unless goodput falls: its bar is no change, not the
-margin.
+The guard composes small parts, each with its own rule and its own tests:
+`directions.DirectionMemory` (directions that did not pay are not tried again until the
+landscape moves), `flaps.FlapTracker` (a knob reverted `flap_reverts` times within
+`flap_window` is left alone for that window), `ceilings.Ceilings` (the highest value that
+fits, learned from out-of-memory events), `shifts.ShiftDetector` (a workload shift
+restarts exploration), `stop_rule.StopRule` (convergence) and `confirm.Interleaving` (a
+verdict within the noise). Bounds come from the worker's hello; a step is at most what
+the tuner proposes (x2 or one lane). A move marked `wins_ties` (half the batch) is kept
+unless goodput falls: its bar is no change, not the margin.
 
-A workload shift restarts exploration. Our own changes move one of two signals, a real
-shift moves both: in a closed loop (clients waiting for answers) a better setting raises
-the arrival rate but not the requests in the system (the clients); with open-loop traffic
-it changes how many requests are inside but not how fast they come. Fewer or more
-clients, or a slower or faster stream of requests, move both the same way. So a shift is
-both signals having moved the same way, one by more than `shift_threshold` and the other
-by more than half of it, since the baseline of the last change tried (a shift during a
-trial shows at the next baseline; while nothing is tried, slow drift adds up). The input
-size (items per request) does not depend on our settings: it moving by more than
-`shift_threshold` is a shift on its own.
-
-A knob set by hand is frozen until `resume()`. Every decision is recorded with its
-evidence.
+A knob set by hand is frozen until `resume()`. Every decision is recorded with the tuner
+that proposed it and its evidence (`messages.Decision`, `messages.Evidence`).
 
 Time: `now`, which every step is given, is monotonic seconds (the clock the worker's stats
 and the measured windows use), so a wall-clock jump cannot stretch or cut a trial; the
@@ -65,14 +52,19 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
+from gputuned.control.messages import ALL_KNOBS, Action, Decision, Evidence, WindowSummary
 from gputuned.knobs import memory_bound
 from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
+from gputuned.tuners.ceilings import Ceilings
 from gputuned.tuners.confirm import Interleaving, NoiseEstimate
+from gputuned.tuners.directions import Direction, DirectionMemory
+from gputuned.tuners.flaps import FlapTracker
 from gputuned.tuners.mode import Mode
+from gputuned.tuners.shifts import ShiftDetector
+from gputuned.tuners.stop_rule import StopRule
 from gputuned.tuners.turns import TrialTurn, alone
 
 log = logging.getLogger(__name__)
@@ -121,26 +113,7 @@ class Context:
     item_bytes: int
 
 
-# What the guard can decide about one knob; "shift" is about the workload, recorded under knob "*".
-KNOB_ACTIONS = ("apply", "keep", "revert", "refuse", "recommend")
-
-
-@dataclass(frozen=True)
-class Decision:
-    t: float  # wall clock, for people; decisions are taken on the monotonic clock
-    knob: str
-    action: str  # apply, keep, revert, refuse, recommend, shift
-    old: int | None
-    new: int | None
-    reason: str
-    baseline: dict[str, Any] | None = None
-    trial: dict[str, Any] | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _summary(m: Measurement | None) -> dict[str, Any] | None:
+def _summary(m: Measurement | None) -> WindowSummary | None:
     if m is None:
         return None
     return {
@@ -160,6 +133,7 @@ def _summary(m: Measurement | None) -> dict[str, Any] | None:
 @dataclass
 class _Trial:
     proposal: Proposal
+    tuner: str  # the tuner that proposed it
     previous: dict[str, int]  # every knob the change touched, as it was
     baseline: Measurement
     margins: dict[str, float]  # noise of goodput and throughput in the baseline
@@ -178,18 +152,16 @@ class GuardView:
     decisions: list[Decision]
     counts: dict[tuple[str, str], int]
     ceilings: dict[str, int] = field(default_factory=dict)
+    verdict_windows: int = 0  # windows compared by every keep and revert so far
+
+
+def _relative_gain(before: float, after: float) -> float | None:
+    return after / before - 1 if before > 0 else None
 
 
 def _to_beat(trial: _Trial, margin: float) -> float:
     """The share an explore move must gain by: the margin, or none for one that wins ties."""
     return 0.0 if trial.proposal.wins_ties else margin
-
-
-def _relative_change(before: float, after: float) -> float:
-    """(after - before) / before; from zero, any rise is an infinite change."""
-    if before <= 0:
-        return 0.0 if after <= 0 else math.inf
-    return (after - before) / before
 
 
 class Guard:
@@ -227,22 +199,19 @@ class Guard:
         self._until = 0.0  # end of the cooldown
         self._settled_from = 0.0  # when the settings after the cooldown came into force
         self._trial: _Trial | None = None
-        # (knob, from value, direction, past) that did not pay; see Proposal.past
-        self._rejected: set[tuple[str, int, int, bool]] = set()
-        # (knob, from value, direction) of explore steps that held the SLO but gained nothing
-        self._no_gain: set[tuple[str, int, int]] = set()
-        self._reverts: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._directions = DirectionMemory()
+        self._flaps = FlapTracker(settings.flap_reverts, settings.flap_window)
         self._frozen: set[str] = set()
-        self._ceilings: dict[str, int] = {}
-        self._reference: Measurement | None = None  # the baseline of the last change tried
+        self._ceilings = Ceilings()
+        self._shifts = ShiftDetector(settings.shift_threshold)
+        self._stop = StopRule(settings.explore_patience, settings.reexplore_seconds)
         self._noise = NoiseEstimate()  # goodput's window-to-window noise, across baselines
         self._noise_sampled_until = -math.inf  # the end of the last baseline sampled for it
         self._interleaving: Interleaving | None = None
         self._window_start = 0.0  # when the interleaved window being measured started
-        self._misses = 0  # explore trials in a row that did not pay
-        self._converged_at: float | None = None
         self._recent: collections.deque[Decision] = collections.deque(maxlen=50)
         self._counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._verdict_windows = 0
 
     # --- controls -------------------------------------------------------------------------
 
@@ -261,9 +230,9 @@ class Guard:
 
     def restart_exploration(self, now: float) -> None:
         """After the worker restarted or the workload changed: measure afresh, retry everything."""
-        self._reference = None
+        self._shifts.reference = None
         self._explore_again()
-        self._reverts.clear()
+        self._flaps.clear()
         self._noise.clear()
         if self._trial is not None:
             self._turn.release(now)  # the trial is abandoned: the worker restarted or the load moved
@@ -271,20 +240,22 @@ class Guard:
 
     def _explore_again(self) -> None:
         """Every direction may be tried again, and the stop rule counts afresh."""
-        self._rejected.clear()
-        self._no_gain.clear()
-        self._misses, self._converged_at = 0, None
+        self._directions.clear()
+        self._stop.reset()
 
     def reconfigure(self, settings: GuardSettings, mode: Mode | None, now: float) -> None:
         """New settings, whole: a trial in flight is reverted, exploration restarts."""
         self._abandon_trial(now, "the tuning settings were reloaded")
         self.settings = settings
+        self._flaps = FlapTracker(settings.flap_reverts, settings.flap_window)
+        self._shifts = ShiftDetector(settings.shift_threshold)
+        self._stop = StopRule(settings.explore_patience, settings.reexplore_seconds)
         if mode is not None:
             self.mode = mode
         self.restart_exploration(now)
 
     def view(self) -> GuardView:
-        converged = self._phase is Phase.SETTLED and self._converged_at is not None
+        converged = self._phase is Phase.SETTLED and self._stop.converged
         return GuardView(
             self.mode.value,
             "converged" if converged else self._phase.value,
@@ -292,7 +263,8 @@ class Guard:
             sorted(self._frozen),
             list(self._recent),
             dict(self._counts),
-            dict(self._ceilings),
+            self._ceilings.as_dict(),
+            self._verdict_windows,
         )
 
     # --- the state machine ----------------------------------------------------------------
@@ -319,19 +291,24 @@ class Guard:
 
     def _decide(
         self,
-        now: float,
         knob: str,
-        action: str,
+        action: Action,
         old: int | None,
         new: int | None,
         reason: str,
         baseline: Measurement | None = None,
         trial: Measurement | None = None,
+        tuner: str | None = None,
+        evidence: Evidence | None = None,
     ) -> None:
-        decision = Decision(self._wall_clock(), knob, action, old, new, reason, _summary(baseline), _summary(trial))
+        decision = Decision(
+            self._wall_clock(), knob, action, old, new, reason, _summary(baseline), _summary(trial), tuner, evidence
+        )
         self._recent.append(decision)
-        self._counts[(knob, action)] += 1
-        log.info("tuner %s %s %s -> %s: %s", action, knob, old, new, reason)
+        self._counts[(knob, action.value)] += 1
+        if evidence is not None and evidence.windows is not None:
+            self._verdict_windows += evidence.windows
+        log.info("tuner %s %s %s -> %s (%s): %s", action.value, knob, old, new, tuner or "guard", reason)
         self._record(decision)
 
     def _baseline(self, now: float) -> tuple[Measurement, dict[str, float]] | None:
@@ -356,17 +333,10 @@ class Guard:
             margins[metric] = min(max(self.settings.min_margin, spread), MAX_MARGIN)
         return whole, margins
 
-    @staticmethod
-    def _direction(proposal: Proposal, old: int) -> tuple[str, int, int, bool]:
-        return proposal.knob, old, 1 if proposal.value > old else -1, proposal.past
-
     def _blocked(self, proposal: Proposal, old: int, now: float) -> bool:
-        if any(knob in self._frozen for knob in proposal.changes()) or self._direction(proposal, old) in self._rejected:
+        if any(knob in self._frozen for knob in proposal.changes()) or self._directions.refused(Direction.of(proposal, old)):
             return True
-        reverts = self._reverts[proposal.knob]
-        while reverts and now - reverts[0] > self.settings.flap_window:
-            reverts.popleft()
-        return len(reverts) >= self.settings.flap_reverts and proposal.kind != "backoff"
+        return proposal.kind != "backoff" and self._flaps.flapping(proposal.knob, now)
 
     def _step_settled(self, now: float) -> None:
         measured = self._baseline(now)
@@ -377,7 +347,11 @@ class Guard:
             self._turn.wait(now)  # a neighbour's trial ran during this baseline: queue, and wait for a clean one
             return
         baseline, margins = measured
-        if self._shifted(baseline, now):
+        shift = self._shifts.check(baseline)
+        if shift is not None:
+            self._decide(ALL_KNOBS, Action.SHIFT, None, None, f"{shift}: exploring again", baseline)
+            self.restart_exploration(now)
+            self._shifts.reference = baseline
             return
         inp = TunerInput(
             baseline,
@@ -387,78 +361,52 @@ class Guard:
             context.device,
             context.cores,
             context.item_bytes,
-            self._ceilings,
-            frozenset(self._no_gain),
+            self._ceilings.as_dict(),
+            self._directions.no_gain(),
         )
         idle = baseline.arrival_rate == 0
-        if self._converged_at is not None and now - self._converged_at >= self.settings.reexplore_seconds:
+        if self._stop.due_to_reexplore(now):
             self._explore_again()
         for tuner in self._tuners:
             proposal = tuner.propose(inp)
             if proposal is None or (idle and proposal.kind != "shrink"):
                 continue
-            if self._converged_at is not None and proposal.kind == "explore":
+            if self._stop.converged and proposal.kind == "explore":
                 continue
             if self._blocked(proposal, context.knobs[proposal.knob], now):
                 continue
             if self.mode is not Mode.RECOMMEND and not self._turn.acquire(now):
                 return  # a neighbour is on trial, or has waited longer: ask again next step
-            self._reference = baseline
-            self._act(proposal, context.knobs[proposal.knob], baseline, margins, now)
+            self._shifts.reference = baseline
+            self._act(proposal, tuner.name, context.knobs[proposal.knob], baseline, margins, now)
             return
         self._turn.withdraw()  # nothing to try: no longer in the queue for a turn
 
-    def _shifted(self, baseline: Measurement, now: float) -> bool:
-        """Whether the arrival rate and the requests in the system both moved the same way,
-        or the input size moved, since the reference (see the module docstring); on a
-        shift, exploration restarts."""
-        reference = self._reference
-        if reference is None:
-            self._reference = baseline
-            return False
-        threshold = self.settings.shift_threshold
-        changes = [_relative_change(getattr(reference, name), getattr(baseline, name)) for name in ("arrival_rate", "in_system")]
-        load_moved = changes[0] * changes[1] > 0 and max(map(abs, changes)) > threshold and min(map(abs, changes)) > threshold / 2
-        sized = reference.items_per_request > 0 and baseline.items_per_request > 0
-        size_moved = sized and abs(_relative_change(reference.items_per_request, baseline.items_per_request)) > threshold
-        if not load_moved and not size_moved:
-            return False
-        self._decide(
-            now,
-            "*",
-            "shift",
-            None,
-            None,
-            f"arrival rate {reference.arrival_rate:.0f} -> {baseline.arrival_rate:.0f} req/s, requests in the "
-            f"worker {reference.in_system:.1f} -> {baseline.in_system:.1f}, items per request "
-            f"{reference.items_per_request:.1f} -> {baseline.items_per_request:.1f}: exploring again",
-            baseline,
-        )
-        self.restart_exploration(now)
-        self._reference = baseline
-        return True
-
-    def _act(self, proposal: Proposal, old: int, baseline: Measurement, margins: dict[str, float], now: float) -> None:
+    def _act(
+        self, proposal: Proposal, tuner: str, old: int, baseline: Measurement, margins: dict[str, float], now: float
+    ) -> None:
         if self.mode is Mode.RECOMMEND:
-            self._decide(now, proposal.knob, "recommend", old, proposal.value, proposal.reason, baseline)
-            self._rejected.add(self._direction(proposal, old))  # say it once
+            self._decide(proposal.knob, Action.RECOMMEND, old, proposal.value, proposal.reason, baseline, tuner=tuner)
+            self._directions.refuse(Direction.of(proposal, old))  # say it once
             return
         if proposal.kind == "backoff" and baseline.oom and memory_bound(proposal.knob):
-            self._learn_ceiling(proposal.knob, old - 1)
+            self._ceilings.learn(proposal.knob, old - 1)
         context = self._context()
         previous = {knob: context.knobs[knob] for knob in proposal.changes()} if context else {proposal.knob: old}
         try:
             applied = self._apply(proposal.changes())
         except Exception as exc:  # noqa: BLE001 - a refusal (nack, lost worker) is recorded, not raised
             self._turn.release(now)
-            self._decide(now, proposal.knob, "refuse", old, proposal.value, f"{proposal.reason}; refused: {exc}", baseline)
-            self._rejected.add(self._direction(proposal, old))
+            reason = f"{proposal.reason}; refused: {exc}"
+            self._decide(proposal.knob, Action.REFUSE, old, proposal.value, reason, baseline, tuner=tuner)
+            self._directions.refuse(Direction.of(proposal, old))
             return
         now = self._after_set(now)
         value = applied.get(proposal.knob, proposal.value)
-        self._decide(now, proposal.knob, "apply", old, value, proposal.reason, baseline)
+        self._decide(proposal.knob, Action.APPLY, old, value, proposal.reason, baseline, tuner=tuner)
         self._trial = _Trial(
             replace(proposal, value=value),  # its `past` mark too: a reverted jump is remembered apart from the step
+            tuner,
             previous,
             baseline,
             margins,
@@ -474,7 +422,7 @@ class Guard:
         if now - trial.applied_at >= HARM_WINDOW_SECONDS:
             recent = self._measure(max(trial.applied_at, now - 2 * HARM_WINDOW_SECONDS), now)
             if recent is not None and self._harmful(trial, recent):
-                self._revert(trial, recent, now, "harmful during the trial")
+                self._revert(trial, recent, now, "harmful during the trial", None)
                 return
         if now < trial.start:
             return
@@ -482,15 +430,16 @@ class Guard:
         window = self._measure(trial.start, now)
         if now - trial.start < self.settings.trial_seconds or window is None:
             return
-        verdict = self._judge(trial, window)
-        if self._interleave(trial, window, verdict, now):
+        verdict, evidence = self._judge(trial, window)
+        if self._interleave(trial, window, now):
             return
         if verdict is None:
-            self._keep(trial, window, now, "kept", settled_from=trial.start)  # the trial window is the next baseline
+            self._keep(trial, window, now, "kept", trial.start, evidence)  # the trial window is the next baseline
         else:
-            self._revert(trial, window, now, *verdict)
+            why, no_gain = verdict
+            self._revert(trial, window, now, why, evidence, no_gain=no_gain)
 
-    def _interleave(self, trial: _Trial, window: Measurement, verdict: tuple[str, bool] | None, now: float) -> bool:
+    def _interleave(self, trial: _Trial, window: Measurement, now: float) -> bool:
         """Whether the trial window's verdict is within twice the noise of the bar, so that the
         old setting is put back and windows at the two settings take turns (`confirm.py`).
         A back-off (the SLO decides it) and an SLO breach are never in doubt."""
@@ -539,7 +488,7 @@ class Guard:
             return
         new = interleaving.next_is_new
         if new and self._harmful(trial, window):
-            self._revert(trial, window, now, "harmful during the interleaved windows")
+            self._revert(trial, window, now, "harmful during the interleaved windows", interleaving.evidence())
             return
         value = getattr(window, interleaving.metric)
         self._noise.add(interleaving.last(new), value)  # the same setting, two windows apart
@@ -549,36 +498,38 @@ class Guard:
             if keep is None or keep != new:  # the other setting is measured next, or decided on
                 self._apply(trial.proposal.changes() if not new else dict(trial.previous))
         except Exception as exc:  # noqa: BLE001 - recorded; the worker may be restarting
-            self._revert(trial, window, now, f"{interleaving.describe()}; switching settings failed: {exc}")
+            why = f"{interleaving.describe()}; switching settings failed: {exc}"
+            self._revert(trial, window, now, why, interleaving.evidence())
             return
         switched = self._after_set(now)
         if keep is None:
             self._window_start = switched + self.settings.warmup_seconds
         elif keep:
             settled_from = self._window_start if new else switched + self.settings.warmup_seconds
-            self._keep(trial, window, now, f"kept, {interleaving.describe()}", settled_from)
+            self._keep(trial, window, now, f"kept, {interleaving.describe()}", settled_from, interleaving.evidence())
         else:
-            self._revert(trial, window, now, interleaving.describe(), trial.proposal.kind == "explore", in_force=False)
+            no_gain = trial.proposal.kind == "explore"
+            self._revert(trial, window, now, interleaving.describe(), interleaving.evidence(), no_gain=no_gain, in_force=False)
 
-    def _keep(self, trial: _Trial, window: Measurement, now: float, how: str, settled_from: float) -> None:
+    def _keep(self, trial: _Trial, window: Measurement, now: float, how: str, settled_from: float, evidence: Evidence) -> None:
         knob = trial.proposal.knob
         self._decide(
-            now,
             knob,
-            "keep",
+            Action.KEEP,
             trial.previous[knob],
             trial.proposal.value,
             f"{trial.proposal.reason}; {how}",
             trial.baseline,
             window,
+            trial.tuner,
+            evidence,
         )
         if trial.proposal.kind == "explore":
             # Goodput moved beyond the noise, so the landscape did: directions other
             # knobs were refused in may pay now.
-            self._rejected = {entry for entry in self._rejected if entry[0] == knob}
-            self._no_gain = {entry for entry in self._no_gain if entry[0] == knob}
-            self._misses = 0
-        self._rejected.add((knob, trial.proposal.value, -self._direction(trial.proposal, trial.previous[knob])[2], False))
+            self._directions.landscape_moved(knob)
+            self._stop.paid()
+        self._directions.refuse(Direction.of(trial.proposal, trial.previous[knob]).undoing(trial.proposal.value))
         self._finish(now, settled_from)
 
     def _harmful(self, trial: _Trial, window: Measurement) -> bool:
@@ -594,33 +545,36 @@ class Guard:
         drains the queue."""
         return "throughput" if baseline.goodput < OVERLOAD_SHARE * baseline.throughput else "goodput"
 
-    def _judge(self, trial: _Trial, window: Measurement) -> tuple[str, bool] | None:
+    def _judge(self, trial: _Trial, window: Measurement) -> tuple[tuple[str, bool] | None, Evidence]:
         """None to keep the change, else why it is reverted and whether only for want of a
-        gain (an explore move that held the SLO but did not beat the baseline)."""
+        gain (an explore move that held the SLO but did not beat the baseline); and the
+        evidence, the trial window against the baseline."""
         base, slo = trial.baseline, self.settings.slo_seconds
         improved_p99 = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
         base_breached = base.p99 is not None and base.p99 > slo
+        on_p99 = Evidence("p99", windows=2)
         if trial.proposal.kind == "backoff":
             slo_ok = window.p99 is None or window.p99 <= slo
-            return None if slo_ok or improved_p99 else ("p99 did not come down", False)
+            return (None if slo_ok or improved_p99 else ("p99 did not come down", False)), on_p99
         if window.p99 is not None and window.p99 > slo:
             # Already over the SLO before the change (overload): the change may not make p99
             # worse beyond the noise; otherwise it must keep p99 within the SLO.
             tolerated = base.p99 * (1 + trial.margins["throughput"]) if base_breached and base.p99 else slo
             if window.p99 > tolerated:
-                return f"p99 {window.p99 * 1000:.1f} ms breaks the SLO" + (
-                    " and is worse than before" if base_breached else ""
-                ), False
+                worse = " and is worse than before" if base_breached else ""
+                return (f"p99 {window.p99 * 1000:.1f} ms breaks the SLO{worse}", False), on_p99
         metric = self._objective(base)
         before, after, margin = getattr(base, metric), getattr(window, metric), trial.margins[metric]
-        if trial.proposal.kind == "explore":
-            needed = _to_beat(trial, margin)
-            if after > before * (1 + needed):
-                return None
-            return f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {needed:.0%} noise margin", True
-        if after >= before * (1 - margin):
-            return None
-        return f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False
+        explore = trial.proposal.kind == "explore"
+        bar = _to_beat(trial, margin) if explore else -margin
+        evidence = Evidence(metric, 2, False, _relative_gain(before, after), bar, margin)
+        if explore:
+            if after > before * (1 + bar):
+                return None, evidence
+            return (f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {bar:.0%} noise margin", True), evidence
+        if after >= before * (1 + bar):
+            return None, evidence
+        return (f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False), evidence
 
     def _abandon_trial(self, now: float, why: str) -> None:
         """Ends a trial in flight, if any, before its verdict: its change is reverted but not
@@ -630,7 +584,7 @@ class Guard:
             window = self._measure(trial.start, now) or trial.baseline
             # An interleaving switches the change on and off: it is in force while its window runs.
             in_force = self._interleaving is None or self._interleaving.next_is_new
-            self._revert(trial, window, now, why, judged=False, in_force=in_force)
+            self._revert(trial, window, now, why, None, judged=False, in_force=in_force)
 
     def _revert(
         self,
@@ -638,6 +592,7 @@ class Guard:
         window: Measurement,
         now: float,
         why: str,
+        evidence: Evidence | None,
         no_gain: bool = False,
         judged: bool = True,
         in_force: bool = True,
@@ -655,52 +610,40 @@ class Guard:
                 why = f"{why}; the revert itself failed: {exc}"
         now = self._after_set(now)
         self._decide(
-            now,
             knob,
-            "revert",
+            Action.REVERT,
             trial.proposal.value,
             trial.previous[knob],
             f"{trial.proposal.reason}; {why}",
             trial.baseline,
             window,
+            trial.tuner,
+            evidence,
         )
         if window.oom and trial.proposal.value > trial.previous[knob]:
             # Raising it ran out of memory: it stays below that value for good, not only until
             # the refused direction is forgotten (another knob's keep, a shift).
-            self._learn_ceiling(knob, trial.proposal.value - 1)
+            self._ceilings.learn(knob, trial.proposal.value - 1)
         if judged:
-            direction = self._direction(trial.proposal, trial.previous[knob])
-            self._rejected.add(direction)
-            self._reverts[knob].append(now)
+            direction = Direction.of(trial.proposal, trial.previous[knob])
+            self._directions.refuse(direction)
+            self._flaps.reverted(knob, now)
             if no_gain and not trial.proposal.past:
-                self._no_gain.add(direction[:3])
-            if trial.proposal.kind == "explore":
-                self._count_miss(now)
+                self._directions.note_no_gain(direction)
+            if trial.proposal.kind == "explore" and self._stop.missed(now):
+                self._decide(
+                    ALL_KNOBS,
+                    Action.CONVERGE,
+                    None,
+                    None,
+                    f"{self._stop.misses} explore trials in a row did not pay: no explore move until a workload "
+                    f"shift, `gputuned tune --resume` or {self._stop.reexplore_seconds:g} s from now",
+                )
         self._finish(now, settled_from=now + self.settings.warmup_seconds)
 
     def _after_set(self, now: float) -> float:
         """The time a set just made took effect: `now`, or later when the set took a while."""
         return max(now, self._clock()) if self._clock is not None else now
-
-    def _count_miss(self, now: float) -> None:
-        """The stop rule: `explore_patience` explore trials in a row that did not pay say the
-        tuner stands on the optimum, or on a plateau whose points the noise cannot tell
-        apart; each further trial there only costs goodput."""
-        self._misses += 1
-        if self._converged_at is None and self._misses >= self.settings.explore_patience:
-            self._converged_at = now
-            self._decide(
-                now,
-                "*",
-                "converge",
-                None,
-                None,
-                f"{self._misses} explore trials in a row did not pay: no explore move until a workload "
-                f"shift, `gputuned tune --resume` or {self.settings.reexplore_seconds:g} s from now",
-            )
-
-    def _learn_ceiling(self, knob: str, highest: int) -> None:
-        self._ceilings[knob] = min(self._ceilings.get(knob, highest), highest)
 
     def _finish(self, now: float, settled_from: float) -> None:
         self._turn.release(now)

@@ -48,7 +48,7 @@ class StreamsTuner:
         device_full = inp.device == "cuda" and window.device_busy is not None and window.device_busy >= DEVICE_SATURATED
         cores_full = inp.device == "cpu" and lanes >= inp.cores  # another lane would only contend for a core
         if window.busy_ratio >= SATURATED and not device_full and not cores_full:
-            if (KNOB, lanes, 1) in inp.reverted:
+            if (KNOB, lanes, 1) in inp.no_gain:
                 return _lane_with_half_the_batch(inp, lanes)
             return with_threads(inp, changed(inp, KNOB, lanes + 1, f"lanes busy {window.busy_ratio:.0%} of the time: add one"))
         return None

@@ -23,7 +23,8 @@ from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.knobs import KnobError
 from gputuned.performance import Measurement
 from gputuned.store import SampleStore
-from gputuned.tuners.guard import Decision, GuardView
+from gputuned.control.messages import Decision
+from gputuned.tuners.guard import GuardView
 from gputuned.worker.agent import Agent
 
 # --- restarts ---------------------------------------------------------------------------------

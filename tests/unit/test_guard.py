@@ -546,7 +546,7 @@ def interleaved_windows(set_seconds: float, seed: int) -> list[int]:
     while worker.now < 300:
         guard.step(worker.now)
         worker.now += 0.5
-    return [int(d.reason.split("interleaved over ")[1].split()[0]) for d in decisions if "interleaved over" in d.reason]
+    return [d.evidence.windows for d in decisions if d.evidence is not None and d.evidence.interleaved]
 
 
 def test_where_a_set_takes_seconds_an_interleaving_takes_fewer_windows():
@@ -562,6 +562,9 @@ def test_an_interleaved_verdict_leaves_the_chosen_setting_in_force_and_says_how_
     run(guard, 90)
     ended = [d for d in decisions if d.action in ("keep", "revert")]
     assert len(ended) == 1 and "interleaved over" in ended[0].reason, decisions
+    evidence = ended[0].evidence
+    assert evidence is not None and evidence.interleaved and evidence.windows >= 3 and evidence.metric == "goodput"
+    assert ended[0].tuner == "double_once"
     assert worker.knobs["max_batch_size"] == (16 if ended[0].action == "keep" else 8)
     switches = [change["max_batch_size"] for change in worker.applied]
     assert switches[:3] == [16, 8, 16] and all(a != b for a, b in itertools.pairwise(switches))

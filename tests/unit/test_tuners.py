@@ -158,15 +158,15 @@ def test_past_a_doubling_that_did_not_pay_the_batch_takes_the_whole_queue():
     knobs = {"max_batch_size": 1}
     assert BatchTuner().propose(inp(queue, knobs=knobs)).value == 2
     assert BatchJumpTuner().propose(inp(queue, knobs=knobs)) is None  # the doubling comes first
-    doubled = inp(queue, knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    doubled = inp(queue, knobs=knobs, no_gain=frozenset({("max_batch_size", 1, 1)}))
     assert BatchTuner().propose(doubled) is None  # the jump is asked after the lanes
     after = BatchJumpTuner().propose(doubled)
     assert (after.value, after.past) == (8, True) and "2 was no better, 6.5 items wait" in after.reason
-    deep = inp(replace(queue, in_system=40), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    deep = inp(replace(queue, in_system=40), knobs=knobs, no_gain=frozenset({("max_batch_size", 1, 1)}))
     assert BatchJumpTuner().propose(deep).value == 8  # at most 8 times further in one jump
-    shallow = inp(replace(queue, in_system=2.5), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    shallow = inp(replace(queue, in_system=2.5), knobs=knobs, no_gain=frozenset({("max_batch_size", 1, 1)}))
     assert BatchJumpTuner().propose(shallow) is None  # 1.5 wait: nothing past the doubling to take
-    oom = inp(replace(queue, oom=1), knobs=knobs, reverted=frozenset({("max_batch_size", 1, 1)}))
+    oom = inp(replace(queue, oom=1), knobs=knobs, no_gain=frozenset({("max_batch_size", 1, 1)}))
     assert BatchJumpTuner().propose(oom) is None  # out of memory at 1: nothing grows
 
 
@@ -174,8 +174,8 @@ def test_after_a_lane_alone_gained_nothing_a_lane_comes_with_half_the_batch():
     saturated = replace(WINDOW, busy_ratio=0.9, mean_batch=32)
     knobs = {"max_batch_size": 32, "streams": 1, "intra_op_threads": 2}
     assert StreamsTuner().propose(inp(saturated, knobs=knobs)).changes() == {"streams": 2, "intra_op_threads": 1}
-    after = StreamsTuner().propose(inp(saturated, knobs=knobs, reverted=frozenset({("streams", 1, 1)})))
+    after = StreamsTuner().propose(inp(saturated, knobs=knobs, no_gain=frozenset({("streams", 1, 1)})))
     assert after.changes() == {"streams": 2, "max_batch_size": 16, "intra_op_threads": 1} and after.past
     assert "2 lanes at batches of 32 gained nothing: try 2 lanes at 16, as many items in flight" in after.reason
-    half_full = inp(replace(saturated, mean_batch=10), knobs=knobs, reverted=frozenset({("streams", 1, 1)}))
+    half_full = inp(replace(saturated, mean_batch=10), knobs=knobs, no_gain=frozenset({("streams", 1, 1)}))
     assert StreamsTuner().propose(half_full) is None  # batches of 10 at a maximum of 32: halving it would not bind
