@@ -112,7 +112,9 @@ def repeat_online(args: argparse.Namespace, candidates: list[SweepPoint]) -> int
         ratios.append(statistics.median(verdict.ratios))
         converged = [d["t"] - online_wall for d in decisions if d["action"] == "converge"]
         trials = sum(1 for d in decisions if d["action"] == "apply")
-        interleaved = sum(1 for d in decisions if d["action"] in ("keep", "revert") and (d.get("evidence") or {}).get("interleaved"))
+        interleaved = sum(
+            1 for d in decisions if d["action"] in ("keep", "revert") and (d.get("evidence") or {}).get("interleaved")
+        )
         print(
             f"run {run + 1}: {ratios[-1]:.2f} of the oracle (batch/lanes/threads/delay us {describe(knobs)} against "
             f"{describe(settings[verdict.best])}); "
@@ -153,7 +155,9 @@ def trail(decisions: list[dict[str, Any]]) -> str:
         if d["action"] in ("keep", "revert"):
             # A revert records the value tried as `old` and the one put back as `new`.
             tried, before = (d["new"], d["old"]) if d["action"] == "keep" else (d["old"], d["new"])
-            words.append(f"{d['knob']} {before}->{tried} {d['action']}{'~' if (d.get('evidence') or {}).get('interleaved') else ''}")
+            words.append(
+                f"{d['knob']} {before}->{tried} {d['action']}{'~' if (d.get('evidence') or {}).get('interleaved') else ''}"
+            )
     return ", ".join(words)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gputuned.config import WorkerConfig
+from gputuned.control.messages import Decision
 from gputuned.control.protocol import ProtocolError, message, validate_hello
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.jobs import JobEvents
@@ -23,7 +24,6 @@ from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.knobs import KnobError
 from gputuned.performance import Measurement
 from gputuned.store import SampleStore
-from gputuned.control.messages import Decision
 from gputuned.tuners.guard import GuardView
 from gputuned.worker.agent import Agent
 
