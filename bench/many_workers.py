@@ -70,6 +70,36 @@ def set_knobs(admin: Path, name: str, knobs: dict[str, int]) -> None:
         client.set(knobs, name)
 
 
+def print_decisions(workers_dir: Path) -> None:
+    for name in WORKERS:
+        for line in (workers_dir / name / "decisions.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            print(f"   {name} {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}: {d['reason'][-90:]}", file=sys.stderr)
+
+
+def best_static(
+    admin: Path,
+    urls: dict[str, str],
+    defaults: dict[str, dict[str, int]],
+    tuned: dict[str, dict[str, int]],
+    clients: int,
+    slo: float,
+) -> dict[str, dict[str, int]]:
+    """2. Each worker's best static setting over GRID, its neighbour at its tuned setting and loaded."""
+    best: dict[str, dict[str, int]] = {}
+    for name in WORKERS:
+        scores = []
+        for values in itertools.product(*GRID.values()):
+            knobs = {**defaults[name], **dict(zip(GRID, values))}
+            set_knobs(admin, name, knobs)
+            measured = window(urls, clients, slo)[name]
+            scores.append((measured, knobs))
+            print(f"   {name} {dict(zip(GRID, values))}: {measured:.0f}/s", file=sys.stderr)
+        best[name] = max(scores, key=lambda score: score[0])[1]
+        set_knobs(admin, name, tuned[name])
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8, help="closed-loop clients per worker")
@@ -102,23 +132,8 @@ def main() -> int:
         )
         asyncio.run(load_both(urls, args.online, args.clients, set(WORKERS)))
         tuned = {name: freeze_tuner(admin, name)["knobs"] for name in WORKERS}
-        for name in WORKERS:
-            for line in (Path(tmp) / "state" / "workers" / name / "decisions.jsonl").read_text().splitlines():
-                d = json.loads(line)
-                print(f"   {name} {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}: {d['reason'][-90:]}", file=sys.stderr)
-
-        # 2. Each worker's best static setting, its neighbour at its tuned setting and loaded.
-        best: dict[str, dict[str, int]] = {}
-        for name in WORKERS:
-            scores = []
-            for values in itertools.product(*GRID.values()):
-                knobs = {**defaults[name], **dict(zip(GRID, values))}
-                set_knobs(admin, name, knobs)
-                measured = window(urls, args.clients, slo)[name]
-                scores.append((measured, knobs))
-                print(f"   {name} {dict(zip(GRID, values))}: {measured:.0f}/s", file=sys.stderr)
-            best[name] = max(scores, key=lambda score: score[0])[1]
-            set_knobs(admin, name, tuned[name])
+        print_decisions(Path(tmp) / "state" / "workers")
+        best = best_static(admin, urls, defaults, tuned, args.clients, slo)
 
         # 3. Side by side: the tuned pair against the best pair; 4. each tuned worker alone.
         rounds: dict[str, list[dict[str, float]]] = {"tuned": [], "best": [], "alone": []}

@@ -107,7 +107,7 @@ def build_registry(store: SampleStore) -> CollectorRegistry:
 class _QuietHandler(WSGIRequestHandler):
     """No line on stderr for every scrape."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002, ARG002 - the base class's signature
         return
 
 

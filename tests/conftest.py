@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 FIXTURE_HOSTS = Path(__file__).parent / "fixtures" / "hosts"
+INTEGRATION = Path(__file__).parent / "integration"
 REPO_ROOT = Path(__file__).parent.parent
 
 
@@ -33,3 +34,12 @@ def promtool() -> str:
 @pytest.fixture
 def systemd_analyze() -> str:
     return debian_tool("systemd-analyze", "systemd")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/integration/ starts real processes or servers: marked
+    `integration`, so that `pytest -m "not integration"` is the fast lane (CONTRIBUTING.md).
+    Unit tests that start a thread, a process or a server mark themselves."""
+    for item in items:
+        if INTEGRATION in item.path.parents:
+            item.add_marker(pytest.mark.integration)

@@ -69,7 +69,7 @@ class KubeletCollector:
         self._timeout = timeout
         self._client: PodResourcesClient | None = None
 
-    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:  # noqa: ARG002 - the Collector protocol; reads pods, not targets
         out = Collected()
         if not self._socket_path.exists():
             out.notes.append(

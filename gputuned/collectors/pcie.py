@@ -88,7 +88,7 @@ class PcieCollector:
         self._previous: dict[str, _LinkCounters] = {}  # uuid -> counters at the last tick
         self._integrated: dict[str, tuple[float, float]] = {}  # uuid -> (tx, rx) from throughput
 
-    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:  # noqa: ARG002 - the Collector protocol; links, not processes
         return collect_per_gpu(self._session, self._collect_device)
 
     def _optional(self, out: Collected, device: GpuDevice, function: str, *args: Any) -> Any:

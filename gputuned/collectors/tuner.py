@@ -72,7 +72,7 @@ class TunerCollector:
     def __init__(self, workers: Callable[[], Sequence[TunedWorker]]) -> None:
         self._workers = workers
 
-    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:  # noqa: ARG002 - the Collector protocol; reads the slots
         out = Collected()
         for worker in self._workers():
             self._collect_worker(worker, out)

@@ -139,7 +139,7 @@ class WorkerCollector:
         self._workers = workers
         self._clock = clock
 
-    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:  # noqa: ARG002 - the Collector protocol; reads the slots
         out = Collected()
         now = self._clock()
         for worker in self._workers():

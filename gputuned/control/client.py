@@ -148,7 +148,8 @@ class ControlClient:
         `worker` names one of the daemon's workers (on its admin socket); `timeout` bounds the
         wait for the answer (default: the client's)."""
         fields = {"knobs": knobs} if worker is None else {"knobs": knobs, "worker": worker}
-        return self.request("set", timeout=timeout, **fields)["applied"]
+        applied: dict[str, int] = self.request("set", timeout=timeout, **fields)["applied"]  # ints: protocol.validate
+        return applied
 
     def ping(self) -> float:
         """Round-trip time of a ping, in seconds."""

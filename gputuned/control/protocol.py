@@ -76,6 +76,17 @@ def validate(message: Any) -> dict[str, Any]:
     kind = message.get("type")
     if not isinstance(kind, str) or kind not in _SCHEMAS:
         raise ProtocolError(f"unknown message type {kind!r}; known types: {', '.join(MESSAGE_TYPES)}", seq)
+    _check_fields(kind, message, seq)
+    if kind == "set":
+        if not message["knobs"]:
+            raise ProtocolError("set: 'knobs' is empty", seq)
+        _check_knob_values("set", "knob", message["knobs"], seq)
+    elif kind == "ack":
+        _check_knob_values("ack", "applied knob", message["applied"], seq)
+    return message
+
+
+def _check_fields(kind: str, message: dict[str, Any], seq: int | None) -> None:
     required, optional = _SCHEMAS[kind]
     for name in required:
         if name not in message:
@@ -88,13 +99,12 @@ def validate(message: Any) -> dict[str, Any]:
             raise ProtocolError(f"{kind}: unknown field {name!r}", seq)
         if not _is(value, types):
             raise ProtocolError(f"{kind}: field {name!r} must be {_type_name(types)}, got {type(value).__name__}", seq)
-    if kind == "set":
-        if not message["knobs"]:
-            raise ProtocolError("set: 'knobs' is empty", seq)
-        for name, value in message["knobs"].items():
-            if not _is(value, int):
-                raise ProtocolError(f"set: knob {name!r} must be an integer, got {type(value).__name__} {value!r}", seq)
-    return message
+
+
+def _check_knob_values(kind: str, what: str, knobs: dict[str, Any], seq: int | None) -> None:
+    for name, value in knobs.items():
+        if not _is(value, int):
+            raise ProtocolError(f"{kind}: {what} {name!r} must be an integer, got {type(value).__name__} {value!r}", seq)
 
 
 def validate_hello(hello: dict[str, Any]) -> dict[str, Any]:

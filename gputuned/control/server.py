@@ -101,7 +101,7 @@ class LineServer:
         self._connections: set[asyncio.Task[None]] = set()
         self.refused_peers = 0
 
-    async def greet(self, writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:
+    async def greet(self, writer: asyncio.StreamWriter) -> asyncio.Task[None] | None:  # noqa: ARG002 - a subclass's hook
         """Sends what a new connection is greeted with; may return a task that runs beside the
         connection's read loop (cancelled when it ends)."""
         return None

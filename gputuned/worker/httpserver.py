@@ -211,7 +211,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports quack, not subclass
         self._server.connections.add(self)
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:  # noqa: ARG002 - asyncio.Protocol's signature
         self._closing = True
         self._answers.clear()  # answers still to come are dropped: nobody is there to read them
         self._server.connections.discard(self)
@@ -224,7 +224,7 @@ class HttpConnection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._update_reading()
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def get_buffer(self, sizehint: int) -> memoryview:  # noqa: ARG002 - asyncio.BufferedProtocol's signature
         return self._server.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -67,7 +67,16 @@ def test_hello_declares_identity_and_knobs(server):
         "device": "cpu",
         "input": {"shape": [4], "dtype": "FP32"},
     }
-    assert hello["knobs"]["max_batch_size"] == {"type": "int", "value": 1, "min": 1, "max": 64, "live": True, "description": ""}
+    assert hello["knobs"]["max_batch_size"] == {
+        "type": "int",
+        "value": 1,
+        "min": 1,
+        "max": 64,
+        "live": True,
+        "description": "",
+        "title": "max_batch_size",
+        "unit": "",
+    }
     assert hello["restart_only"] == {"device": "cpu", "model": "m", "interop_threads": "2"}
 
 

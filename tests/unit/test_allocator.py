@@ -12,6 +12,8 @@ import pytest
 from gputuned.testing.processes import REPO_ROOT
 from gputuned.worker.allocator import keep_freed_memory
 
+pytestmark = pytest.mark.integration  # starts threads, processes or servers
+
 # A batch's pattern of activations, repeated, and the page faults of its last repetition.
 # "main": tensors allocated and freed in an overlapping order in the main thread, the
 # largest past glibc's mmap threshold, which it unmaps on free and faults again. "lane": in
@@ -21,6 +23,7 @@ from gputuned.worker.allocator import keep_freed_memory
 BATCHES = """
 import resource, sys, threading, torch
 from gputuned.worker.allocator import keep_freed_memory
+
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 

@@ -17,6 +17,8 @@ from gputuned.worker.models import load_model
 from gputuned.worker.server import InferenceApp
 from gputuned.worker.stats import WorkerStats
 
+pytestmark = pytest.mark.integration  # starts threads, processes or servers
+
 LIMIT = 1024
 
 

@@ -14,6 +14,8 @@ from gputuned.worker.models import LoadedModel, TensorSpec
 from gputuned.worker.pool import BufferPool
 from gputuned.worker.stats import WorkerStats
 
+pytestmark = pytest.mark.integration  # starts threads, processes or servers
+
 
 class Doubler(torch.nn.Module):
     """Doubles its input, records the thread it ran in and whether in inference mode, and fails on a negative first value

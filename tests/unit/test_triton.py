@@ -187,6 +187,7 @@ def test_the_started_server_is_loopback_explicit_and_summarised():
     assert command[-1] == "--exit-timeout-secs=5"
 
 
+@pytest.mark.integration  # binds a real port
 def test_a_taken_port_is_named():
     import socket
 

@@ -12,10 +12,10 @@ import dataclasses
 from typing import Any
 
 from gputuned.config import TuningConfig
+from gputuned.control.histogram import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.daemon.tuning import TuningLoop, tuning_context
-from gputuned.worker.stats import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
 from tests.helpers import ManualClock
 
 TICK = 0.5
