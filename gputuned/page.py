@@ -96,11 +96,12 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
     info = entry.get("knob_info", {})
     parts.append(
         _table(
-            ["knob", "value", "range", "what it does"],
+            ["knob", "value", "unit", "range", "what it does"],
             [
                 [
                     name,
-                    f"{value} {info.get(name, {}).get('unit', '')}".strip(),
+                    str(value),
+                    info.get(name, {}).get("unit", ""),
                     f"{info[name]['min']}..{info[name]['max']}" if name in info else "",
                     info.get(name, {}).get("description", ""),
                 ]
