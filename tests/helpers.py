@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gputuned.knobs import CATALOGUE
 from gputuned.samples import Collected
 
 
@@ -25,3 +26,14 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def builtin_bounds(cores: int = 2, pool_mb: int = 4096) -> dict[str, tuple[int, int]]:
+    """The live knobs of the built-in CPU worker and their bounds, from the catalogue, on a
+    machine of `cores` CPUs with room for a pool of `pool_mb` MiB."""
+    machine = {"pool_mb": pool_mb, "intra_op_threads": cores}
+    return {
+        name: (knob.minimum, machine.get(name, knob.maximum or knob.minimum))
+        for name, knob in CATALOGUE.items()
+        if knob.live and "builtin" in knob.kinds
+    }

@@ -22,15 +22,10 @@ from gputuned.tuners.guard import Context, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
+from tests.helpers import builtin_bounds
 
 SLO = 0.1
-BOUNDS = {
-    "max_batch_size": (1, 512),
-    "max_queue_delay_us": (0, 1_000_000),
-    "streams": (1, 16),
-    "pool_mb": (0, 4096),
-    "intra_op_threads": (1, 2),
-}
+BOUNDS = builtin_bounds()
 DEFAULTS = {"max_batch_size": 1, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
 
 

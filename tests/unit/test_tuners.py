@@ -13,6 +13,7 @@ from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
+from tests.helpers import builtin_bounds
 
 WINDOW = Measurement(
     seconds=3,
@@ -32,14 +33,7 @@ WINDOW = Measurement(
     in_system=40,  # a deep queue: a doubled batch fills from it at once
 )
 KNOBS = {"max_batch_size": 8, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
-BOUNDS = {
-    "max_batch_size": (1, 512),
-    "max_queue_delay_us": (0, 1_000_000),
-    "streams": (1, 16),
-    "pool_mb": (0, 4096),
-    "intra_op_threads": (1, 2),
-    "sched_batch": (0, 1),
-}
+BOUNDS = builtin_bounds()
 
 
 def inp(window=WINDOW, knobs=None, device="cpu", **kw) -> TunerInput:
