@@ -25,7 +25,7 @@ landscape moves), `flaps.FlapTracker` (a knob reverted `flap_reverts` times with
 `flap_window` is left alone for that window), `ceilings.Ceilings` (the highest value that
 fits, learned from out-of-memory events), `shifts.ShiftDetector` (a workload shift
 restarts exploration), `stop_rule.StopRule` (convergence) and `confirm.Interleaving` (a
-verdict within the noise). Bounds come from the worker's hello; a step is at most what
+verdict within the noise), with `verdict.py` judging a trial window against its baseline. Bounds come from the worker's hello; a step is at most what
 the tuner proposes (x2 or one lane). A move marked `wins_ties` (half the batch) is kept
 unless goodput falls: its bar is no change, not the margin.
 
@@ -57,6 +57,7 @@ from dataclasses import dataclass, field, replace
 from gputuned.control.messages import ALL_KNOBS, Action, Decision, Evidence, WindowSummary
 from gputuned.knobs import memory_bound
 from gputuned.performance import Measurement
+from gputuned.tuners import verdict
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
 from gputuned.tuners.ceilings import Ceilings
 from gputuned.tuners.confirm import Interleaving, NoiseEstimate
@@ -69,7 +70,6 @@ from gputuned.tuners.turns import TrialTurn, alone
 
 log = logging.getLogger(__name__)
 
-OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
 MAX_MARGIN = 0.10
 HARM_WINDOW_SECONDS = 1.0  # the shortest window harm is judged on
 
@@ -153,15 +153,6 @@ class GuardView:
     counts: dict[tuple[str, str], int]
     ceilings: dict[str, int] = field(default_factory=dict)
     verdict_windows: int = 0  # windows compared by every keep and revert so far
-
-
-def _relative_gain(before: float, after: float) -> float | None:
-    return after / before - 1 if before > 0 else None
-
-
-def _to_beat(trial: _Trial, margin: float) -> float:
-    """The share an explore move must gain by: the margin, or none for one that wins ties."""
-    return 0.0 if trial.proposal.wins_ties else margin
 
 
 class Guard:
@@ -430,14 +421,13 @@ class Guard:
         window = self._measure(trial.start, now)
         if now - trial.start < self.settings.trial_seconds or window is None:
             return
-        verdict, evidence = self._judge(trial, window)
         if self._interleave(trial, window, now):
             return
-        if verdict is None:
-            self._keep(trial, window, now, "kept", trial.start, evidence)  # the trial window is the next baseline
+        judged = verdict.judge(trial.proposal, trial.baseline, trial.margins, window, self.settings.slo_seconds)
+        if judged.keep:
+            self._keep(trial, window, now, "kept", trial.start, judged.evidence)  # the trial window is the next baseline
         else:
-            why, no_gain = verdict
-            self._revert(trial, window, now, why, evidence, no_gain=no_gain)
+            self._revert(trial, window, now, judged.why, judged.evidence, no_gain=judged.no_gain)
 
     def _interleave(self, trial: _Trial, window: Measurement, now: float) -> bool:
         """Whether the trial window's verdict is within twice the noise of the bar, so that the
@@ -446,12 +436,12 @@ class Guard:
         kind, slo = trial.proposal.kind, self.settings.slo_seconds
         if self.settings.confirm_windows <= 2 or kind == "backoff" or (window.p99 is not None and window.p99 > slo):
             return False
-        metric = self._objective(trial.baseline)
+        metric = verdict.objective(trial.baseline)
         before, after = getattr(trial.baseline, metric), getattr(window, metric)
         if before <= 0 or after <= 0:
             return False
         margin = self.settings.min_margin
-        bar = math.log1p(_to_beat(trial, margin) if kind == "explore" else -margin)
+        bar = math.log1p(verdict.bar(trial.proposal, margin))
         noise = self._noise.value(margin, MAX_MARGIN)
         if abs(math.log(after / before) - bar) >= 2 * noise:
             return False
@@ -533,48 +523,7 @@ class Guard:
         self._finish(now, settled_from)
 
     def _harmful(self, trial: _Trial, window: Measurement) -> bool:
-        slo = self.settings.slo_seconds
-        newly_breached = window.p99 is not None and window.p99 > slo and not (trial.baseline.p99 and trial.baseline.p99 > slo)
-        requests = max(window.arrival_rate * window.seconds, 1.0)
-        error_spike = window.failed / requests > self.settings.max_error_ratio and window.failed > trial.baseline.failed
-        return (newly_breached and trial.proposal.kind != "backoff") or error_spike or window.oom > 0
-
-    @staticmethod
-    def _objective(baseline: Measurement) -> str:
-        """Goodput; while almost nothing meets the SLO (overload), throughput, which is what
-        drains the queue."""
-        return "throughput" if baseline.goodput < OVERLOAD_SHARE * baseline.throughput else "goodput"
-
-    def _judge(self, trial: _Trial, window: Measurement) -> tuple[tuple[str, bool] | None, Evidence]:
-        """None to keep the change, else why it is reverted and whether only for want of a
-        gain (an explore move that held the SLO but did not beat the baseline); and the
-        evidence, the trial window against the baseline."""
-        base, slo = trial.baseline, self.settings.slo_seconds
-        improved_p99 = window.p99 is not None and base.p99 is not None and window.p99 < base.p99
-        base_breached = base.p99 is not None and base.p99 > slo
-        on_p99 = Evidence("p99", windows=2)
-        if trial.proposal.kind == "backoff":
-            slo_ok = window.p99 is None or window.p99 <= slo
-            return (None if slo_ok or improved_p99 else ("p99 did not come down", False)), on_p99
-        if window.p99 is not None and window.p99 > slo:
-            # Already over the SLO before the change (overload): the change may not make p99
-            # worse beyond the noise; otherwise it must keep p99 within the SLO.
-            tolerated = base.p99 * (1 + trial.margins["throughput"]) if base_breached and base.p99 else slo
-            if window.p99 > tolerated:
-                worse = " and is worse than before" if base_breached else ""
-                return (f"p99 {window.p99 * 1000:.1f} ms breaks the SLO{worse}", False), on_p99
-        metric = self._objective(base)
-        before, after, margin = getattr(base, metric), getattr(window, metric), trial.margins[metric]
-        explore = trial.proposal.kind == "explore"
-        bar = _to_beat(trial, margin) if explore else -margin
-        evidence = Evidence(metric, 2, False, _relative_gain(before, after), bar, margin)
-        if explore:
-            if after > before * (1 + bar):
-                return None, evidence
-            return (f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {bar:.0%} noise margin", True), evidence
-        if after >= before * (1 + bar):
-            return None, evidence
-        return (f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False), evidence
+        return verdict.harmful(trial.proposal, trial.baseline, window, self.settings.slo_seconds, self.settings.max_error_ratio)
 
     def _abandon_trial(self, now: float, why: str) -> None:
         """Ends a trial in flight, if any, before its verdict: its change is reverted but not

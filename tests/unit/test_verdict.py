@@ -1,0 +1,73 @@
+"""Judging a trial window against its baseline (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gputuned.performance import Measurement
+from gputuned.tuners.base import Proposal
+from gputuned.tuners.verdict import bar, harmful, judge, objective
+
+SLO = 0.1
+MARGINS = {"goodput": 0.03, "throughput": 0.03}
+BASE = Measurement(
+    seconds=3.0,
+    arrival_rate=500.0,
+    throughput=500.0,
+    goodput=490.0,
+    p99=0.06,
+    failed=0,
+    mean_batch=8.0,
+    batch_seconds=0.01,
+    busy_ratio=0.8,
+    queue_depth=4.0,
+    lanes=1,
+    oom=0,
+    pool_hits=0,
+    pool_misses=0,
+    in_system=16.0,
+    items_per_request=1.0,
+)
+EXPLORE = Proposal("max_batch_size", 16, "double")
+
+
+def test_an_explore_move_is_kept_only_beyond_the_margin_and_its_evidence_says_so():
+    kept = judge(EXPLORE, BASE, MARGINS, replace(BASE, goodput=510.0), SLO)
+    assert kept.keep and kept.evidence.metric == "goodput" and kept.evidence.windows == 2
+    assert kept.evidence.bar == 0.03 and abs(kept.evidence.gain - 20 / 490) < 1e-9
+    tied = judge(EXPLORE, BASE, MARGINS, replace(BASE, goodput=500.0), SLO)
+    assert not tied.keep and tied.no_gain and "did not beat" in tied.why
+
+
+def test_a_move_that_wins_ties_and_a_neutral_one_must_only_not_lose():
+    halve = replace(EXPLORE, value=4, wins_ties=True)
+    assert bar(halve, 0.03) == 0.0 and judge(halve, BASE, MARGINS, replace(BASE, goodput=491.0), SLO).keep
+    neutral = replace(EXPLORE, kind="neutral")
+    assert bar(neutral, 0.03) == -0.03
+    assert judge(neutral, BASE, MARGINS, replace(BASE, goodput=480.0), SLO).keep
+    fell = judge(neutral, BASE, MARGINS, replace(BASE, goodput=400.0), SLO)
+    assert not fell.keep and not fell.no_gain and "fell from" in fell.why
+
+
+def test_a_breach_reverts_unless_the_baseline_was_over_and_p99_did_not_get_worse():
+    breached = judge(EXPLORE, BASE, MARGINS, replace(BASE, goodput=600.0, p99=0.2), SLO)
+    assert not breached.keep and "breaks the SLO" in breached.why and breached.evidence.metric == "p99"
+    overloaded = replace(BASE, p99=0.3, goodput=100.0, throughput=500.0)
+    assert objective(overloaded) == "throughput"
+    better = judge(EXPLORE, overloaded, MARGINS, replace(overloaded, p99=0.305, throughput=600.0), SLO)
+    assert better.keep and better.evidence.metric == "throughput"
+
+
+def test_a_backoff_is_judged_by_p99_alone():
+    backoff = replace(EXPLORE, value=4, kind="backoff")
+    over = replace(BASE, p99=0.2)
+    assert judge(backoff, over, MARGINS, replace(over, p99=0.15, goodput=10.0), SLO).keep  # p99 came down
+    assert not judge(backoff, over, MARGINS, replace(over, p99=0.25), SLO).keep
+
+
+def test_harm_is_a_new_breach_a_failure_spike_or_running_out_of_memory():
+    assert not harmful(EXPLORE, BASE, BASE, SLO, 0.01)
+    assert harmful(EXPLORE, BASE, replace(BASE, p99=0.2), SLO, 0.01)
+    assert not harmful(replace(EXPLORE, kind="backoff"), BASE, replace(BASE, p99=0.2), SLO, 0.01)
+    assert harmful(EXPLORE, BASE, replace(BASE, failed=30), SLO, 0.01)
+    assert harmful(EXPLORE, BASE, replace(BASE, oom=1), SLO, 0.01)
