@@ -19,15 +19,16 @@ States and transitions (`step(now)` is called by the tuning job every tick):
     WARMUP/TRIAL --the mode leaves auto--> revert the change --> COOLDOWN
     any     --frozen mode--> nothing
 
-The guard composes small parts, each with its own rule and its own tests:
-`directions.DirectionMemory` (directions that did not pay are not tried again until the
-landscape moves), `flaps.FlapTracker` (a knob reverted `flap_reverts` times within
-`flap_window` is left alone for that window), `ceilings.Ceilings` (the highest value that
-fits, learned from out-of-memory events), `shifts.ShiftDetector` (a workload shift
-restarts exploration), `stop_rule.StopRule` (convergence) and `confirm.Interleaving` (a
-verdict within the noise), with `verdict.py` judging a trial window against its baseline. Bounds come from the worker's hello; a step is at most what
-the tuner proposes (x2 or one lane). A move marked `wins_ties` (half the batch) is kept
-unless goodput falls: its bar is no change, not the margin.
+The guard is the state machine; it composes small parts, each with its own rule and its
+own tests: `verdict` (a trial window judged against its baseline), `confirm.Interleaving`
+(a verdict within the noise), `directions.DirectionMemory` (directions that did not pay
+are not tried again until the landscape moves), `flaps.FlapTracker` (a knob reverted
+`flap_reverts` times within `flap_window` is left alone for that window),
+`ceilings.Ceilings` (the highest value that fits, learned from out-of-memory events),
+`shifts.ShiftDetector` (a workload shift restarts exploration) and `stop_rule.StopRule`
+(convergence). Bounds come from the worker's hello; a step is at most what the tuner
+proposes (x2 or one lane). A move marked `wins_ties` (half the batch) is kept unless
+goodput falls: its bar is no change, not the margin.
 
 A knob set by hand is frozen until `resume()`. Every decision is recorded with the tuner
 that proposed it and its evidence (`messages.Decision`, `messages.Evidence`).
