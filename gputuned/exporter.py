@@ -7,6 +7,7 @@ says how old the data is in `gputuned_sample_age_seconds`.
 
 from __future__ import annotations
 
+import platform
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
 
+from gputuned import __version__
 from gputuned.samples import HistogramSample, MetricSpec
 from gputuned.store import SampleStore
 
@@ -40,7 +42,11 @@ JOB_ERRORS = MetricSpec(
     "gputuned_job_errors_total", "counter", "Runs of a scheduled job (sampling, a worker's tuning) that raised.", ("job",)
 )
 
-SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS, JOB_ERRORS)
+BUILD_INFO = MetricSpec(
+    "gputuned_build_info", "gauge", "The gputuned version running and the Python it runs on; always 1.", ("version", "python")
+)
+
+SELF_SPECS = (COLLECTOR_SUCCESS, COLLECTOR_DURATION, SAMPLE_AGE, SKIPPED_ROUNDS, JOB_ERRORS, BUILD_INFO)
 
 
 def _family(spec: MetricSpec) -> Any:
@@ -89,6 +95,9 @@ class StoreExporter:
         for job, count in sorted(self._store.job_errors().items()):
             job_errors.add_metric([job], count)
         yield job_errors
+        build = _family(BUILD_INFO)
+        build.add_metric([__version__, platform.python_version()], 1.0)
+        yield build
         last_round = self._store.last_round_at()
         if last_round is not None:
             age = _family(SAMPLE_AGE)

@@ -28,6 +28,15 @@ def histogram_delta(older: HistogramReport | None, newer: HistogramReport | None
     return bounds, counts
 
 
+def within_objective(histogram: HistogramReport, threshold: float) -> float:
+    """How many of a cumulative histogram's observations were at or below `threshold`
+    (interpolated inside its bucket, as `fraction_within`)."""
+    cumulative = histogram["cumulative"]
+    counts = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
+    share = fraction_within(histogram["bounds"], counts, threshold)
+    return 0.0 if share is None else share * cumulative[-1]
+
+
 def quantile(bounds: list[float], counts: list[int], q: float) -> float | None:
     """The q-quantile of bucketed observations; the +Inf bucket answers with the last bound."""
     total = sum(counts)

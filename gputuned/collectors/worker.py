@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from gputuned.control.messages import HistogramReport, StatsReport
+from gputuned.performance import within_objective
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 WORKER = ("worker",)
@@ -49,6 +50,13 @@ REQUESTS = MetricSpec(
     "failed (the server's fault).",
     ("worker", "outcome"),
 )
+SLO_MET = MetricSpec(
+    "gputuned_worker_slo_met_requests_total",
+    "counter",
+    "Requests answered within the worker's latency objective (its p99 SLO), from its latency histogram, interpolated "
+    "inside the bucket the objective falls in. It starts again with the worker, and moves when the objective is changed.",
+    WORKER,
+)
 BATCHES = MetricSpec("gputuned_worker_batches_total", "counter", "Batches the worker ran.", WORKER)
 LATENCY = MetricSpec("gputuned_worker_latency_seconds", "histogram", "Request latency in the worker (queue + compute).", WORKER)
 BATCH_SIZE = MetricSpec("gputuned_worker_batch_size", "histogram", "Items per batch.", WORKER)
@@ -73,6 +81,7 @@ SPECS = (
     WORKER_PLACEMENT,
     KNOB_VALUE,
     REQUESTS,
+    SLO_MET,
     BATCHES,
     LATENCY,
     BATCH_SIZE,
@@ -129,6 +138,10 @@ class SupervisedWorker(Protocol):
         """The supervisor's WorkerStatus: a snapshot, never a wait on the worker."""
         ...
 
+    def slo_seconds(self) -> float:
+        """The latency objective the worker is held to."""
+        ...
+
 
 class WorkerCollector:
     """The supervised workers' lifecycle and the stats they stream, each labelled `worker`."""
@@ -143,7 +156,10 @@ class WorkerCollector:
         out = Collected()
         now = self._clock()
         for worker in self._workers():
-            self._collect_worker(worker.name, worker.gpu, worker.status(), now, out)
+            status = worker.status()
+            self._collect_worker(worker.name, worker.gpu, status, now, out)
+            if status.stats is not None and status.pid is not None:
+                self._collect_slo(worker.name, status.stats, worker.slo_seconds(), out)
         return out
 
     def _collect_worker(self, name: str, gpu: int | None, status: Any, now: float, out: Collected) -> None:
@@ -170,6 +186,12 @@ class WorkerCollector:
             out.add(STATS_AGE, max(age, 0.0), name)
             if ready and age > STALE_STATS_SECONDS:
                 out.errors.append(f"no stats from worker {name} for {age:.0f} s")
+
+    @staticmethod
+    def _collect_slo(name: str, stats: StatsReport, slo_seconds: float, out: Collected) -> None:
+        latency = stats.get("latency_seconds")
+        if latency is not None:
+            out.add(SLO_MET, within_objective(latency, slo_seconds), name)
 
     @staticmethod
     def _collect_stats(name: str, stats: StatsReport, out: Collected) -> None:

@@ -77,6 +77,15 @@ def test_prometheus_scrapes_every_metric_family(scraped):
     assert len(prometheus_query(prometheus, p99)) == 1
 
 
+def test_requests_within_the_objective_are_counted_and_never_exceed_those_answered(scraped):
+    prometheus, _ = scraped
+    met = "gputuned_worker_slo_met_requests_total"
+    answered = 'sum by (instance, worker) (gputuned_worker_requests_total{outcome="ok"})'
+    assert wait_for(lambda: not prometheus_query(prometheus, f"{met} > 0"), 30) is False
+    excess = prometheus_query(prometheus, f"{met} - on (instance, worker) {answered}")
+    assert excess and all(float(series["value"][1]) <= 0 for series in excess), excess
+
+
 def substitute(expr: str, instance: str) -> str:
     """What Grafana sends for one instance, every GPU, a 1 s scrape interval and a short range."""
     for variable, value in (

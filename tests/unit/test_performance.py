@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gputuned.performance import histogram_delta, measure, quantile
+from gputuned.performance import histogram_delta, measure, quantile, within_objective
 
 BOUNDS = [0.01, 0.02, 0.05, 0.1]
 
@@ -62,3 +62,11 @@ def test_fraction_within_interpolates_at_the_threshold():
     assert fraction_within(BOUNDS, counts, 0.005) == pytest.approx(0.25)
     assert fraction_within(BOUNDS, [0, 0, 0, 0, 4], 0.2) == 0.0
     assert fraction_within(BOUNDS, [0] * 5, 0.1) is None
+
+
+def test_requests_within_an_objective_are_counted_from_a_cumulative_histogram():
+    histogram = {"bounds": [0.05, 0.1, 0.2], "cumulative": [50, 80, 90, 100], "sum": 9.0, "count": 100}
+    assert within_objective(histogram, 0.1) == 80
+    assert within_objective(histogram, 0.075) == 65  # halfway through the 0.05-0.1 bucket
+    assert within_objective(histogram, 5.0) == 90  # the +Inf bucket is never within
+    assert within_objective({**histogram, "cumulative": [0, 0, 0, 0]}, 0.1) == 0
