@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
@@ -22,7 +23,13 @@ def _add_admin_arguments(parser: argparse.ArgumentParser, socket_help: str) -> N
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gputuned", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="gputuned",
+        description="Monitors the GPUs, PCIe and NUMA of an inference host, exports them as Prometheus metrics, "
+        "and supervises and tunes the inference servers on it.",
+        epilog="Operator commands come first (run, status, set, tune, restart, check-config, install), then the "
+        "tools (worker, load, sweep, dashboards, triton-example). `gputuned COMMAND --help` describes each.",
+    )
     parser.add_argument("--version", action="version", version=f"gputuned {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -39,8 +46,34 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides log.level")
     run.add_argument("--nvml-module", metavar="MODULE[:FACTORY]", help="NVML binding (overrides nvml.module)")
 
-    check = commands.add_parser("check-config", help="validate a config file and exit")
+    status = commands.add_parser("status", help="show the GPUs and every worker: state, knobs, throughput, p99 against its SLO")
+    _add_admin_arguments(status, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
+    status.add_argument("--watch", type=float, metavar="SECONDS", help="show it again every SECONDS until interrupted")
+
+    knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
+    _add_admin_arguments(knob_set, "a control socket: the daemon's admin.sock (default) or a worker's own")
+    knob_set.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
+    knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
+
+    tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
+    _add_admin_arguments(tune, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    tune.add_argument("--mode", choices=MODE_NAMES, help="auto, recommend (dry run) or frozen")
+    tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
+    tune.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
+
+    restart = commands.add_parser(
+        "restart", help="start one worker afresh: out of a crash loop, or drained and started again; no other is touched"
+    )
+    _add_admin_arguments(restart, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
+    restart.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
+
+    check = commands.add_parser("check-config", help="validate a config file (names the file it checked) and exit")
     check.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
+
+    install = commands.add_parser("install", help="install the systemd unit, the example config and the dashboards")
+    install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
+    install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
 
     worker = commands.add_parser("worker", help="serve a PyTorch model over the v2 inference API (needs the [worker] extra)")
     worker.add_argument(
@@ -84,21 +117,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
-    knob_set = commands.add_parser("set", help="set worker knobs by hand (through the daemon, or a worker's own socket)")
-    _add_admin_arguments(knob_set, "a control socket: the daemon's admin.sock (default) or a worker's own")
-    knob_set.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
-    knob_set.add_argument("assignments", nargs="+", metavar="KNOB=VALUE")
-
-    tune = commands.add_parser("tune", help="change the tuner's mode, or let it tune knobs set by hand again")
-    _add_admin_arguments(tune, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
-    tune.add_argument("--mode", choices=MODE_NAMES, help="auto, recommend (dry run) or frozen")
-    tune.add_argument("--resume", action="store_true", help="tune again the knobs set by hand")
-    tune.add_argument("--worker", metavar="NAME", help="which of the daemon's workers (needed when it runs several)")
-
+    load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
+    load.add_argument(
+        "url",
+        nargs="*",
+        default=["http://127.0.0.1:8000"],
+        help="base URLs (default http://127.0.0.1:8000); several are loaded together, least outstanding requests first",
+    )
+    load.add_argument("--model", help="model name (default: the first in the repository index)")
+    mode = load.add_mutually_exclusive_group()
+    mode.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent clients (default 8)")
+    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    load.add_argument("--requests", type=int, default=1000, help="stop after this many requests (default 1000)")
+    load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
+    load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
+    load.add_argument("--json", action="store_true", help="print the result as JSON")
     sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
     sweep.add_argument("grid", nargs="+", metavar="KNOB=V1,V2,...", help="e.g. max_batch_size=1,4,16 streams=1,2")
     sweep.add_argument("--url", default="http://127.0.0.1:8000", help="the worker's v2 endpoint")
-    sweep.add_argument("--socket", type=Path, required=True, help="the worker's control socket (or the daemon's admin.sock)")
+    _add_admin_arguments(sweep, "a control socket: the daemon's admin.sock (default) or a worker's own")
     sweep.add_argument("--worker", metavar="NAME", help="with the daemon's admin.sock: which of its workers")
     sweep_load = sweep.add_mutually_exclusive_group()
     sweep_load.add_argument("--concurrency", type=int, default=64, help="closed-loop clients (default 64)")
@@ -116,16 +153,6 @@ def _build_parser() -> argparse.ArgumentParser:
     dashboards_build = dashboards_commands.add_parser("build", help="write the dashboards and provisioning files")
     dashboards_build.add_argument("--out", type=Path, default=Path("dashboards"), help="output directory (default dashboards)")
 
-    install = commands.add_parser("install", help="install the systemd unit, the example config and the dashboards")
-    install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
-    install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
-
-    status = commands.add_parser("status", help="show GPUs, the worker, its knobs, throughput and p99")
-    _add_admin_arguments(status, "the daemon's admin socket (default RUNTIME_DIR/admin.sock)")
-    status.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    adapter = commands.add_parser("triton-adapter", help="a Triton model as a gputuned worker (the daemon starts this)")
-    add_adapter_arguments(adapter)
     example = commands.add_parser(
         "triton-example", help="write a Triton model repository serving the built-in model (Python backend, TorchScript)"
     )
@@ -133,21 +160,9 @@ def _build_parser() -> argparse.ArgumentParser:
     example.add_argument("--name", default="resnet-mini", help="the model's name (default resnet-mini)")
     example.add_argument("--max-batch-size", type=int, default=8, help="the config's max_batch_size (default 8)")
 
-    load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
-    load.add_argument(
-        "url",
-        nargs="*",
-        default=["http://127.0.0.1:8000"],
-        help="base URLs (default http://127.0.0.1:8000); several are loaded together, least outstanding requests first",
-    )
-    load.add_argument("--model", help="model name (default: the first in the repository index)")
-    mode = load.add_mutually_exclusive_group()
-    mode.add_argument("--concurrency", type=int, default=8, help="closed loop: concurrent clients (default 8)")
-    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
-    load.add_argument("--requests", type=int, default=1000, help="stop after this many requests (default 1000)")
-    load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
-    load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
-    load.add_argument("--json", action="store_true", help="print the result as JSON")
+    # Internal: the daemon starts it for a worker of kind triton. No help=, so the command list leaves it out.
+    adapter = commands.add_parser("triton-adapter", description="A Triton model as a gputuned worker (the daemon starts this).")
+    add_adapter_arguments(adapter)
     return parser
 
 
@@ -254,18 +269,29 @@ def _set(args: argparse.Namespace, config: Config) -> int:
 
 def _status(args: argparse.Namespace, config: Config) -> int:
     import json
+    import time
 
     from gputuned.control.client import ControlClient, ControlError
     from gputuned.daemon.status import format_status
 
-    try:
-        with ControlClient(_admin_socket(args, config)) as client:
-            report = client.request("status")["status"]
-    except ControlError as exc:
-        print(f"gputuned status: {exc} (is `gputuned run` running?)", file=sys.stderr)
-        return 1
-    print(json.dumps(report, indent=2) if args.json else format_status(report))
-    return 0
+    if args.watch is not None and args.watch <= 0:
+        print("gputuned status: --watch takes a positive number of seconds", file=sys.stderr)
+        return 2
+    while True:
+        try:
+            with ControlClient(_admin_socket(args, config)) as client:
+                report = client.request("status")["status"]
+            shown, code = json.dumps(report, indent=2) if args.json else format_status(report), 0
+        except ControlError as exc:
+            shown, code = f"gputuned status: {exc} (is `gputuned run` running?)", 1
+        if args.watch is None:
+            print(shown, file=sys.stderr if code else sys.stdout)
+            return code
+        print(f"\x1b[H\x1b[2J{time.strftime('%H:%M:%S')}, every {args.watch:g} s (Ctrl-C to stop)\n{shown}", flush=True)
+        try:
+            time.sleep(args.watch)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _install(args: argparse.Namespace) -> int:
@@ -296,24 +322,31 @@ def _dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tune(args: argparse.Namespace, config: Config) -> int:
+def _worker_request(args: argparse.Namespace, config: Config, kind: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """Sends a request about one worker (`args.worker`) to the daemon; its entry of the status
+    report the daemon answers with, or None once the error is printed."""
     from gputuned.control.client import ControlClient, ControlError
     from gputuned.daemon.status import worker_entry
 
-    fields: dict = {"resume": args.resume}
-    if args.mode:
-        fields["mode"] = args.mode
     if args.worker:
-        fields["worker"] = args.worker
+        fields = {**fields, "worker": args.worker}
     try:
         with ControlClient(_admin_socket(args, config)) as client:
-            report = client.request("tune", **fields)["status"]
-        entry = worker_entry(report, args.worker)
+            report = client.request(kind, **fields)["status"]
+        return worker_entry(report, args.worker)
     except ControlError as exc:
-        print(f"gputuned tune: {exc}", file=sys.stderr)
-        return 1
+        print(f"gputuned {kind}: {exc}", file=sys.stderr)
     except KeyError as exc:
-        print(f"gputuned tune: {exc.args[0]}", file=sys.stderr)
+        print(f"gputuned {kind}: {exc.args[0]}", file=sys.stderr)
+    return None
+
+
+def _tune(args: argparse.Namespace, config: Config) -> int:
+    fields: dict[str, Any] = {"resume": args.resume}
+    if args.mode:
+        fields["mode"] = args.mode
+    entry = _worker_request(args, config, "tune", fields)
+    if entry is None:
         return 1
     tuner = entry["tuner"]
     frozen = ", ".join(tuner["frozen_knobs"]) or "none"
@@ -321,12 +354,21 @@ def _tune(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _sweep(args: argparse.Namespace) -> int:
+def _restart(args: argparse.Namespace, config: Config) -> int:
+    entry = _worker_request(args, config, "restart", {})
+    if entry is None:
+        return 1
+    print(f"{entry['name']}: {entry['message']}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace, config: Config) -> int:
     from gputuned.sweep import main as sweep_main
 
     if args.window <= 0 or args.repeats < 1 or args.warmup < 0:
         print("gputuned sweep: --window and --repeats must be positive, --warmup not negative", file=sys.stderr)
         return 2
+    args.socket = _admin_socket(args, config)
     return sweep_main(args)
 
 
@@ -356,6 +398,36 @@ def _load(args: argparse.Namespace) -> int:
     return load_main(plan, args.json)
 
 
+def _configured(args: argparse.Namespace) -> Config:
+    """The config file (or the defaults) with the command line's overrides; raises ConfigError."""
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "metrics_listen", None):
+        overrides["metrics"] = {"listen": args.metrics_listen}
+    if getattr(args, "log_level", None):
+        overrides["log"] = {"level": args.log_level}
+    if getattr(args, "nvml_module", None):
+        overrides["nvml"] = {"module": args.nvml_module}
+    paths = {key: str(getattr(args, key)) for key in ("runtime_dir", "state_dir") if getattr(args, key, None)}
+    if paths:
+        overrides["paths"] = paths
+    return with_overrides(config, **overrides)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = args.config or DEFAULT_CONFIG_PATH
+    if not path.exists():
+        print(f"gputuned check-config: no config file at {path} (give one with --config FILE)", file=sys.stderr)
+        return 2
+    try:
+        _configured(args)
+    except ConfigError as exc:
+        print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: configuration is valid")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     standalone = {
@@ -364,35 +436,18 @@ def main(argv: list[str] | None = None) -> int:
         "triton-example": _triton_example,
         "load": _load,
         "install": _install,
-        "sweep": _sweep,
         "dashboards": _dashboards,
+        "check-config": _check_config,
     }
     if args.command in standalone:
         return standalone[args.command](args)
     try:
-        config = load_config(args.config)
-        overrides = {}
-        if getattr(args, "metrics_listen", None):
-            overrides["metrics"] = {"listen": args.metrics_listen}
-        if getattr(args, "log_level", None):
-            overrides["log"] = {"level": args.log_level}
-        if getattr(args, "nvml_module", None):
-            overrides["nvml"] = {"module": args.nvml_module}
-        paths = {key: str(getattr(args, key)) for key in ("runtime_dir", "state_dir") if getattr(args, key, None)}
-        if paths:
-            overrides["paths"] = paths
-        config = with_overrides(config, **overrides)
+        config = _configured(args)
     except ConfigError as exc:
         print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        print("configuration is valid")
-        return 0
-    if args.command == "set":
-        return _set(args, config)
-    if args.command == "status":
-        return _status(args, config)
-    if args.command == "tune":
-        return _tune(args, config)
+    clients = {"set": _set, "status": _status, "tune": _tune, "restart": _restart, "sweep": _sweep}
+    if args.command in clients:
+        return clients[args.command](args, config)
     _configure_logging(config.log.level)
     return _run(args, config)

@@ -17,6 +17,8 @@ the receiver can answer with a nack and carry on. Version 1 messages:
                              status holds its current "knobs" (the daemon re-reads them after a nack)
     tune   client -> daemon  {"seq": n, "mode": "auto|recommend|frozen", "resume": true, "worker": name};
                              answered with a status
+    restart client -> daemon {"seq": n, "worker": name}: start that worker afresh (out of a crash
+                             loop, or drained and started again); answered with a status
     ping / pong  either      {"seq": n}
 """
 
@@ -38,6 +40,7 @@ _SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "stats": ({"t": _NUMBER, "stats": dict}, {}),
     "status": ({"seq": int}, {"status": dict}),
     "tune": ({"seq": int}, {"mode": str, "resume": bool, "worker": str}),
+    "restart": ({"seq": int}, {"worker": str}),
     "ping": ({"seq": int}, {}),
     "pong": ({"seq": int}, {}),
 }

@@ -8,9 +8,10 @@ answers:
 - `status` with the report of `gputuned/daemon/status.py`, built from snapshots only, in
   the socket's own event loop: it never waits on a worker;
 - `set`, forwarded to the worker (recorded as accepted and frozen for the tuner until
-  `tune --resume`), and `tune`, which changes the tuner's mode. Both run in a thread of
-  their own, so a worker that is slow to acknowledge holds up that one request and no
-  other client of the socket.
+  `tune --resume`), `tune`, which changes the tuner's mode, and `restart`, which starts one
+  worker afresh (out of a crash loop, or drained and started again) and touches no other.
+  They run in a thread of their own, so a worker that is slow to acknowledge holds up that
+  one request and no other client of the socket.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class AdminHandler(Protocol):
 
     def tune(self, mode: str | None, resume: bool, worker: str | None) -> dict[str, Any]:
         """Changes a worker's tuner mode and/or unfreezes its hand-set knobs; returns the status report."""
+        ...
+
+    def restart(self, worker: str | None) -> dict[str, Any]:
+        """Starts a worker afresh (None: the only one); returns the status report."""
         ...
 
 
@@ -87,6 +92,9 @@ class AdminServer(LineServer):
                 report = await asyncio.to_thread(
                     self._handler.tune, request.get("mode"), request.get("resume", False), request.get("worker")
                 )
+                return message("status", seq=seq, status=report)
+            if kind == "restart":
+                report = await asyncio.to_thread(self._handler.restart, request.get("worker"))
                 return message("status", seq=seq, status=report)
         except (KnobError, ControlError) as exc:
             return nack(str(exc), seq)

@@ -22,6 +22,7 @@ TRITON_RELOAD_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class WorkerLaunch:
+    name: str  # the worker's name in the config, for messages that tell the operator what to do
     command: Callable[[], list[str]]  # built at each start: the last accepted knobs go along
     control_socket: Path
     ready_url: str | None  # the built-in worker's HTTP readiness; None: ready once connected
@@ -103,6 +104,7 @@ def worker_launch(
     config = worker()
     probe = f"{base_url(config.listen)}/v2/models/{config.model}/ready" if config.kind == "triton" else ready_url(config.listen)
     return WorkerLaunch(
+        name=config.name,
         command=command,
         control_socket=control_socket,
         ready_url=None if config.command else probe,

@@ -65,6 +65,14 @@ class RestartPlan:
             return None
         return self._policy.delay(self._consecutive_exits, self._rng)
 
-    def crash_loop_message(self, code: int) -> str:
+    def forget(self) -> None:
+        """An operator restarted the worker: earlier exits no longer count towards a crash loop."""
+        self._consecutive_exits = 0
+        self._crash_loop = CrashLoopDetector(self._policy.crash_loop_exits, self._policy.crash_loop_window)
+
+    def crash_loop_message(self, code: int, worker: str) -> str:
         p = self._policy
-        return f"crash loop: {p.crash_loop_exits} exits within {p.crash_loop_window:g} s; not restarting (last exit code {code})"
+        return (
+            f"crash loop: {p.crash_loop_exits} exits within {p.crash_loop_window:g} s; not restarting (last exit code "
+            f"{code}); once the cause is fixed, `gputuned restart --worker {worker}` starts it again"
+        )

@@ -216,6 +216,12 @@ class Daemon:
         self._slot(worker).tune(mode, resume)
         return self.status_report()
 
+    def restart(self, worker: str | None = None) -> dict[str, Any]:
+        slot = self._slot(worker)
+        log.warning("restarting worker %s on request", slot.name)
+        slot.supervisor.restart()
+        return self.status_report()
+
     def status_report(self) -> dict[str, Any]:
         """From snapshots only: answering never waits on a worker."""
         host, port = self.metrics_address

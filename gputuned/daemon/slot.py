@@ -100,7 +100,12 @@ class WorkerSlot:
 
     def snapshot(self) -> WorkerSnapshot:
         return WorkerSnapshot(
-            self.name, self.supervisor.status(), self.tuning.recent(), self.tuning.guard.view(), self.state_error()
+            self.name,
+            self.supervisor.status(),
+            self.tuning.recent(),
+            self.tuning.guard.view(),
+            self.state_error(),
+            self.slo_seconds(),
         )
 
     @property

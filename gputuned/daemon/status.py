@@ -52,6 +52,7 @@ class WorkerSnapshot:
     performance: Any  # a Measurement over the recent seconds, None when unknown
     tuner: Any  # the guard's GuardView
     state_error: str | None  # why its state files cannot be written
+    slo_seconds: float | None = None  # the p99 objective the tuner holds it to
 
 
 def _offnode_ratio(store: SampleStore, name: str) -> float | None:
@@ -116,6 +117,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "trial_active": tuner.trial_active,
             "frozen_knobs": tuner.frozen_knobs,
             "ceilings": tuner.ceilings,
+            "slo_p99_seconds": worker.slo_seconds,
         },
         "decisions": [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]],
         "state_error": worker.state_error,
@@ -189,10 +191,28 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _performance_line(performance: dict[str, Any]) -> str:
+def duration(seconds: float | None) -> str:
+    """Seconds as people read an uptime: 45s, 12m 05s, 3h 20m, 2d 04h."""
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _performance_line(performance: dict[str, Any], slo_seconds: float | None) -> str:
+    objective = f" (SLO {_fmt(slo_seconds, ' ms', 1000, 0)})" if slo_seconds is not None else ""
     return (
         f"throughput {performance['throughput_per_second']:.1f} req/s, goodput {performance['goodput_per_second']:.1f}/s, "
-        f"p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}, "
+        f"p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}{objective}, "
         f"{performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected "
         f"(last {performance['window_seconds']:.0f} s)"
     )
@@ -200,7 +220,7 @@ def _performance_line(performance: dict[str, Any]) -> str:
 
 def format_status(report: dict[str, Any]) -> str:
     daemon = report["daemon"]
-    lines = [f"gputuned {daemon['version']}, up {_fmt(daemon['uptime_seconds'], ' s', digits=0)}, metrics at {daemon['metrics']}"]
+    lines = [f"gputuned {daemon['version']}, up {duration(daemon['uptime_seconds'])}, metrics at {daemon['metrics']}"]
     failing = [name for name, ok in report["collectors"].items() if not ok]
     if failing:
         lines.append(f"collectors failing: {', '.join(failing)} (see the log and gputuned_collector_success)")
@@ -238,7 +258,7 @@ def format_status(report: dict[str, Any]) -> str:
                 str(w["pid"] or "-"),
                 w["model"] or "-",
                 w["device"] or "-",
-                _fmt(w["uptime_seconds"], " s", digits=0),
+                duration(w["uptime_seconds"]),
                 str(w["restarts"]),
                 where,
                 _fmt(w["offnode_ratio"], "%", 100, 1),
@@ -257,7 +277,7 @@ def format_status(report: dict[str, Any]) -> str:
         if w["state_error"]:
             lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
         if w["performance"] is not None:
-            lines.append(f"  {_performance_line(w['performance'])}")
+            lines.append(f"  {_performance_line(w['performance'], w['tuner'].get('slo_p99_seconds'))}")
     knob_names = sorted({name for w in workers for name in w["knobs"]})
     if knob_names:
         lines.append("")

@@ -7,6 +7,8 @@ It runs one thread that owns the worker process and the control connection:
                the connection is retried every PROTOCOL_RETRY_SECONDS)
     STARTING/READY/PROTOCOL_ERROR --exit--> BACKOFF --delay--> STARTING
     BACKOFF --too many exits in the window--> CRASH_LOOP (no more restarts; daemon stays up)
+    any running state or CRASH_LOOP --restart()--> drained (SIGTERM) --> STARTING, the crash
+               loop's count forgotten (`gputuned restart --worker NAME`)
     READY --no pong / no message within the ping timeout--> killed (SIGKILL) --exit--> BACKOFF
     any --stop()--> STOPPING (SIGTERM: the worker drains) --exit or drain timeout (SIGKILL)--> STOPPED
 
@@ -118,6 +120,7 @@ class Supervisor:
         self._last_message = 0.0
         self._unanswered: str | None = None  # why the worker is hung, when a set found it so (under _io)
         self._last_ping = 0.0
+        self._restart_requested = False  # under _lock: restart() asks, the supervisor thread does it
         self._protocol_complaint = ""
         self._stop = threading.Event()
         self._ready_event = threading.Event()
@@ -183,6 +186,14 @@ class Supervisor:
             self._on_applied(hello, applied)
         return applied
 
+    def restart(self) -> None:
+        """Asks for the worker to be started afresh: a running one is drained first, and exits
+        before it no longer count towards a crash loop. Done by the supervisor's thread at its
+        next step; `status()` shows it."""
+        with self._lock:
+            self._restart_requested = True
+            self._message = "restarting on request"
+
     def stop(self) -> int | None:
         """Drains the worker (SIGTERM, then SIGKILL after the drain timeout); returns its exit code."""
         self._stop.set()
@@ -192,15 +203,7 @@ class Supervisor:
             process = self._process
             self._state = WorkerState.STOPPING
             self._message = "draining"
-        self._close_client()
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self._policy.drain_timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("worker %d did not drain within %.0f s; killing it", process.pid, self._policy.drain_timeout)
-                process.kill()
-                process.wait()
+        self._drain(process)
         with self._lock:
             self._state = WorkerState.STOPPED
             self._message = "stopped"
@@ -225,7 +228,10 @@ class Supervisor:
     def _step(self) -> None:
         now = time.monotonic()
         with self._lock:
-            process, state = self._process, self._state
+            process, state, restart = self._process, self._state, self._restart_requested
+        if restart:
+            self._restart_now(process)
+            return
         if state is WorkerState.CRASH_LOOP:
             self._stop.wait(0.5)
             return
@@ -246,6 +252,34 @@ class Supervisor:
             self._try_connect(now, state)
         else:
             self._watch(now, state)
+
+    def _drain(self, process: subprocess.Popen[bytes] | AdoptedProcess | None) -> None:
+        """Closes the control connection, then SIGTERM (the worker drains), SIGKILL after the drain timeout."""
+        self._close_client()
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=self._policy.drain_timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not drain within %.0f s; killing it", process.pid, self._policy.drain_timeout)
+            process.kill()
+            process.wait()
+
+    def _restart_now(self, process: subprocess.Popen[bytes] | AdoptedProcess | None) -> None:
+        if process is not None:
+            log.info("restarting worker pid %d on request: draining it", process.pid)
+        self._drain(process)
+        self._restart_plan.forget()
+        with self._lock:
+            self._restart_requested = False
+            if process is not None:
+                self._last_exit_code = process.poll()
+                self._restarts += 1
+            self._process, self._pid = None, None
+            self._state, self._message = WorkerState.BACKOFF, "restarting on request"
+            self._next_start = time.monotonic()
+        self._ready_event.clear()
 
     def _spawn(self) -> None:
         launch = self._launch
@@ -306,7 +340,7 @@ class Supervisor:
             delay = self._restart_plan.on_exit(now, started_at)
             if delay is None:
                 self._state = WorkerState.CRASH_LOOP
-                self._message = self._restart_plan.crash_loop_message(code)
+                self._message = self._restart_plan.crash_loop_message(code, self._launch.name)
             else:
                 self._next_start = now + delay
                 self._state = WorkerState.BACKOFF

@@ -218,6 +218,47 @@ def test_a_crash_loop_stops_the_restarts_and_the_daemon_stays_up(tmp_path):
     assert "crash loop" in (tmp_path / "daemon.log").read_text()
 
 
+AGENT_WORKER = Path(__file__).parent / "agent_worker.py"
+
+
+def test_restart_brings_one_worker_out_of_a_crash_loop_and_replaces_another_touching_no_other(tmp_path):
+    marker = tmp_path / "broken"  # while it exists, the worker exits at once
+    marker.touch()
+    agent = f"{sys.executable} {AGENT_WORKER} --socket {{control_socket}}"
+    flaky = ["sh", "-c", f"test -e {marker} && exit 3; exec {agent}"]
+    steady = [sys.executable, str(AGENT_WORKER), "--socket", "{control_socket}"]
+    workers = [
+        {"name": "flaky", "listen": f"127.0.0.1:{free_port()}", "command": flaky, "crash_loop_exits": 3},
+        {"name": "steady", "listen": f"127.0.0.1:{free_port()}", "command": steady},
+        {"name": "bystander", "listen": f"127.0.0.1:{free_port()}", "command": steady},
+    ]
+    with running_supervising_daemon(tmp_path, wait_ready=False, workers=workers) as (process, _m, _w, admin):
+        looping = wait_for(lambda: (s := worker_status(admin, "flaky"))["state"] == "crash_loop" and s, 30, "the crash loop")
+        ready = {
+            name: wait_for(lambda n=name: (s := worker_status(admin, n))["state"] == "ready" and s, 30, name)
+            for name in ("steady", "bystander")
+        }
+        marker.unlink()
+        restarted = run_cli("restart", "--socket", str(admin), "--worker", "flaky")
+        back = wait_for(lambda: (s := worker_status(admin, "flaky"))["state"] == "ready" and s, 30, "flaky to serve again")
+        replaced = run_cli("restart", "--socket", str(admin), "--worker", "steady")
+        new_steady = wait_for(
+            lambda: (s := worker_status(admin, "steady"))["state"] == "ready" and s["pid"] != ready["steady"]["pid"] and s,
+            30,
+            "steady to be replaced",
+        )
+        unknown = run_cli("restart", "--socket", str(admin), "--worker", "nope")
+        bystander = worker_status(admin, "bystander")
+        assert process.poll() is None
+    assert "`gputuned restart --worker flaky`" in looping["message"]
+    assert restarted.returncode == 0 and restarted.stdout.startswith("flaky: "), restarted.stderr
+    assert back["pid"] is not None
+    assert replaced.returncode == 0 and new_steady["restarts"] == ready["steady"]["restarts"] + 1
+    assert unknown.returncode == 1 and "no worker named 'nope'" in unknown.stderr
+    assert bystander["pid"] == ready["bystander"]["pid"] and bystander["restarts"] == ready["bystander"]["restarts"]
+    assert "restarting worker flaky on request" in (tmp_path / "daemon.log").read_text()
+
+
 def test_sigterm_under_load_drains_without_failing_accepted_requests(tmp_path):
     with running_supervising_daemon(tmp_path) as (process, _metrics, worker, _admin):
         thread, box = load_in_background(LoadPlan(url=worker, concurrency=8, requests=10**6, duration=8))

@@ -19,7 +19,7 @@ from gputuned.daemon.launch import builtin_worker_command
 from gputuned.daemon.placement import Placement, choose_placement
 from gputuned.daemon.restarts import RestartPlan, RestartPolicy
 from gputuned.daemon.sdnotify import status_due, watchdog_due
-from gputuned.daemon.status import WorkerSnapshot, build_status, format_status, status_line, worker_entry
+from gputuned.daemon.status import WorkerSnapshot, build_status, duration, format_status, status_line, worker_entry
 from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.knobs import KnobError
 from gputuned.performance import Measurement
@@ -53,7 +53,10 @@ def test_crash_loop_after_n_exits_within_the_window_only():
     assert plan.on_exit(20.0, 19.0) is not None  # the first exit fell out of the window
     assert plan.on_exit(21.0, 20.5) is not None
     assert plan.on_exit(22.0, 21.5) is None  # three within 10 s
-    assert "3 exits within 10 s" in plan.crash_loop_message(1)
+    assert "3 exits within 10 s" in plan.crash_loop_message(1, "gpu0")
+    assert "`gputuned restart --worker gpu0`" in plan.crash_loop_message(1, "gpu0")
+    plan.forget()
+    assert plan.on_exit(100.0, None) is not None  # the earlier exits no longer count
 
 
 # --- placement --------------------------------------------------------------------------------
@@ -245,7 +248,7 @@ def test_the_status_report_and_its_tables():
     idle = WorkerStatus(WorkerState.READY, 77, 0, None, 150.0, None, {"streams": 1, "pool_mb": 0}, None, None, None, "")
     later = Decision(1_800_000_100.0, "pool_mb", "apply", 0, 16, "a pool")
     workers = [
-        WorkerSnapshot("gpu0", worker, performance, view, None),
+        WorkerSnapshot("gpu0", worker, performance, view, None, 0.1),
         WorkerSnapshot("gpu1", idle, None, GuardView("frozen", "settled", False, [], [later], {}), "disk full"),
     ]
     report = build_status(SampleStore(2), workers, 160.0, 40.0, "http://127.0.0.1:9842/metrics")
@@ -260,12 +263,15 @@ def test_the_status_report_and_its_tables():
     with pytest.raises(KeyError, match=r"runs without a worker \(--no-worker\)"):
         worker_entry({"workers": []})
     text = format_status(report)
-    assert "gputuned " in text and "up 120 s" in text and "GPUs: none visible through NVML" in text
+    assert "gputuned " in text and "up 2m 00s" in text and "GPUs: none visible through NVML" in text
     assert "gpu0    protocol_error  4242" in text and "node 1 (CPUs 4-5)" in text
     assert "gpu1    ready           77" in text
     assert "gpu0: tuner auto (settled), frozen by hand: pool_mb" in text
     assert "  protocol error: hello: knob 'streams' has no 'max'" in text
-    assert "throughput 118.0 req/s, goodput 117.0/s, p50 11.0 ms, p99 42.3 ms, 3 failed, 5 refused, 40 rejected" in text
+    assert (
+        "throughput 118.0 req/s, goodput 117.0/s, p50 11.0 ms, p99 42.3 ms (SLO 100 ms), 3 failed, 5 refused, 40 rejected" in text
+    )
+    assert first["tuner"]["slo_p99_seconds"] == 0.1 and worker_entry(report, "gpu1")["tuner"]["slo_p99_seconds"] is None
     assert "  state not saved (disk full)" in text
     assert "KNOB     GPU0  GPU1\npool_mb  -     0\nstreams  2     1" in text
     assert text.index("gpu0 keep      streams 1 -> 2") < text.index("gpu1 apply     pool_mb 0 -> 16")
@@ -280,3 +286,11 @@ def test_the_worker_command_carries_its_gpu_memory_cap_and_saved_knobs():
     assert capped[capped.index("--gpu-memory-fraction") + 1] == "0.25"
     assert capped[-2:] == ["--saved-knob", "streams=2"]
     assert "--gpu-memory-fraction" not in builtin_worker_command(WorkerConfig(), Path("/run/w.sock"), {})
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(None, "-"), (0.4, "0s"), (45, "45s"), (725, "12m 05s"), (12_000, "3h 20m"), (187_200, "2d 04h")],
+)
+def test_durations_read_as_people_write_them(seconds, shown):
+    assert duration(seconds) == shown
