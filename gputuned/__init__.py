@@ -1,3 +1,3 @@
 """gputuned: monitors GPUs, PCIe and NUMA, exports Prometheus metrics, and tunes an inference worker."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -420,11 +420,17 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"gputuned check-config: no config file at {path} (give one with --config FILE)", file=sys.stderr)
         return 2
     try:
-        _configured(args)
+        config = _configured(args)
     except ConfigError as exc:
         print(f"gputuned: invalid configuration: {exc}", file=sys.stderr)
         return 2
     print(f"{path}: configuration is valid")
+    if config.first_worker is None:
+        print(
+            "note: it names no worker, so gputuned monitors only and changes nothing. A config written for "
+            "gputuned 0.1, which ran the built-in demo worker when [worker] was left out, needs a [worker] table "
+            "now to keep doing so (docs/upgrading.md)."
+        )
     return 0
 
 

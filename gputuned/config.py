@@ -175,6 +175,13 @@ class WorkerConfig:
     triton_args: list = field(default_factory=list)  # more tritonserver arguments
     triton_metrics_url: str = ""  # default: `listen`'s host, its port + 2, /metrics (Triton's default layout)
     triton_access_token_file: str = ""  # holds the token of a restricted repository API
+    # The tuner's mode for this worker; unset: [tuning]'s, else by who runs the server (`tuner_mode`).
+    mode: str = _choice("", *MODE_NAMES)
+
+    @property
+    def attached(self) -> bool:
+        """A server the operator already runs (a Triton gputuned did not start), not one gputuned starts."""
+        return self.kind == "triton" and not self.triton_server
 
     def __post_init__(self) -> None:
         _check_name(self.name)
@@ -215,7 +222,7 @@ def _check_triton(worker: WorkerConfig) -> None:
 class TuningConfig:
     """The autotuning loop: what it optimises and how carefully it changes things."""
 
-    mode: str = _choice("auto", *MODE_NAMES)
+    mode: str = _choice("", *MODE_NAMES)  # every worker's that sets none of its own; unset: see tuner_mode
     slo_p99_ms: float = _bounded(100.0, 0.1, 600_000.0)
     interval_seconds: float = _bounded(0.5, 0.1, 60.0)
     baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
@@ -245,27 +252,34 @@ class Config:
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     nvml: NvmlConfig = field(default_factory=NvmlConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    # One worker ([worker], named "worker"), several named ones ([[workers]]), or one per
+    # visible GPU ([workers_per_gpu]). None of them: gputuned monitors and changes nothing.
+    worker: WorkerConfig | None = None
     tuning: TuningConfig = field(default_factory=TuningConfig)
     log: LogConfig = field(default_factory=LogConfig)
-    # Several named workers ([[workers]]), or one per visible GPU ([workers_per_gpu]); without
-    # either, [worker] is the one worker, named "worker".
     workers: tuple[WorkerConfig, ...] = ()
     workers_per_gpu: WorkerConfig | None = None
 
     @property
-    def first_worker(self) -> WorkerConfig:
+    def first_worker(self) -> WorkerConfig | None:
         """The first worker's definition, known before the GPUs are counted: the first of
-        [[workers]], the [workers_per_gpu] template, or [worker]."""
+        [[workers]], the [workers_per_gpu] template, or [worker]; None without any."""
         return self.workers[0] if self.workers else self.workers_per_gpu or self.worker
 
     def worker_definitions(self, gpu_count: int) -> tuple[WorkerConfig, ...]:
-        """The workers to supervise on a host with `gpu_count` GPUs."""
+        """The workers to supervise on a host with `gpu_count` GPUs; none unless the config names some."""
         if self.workers:
             return self.workers
         if self.workers_per_gpu is not None:
             return expand_per_gpu(self.workers_per_gpu, gpu_count)
-        return (self.worker,)
+        return () if self.worker is None else (self.worker,)
+
+
+def tuner_mode(worker: WorkerConfig, tuning: TuningConfig) -> str:
+    """The mode a worker's tuner starts in: the worker's own, else [tuning]'s, else by who runs
+    the server: auto for one gputuned starts, recommend (changes nothing, says what it would
+    do) for one the operator already runs."""
+    return worker.mode or tuning.mode or ("recommend" if worker.attached else "auto")
 
 
 def expand_per_gpu(template: WorkerConfig, gpu_count: int) -> tuple[WorkerConfig, ...]:
@@ -347,7 +361,7 @@ def _build(cls: Any, table: Any, prefix: str) -> Any:
 
 
 def _build_workers(data: dict[str, Any]) -> dict[str, Any]:
-    """[[workers]] and [workers_per_gpu], which the generic builder does not cover."""
+    """[worker], [[workers]] and [workers_per_gpu], which the generic builder does not cover."""
     built: dict[str, Any] = {}
     given = [section for section in ("worker", "workers", "workers_per_gpu") if section in data]
     if len(given) > 1:
@@ -366,6 +380,8 @@ def _build_workers(data: dict[str, Any]) -> dict[str, Any]:
             workers.append(_build(WorkerConfig, table, f"{label}."))
         built["workers"] = tuple(workers)
         check_distinct(built["workers"], "workers")
+    if "worker" in data:
+        built["worker"] = _build(WorkerConfig, data["worker"], "worker.")
     template = data.get("workers_per_gpu")
     if template is not None:
         if isinstance(template, dict) and ("name" in template or "device" in template):
@@ -376,7 +392,7 @@ def _build_workers(data: dict[str, Any]) -> dict[str, Any]:
 
 def config_from_mapping(data: dict[str, Any]) -> Config:
     """Validates an already-parsed TOML document."""
-    sections = {key: value for key, value in data.items() if key not in ("workers", "workers_per_gpu")}
+    sections = {key: value for key, value in data.items() if key not in ("worker", "workers", "workers_per_gpu")}
     return dataclasses.replace(_build(Config, sections, ""), **_build_workers(data))
 
 

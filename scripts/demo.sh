@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 mkdir -p .demo
-.venv/bin/gputuned run --config systemd/gputuned.toml --runtime-dir .demo/run --state-dir .demo/state "$@" &
+.venv/bin/gputuned run --config scripts/demo.toml --runtime-dir .demo/run --state-dir .demo/state "$@" &
 daemon=$!
 trap 'kill -TERM "$daemon" 2>/dev/null; wait "$daemon"' EXIT
 

@@ -166,9 +166,10 @@ class Daemon:
 
     def _group(self) -> int | None:
         """The group let onto the admin socket: the first worker's `control_group`."""
-        name = self._config.first_worker.control_group
-        if not name:
+        first = self._config.first_worker
+        if first is None or not first.control_group:
             return None
+        name = first.control_group
         try:
             return grp.getgrnam(name).gr_gid
         except KeyError:

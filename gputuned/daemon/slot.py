@@ -8,10 +8,11 @@ no I/O; `start` reads the saved knobs and starts the supervisor thread.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
-from gputuned.config import TuningConfig, WorkerConfig
+from gputuned.config import TuningConfig, WorkerConfig, tuner_mode
 from gputuned.control.client import ControlError
 from gputuned.daemon.decisions import DecisionLog
 from gputuned.daemon.history import StatsHistory
@@ -52,6 +53,11 @@ def restart_policy(worker: WorkerConfig) -> RestartPolicy:
     )
 
 
+def _with_mode(tuning: TuningConfig, worker: WorkerConfig) -> TuningConfig:
+    """[tuning] as this worker's tuner takes it: with the mode it starts in (config.tuner_mode)."""
+    return dataclasses.replace(tuning, mode=tuner_mode(worker, tuning))
+
+
 class WorkerSlot:
     def __init__(self, plan: SlotPlan, worker: WorkerConfig, tuning: TuningConfig, store: SampleStore, turns: TrialTurns) -> None:
         """`turns` are the trial turns this worker shares with its neighbours on the host."""
@@ -67,7 +73,7 @@ class WorkerSlot:
             launch, restart_policy(worker), plan.placement, self.history, self._knobs_for_hello, self._record_applied
         )
         self.tuning = TuningLoop(
-            tuning,
+            _with_mode(tuning, worker),
             self.supervisor,
             self.history.between,
             self._device_signals,
@@ -91,7 +97,7 @@ class WorkerSlot:
         if worker != self._worker_config:
             log.info("reload: worker %s's settings take effect at its next start", self.name)
         self._worker_config = worker
-        self.tuning.reconfigure(tuning)
+        self.tuning.reconfigure(_with_mode(tuning, worker))
 
     # --- what others read (snapshots, never a wait on the worker) -----------------------------
 

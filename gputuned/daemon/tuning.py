@@ -83,7 +83,8 @@ class TuningLoop:
         wall_clock: Callable[[], float] = time.time,
         turn: TrialTurn | None = None,
     ) -> None:
-        """`worker` is the Supervisor (status() and set_knobs()); `on_kept()` persists the
+        """`tuning` is [tuning] as this worker takes it, its `mode` the one the worker's tuner
+        starts in (config.tuner_mode); `worker` is the Supervisor (status() and set_knobs()); `on_kept()` persists the
         worker's knobs after a kept change; `record(decision)` writes the decision log; `turn`
         is the worker's place in its neighbours' trial turns."""
         self._worker = worker

@@ -160,7 +160,9 @@ def test_attached_to_a_restricted_triton_it_tunes_with_the_token_and_survives_it
         worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "ping_timeout_seconds": 10.0}
         no_token = tmp_path / "no-token"
         no_token.mkdir()
-        with running_supervising_daemon(no_token, worker_port=port, tuning={"mode": "frozen"}, **worker) as (_, _, _, admin):
+        # No mode in the config: a server the operator runs is tuned in recommend mode, changing nothing.
+        with running_supervising_daemon(no_token, worker_port=port, **worker) as (_, _, _, admin):
+            assert worker_status(admin)["tuner"]["mode"] == "recommend"
             refused = run_cli("set", "--socket", str(admin), "max_batch_size=4")
             assert refused.returncode == 1
             assert "restricted" in refused.stderr and "triton_access_token_file" in refused.stderr, refused.stderr

@@ -25,7 +25,11 @@ def test_the_help_lists_operator_commands_first_and_hides_the_internal_ones(caps
 
 def test_check_config_names_the_file_it_checked_and_fails_on_a_missing_one(tmp_path, capsys):
     assert main(["check-config", "--config", str(EXAMPLE)]) == 0
-    assert capsys.readouterr().out.strip() == f"{EXAMPLE}: configuration is valid"
+    checked = capsys.readouterr().out.splitlines()
+    assert checked[0] == f"{EXAMPLE}: configuration is valid"
+    assert checked[1].startswith("note: it names no worker, so gputuned monitors only and changes nothing")
+    assert main(["check-config", "--config", str(EXAMPLE.parents[1] / "scripts" / "demo.toml")]) == 0
+    assert "note:" not in capsys.readouterr().out
     missing = tmp_path / "nowhere.toml"
     assert main(["check-config", "--config", str(missing)]) == 2
     assert f"no config file at {missing}" in capsys.readouterr().err

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from gputuned.config import Config, ConfigError, load_config, parse_listen_address, with_overrides
+from gputuned.config import (
+    Config,
+    ConfigError,
+    TuningConfig,
+    WorkerConfig,
+    config_from_mapping,
+    load_config,
+    parse_listen_address,
+    tuner_mode,
+    with_overrides,
+)
 
 REPO_ROOT = Path(__file__).parent.parent.parent
 
@@ -83,6 +93,24 @@ def test_metrics_and_the_inference_api_bind_to_loopback_unless_told_otherwise():
 
     config = Config()
     assert parse_listen_address(config.metrics.listen)[0] == "127.0.0.1"
-    assert parse_listen_address(config.worker.listen)[0] == "127.0.0.1"
+    assert parse_listen_address(WorkerConfig().listen)[0] == "127.0.0.1"
     worker = _build_parser().parse_args(["worker"])
     assert parse_listen_address(worker.listen)[0] == "127.0.0.1"
+
+
+def test_a_fresh_config_names_no_worker_and_so_changes_nothing():
+    assert Config().worker_definitions(gpu_count=8) == () and Config().first_worker is None
+    assert load_config(REPO_ROOT / "systemd" / "gputuned.toml").worker_definitions(8) == ()
+    (demo,) = load_config(REPO_ROOT / "scripts" / "demo.toml").worker_definitions(0)
+    assert demo.model == "resnet-mini" and tuner_mode(demo, TuningConfig()) == "auto"
+
+
+def test_a_server_the_operator_runs_is_tuned_in_recommend_mode_unless_the_config_says_otherwise():
+    started, attached = WorkerConfig(), WorkerConfig(kind="triton", model="m")
+    assert attached.attached and not started.attached
+    assert tuner_mode(started, TuningConfig()) == "auto"
+    assert tuner_mode(attached, TuningConfig()) == "recommend"
+    assert tuner_mode(attached, TuningConfig(mode="auto")) == "auto"  # [tuning] for every worker without its own
+    assert tuner_mode(WorkerConfig(kind="triton", model="m", mode="frozen"), TuningConfig(mode="auto")) == "frozen"
+    with pytest.raises(ConfigError, match=r"worker\.mode: 'sometimes' is not allowed; allowed values: auto, recommend, frozen"):
+        config_from_mapping({"worker": {"mode": "sometimes"}})

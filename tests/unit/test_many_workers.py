@@ -40,7 +40,7 @@ def test_the_single_worker_table_is_one_worker_named_worker():
     config = parse('[worker]\nmodel = "resnet-mini"\n')
     (worker,) = config.worker_definitions(gpu_count=8)
     assert worker.name == "worker" and worker.model == "resnet-mini"
-    assert Config().worker_definitions(0) == (Config().worker,)
+    assert Config().worker_definitions(0) == ()  # a config that names no worker monitors only
 
 
 def test_named_workers_with_their_own_cpus():
@@ -113,7 +113,7 @@ def test_explicit_cpus_split_a_host_and_the_single_worker_keeps_its_files(tmp_pa
     first, second = plan_slots(workers, tmp_path, tmp_path / "state", 0, {}, nodes)
     assert first.placement is not None and first.placement.cpus == (0,) and first.placement.node == 0
     assert second.placement is not None and second.placement.cpus == (30, 31) and second.placement.node == 1
-    (single,) = plan_slots(Config().worker_definitions(0), tmp_path, tmp_path / "state", 0, {}, nodes)
+    (single,) = plan_slots(parse("[worker]\n").worker_definitions(0), tmp_path, tmp_path / "state", 0, {}, nodes)
     assert single.control_socket == tmp_path / "worker.sock" and single.state_dir == tmp_path / "state"
     with pytest.raises(ConfigError, match="worker other: cpus: CPUs 500 are not online"):
         plan_slots(

@@ -97,7 +97,14 @@ def run_loop(seconds: float, tuning: TuningConfig | None = None, jump_after_appl
             worker.rejected_per_second = flood  # malformed requests flood in during the trial
 
     loop = TuningLoop(
-        tuning or TuningConfig(), worker, history.between, lambda start, end: (0.5, None), lambda: None, record, clock, wall
+        tuning or TuningConfig(mode="auto"),
+        worker,
+        history.between,
+        lambda start, end: (0.5, None),
+        lambda: None,
+        record,
+        clock,
+        wall,
     )
     for _ in range(int(seconds / TICK)):
         worker.advance()
@@ -136,7 +143,7 @@ def test_a_reloaded_tuning_section_applies_whole_at_the_next_step():
     loop, worker, decisions = run_loop(6.5)
     assert decisions[-1].action == "apply", "the change is on trial"
     on_trial = dict(worker.knobs)
-    strict = dataclasses.replace(TuningConfig(), slo_p99_ms=10.0, trial_seconds=5.0, mode="recommend")
+    strict = dataclasses.replace(TuningConfig(mode="auto"), slo_p99_ms=10.0, trial_seconds=5.0, mode="recommend")
     loop.reconfigure(strict)
     assert loop.slo_seconds == 0.1, "nothing changes until the tuning job's next step"
     worker.advance()
@@ -156,7 +163,7 @@ def test_a_reloaded_tuning_section_applies_whole_at_the_next_step():
 def test_an_unchanged_reload_leaves_a_trial_alone():
     loop, worker, decisions = run_loop(6.5)
     count = len(decisions)
-    loop.reconfigure(TuningConfig())
+    loop.reconfigure(TuningConfig(mode="auto"))
     worker.advance()
     loop.step()
     assert not any(d.action == "revert" for d in decisions[count:])
