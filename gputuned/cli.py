@@ -27,7 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="gputuned",
         description="Monitors the GPUs, PCIe and NUMA of an inference host, exports them as Prometheus metrics, "
         "and supervises and tunes the inference servers on it.",
-        epilog="Operator commands come first (run, status, set, tune, restart, check-config, install), then the "
+        epilog="Operator commands come first (run, status, set, tune, restart, check-config, install, uninstall), then the "
         "tools (worker, load, sweep, dashboards, triton-example). `gputuned COMMAND --help` describes each.",
     )
     parser.add_argument("--version", action="version", version=f"gputuned {__version__}")
@@ -71,9 +71,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file (names the file it checked) and exit")
     check.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG_PATH} if it exists)")
 
-    install = commands.add_parser("install", help="install the systemd unit, the example config and the dashboards")
+    install = commands.add_parser("install", help="install the systemd unit and the example config (monitors only)")
     install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
+    install.add_argument("--grafana", action="store_true", help="also the Grafana dashboards and provisioning files")
+    uninstall = commands.add_parser("uninstall", help="remove what install wrote; the config and state stay unless --purge")
+    uninstall.add_argument("--root", type=Path, default=Path("/"), help="uninstall below this directory (default /)")
+    uninstall.add_argument("--purge", action="store_true", help="also remove the config and the state (accepted knobs)")
 
     worker = commands.add_parser("worker", help="serve a PyTorch model over the v2 inference API (needs the [worker] extra)")
     worker.add_argument(
@@ -295,12 +299,18 @@ def _status(args: argparse.Namespace, config: Config) -> int:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from gputuned.install import default_executable, install
+    from gputuned.install import InstallError, install, this_gputuned, uninstall
 
     try:
-        lines = install(args.root, args.executable or default_executable())
+        if args.command == "uninstall":
+            lines = uninstall(args.root, args.purge)
+        else:
+            lines = install(args.root, args.executable or this_gputuned(), args.grafana)
+    except InstallError as exc:
+        print(f"gputuned install: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
-        print(f"gputuned install: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        print(f"gputuned {args.command}: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
         return 1
     print("\n".join(lines))
     return 0
@@ -442,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton-example": _triton_example,
         "load": _load,
         "install": _install,
+        "uninstall": _install,
         "dashboards": _dashboards,
         "check-config": _check_config,
     }

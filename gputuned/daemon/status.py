@@ -245,7 +245,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines.append("")
     workers = report["workers"]
     if not workers:
-        lines.append("workers: none supervised (--no-worker)")
+        lines.append("workers: none supervised (the config names none, or --no-worker): monitoring only")
         return "\n".join(lines)
     rows = []
     for w in workers:

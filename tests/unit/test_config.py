@@ -17,6 +17,7 @@ from gputuned.config import (
     tuner_mode,
     with_overrides,
 )
+from gputuned.install import hidden_by_the_unit
 
 REPO_ROOT = Path(__file__).parent.parent.parent
 
@@ -114,3 +115,21 @@ def test_a_server_the_operator_runs_is_tuned_in_recommend_mode_unless_the_config
     assert tuner_mode(WorkerConfig(kind="triton", model="m", mode="frozen"), TuningConfig(mode="auto")) == "frozen"
     with pytest.raises(ConfigError, match=r"worker\.mode: 'sometimes' is not allowed; allowed values: auto, recommend, frozen"):
         config_from_mapping({"worker": {"mode": "sometimes"}})
+
+
+@pytest.mark.parametrize(
+    ("path", "setting"),
+    [
+        ("/home/ops/venv/bin/gputuned", "ProtectHome=yes"),
+        ("/root/.pyenv/versions/3.11.7/bin/python3.11", "ProtectHome=yes"),
+        ("/run/user/1000/gputuned", "ProtectHome=yes"),
+        ("/tmp/gputuned/bin/gputuned", "PrivateTmp=yes"),
+        ("/var/tmp/venv/bin/python", "PrivateTmp=yes"),
+        ("/opt/gputuned/bin/gputuned", None),
+        ("/usr/local/bin/gputuned", None),
+        ("/homework/gputuned", None),
+    ],
+)
+def test_the_units_sandbox_hides_home_root_run_user_and_the_temporary_directories(path, setting):
+    why = hidden_by_the_unit(Path(path))
+    assert (why is None) if setting is None else (why is not None and setting in why)
