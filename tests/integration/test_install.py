@@ -57,10 +57,13 @@ def opt() -> Iterator[Path]:
 def installed(opt: Path) -> Path:
     """The console script of gputuned pip-installed from a freshly built wheel into /opt/.../venv."""
     wheels = opt / "dist"
-    # Pure Python: the serving path's compilation is tested elsewhere, and takes a minute.
+    # The sdist, then the wheel built from it (so the sdist is shown to be complete). Pure
+    # Python: the serving path's compilation is tested elsewhere, and takes a minute. The
+    # build requirements are the test environment's own: nothing is fetched for the build.
     env = {**os.environ, "GPUTUNED_PURE_PYTHON": "1"}
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", wheels, ".", env=env)
+    run(sys.executable, "-m", "build", "--no-isolation", "--outdir", wheels, ".", env=env)
     (wheel,) = wheels.glob("gputuned-*.whl")
+    assert len(list(wheels.glob("gputuned-*.tar.gz"))) == 1
     venv = opt / "venv"
     run(DEBIAN_PYTHON, "-m", "venv", venv)
     run(venv / "bin" / "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
