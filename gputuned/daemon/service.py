@@ -301,9 +301,12 @@ class Daemon:
         self.notifier.stopping()
         if self._scheduler is not None:
             for slot in self.slots:
-                # No decision about a worker that is draining (a trial in flight is simply not kept).
                 if self._scheduler.get_job(tune_job_id(slot)) is not None:
                     self._scheduler.remove_job(tune_job_id(slot))
+        for slot in self.slots:
+            # A set in flight completes, then a change on trial is reverted while the connection
+            # is open: a server that outlives the daemon (an attached Triton) keeps the accepted knobs.
+            slot.tuning.finish("the daemon is stopping")
         for slot in self.slots:
             code = slot.stop()
             log.info("worker %s exited with code %s", slot.name, code)

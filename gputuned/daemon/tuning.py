@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -94,6 +95,8 @@ class TuningLoop:
         self._record = record
         self._clock = clock
         self._pending: TuningConfig | None = None
+        self._stepping = threading.Lock()  # one step at a time, and none once finished
+        self._finished = False
         self._tuning = tuning
         self._tuned_pid: int | None = None
         self.guard = Guard(
@@ -120,6 +123,19 @@ class TuningLoop:
 
     def step(self) -> None:
         """The tuning job: new settings first, exploration afresh for a new worker, then one guard step."""
+        with self._stepping:
+            if not self._finished:
+                self._step()
+
+    def finish(self, why: str) -> None:
+        """The daemon is stopping: waits for a step in flight (a set being applied), then puts
+        a change on trial back to the accepted knobs while the worker's control connection is
+        still open, so a server that outlives the daemon keeps the accepted knobs. No step runs after."""
+        with self._stepping:
+            self._finished = True
+            self.guard.abandon(self._clock(), why)
+
+    def _step(self) -> None:
         now = self._clock()
         pending, self._pending = self._pending, None
         if pending is not None:

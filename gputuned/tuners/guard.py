@@ -526,6 +526,10 @@ class Guard:
     def _harmful(self, trial: _Trial, window: Measurement) -> bool:
         return verdict.harmful(trial.proposal, trial.baseline, window, self.settings.slo_seconds, self.settings.max_error_ratio)
 
+    def abandon(self, now: float, why: str) -> None:
+        """Ends a trial in flight, if any, before its verdict (the daemon is stopping)."""
+        self._abandon_trial(now, why)
+
     def _abandon_trial(self, now: float, why: str) -> None:
         """Ends a trial in flight, if any, before its verdict: its change is reverted but not
         counted against its direction (nothing was learnt about it)."""

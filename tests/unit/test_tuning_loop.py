@@ -9,7 +9,11 @@ sockets or sleeps.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import Any
+
+import pytest
 
 from gputuned.config import TuningConfig
 from gputuned.control.histogram import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECONDS, Histogram
@@ -177,3 +181,58 @@ def test_tuning_context_from_a_hello():
     cuda = {**HELLO, "worker": {**HELLO["worker"], "device": "cuda:1", "input": {"shape": [16], "dtype": "FP16"}}}
     assert tuning_context(cuda, {}, cores=8).device == "cuda"
     assert tuning_context(cuda, {}, cores=8).item_bytes == 32
+
+
+def test_finishing_puts_a_change_on_trial_back_and_no_step_runs_after():
+    loop, worker, decisions = run_loop(20)
+    for _ in range(40):  # run until a change is on trial
+        if loop.guard.view().trial_active:
+            break
+        worker.advance()
+        loop.step()
+    assert loop.guard.view().trial_active
+    applied = decisions[-1]
+    assert applied.action == "apply" and worker.knobs[applied.knob] == applied.new
+    loop.finish("the daemon is stopping")
+    reverted = decisions[-1]
+    assert (reverted.action, reverted.knob, reverted.new) == ("revert", applied.knob, applied.old)
+    assert "the daemon is stopping" in reverted.reason and worker.knobs[applied.knob] == applied.old
+    sets, count = len(worker.sets), len(decisions)
+    for _ in range(20):
+        worker.advance()
+        loop.step()
+    assert len(worker.sets) == sets and len(decisions) == count and not loop.guard.view().trial_active
+
+
+@pytest.mark.integration  # threads
+def test_finishing_waits_for_a_set_in_flight_before_reverting_it():
+    loop, worker, decisions = run_loop(20)
+    entered, release = threading.Event(), threading.Event()
+    plain_set = worker.set_knobs
+
+    def slow_set(changes: dict[str, int], persist: bool = True) -> dict[str, int]:
+        entered.set()
+        release.wait(10)  # a Triton reload takes seconds
+        return plain_set(changes, persist)
+
+    worker.set_knobs = slow_set  # type: ignore[method-assign]
+
+    def tune() -> None:
+        for _ in range(40):
+            if entered.is_set():
+                return
+            worker.advance()
+            loop.step()
+
+    stepping = threading.Thread(target=tune)
+    stepping.start()
+    assert entered.wait(10), "no change was tried"
+    finishing = threading.Thread(target=loop.finish, args=("the daemon is stopping",))
+    finishing.start()
+    time.sleep(0.2)
+    assert finishing.is_alive()  # waits for the set in flight
+    release.set()
+    finishing.join(10)
+    stepping.join(10)
+    assert [d.action for d in decisions[-2:]] == ["apply", "revert"]
+    assert worker.knobs[decisions[-1].knob] == decisions[-1].new  # the accepted value, in force
