@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
-from gputuned.loadgen import run_load
+from gputuned.loadgen import LoadPlan, run_load
 from gputuned.sweep import measure_point
 from gputuned.testing.online import timed_load
 from gputuned.testing.processes import (
@@ -35,6 +36,7 @@ from gputuned.testing.processes import (
     run_cli,
     running_supervising_daemon,
     serving,
+    stop,
     wait_for,
     worker_status,
 )
@@ -189,3 +191,39 @@ def test_attached_to_a_restricted_triton_it_tunes_with_the_token_and_survives_it
             wait_for(lambda: knobs_in(triton_config(url)) == (4, 2, 0), 60, "the accepted knobs to be re-applied")
             assert worker_status(admin)["knobs"]["max_batch_size"] == 4
         assert daemon.poll() is None and worker_status(admin)["restarts"] == 0
+
+
+def accepted_knobs(state: Path, original: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The knobs the daemon last accepted (kept) for the model: the original, changed by what it saved."""
+    workloads = json.loads((state / "knobs.json").read_text())["workloads"] if (state / "knobs.json").exists() else {}
+    saved = next(iter(workloads.values()), {})
+    batch, instances, delay = original
+    return saved.get("max_batch_size", batch), saved.get("streams", instances), saved.get("max_queue_delay_us", delay)
+
+
+@pytest.mark.parametrize("moment", ["while Triton reloads the trial's config", "during the trial"])
+def test_stopping_the_daemon_mid_trial_leaves_an_attached_triton_with_the_accepted_knobs(tmp_path, repository, moment):
+    port = free_port()
+    worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "mode": "auto", "ping_timeout_seconds": 10.0}
+    with running_triton(repository, port) as url:
+        original = knobs_in(triton_config(url))
+        stop_load = threading.Event()
+        plan = LoadPlan(url=url, model=MODEL, concurrency=CLIENTS, requests=10**9, duration=180, stop=stop_load)
+        load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
+        with running_supervising_daemon(tmp_path, worker_port=port, **worker) as (daemon, _, _, admin):
+            load.start()
+            try:
+                if moment == "during the trial":
+                    wait_for(lambda: worker_status(admin)["tuner"]["trial_active"], 120, "a change on trial")
+                else:
+                    wait_for(lambda: knobs_in(triton_config(url)) != original, 120, "Triton to load a trial's config")
+                stop(daemon, signal.SIGTERM, timeout=90)
+            finally:
+                stop_load.set()
+                load.join(timeout=60)
+        log = (tmp_path / "daemon.log").read_text()
+        assert daemon.returncode == 0 and "Traceback" not in log, log[-3000:]
+        assert knobs_in(triton_config(url)) == accepted_knobs(tmp_path / "state", original), log[-3000:]
+    decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
+    # Caught mid-trial (a trial lasts seconds): the change is put back as the daemon stops.
+    assert decisions[-1]["action"] == "revert" and "the daemon is stopping" in decisions[-1]["reason"], decisions[-3:]
