@@ -107,6 +107,8 @@ def run_from_arguments(args: argparse.Namespace) -> int:
     try:
         if not _wait_ready(client, args.model, process, args.ready_timeout, stop):
             return 1 if not stop.is_set() else 0
+        if process is None:
+            client.check_model_control()  # an operator's Triton: say now, not at the first set, if it cannot be tuned
         worker = TritonWorker(client, args.model, args.device)
         worker.attach(saved)
         control = ServerThread(

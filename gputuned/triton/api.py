@@ -16,6 +16,15 @@ from typing import Any
 
 # The header Triton expects on an API restricted with --http-restricted-api.
 ACCESS_HEADER = "triton-access-token"
+# What Triton answers a load or unload in its NONE and POLL model control modes (the same words for both).
+LOADS_REFUSED = "explicit model load / unload is not allowed"
+EXPLICIT_NEEDED = (
+    "this Triton does not load models on request: start it with --model-control-mode=explicit "
+    "(gputuned applies a knob by reloading the model with the new config; the models to serve at start "
+    "are then named with --load-model)"
+)
+# A name no model has: unloading it changes nothing, and tells whether loads are allowed at all.
+PROBE_MODEL = "gputuned-model-control-probe"
 
 
 class TritonError(Exception):
@@ -63,6 +72,16 @@ class TritonClient:
         body = json.dumps({"parameters": parameters}).encode()
         self._call("POST", f"/v2/repository/models/{model}/load", body, repository=True, timeout=timeout)
 
+    def check_model_control(self) -> None:
+        """Raises TritonError saying what to do when this Triton refuses model loads (not
+        started with --model-control-mode=explicit); changes nothing either way."""
+        try:
+            self._call("POST", f"/v2/repository/models/{PROBE_MODEL}/unload", b"{}", repository=True)
+        except TritonError as exc:
+            if LOADS_REFUSED in str(exc):
+                raise
+            # Any other answer (an unknown model, a missing token) is no sign of the mode.
+
     def metrics(self) -> str:
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=self._timeout) as response:  # noqa: S310 - configured http URL
@@ -95,6 +114,8 @@ class TritonClient:
             detail = _error_text(exc.read().decode(errors="replace"))
             if repository and "restricted" in detail and not self._access_token:
                 detail += "; give the worker the access token (triton_access_token_file)"
+            if repository and LOADS_REFUSED in detail:
+                detail += f"; {EXPLICIT_NEEDED}"
             raise TritonError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise TritonError(f"{method} {path}: {_reason(exc)}") from None

@@ -227,3 +227,20 @@ def test_stopping_the_daemon_mid_trial_leaves_an_attached_triton_with_the_accept
     decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
     # Caught mid-trial (a trial lasts seconds): the change is put back as the daemon stops.
     assert decisions[-1]["action"] == "revert" and "the daemon is stopping" in decisions[-1]["reason"], decisions[-3:]
+
+
+def test_attaching_to_a_triton_without_explicit_model_control_says_how_to_start_it(tmp_path, repository):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    spec = ServerSpec(str(SERVER), repository, MODEL, "127.0.0.1", port, port + 2)
+    # Triton's default: model control NONE, every model of the repository loaded at start.
+    command = [arg for arg in server_command(spec) if not arg.startswith(("--model-control-mode", "--load-model"))]
+    worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "mode": "auto", "crash_loop_exits": 1}
+    with serving(command, tmp_path / "triton.log", f"{url}/v2/models/{MODEL}/ready", stop_timeout=30):
+        with running_supervising_daemon(tmp_path, worker_port=port, wait_ready=False, **worker) as (daemon, _, _, admin):
+            status = wait_for(lambda: (s := worker_status(admin))["state"] == "crash_loop" and s, 90, "the adapter to stop")
+            assert daemon.poll() is None
+        assert knobs_in(triton_config(url)) == (8, 1, 0)  # nothing was changed
+    log = (tmp_path / "daemon.log").read_text()
+    assert "start it with --model-control-mode=explicit" in log, log[-3000:]
+    assert "Traceback" not in log and "`gputuned restart --worker worker`" in status["message"]
