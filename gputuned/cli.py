@@ -75,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     install.add_argument("--root", type=Path, default=Path("/"), help="install below this directory (default /)")
     install.add_argument("--exec", dest="executable", metavar="COMMAND", help="the gputuned to run (default: this one)")
     install.add_argument("--grafana", action="store_true", help="also the Grafana dashboards and provisioning files")
+
     uninstall = commands.add_parser("uninstall", help="remove what install wrote; the config and state stay unless --purge")
     uninstall.add_argument("--root", type=Path, default=Path("/"), help="uninstall below this directory (default /)")
     uninstall.add_argument("--purge", action="store_true", help="also remove the config and the state (accepted knobs)")
@@ -136,6 +137,7 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
     load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
     load.add_argument("--json", action="store_true", help="print the result as JSON")
+
     sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
     sweep.add_argument("grid", nargs="+", metavar="KNOB=V1,V2,...", help="e.g. max_batch_size=1,4,16 streams=1,2")
     sweep.add_argument("--url", default="http://127.0.0.1:8000", help="the worker's v2 endpoint")
@@ -165,6 +167,7 @@ def _build_parser() -> argparse.ArgumentParser:
     example.add_argument("--max-batch-size", type=int, default=8, help="the config's max_batch_size (default 8)")
 
     # Internal: the daemon starts it for a worker of kind triton. No help=, so the command list leaves it out.
+
     adapter = commands.add_parser("triton-adapter", description="A Triton model as a gputuned worker (the daemon starts this).")
     add_adapter_arguments(adapter)
     return parser

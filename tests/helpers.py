@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from gputuned.knobs import CATALOGUE
+from gputuned.performance import Measurement
 from gputuned.samples import Collected
 
 
@@ -37,3 +40,27 @@ def builtin_bounds(cores: int = 2, pool_mb: int = 4096) -> dict[str, tuple[int, 
         for name, knob in CATALOGUE.items()
         if knob.live and "builtin" in knob.kinds
     }
+
+
+def settled_window(**changes: object) -> Measurement:
+    """A settled 3 s window of a worker serving 500 requests/s at batch 8 within a 100 ms SLO;
+    `changes` set other fields."""
+    base = Measurement(
+        seconds=3.0,
+        arrival_rate=500.0,
+        throughput=500.0,
+        goodput=490.0,
+        p99=0.06,
+        failed=0,
+        mean_batch=8.0,
+        batch_seconds=0.01,
+        busy_ratio=0.8,
+        queue_depth=4.0,
+        lanes=1,
+        oom=0,
+        pool_hits=0,
+        pool_misses=0,
+        in_system=16.0,
+        items_per_request=1.0,
+    )
+    return dataclasses.replace(base, **changes)

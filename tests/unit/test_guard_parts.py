@@ -4,32 +4,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal
 from gputuned.tuners.ceilings import Ceilings
 from gputuned.tuners.directions import Direction, DirectionMemory
 from gputuned.tuners.flaps import FlapTracker
 from gputuned.tuners.shifts import ShiftDetector, relative_change
 from gputuned.tuners.stop_rule import StopRule
+from tests.helpers import settled_window
 
-WINDOW = Measurement(
-    seconds=3.0,
-    arrival_rate=400.0,
-    throughput=400.0,
-    goodput=390.0,
-    p99=0.05,
-    failed=0,
-    mean_batch=8.0,
-    batch_seconds=0.01,
-    busy_ratio=0.8,
-    queue_depth=4.0,
-    lanes=1,
-    oom=0,
-    pool_hits=0,
-    pool_misses=0,
-    in_system=16.0,
-    items_per_request=1.0,
-)
+WINDOW = settled_window(arrival_rate=400.0, throughput=400.0, goodput=390.0, p99=0.05)
 
 
 def test_a_refused_direction_blocks_only_itself_and_a_past_move_is_remembered_apart():

@@ -4,30 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gputuned.performance import Measurement
 from gputuned.tuners.base import Proposal
 from gputuned.tuners.verdict import bar, harmful, judge, objective
+from tests.helpers import settled_window
 
 SLO = 0.1
 MARGINS = {"goodput": 0.03, "throughput": 0.03}
-BASE = Measurement(
-    seconds=3.0,
-    arrival_rate=500.0,
-    throughput=500.0,
-    goodput=490.0,
-    p99=0.06,
-    failed=0,
-    mean_batch=8.0,
-    batch_seconds=0.01,
-    busy_ratio=0.8,
-    queue_depth=4.0,
-    lanes=1,
-    oom=0,
-    pool_hits=0,
-    pool_misses=0,
-    in_system=16.0,
-    items_per_request=1.0,
-)
+BASE = settled_window()
 EXPLORE = Proposal("max_batch_size", 16, "double")
 
 
