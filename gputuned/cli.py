@@ -321,7 +321,7 @@ def _install(args: argparse.Namespace) -> int:
 
 def _dashboards(args: argparse.Namespace) -> int:
     try:
-        from gputuned.dashboards import generated_files, write_files
+        from gputuned.dashboards.build import generated_files, write_files
     except ImportError as exc:
         print(f"gputuned dashboards: {exc}; install the SDK with: pip install 'gputuned[dashboards]'", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from gputuned.cli import main
-from gputuned.dashboards import generated_files
+from gputuned.dashboards.build import generated_files
 from gputuned.dashboards.provisioning import DASHBOARD_DIR as PROVISIONED_DIR
 from tests.dashboard_queries import DASHBOARD_DIR, load_dashboards, panels, queries, unknown_metrics
 
