@@ -41,6 +41,7 @@ from gputuned.testing.processes import (
     worker_status,
 )
 from gputuned.triton.example import write_example
+from gputuned.triton.model_config import knobs_of
 from gputuned.triton.server import ServerSpec, server_command
 
 pytestmark = pytest.mark.integration
@@ -193,12 +194,10 @@ def test_attached_to_a_restricted_triton_it_tunes_with_the_token_and_survives_it
         assert daemon.poll() is None and worker_status(admin)["restarts"] == 0
 
 
-def accepted_knobs(state: Path, original: tuple[int, int, int]) -> tuple[int, int, int]:
+def accepted_knobs(state: Path, original: dict[str, int]) -> dict[str, int]:
     """The knobs the daemon last accepted (kept) for the model: the original, changed by what it saved."""
     workloads = json.loads((state / "knobs.json").read_text())["workloads"] if (state / "knobs.json").exists() else {}
-    saved = next(iter(workloads.values()), {})
-    batch, instances, delay = original
-    return saved.get("max_batch_size", batch), saved.get("streams", instances), saved.get("max_queue_delay_us", delay)
+    return {**original, **next(iter(workloads.values()), {})}
 
 
 @pytest.mark.parametrize("moment", ["while Triton reloads the trial's config", "during the trial"])
@@ -206,7 +205,8 @@ def test_stopping_the_daemon_mid_trial_leaves_an_attached_triton_with_the_accept
     port = free_port()
     worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "mode": "auto", "ping_timeout_seconds": 10.0}
     with running_triton(repository, port) as url:
-        original = knobs_in(triton_config(url))
+        # As the adapter reads them: a config without dynamic batching runs batches of one.
+        original = knobs_of(triton_config(url))
         stop_load = threading.Event()
         plan = LoadPlan(url=url, model=MODEL, concurrency=CLIENTS, requests=10**9, duration=180, stop=stop_load)
         load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
@@ -216,14 +216,14 @@ def test_stopping_the_daemon_mid_trial_leaves_an_attached_triton_with_the_accept
                 if moment == "during the trial":
                     wait_for(lambda: worker_status(admin)["tuner"]["trial_active"], 120, "a change on trial")
                 else:
-                    wait_for(lambda: knobs_in(triton_config(url)) != original, 120, "Triton to load a trial's config")
+                    wait_for(lambda: knobs_of(triton_config(url)) != original, 120, "Triton to load a trial's config")
                 stop(daemon, signal.SIGTERM, timeout=90)
             finally:
                 stop_load.set()
                 load.join(timeout=60)
         log = (tmp_path / "daemon.log").read_text()
         assert daemon.returncode == 0 and "Traceback" not in log, log[-3000:]
-        assert knobs_in(triton_config(url)) == accepted_knobs(tmp_path / "state", original), log[-3000:]
+        assert knobs_of(triton_config(url)) == accepted_knobs(tmp_path / "state", original), log[-3000:]
     decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
     # Caught mid-trial (a trial lasts seconds): the change is put back as the daemon stops.
     assert decisions[-1]["action"] == "revert" and "the daemon is stopping" in decisions[-1]["reason"], decisions[-3:]
