@@ -300,7 +300,10 @@ class Guard:
         self._counts[(knob, action.value)] += 1
         if evidence is not None and evidence.windows is not None:
             self._verdict_windows += evidence.windows
-        log.info("tuner %s %s %s -> %s (%s): %s", action.value, knob, old, new, tuner or "guard", reason)
+        if tuner is None:  # the workload or the search as a whole (shift, converge)
+            log.info("tuner %s: %s", action.value, reason)
+        else:
+            log.info("tuner %s %s %s -> %s (%s): %s", action.value, knob, old, new, tuner, reason)
         self._record(decision)
 
     def _baseline(self, now: float) -> tuple[Measurement, dict[str, float]] | None:
