@@ -6,22 +6,20 @@ from gputuned.collectors.tuner import TunerCollector
 from gputuned.performance import Measurement
 from gputuned.samples import WorkerTarget
 from gputuned.tuners.guard import GuardView
+from tests.helpers import settled_window
 
-MEASURED = Measurement(
+MEASURED = settled_window(
     seconds=10.0,
     arrival_rate=120.0,
     throughput=118.0,
     goodput=110.0,
     p99=0.09,
-    failed=0,
     mean_batch=4.0,
     batch_seconds=0.02,
     busy_ratio=0.5,
     queue_depth=2,
-    lanes=1,
-    oom=0,
-    pool_hits=0,
-    pool_misses=0,
+    in_system=0.0,
+    items_per_request=0.0,
 )
 
 

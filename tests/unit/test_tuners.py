@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gputuned.performance import Measurement
 from gputuned.tuners import default_tuners
 from gputuned.tuners.base import TunerInput
 from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchJumpTuner, BatchTuner
@@ -13,24 +12,16 @@ from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
-from tests.helpers import builtin_bounds
+from tests.helpers import builtin_bounds, settled_window
 
-WINDOW = Measurement(
-    seconds=3,
-    arrival_rate=500,
-    throughput=500,
+WINDOW = settled_window(
     goodput=500,
     p99=0.05,
-    failed=0,
-    mean_batch=8,
     batch_seconds=0.02,
     busy_ratio=0.9,
-    queue_depth=4,
-    lanes=1,
-    oom=0,
-    pool_hits=0,
     pool_misses=10,
     in_system=40,  # a deep queue: a doubled batch fills from it at once
+    items_per_request=0.0,
 )
 KNOBS = {"max_batch_size": 8, "max_queue_delay_us": 0, "streams": 1, "pool_mb": 0, "intra_op_threads": 2}
 BOUNDS = builtin_bounds()
