@@ -12,7 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from gputuned.control.messages import HistogramReport, StatsReport
+from gputuned.control.messages import HistogramReport, StatsReport, stats_number
+
+
+def bucket_counts(cumulative: list[int]) -> list[int]:
+    """Cumulative counts (Prometheus's `le` form) -> the count in each bucket."""
+    return [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
 
 
 def histogram_delta(older: HistogramReport | None, newer: HistogramReport | None) -> tuple[list[float], list[int]] | None:
@@ -24,16 +29,14 @@ def histogram_delta(older: HistogramReport | None, newer: HistogramReport | None
     cumulative = [n - o for n, o in zip(newer["cumulative"], older["cumulative"])]
     if any(c < 0 for c in cumulative):
         return None  # the worker restarted between the two: counters reset
-    counts = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
-    return bounds, counts
+    return bounds, bucket_counts(cumulative)
 
 
 def within_objective(histogram: HistogramReport, threshold: float) -> float:
     """How many of a cumulative histogram's observations were at or below `threshold`
     (interpolated inside its bucket, as `fraction_within`)."""
     cumulative = histogram["cumulative"]
-    counts = [cumulative[0]] + [cumulative[i] - cumulative[i - 1] for i in range(1, len(cumulative))]
-    share = fraction_within(histogram["bounds"], counts, threshold)
+    share = fraction_within(histogram["bounds"], bucket_counts(cumulative), threshold)
     return 0.0 if share is None else share * cumulative[-1]
 
 
@@ -114,7 +117,7 @@ def measure(
         return None
 
     def delta(name: str) -> float:
-        return _number(newer, name) - _number(older, name)
+        return (stats_number(newer, name) or 0.0) - (stats_number(older, name) or 0.0)
 
     if any(delta(name) < 0 for name in ("completed", "requests", "batches")):
         return None
@@ -150,12 +153,6 @@ def measure(
         refused=int(delta("refused")),
         rejected=int(delta("rejected")),
     )
-
-
-def _number(report: StatsReport, name: str) -> float:
-    """A numeric field of the report (`messages.STATS_NUMBERS`); 0 when the worker does not report it."""
-    value = report.get(name, 0)
-    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _histogram_sum(report: StatsReport, name: Literal["latency_seconds", "batch_size"]) -> float:

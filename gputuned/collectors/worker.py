@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from gputuned.control.messages import HistogramReport, StatsReport
+from gputuned.control.messages import HistogramReport, StatsReport, stats_number
 from gputuned.performance import within_objective
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
@@ -195,11 +195,10 @@ class WorkerCollector:
 
     @staticmethod
     def _collect_stats(name: str, stats: StatsReport, out: Collected) -> None:
-        numbers: Mapping[str, object] = stats
         for field_name, (spec, labels) in _SCALARS.items():
-            value = numbers.get(field_name)
-            if isinstance(value, (int, float)):
-                out.add(spec, float(value), name, *labels)
+            value = stats_number(stats, field_name)
+            if value is not None:
+                out.add(spec, value, name, *labels)
         for field_name, spec in _HISTOGRAMS.items():
             histogram = stats.get(field_name)
             if histogram is not None:

@@ -115,6 +115,12 @@ def read_histogram(value: object) -> HistogramReport | None:
     )
 
 
+def stats_number(report: StatsReport, name: str) -> float | None:
+    """A numeric field of a checked report (one of STATS_NUMBERS); None where the worker does not report it."""
+    value = cast(Mapping[str, object], report).get(name)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def read_stats(raw: Mapping[str, Any]) -> StatsReport:
     """A received stats body as a StatsReport: the fields that are well formed, the rest left out."""
     report: dict[str, Any] = {name: raw[name] for name in STATS_NUMBERS if _number(raw.get(name))}

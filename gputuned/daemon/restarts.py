@@ -51,8 +51,7 @@ class RestartPlan:
     def __init__(self, policy: RestartPolicy, rng: random.Random | None = None) -> None:
         self._policy = policy
         self._rng = rng or random.Random()
-        self._consecutive_exits = 0
-        self._crash_loop = CrashLoopDetector(policy.crash_loop_exits, policy.crash_loop_window)
+        self.forget()
 
     def on_exit(self, now: float, started_at: float | None) -> float | None:
         """Seconds to wait before restarting, or None: a crash loop, restarts stop.
@@ -66,7 +65,7 @@ class RestartPlan:
         return self._policy.delay(self._consecutive_exits, self._rng)
 
     def forget(self) -> None:
-        """An operator restarted the worker: earlier exits no longer count towards a crash loop."""
+        """No exit counts yet: at the start, and once an operator restarts the worker."""
         self._consecutive_exits = 0
         self._crash_loop = CrashLoopDetector(self._policy.crash_loop_exits, self._policy.crash_loop_window)
 

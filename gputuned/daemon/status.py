@@ -61,18 +61,12 @@ def _offnode_ratio(store: SampleStore, name: str) -> float | None:
 
 
 def _knob_info(hello: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Each knob's title, unit, bounds, live and meaning as the worker declared them (its value is in `knobs`)."""
     if hello is None:
         return {}
     specs = (KnobSpec.from_wire(name, wire) for name, wire in hello.get("knobs", {}).items())
     return {
-        spec.name: {
-            "title": spec.title,
-            "unit": spec.unit,
-            "min": spec.minimum,
-            "max": spec.maximum,
-            "live": spec.live,
-            "description": spec.description,
-        }
+        spec.name: {key: value for key, value in spec.to_wire(spec.default).items() if key not in ("type", "value")}
         for spec in specs
     }
 
