@@ -237,7 +237,7 @@ class Guard:
 
     def reconfigure(self, settings: GuardSettings, mode: Mode | None, now: float) -> None:
         """New settings, whole: a trial in flight is reverted, exploration restarts."""
-        self._abandon_trial(now, "the tuning settings were reloaded")
+        self.abandon(now, "the tuning settings were reloaded")
         self.settings = settings
         self._flaps = FlapTracker(settings.flap_reverts, settings.flap_window)
         self._shifts = ShiftDetector(settings.shift_threshold)
@@ -265,7 +265,7 @@ class Guard:
         if self.mode is not Mode.AUTO and self._trial is not None:
             # The operator stopped the tuner's changes: an unproven one is not left in force,
             # nor decided later (a revert after `tune --mode frozen` returned would surprise).
-            self._abandon_trial(now, f"the tuner was set to {self.mode.value} during the trial")
+            self.abandon(now, f"the tuner was set to {self.mode.value} during the trial")
             return
         if self.mode is Mode.FROZEN:
             return
@@ -530,12 +530,9 @@ class Guard:
         return verdict.harmful(trial.proposal, trial.baseline, window, self.settings.slo_seconds, self.settings.max_error_ratio)
 
     def abandon(self, now: float, why: str) -> None:
-        """Ends a trial in flight, if any, before its verdict (the daemon is stopping)."""
-        self._abandon_trial(now, why)
-
-    def _abandon_trial(self, now: float, why: str) -> None:
-        """Ends a trial in flight, if any, before its verdict: its change is reverted but not
-        counted against its direction (nothing was learnt about it)."""
+        """Ends a trial in flight, if any, before its verdict (a reload, the mode leaving auto,
+        the daemon stopping): its change is reverted but not counted against its direction
+        (nothing was learnt about it)."""
         trial = self._trial
         if trial is not None:
             window = self._measure(trial.start, now) or trial.baseline
