@@ -171,10 +171,13 @@ class WorkerConfig:
     crash_loop_window_seconds: float = _bounded(60.0, 1.0, 86400.0)
     drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
     triton_server: str = ""  # the tritonserver binary gputuned starts; empty: attach to one at `listen`
-    triton_repository: str = ""  # the model repository the started server serves
+    triton_repository: str = ""  # the model repository: the started server's, or the attached one's for write-back
     triton_args: list = field(default_factory=list)  # more tritonserver arguments
     triton_metrics_url: str = ""  # default: `listen`'s host, its port + 2, /metrics (Triton's default layout)
     triton_access_token_file: str = ""  # holds the token of a restricted repository API
+    # Write each accepted set of knobs into the model's config.pbtxt under triton_repository
+    # (the previous file kept beside it), so a restarted Triton comes back with them.
+    triton_write_back: bool = False
     # The tuner's mode for this worker; unset: [tuning]'s, else by who runs the server (`tuner_mode`).
     mode: str = _choice("", *MODE_NAMES)
 
@@ -203,17 +206,21 @@ class WorkerConfig:
 def _check_triton(worker: WorkerConfig) -> None:
     if not all(isinstance(word, str) for word in worker.triton_args):
         raise ConfigError("triton_args: expected a list of strings")
-    triton_settings = [name for name in ("triton_server", "triton_repository", "triton_metrics_url") if getattr(worker, name)]
     if worker.kind != "triton":
-        if triton_settings or worker.triton_args or worker.triton_access_token_file:
-            raise ConfigError(f"{(triton_settings or ['triton_args'])[0]}: set only for a worker of kind 'triton'")
+        triton_settings = [f.name for f in dataclasses.fields(worker) if f.name.startswith("triton_") and getattr(worker, f.name)]
+        if triton_settings:
+            raise ConfigError(f"{triton_settings[0]}: set only for a worker of kind 'triton'")
         return
     if worker.command:
         raise ConfigError("command: a worker of kind 'triton' runs gputuned's Triton adapter; leave command empty")
     if worker.triton_server and not worker.triton_repository:
         raise ConfigError("triton_repository: needed with triton_server (the model repository the server serves)")
-    if worker.triton_repository and not worker.triton_server:
-        raise ConfigError("triton_repository: only with triton_server; an attached Triton has its own repository")
+    if worker.triton_write_back and not worker.triton_repository:
+        raise ConfigError("triton_write_back: needs triton_repository, the repository the model's config.pbtxt is in")
+    if worker.triton_repository and not (worker.triton_server or worker.triton_write_back):
+        raise ConfigError(
+            "triton_repository: only with triton_server or triton_write_back; an attached Triton has its own repository"
+        )
     if parse_listen_address(worker.listen)[1] == 0:
         raise ConfigError("listen: a Triton worker needs Triton's HTTP port")
 

@@ -8,6 +8,10 @@ the receiver can answer with a nack and carry on. Version 1 messages:
     hello  worker -> client  {"worker": {...identity}, "knobs": {name: {value,min,max,live,description}},
                               "restart_only": {setting: current value}}
     set    client -> worker  {"seq": n, "knobs": {name: int}, "worker": name (to the daemon, which worker)}
+    accepted client -> worker {"seq": n, "knobs": {name: int}}: these values are now the accepted
+                             ones (a kept trial, a hand set), not a trial's; answered with an ack.
+                             A worker that keeps a config of its own writes them there (Triton's
+                             write-back); the others have nothing to do
     ack    worker -> client  {"seq": n, "applied": {name: int}}
     nack   either            {"error": "...", "seq": n (when known)}
     stats  worker -> client  {"t": monotonic_seconds, "stats": {...cumulative counters and gauges}}
@@ -35,6 +39,7 @@ _NUMBER = (int, float)
 _SCHEMAS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "hello": ({"worker": dict, "knobs": dict}, {"restart_only": dict}),
     "set": ({"seq": int, "knobs": dict}, {"worker": str}),
+    "accepted": ({"seq": int, "knobs": dict}, {}),
     "ack": ({"seq": int, "applied": dict}, {}),
     "nack": ({"error": str}, {"seq": int}),
     "stats": ({"t": _NUMBER, "stats": dict}, {}),
@@ -84,6 +89,8 @@ def validate(message: Any) -> dict[str, Any]:
         if not message["knobs"]:
             raise ProtocolError("set: 'knobs' is empty", seq)
         _check_knob_values("set", "knob", message["knobs"], seq)
+    elif kind == "accepted":
+        _check_knob_values("accepted", "knob", message["knobs"], seq)
     elif kind == "ack":
         _check_knob_values("ack", "applied knob", message["applied"], seq)
     return message

@@ -46,6 +46,11 @@ class ControlHandler(Protocol):
         KnobError. Called from a worker thread, while stats and status go on being called."""
         ...
 
+    def accepted(self, knobs: dict[str, int]) -> None:
+        """The daemon kept these values (they were applied before): a worker with a persistent
+        config of its own writes them there; KnobError says why that failed."""
+        ...
+
     def stats(self) -> StatsReport:
         """Cumulative counters and current gauges for a stats message."""
         ...
@@ -218,6 +223,12 @@ class ControlServer(LineServer):
             except KnobError as exc:
                 return nack(str(exc), seq)
             return message("ack", seq=seq, applied=applied)
+        if kind == "accepted":
+            try:
+                await asyncio.to_thread(self._handler.accepted, request["knobs"])
+            except KnobError as exc:
+                return nack(str(exc), seq)
+            return message("ack", seq=seq, applied={})
         return nack(f"{kind} is not a request a worker accepts", seq)
 
     async def _stream_stats(self, writer: asyncio.StreamWriter) -> None:

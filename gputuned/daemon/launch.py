@@ -64,9 +64,13 @@ def triton_adapter_command(
     command = [sys.executable, "-m", "gputuned", "triton-adapter", "--model", worker.model, "--url", base_url(worker.listen)]
     command += ["--control-socket", str(control_socket), "--device", worker.device]
     command += ["--hang-timeout", f"{worker.ping_timeout_seconds:g}", "--drain-timeout", f"{max(drain_seconds - 1, 0):g}"]
+    if worker.triton_repository:
+        command += ["--repository", worker.triton_repository]
     if worker.triton_server:
-        command += ["--server", worker.triton_server, "--repository", worker.triton_repository]
+        command += ["--server", worker.triton_server]
         command += [f"--server-arg={word}" for word in worker.triton_args]
+    if worker.triton_write_back:
+        command += ["--write-back"]
     if worker.triton_metrics_url:
         command += ["--metrics-url", worker.triton_metrics_url]
     if worker.triton_access_token_file:

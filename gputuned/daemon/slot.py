@@ -195,13 +195,16 @@ class WorkerSlot:
         return {name: value for name, value in saved.items() if name not in refused}
 
     def _record_applied(self, hello: dict[str, Any], applied: dict[str, int]) -> None:
+        """A hand set: its values become the workload's accepted ones, here and in the worker."""
         self.knob_store.accept(workload_key(hello), applied)
+        self.supervisor.report_accepted(dict(self.supervisor.status().knobs))
 
     def _persist_knobs(self) -> None:
         """A kept change: the worker's knobs as they are now become its workload's accepted ones."""
         status = self.supervisor.status()
         if status.hello is not None:
             self.knob_store.accept(workload_key(status.hello), dict(status.knobs))
+            self.supervisor.report_accepted(dict(status.knobs))
 
     def _device_signals(self, start: float, end: float) -> tuple[float | None, float | None]:
         """The worker's device busy share and PCIe utilisation over a window: its GPU's, or the

@@ -90,6 +90,8 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
         "placement": None if placement is None else {"node": placement.node, "cpus": placement.cpulist()},
         "offnode_ratio": _offnode_ratio(store, worker.name),
         "knobs": dict(status.knobs),
+        # a set sent and not yet answered (a Triton model reload takes seconds)
+        "applying": dict(status.applying),
         # each knob's title, unit, bounds and meaning: from the hello, or the catalogue for a worker older than it
         "knob_info": _knob_info(status.hello),
         "performance": None
@@ -268,6 +270,8 @@ def format_status(report: dict[str, Any]) -> str:
         )
         if w["state"] != "ready":
             lines.append(f"  {w['message']}")
+        if w.get("applying"):
+            lines.append(f"  applying {' '.join(f'{k}={v}' for k, v in sorted(w['applying'].items()))}")
         if w["state_error"]:
             lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
         if w["performance"] is not None:

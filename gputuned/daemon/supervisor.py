@@ -36,7 +36,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gputuned.control.client import ControlClient, ControlError, ControlProtocolError, ControlTimeout
@@ -79,6 +79,9 @@ class WorkerStatus:
     stats_at: float | None
     placement: Placement | None
     message: str
+    applying: dict[str, int] = field(
+        default_factory=dict
+    )  # a set sent to the worker and not yet answered (a Triton reload takes seconds)
 
 
 class Supervisor:
@@ -115,6 +118,7 @@ class Supervisor:
         self._started_at: float | None = None
         self._hello: dict[str, Any] | None = None
         self._knobs: dict[str, int] = {}
+        self._applying: dict[str, int] = {}
         self._next_start = 0.0
         self._connect_deadline = 0.0
         self._last_message = 0.0
@@ -151,6 +155,7 @@ class Supervisor:
                 stats_at=latest[0] if latest else None,
                 placement=self._placement,
                 message=self._message,
+                applying=dict(self._applying),
             )
 
     def set_knobs(self, changes: dict[str, int], persist: bool = True) -> dict[str, int]:
@@ -166,6 +171,8 @@ class Supervisor:
             if client is None or hello is None:
                 raise ControlError(f"the worker is not connected ({state.value}: {message})")
             set_timeout = self._set_timeout()
+            with self._lock:
+                self._applying = dict(changes)
             try:
                 applied = client.set(changes, timeout=set_timeout)
             except ControlTimeout:
@@ -181,10 +188,38 @@ class Supervisor:
             with self._lock:
                 self._knobs.update(applied)
         finally:
+            with self._lock:
+                self._applying = {}
             self._io.release()
         if persist:
             self._on_applied(hello, applied)
         return applied
+
+    def report_accepted(self, knobs: dict[str, int]) -> None:
+        """Tells the worker which knob values are now the accepted ones (a kept trial, a hand
+        set), for a server that keeps a config of its own (Triton's write-back). Best effort: a
+        refusal or a busy connection is logged, never raised; the daemon's own record is the
+        knob store."""
+        if not self._io.acquire(timeout=self._policy.ping_timeout):
+            log.warning("%s: the accepted knobs were not reported: the control connection stayed busy", self._launch.name)
+            return
+        try:
+            client = self._client
+            if client is None:
+                return
+            try:
+                client.request("accepted", knobs=knobs, timeout=self._set_timeout())
+                self._last_message = time.monotonic()
+            except ControlTimeout:
+                self._unanswered = f"no answer to an accepted report within {self._set_timeout():g} s"
+            except ControlError as exc:
+                self._last_message = time.monotonic()
+                if "unknown message type" in str(exc):  # a worker from before the accepted report: nothing to keep
+                    log.debug("%s does not take accepted reports: %s", self._launch.name, exc)
+                else:
+                    log.warning("%s: the accepted knobs %s were not kept by the worker: %s", self._launch.name, knobs, exc)
+        finally:
+            self._io.release()
 
     def restart(self) -> None:
         """Asks for the worker to be started afresh: a running one is drained first, and exits

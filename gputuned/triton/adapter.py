@@ -30,6 +30,7 @@ from gputuned.control.server import ControlServer, ServerThread
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.triton.api import TritonClient, TritonError
 from gputuned.triton.handler import POLL_SECONDS, TritonWorker
+from gputuned.triton.repository import ConfigFile, WriteBackError
 from gputuned.triton.server import (
     ServerSpec,
     check_ports_free,
@@ -50,8 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--control-group", metavar="GROUP", help="also let this group use the control socket (mode 0660)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto: where the model's instances run")
     parser.add_argument("--server", metavar="BINARY", help="start and own this tritonserver (supervised); omit to attach")
-    parser.add_argument("--repository", type=Path, help="the model repository the started server serves")
+    parser.add_argument("--repository", type=Path, help="the model repository (the started server's; write-back's)")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG", help="one more tritonserver argument")
+    parser.add_argument(
+        "--write-back", action="store_true", help="write accepted knobs into the model's config.pbtxt under --repository"
+    )
     parser.add_argument("--access-token-file", type=Path, help="a file holding the repository API's access token")
     parser.add_argument("--saved-knob", action="append", metavar="KNOB=VALUE", help="accepted knobs to re-apply")
     parser.add_argument("--ready-timeout", type=float, default=300.0, help="seconds for the model to become ready")
@@ -84,9 +88,10 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         metrics_url = args.metrics_url or default_metrics_url(args.url)
         token = args.access_token_file.read_text().strip() if args.access_token_file else ""
         group = grp.getgrnam(args.control_group).gr_gid if args.control_group else None
-        if args.server and args.repository is None:
-            raise ValueError("--server needs --repository")
-    except (ValueError, KnobError, KeyError, OSError) as exc:
+        if (args.server or args.write_back) and args.repository is None:
+            raise ValueError(f"{'--server' if args.server else '--write-back'} needs --repository")
+        write_back = ConfigFile(args.repository, args.model) if args.write_back else None
+    except (ValueError, KnobError, KeyError, OSError, WriteBackError) as exc:
         print(f"gputuned triton-adapter: {exc}", file=sys.stderr)
         return 2
     client = TritonClient(args.url, metrics_url, access_token=token)
@@ -109,7 +114,7 @@ def run_from_arguments(args: argparse.Namespace) -> int:
             return 1 if not stop.is_set() else 0
         if process is None:
             client.check_model_control()  # an operator's Triton: say now, not at the first set, if it cannot be tuned
-        worker = TritonWorker(client, args.model, args.device)
+        worker = TritonWorker(client, args.model, args.device, write_back=write_back)
         worker.attach(saved)
         control = ServerThread(
             ControlServer(args.control_socket, worker, group=group, stats_interval=POLL_SECONDS), "gputuned-triton-control"

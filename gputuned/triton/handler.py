@@ -9,6 +9,9 @@ After every set, and whenever Triton comes back after being unreachable (a resta
 owner in attach mode), the knobs are read back from the config Triton reports, so the
 daemon's view and Triton's never diverge; the accepted values are then written again.
 
+With write-back (`repository.ConfigFile`), knobs the daemon reports as accepted are written
+into the model's config.pbtxt, so the repository does not drift from what runs.
+
 Stats are polled (`poll`, from the adapter's poll thread) rather than computed on demand,
 so a stats message never waits on Triton.
 """
@@ -28,6 +31,7 @@ from gputuned.knobs import KnobError, KnobSpec, validate_changes
 from gputuned.triton import model_config
 from gputuned.triton.api import TritonClient, TritonError
 from gputuned.triton.readings import Counters, LatencyEstimate, parse_metrics, raw_counters, worker_stats
+from gputuned.triton.repository import ConfigFile, WriteBackError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,16 @@ SETTLE_POLLS = 3
 
 
 class TritonWorker:
-    def __init__(self, client: TritonClient, model: str, device: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: TritonClient,
+        model: str,
+        device: str,
+        clock: Callable[[], float] = time.monotonic,
+        write_back: ConfigFile | None = None,
+    ) -> None:
         self._client = client
+        self._write_back = write_back
         self._model = model
         self._device = device
         self._clock = clock
@@ -136,6 +148,22 @@ class TritonWorker:
             return
         with self._lock:
             self._adopt(config)
+
+    def accepted(self, knobs: dict[str, int]) -> None:
+        """Writes the accepted knobs into the model's config.pbtxt when write-back is on, once
+        Triton runs them (a report about values Triton no longer holds is refused)."""
+        if self._write_back is None:
+            return
+        with self._lock:
+            running, values = self._config, dict(self._values)
+            ours = {name: value for name, value in knobs.items() if name in self._specs}
+        if any(values.get(name) != value for name, value in ours.items()):
+            raise KnobError(f"not written back: Triton runs {values}, not the accepted {ours}")
+        try:
+            if self._write_back.write_back(ours, running):
+                log.info("wrote the accepted knobs %s to %s", ours, self._write_back.path)
+        except WriteBackError as exc:
+            raise KnobError(f"not written back: {exc}") from None
 
     def stats(self) -> StatsReport:
         with self._lock:

@@ -147,6 +147,10 @@ class Agent:
             return f"restored {', '.join(restored) or 'nothing'}; could not restore {'; '.join(stuck)}"
         return f"restored {', '.join(restored)}: nothing was changed"
 
+    def accepted(self, knobs: dict[str, int]) -> None:
+        """Nothing to keep: an agent's server holds its knobs in memory, and the daemon hands
+        the accepted ones back at its next start (`--saved-knob`, or its first set)."""
+
     def stats(self) -> StatsReport:
         return self._stats()
 

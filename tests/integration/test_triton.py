@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -200,33 +201,93 @@ def accepted_knobs(state: Path, original: dict[str, int]) -> dict[str, int]:
     return {**original, **next(iter(workloads.values()), {})}
 
 
-@pytest.mark.parametrize("moment", ["while Triton reloads the trial's config", "during the trial"])
-def test_stopping_the_daemon_mid_trial_leaves_an_attached_triton_with_the_accepted_knobs(tmp_path, repository, moment):
-    port = free_port()
+@pytest.fixture(scope="module")
+def attached_triton(repository: Path) -> Iterator[str]:
+    """One Triton the stop tests attach to in turn; each starts from the knobs the last left."""
+    with running_triton(repository, free_port()) as url:
+        yield url
+
+
+def _settled(status: dict) -> bool:
+    return not status["applying"] and not status["tuner"]["trial_active"]
+
+
+# When to stop the daemon, read from its status (polled every 0.1 s); a change's set reloads
+# Triton's model (seconds), and its warm-up, trial and confirmation last seconds each.
+MOMENTS = {
+    "before the first set": lambda s: _settled(s) and s["performance"] is not None,
+    "while a trial's set is in flight": lambda s: s["applying"] and not s["tuner"]["trial_active"],
+    "in the warm-up": lambda s: s["tuner"]["phase"] == "warmup" and not s["applying"],
+    "in the trial": lambda s: s["tuner"]["phase"] == "trial" and not s["applying"],
+    "in the confirmation": lambda s: s["tuner"]["phase"] == "confirm" and not s["applying"],
+    # A set while a change is on trial puts the old values back: a revert, or a confirmation's switch.
+    "during a revert": lambda s: s["applying"] and s["tuner"]["trial_active"],
+}
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_stopping_the_daemon_at_any_point_of_a_trial_leaves_an_attached_triton_with_the_accepted_knobs(
+    tmp_path, attached_triton, moment
+):
+    url = attached_triton
+    port = int(url.rsplit(":", 1)[1])
     worker = {"kind": "triton", "model": MODEL, "listen": f"127.0.0.1:{port}", "mode": "auto", "ping_timeout_seconds": 10.0}
-    with running_triton(repository, port) as url:
-        # As the adapter reads them: a config without dynamic batching runs batches of one.
-        original = knobs_of(triton_config(url))
-        stop_load = threading.Event()
-        plan = LoadPlan(url=url, model=MODEL, concurrency=CLIENTS, requests=10**9, duration=180, stop=stop_load)
-        load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
-        with running_supervising_daemon(tmp_path, worker_port=port, **worker) as (daemon, _, _, admin):
-            load.start()
-            try:
-                if moment == "during the trial":
-                    wait_for(lambda: worker_status(admin)["tuner"]["trial_active"], 120, "a change on trial")
-                else:
-                    wait_for(lambda: knobs_of(triton_config(url)) != original, 120, "Triton to load a trial's config")
-                stop(daemon, signal.SIGTERM, timeout=90)
-            finally:
-                stop_load.set()
-                load.join(timeout=60)
-        log = (tmp_path / "daemon.log").read_text()
-        assert daemon.returncode == 0 and "Traceback" not in log, log[-3000:]
-        assert knobs_of(triton_config(url)) == accepted_knobs(tmp_path / "state", original), log[-3000:]
-    decisions = [json.loads(line) for line in (tmp_path / "state" / "decisions.jsonl").read_text().splitlines()]
-    # Caught mid-trial (a trial lasts seconds): the change is put back as the daemon stops.
-    assert decisions[-1]["action"] == "revert" and "the daemon is stopping" in decisions[-1]["reason"], decisions[-3:]
+    # The widest doubt band (min_margin at its top) and an SLO that no step breaks: most
+    # verdicts go through a confirmation rather than a revert for harm.
+    tuning = {"min_margin": 0.1, "slo_p99_ms": 10_000}
+    # As the adapter reads them: a config without dynamic batching runs batches of one.
+    original = knobs_of(triton_config(url))
+    stop_load = threading.Event()
+    plan = LoadPlan(url=url, model=MODEL, concurrency=CLIENTS, requests=10**9, duration=240, stop=stop_load)
+    load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
+    with running_supervising_daemon(tmp_path, worker_port=port, tuning=tuning, **worker) as (daemon, _, _, admin):
+        load.start()
+        try:
+            wait_for(lambda: MOMENTS[moment](worker_status(admin)), 200, moment)
+            stop(daemon, signal.SIGTERM, timeout=90)
+        finally:
+            stop_load.set()
+            load.join(timeout=60)
+    log = (tmp_path / "daemon.log").read_text()
+    assert daemon.returncode == 0 and "Traceback" not in log, log[-3000:]
+    assert knobs_of(triton_config(url)) == accepted_knobs(tmp_path / "state", original), log[-3000:]
+    decisions_file = tmp_path / "state" / "decisions.jsonl"
+    decisions = [json.loads(line) for line in decisions_file.read_text().splitlines()] if decisions_file.exists() else []
+    if moment == "before the first set":
+        assert not decisions or decisions[-1]["action"] != "apply", decisions[-3:]
+    elif moment == "during a revert":
+        assert decisions[-1]["action"] == "revert", decisions[-3:]
+    else:  # caught with a change in force: it is put back as the daemon stops
+        assert decisions[-1]["action"] == "revert" and "the daemon is stopping" in decisions[-1]["reason"], decisions[-3:]
+
+
+def test_accepted_knobs_are_written_back_to_the_model_repository(tmp_path, repository):
+    models = tmp_path / "models"
+    shutil.copytree(repository, models)
+    config_file = models / MODEL / "config.pbtxt"
+    operators_file = config_file.read_text()
+    port = free_port()
+    worker = {
+        "kind": "triton",
+        "model": MODEL,
+        "listen": f"127.0.0.1:{port}",
+        "triton_repository": str(models),
+        "triton_write_back": True,
+    }
+    url = f"http://127.0.0.1:{port}"
+    with (
+        running_triton(models, port),
+        running_supervising_daemon(tmp_path, worker_port=port, tuning={"mode": "frozen"}, **worker) as (_, _, _, admin),
+    ):
+        assert run_cli("set", "--socket", str(admin), "max_batch_size=4", "streams=2").returncode == 0
+        assert knobs_in(triton_config(url)) == (4, 2, 0)
+        assert config_file.with_name("config.pbtxt.previous").read_text() == operators_file
+        written = config_file.read_text()
+        assert "max_batch_size: 4" in written and "count: 2" in written, written
+    # Its owner restarts Triton from the repository, without gputuned: it runs the accepted knobs.
+    with running_triton(models, port):
+        assert knobs_in(triton_config(url)) == (4, 2, 0)
+    assert "Traceback" not in (tmp_path / "daemon.log").read_text()
 
 
 def test_attaching_to_a_triton_without_explicit_model_control_says_how_to_start_it(tmp_path, repository):

@@ -168,8 +168,13 @@ def test_the_adapter_command_carries_the_server_its_knobs_and_timeouts():
     launch = worker_launch(lambda: worker, Path("/run/w.sock"), dict)
     assert launch.ready_url == "http://127.0.0.1:8100/v2/models/resnet-mini/ready"
     assert launch.set_timeout == TRITON_RELOAD_SECONDS
+    assert "--write-back" not in command
     attached = WorkerConfig(kind="triton", model="m", listen="127.0.0.1:8100")
     assert "--server" not in triton_adapter_command(attached, Path("/run/w.sock"), {}, drain_seconds=30)
+    writing = WorkerConfig(kind="triton", model="m", listen="127.0.0.1:8100", triton_repository="/models", triton_write_back=True)
+    command = triton_adapter_command(writing, Path("/run/w.sock"), {}, drain_seconds=30)
+    assert "--server" not in command and "--write-back" in command
+    assert any(command[i : i + 2] == ["--repository", "/models"] for i in range(len(command)))
 
 
 def test_the_started_server_is_loopback_explicit_and_summarised():
@@ -220,10 +225,12 @@ def test_an_unreachable_triton_is_a_clear_error():
         ("kind = 'tensorrt'\n", "kind: 'tensorrt' is not allowed; allowed values: builtin, triton"),
         ("triton_server = '/bin/tritonserver'\n", "triton_server: set only for a worker of kind 'triton'"),
         ("kind = 'triton'\ntriton_server = '/bin/tritonserver'\n", "triton_repository: needed with triton_server"),
-        ("kind = 'triton'\ntriton_repository = '/models'\n", "triton_repository: only with triton_server"),
+        ("kind = 'triton'\ntriton_repository = '/models'\n", "triton_repository: only with triton_server or triton_write_back"),
         ("kind = 'triton'\ncommand = ['serve']\n", "command: a worker of kind 'triton' runs gputuned's Triton adapter"),
         ("kind = 'triton'\nlisten = '127.0.0.1:0'\n", "listen: a Triton worker needs Triton's HTTP port"),
         ("kind = 'triton'\ntriton_args = [1]\n", "triton_args: expected a list of strings"),
+        ("kind = 'triton'\ntriton_write_back = true\n", "triton_write_back: needs triton_repository"),
+        ("triton_write_back = true\n", "triton_write_back: set only for a worker of kind 'triton'"),
     ],
 )
 def test_bad_triton_worker_settings_are_refused(tmp_path, text, message):
