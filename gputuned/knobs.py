@@ -129,9 +129,55 @@ INTEROP_THREADS = KnobDef(
     live=False,
 )
 
+MAX_NUM_ACTIVE_SEQS = KnobDef(
+    "max_num_active_seqs",
+    "Admission cap",
+    "sequences",
+    "short",
+    "The most sequences the scheduler runs at once; the others wait. Lowering it preempts "
+    "nothing: running sequences finish, and no new one starts until they are under the cap.",
+    1,
+    None,
+    {"vllm": "Scheduler.max_num_active_reqs (--max-num-active-seqs), up to --max-num-seqs"},
+)
+MAX_NUM_SCHEDULED_TOKENS = KnobDef(
+    "max_num_scheduled_tokens",
+    "Step token budget",
+    "tokens",
+    "short",
+    "The most tokens one engine step schedules: running sequences' next tokens first, then "
+    "prompt chunks of waiting ones. Never below the admission cap (a token for each running "
+    "sequence), nor below max_model_len where chunked prefill is off (a whole prompt).",
+    1,
+    None,
+    {"vllm": "Scheduler.max_num_scheduled_tokens, up to --max-num-batched-tokens"},
+)
+MAX_NUM_SEQS = KnobDef(
+    "max_num_seqs",
+    "Sequence slots",
+    "sequences",
+    "short",
+    "The sequences the model runner has buffers (and CUDA graphs) for, sized at start; the admission cap's ceiling.",
+    1,
+    None,
+    {"vllm": "--max-num-seqs"},
+    live=False,
+)
+
 CATALOGUE: Mapping[str, KnobDef] = {
     knob.name: knob
-    for knob in (MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US, STREAMS, POOL_MB, INTRA_OP_THREADS, SCHED_BATCH, INTEROP_THREADS)
+    for knob in (
+        MAX_BATCH_SIZE,
+        MAX_QUEUE_DELAY_US,
+        STREAMS,
+        POOL_MB,
+        INTRA_OP_THREADS,
+        SCHED_BATCH,
+        INTEROP_THREADS,
+        MAX_NUM_ACTIVE_SEQS,
+        MAX_NUM_SCHEDULED_TOKENS,
+        MAX_NUM_SEQS,
+    )
 }
 
 

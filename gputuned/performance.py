@@ -9,6 +9,7 @@ the tuners all read the worker through `measure`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,3 +164,20 @@ def _histogram_sum(report: StatsReport, name: Literal["latency_seconds", "batch_
 def _latency_sum(older: StatsReport, newer: StatsReport) -> float:
     """Seconds spent inside the worker by the requests completed between two reports."""
     return max(_histogram_sum(newer, "latency_seconds") - _histogram_sum(older, "latency_seconds"), 0.0)
+
+
+class Counters:
+    """Totals that never fall, from the raw counters of a server that a reload or a restart
+    resets (Triton's, vLLM's), as Prometheus's rate() reads them: after a drop, the new raw
+    value is what happened since the reset."""
+
+    def __init__(self) -> None:
+        self._raw: dict[str, float] = {}
+        self.totals: dict[str, float] = {}
+
+    def update(self, raw: Mapping[str, float]) -> None:
+        for name, value in raw.items():
+            last = self._raw.get(name, 0.0)
+            increase = value - last if value >= last else value
+            self.totals[name] = self.totals.get(name, 0.0) + increase
+            self._raw[name] = value

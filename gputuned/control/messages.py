@@ -34,7 +34,7 @@ class KnobWire(TypedDict, total=False):
 
 class WorkerIdentity(TypedDict, total=False):
     pid: int
-    kind: str  # builtin, agent, triton
+    kind: str  # builtin, agent, triton, vllm
     model: str
     device: str
     input: dict[str, Any]
@@ -58,6 +58,7 @@ class StatsReport(TypedDict, total=False):
     failed: int  # the server's fault: the only outcome held against a trial
     rejected: int  # the client's mistake
     refused: int  # not taken now: queue full, not ready, draining
+    aborted: int  # cancelled by the client, or the client went away (a generative server's abort): no one's fault
     oom: int  # batches that ran out of memory
     batches: int
     pool_hits: int
@@ -66,8 +67,18 @@ class StatsReport(TypedDict, total=False):
     lane_busy_seconds: float  # summed over lanes
     queue_depth: int  # a gauge: items waiting now
     lanes: int  # a gauge: lanes running now
-    latency_seconds: HistogramReport
+    latency_seconds: HistogramReport  # end to end
     batch_size: HistogramReport
+    # Generative (LLM) workers:
+    prompt_tokens: int
+    generation_tokens: int
+    preemptions: int  # sequences preempted (their KV cache given up, recomputed later)
+    running: int  # a gauge: sequences running now
+    kv_cache_usage: float  # a gauge: the share of the KV cache in use, 0..1
+    ttft_seconds: HistogramReport  # time to first token, per request
+    tpot_seconds: HistogramReport  # time per output token after the first, per request
+    itl_seconds: HistogramReport  # inter-token latency, per token
+    queue_seconds: HistogramReport  # time waiting before the first step, per request
 
 
 # The stats fields that are plain numbers, and those that are histograms.

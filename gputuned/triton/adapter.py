@@ -1,14 +1,8 @@
 """`gputuned triton-adapter`: a Triton model as a gputuned worker, in a process of its own.
 
-The daemon starts and supervises this process as it does the built-in worker (placement,
-restarts with backoff, hang detection, drain, adoption after a daemon restart), so the
-Triton worker kind needs nothing new in the daemon. In supervised mode (`--server`) the
-adapter starts `tritonserver` as its child and lives exactly as long as it: when Triton
-exits or stops answering for `--hang-timeout` seconds, the adapter stops it and exits 1,
-and the daemon starts both again with the accepted knobs; SIGTERM drains Triton (it
-finishes the requests in flight) before the adapter exits. In attach mode (no `--server`)
-it tunes a Triton that someone else runs and outlives it: while Triton is away the stats
-stand still, and when it answers again the accepted knobs are re-applied.
+How it lives (supervised: it starts `tritonserver` and lives as long as it; attached: it
+tunes a Triton someone else runs, and outlives it) is `adapting.lifecycle`; this module
+turns the command line into that run.
 """
 
 from __future__ import annotations
@@ -17,28 +11,18 @@ import argparse
 import grp
 import logging
 import os
-import signal
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from gputuned.adapting.lifecycle import AdapterRun, OwnedServer, run
+from gputuned.adapting.process import device_indices
 from gputuned.config import parse_listen_address
-from gputuned.control.server import ControlServer, ServerThread
 from gputuned.knobs import KnobError, parse_assignments
-from gputuned.triton.api import TritonClient, TritonError
-from gputuned.triton.handler import POLL_SECONDS, TritonWorker
+from gputuned.triton.api import TritonClient
+from gputuned.triton.handler import TritonWorker
 from gputuned.triton.repository import ConfigFile, WriteBackError
-from gputuned.triton.server import (
-    ServerSpec,
-    check_ports_free,
-    kill_descendants,
-    reap_orphans,
-    start_server,
-    stop_server,
-)
+from gputuned.triton.server import ServerSpec, server_command
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +57,6 @@ def default_metrics_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, "/metrics", "", ""))
 
 
-def device_indices(device: str) -> list[int] | None:
-    """The GPUs a started server may see: cuda:N -> [N]; cpu -> none; auto -> as the adapter sees."""
-    if device == "cpu":
-        return []
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return [int(device[5:])]
-    return None
-
-
 def run_from_arguments(args: argparse.Namespace) -> int:
     try:
         saved = parse_assignments(args.saved_knob or [])
@@ -95,48 +70,35 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         print(f"gputuned triton-adapter: {exc}", file=sys.stderr)
         return 2
     client = TritonClient(args.url, metrics_url, access_token=token)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    process = None
+    server = None
     if args.server:
         spec = _server_spec(args, metrics_url)
-        try:
-            check_ports_free(spec.host, (spec.http_port, spec.metrics_port))
-        except OSError as exc:
-            log.error("cannot start tritonserver: %s", exc.strerror)
-            return 1
-        reap_orphans()
-        process = start_server(spec, os.environ, device_indices(args.device))
-        log.info("started tritonserver pid %d on %s", process.pid, args.url)
-    try:
-        if not _wait_ready(client, args.model, process, args.ready_timeout, stop):
-            return 1 if not stop.is_set() else 0
-        if process is None:
+        server = OwnedServer(
+            "tritonserver",
+            server_command(spec),
+            dict(os.environ),
+            device_indices(args.device),
+            spec.host,
+            (spec.http_port, spec.metrics_port),
+            args.drain_timeout,
+        )
+
+    def attach() -> TritonWorker:
+        if server is None:
             client.check_model_control()  # an operator's Triton: say now, not at the first set, if it cannot be tuned
         worker = TritonWorker(client, args.model, args.device, write_back=write_back)
         worker.attach(saved)
-        control = ServerThread(
-            ControlServer(args.control_socket, worker, group=group, stats_interval=POLL_SECONDS), "gputuned-triton-control"
-        )
-        control.start()
-        log.info("control socket listening on %s; tuning model %s at %s", args.control_socket, args.model, args.url)
-        watch = threading.Thread(target=_poll, args=(worker, client, process, args.hang_timeout, stop), daemon=True)
-        watch.start()
-        code = _serve(process, stop)
-        control.stop()
-        return code
-    except TritonError as exc:
-        log.error("%s", exc)
-        return 1
-    except OSError as exc:  # the control socket could not be bound
-        log.error("cannot serve the control socket %s: %s", args.control_socket, exc)
-        return 1
-    finally:
-        if process is not None:
-            stop_server(process, args.drain_timeout)
-            if left := kill_descendants():
-                log.warning("killed %d process(es) the server left behind (Python backend stubs)", left)
+        return worker
+
+    adapter = AdapterRun(
+        args.control_socket,
+        group,
+        lambda: client.model_ready(args.model),
+        f"model {args.model} at {args.url}",
+        args.ready_timeout,
+        args.hang_timeout,
+    )
+    return run(adapter, server, attach, client.ready)
 
 
 def _server_spec(args: argparse.Namespace, metrics_url: str) -> ServerSpec:
@@ -152,47 +114,3 @@ def _server_spec(args: argparse.Namespace, metrics_url: str) -> ServerSpec:
         metrics_port=metrics.port or port + 2,
         extra_args=tuple(args.server_arg),
     )
-
-
-def _wait_ready(
-    client: TritonClient, model: str, process: subprocess.Popen[bytes] | None, timeout: float, stop: threading.Event
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while not client.model_ready(model):
-        if process is not None and process.poll() is not None:
-            log.error("tritonserver exited with code %s before model %s was ready", process.returncode, model)
-            return False
-        if time.monotonic() > deadline:
-            log.error("model %s was not ready at %s within %.0f s", model, client.url, timeout)
-            return False
-        if stop.wait(0.2):
-            return False
-    return True
-
-
-def _poll(
-    worker: TritonWorker,
-    client: TritonClient,
-    process: subprocess.Popen[bytes] | None,
-    hang_timeout: float,
-    stop: threading.Event,
-) -> None:
-    """Reads Triton every POLL_SECONDS; a started server that stays silent or not ready
-    (/v2/health/ready) for `hang_timeout` is killed (the main thread then sees it exit)."""
-    last_answer = time.monotonic()
-    while not stop.wait(POLL_SECONDS):
-        if worker.poll() and client.ready():
-            last_answer = time.monotonic()
-        elif process is not None and time.monotonic() - last_answer > hang_timeout and process.poll() is None:
-            log.error("tritonserver was not ready or did not answer for %.0f s; killing it", hang_timeout)
-            process.kill()
-
-
-def _serve(process: subprocess.Popen[bytes] | None, stop: threading.Event) -> int:
-    """Until SIGTERM (0) or the started server's exit (1)."""
-    while not stop.wait(0.2):
-        if process is not None and process.poll() is not None:
-            log.error("tritonserver exited with code %s", process.returncode)
-            stop.set()
-            return 1
-    return 0

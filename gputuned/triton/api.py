@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from gputuned.adapting.lifecycle import ServerError
+
 # The header Triton expects on an API restricted with --http-restricted-api.
 ACCESS_HEADER = "triton-access-token"
 # What Triton answers a load or unload in its NONE and POLL model control modes (the same words for both).
@@ -27,7 +29,7 @@ EXPLICIT_NEEDED = (
 PROBE_MODEL = "gputuned-model-control-probe"
 
 
-class TritonError(Exception):
+class TritonError(ServerError):
     """A Triton call failed; the message names the call and Triton's reason."""
 
 

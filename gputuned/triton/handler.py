@@ -25,17 +25,18 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gputuned.adapting.lifecycle import POLL_SECONDS
 from gputuned.control.messages import StatsReport, WorkerIdentity, WorkerStatusBody
 from gputuned.control.protocol import message
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
+from gputuned.performance import Counters
 from gputuned.triton import model_config
 from gputuned.triton.api import TritonClient, TritonError
-from gputuned.triton.readings import Counters, LatencyEstimate, parse_metrics, raw_counters, worker_stats
+from gputuned.triton.readings import LatencyEstimate, parse_metrics, raw_counters, worker_stats
 from gputuned.triton.repository import ConfigFile, WriteBackError
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.5  # how often Triton is read; the control socket streams stats at the same pace
 # Polls a set waits for after its reload (see _await_polls): the first takes in the requests
 # the reload held up; the two after it span more than a stats interval, so a stats report
 # carrying them goes out before the ack, and the trial measured from the ack leaves them out.

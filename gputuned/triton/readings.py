@@ -19,7 +19,7 @@ one or two reloads; eight reloads without tracing were clean), and reloading is 
 is applied.
 
 Triton resets a model's statistics when the model is reloaded, so raw counters can fall.
-`Counters` turns them into totals that never fall, as Prometheus's rate() does: after a
+`performance.Counters` turns them into totals that never fall, as Prometheus's rate() does: after a
 drop, the new raw value is what happened since the reset. The failure reasons map onto the
 worker's outcomes: BACKEND and OTHER are the server's fault (`failed`); REJECTED (the queue
 policy turned it away) is `refused`; CANCELED (the client gave up) is `rejected`, never held
@@ -88,21 +88,6 @@ def raw_counters(metrics: MetricsReading, stats: Mapping[str, Any]) -> dict[str,
         raw[f"batches:{size}"] = float(phases[1].get("count") or 0)
         raw[f"batch_seconds:{size}"] = sum(float(phase.get("ns") or 0) for phase in phases) / 1e9
     return raw
-
-
-class Counters:
-    """Totals that never fall, from raw counters that a reload may reset."""
-
-    def __init__(self) -> None:
-        self._raw: dict[str, float] = {}
-        self.totals: dict[str, float] = {}
-
-    def update(self, raw: Mapping[str, float]) -> None:
-        for name, value in raw.items():
-            last = self._raw.get(name, 0.0)
-            increase = value - last if value >= last else value
-            self.totals[name] = self.totals.get(name, 0.0) + increase
-            self._raw[name] = value
 
 
 def quantile_observations(quantiles: Mapping[float, float], count: int) -> list[tuple[float, int]]:

@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from gputuned.adapting.process import check_ports_free, device_indices
 from gputuned.config import ConfigError, WorkerConfig, load_config
 from gputuned.daemon.launch import TRITON_RELOAD_SECONDS, triton_adapter_command, worker_launch
-from gputuned.performance import measure
+from gputuned.performance import Counters, measure
 from gputuned.triton import model_config
-from gputuned.triton.adapter import default_metrics_url, device_indices
+from gputuned.triton.adapter import default_metrics_url
 from gputuned.triton.api import TritonClient, TritonError
 from gputuned.triton.readings import (
-    Counters,
     LatencyEstimate,
     parse_metrics,
     quantile_observations,
     raw_counters,
     worker_stats,
 )
-from gputuned.triton.server import ServerSpec, check_ports_free, server_command
+from gputuned.triton.server import ServerSpec, server_command
 
 DATA = Path(__file__).parent / "data"
 AS_USERS_WRITE_IT = {  # what Triton reports for `gputuned triton-example`'s config.pbtxt
