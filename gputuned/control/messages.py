@@ -81,6 +81,19 @@ class StatsReport(TypedDict, total=False):
     queue_seconds: HistogramReport  # time waiting before the first step, per request
 
 
+# The fields only a generative (LLM) server reports: tokens, its scheduler and per-token latency.
+GENERATIVE_STATS = (
+    "aborted",
+    "prompt_tokens",
+    "generation_tokens",
+    "preemptions",
+    "running",
+    "kv_cache_usage",
+    "ttft_seconds",
+    "tpot_seconds",
+    "itl_seconds",
+    "queue_seconds",
+)
 # The stats fields that are plain numbers, and those that are histograms.
 STATS_HISTOGRAMS = tuple(name for name, kind in get_type_hints(StatsReport).items() if kind is HistogramReport)
 STATS_NUMBERS = tuple(name for name in get_type_hints(StatsReport) if name not in STATS_HISTOGRAMS)

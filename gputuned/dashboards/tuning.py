@@ -128,7 +128,7 @@ def build() -> Board:
                 height=7,
             )
         )
-    board.add(
+    board.row("Decisions").add(
         graph(
             "Tuner decisions",
             "Changes the tuner applied, kept, reverted or refused, per interval, by knob.",

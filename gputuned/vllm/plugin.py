@@ -83,8 +83,8 @@ def register() -> None:
         with served.step_lock:
             return original_schedule(self, *args, **kwargs)
 
-    Scheduler.__init__ = init  # type: ignore[method-assign]
-    Scheduler.schedule = schedule  # type: ignore[method-assign]
+    Scheduler.__init__ = init
+    Scheduler.schedule = schedule
     setattr(Scheduler, WRAPPED_MARK, True)
 
 
