@@ -14,6 +14,7 @@ from gputuned import __version__
 from gputuned.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, with_overrides
 from gputuned.triton.adapter import add_arguments as add_adapter_arguments
 from gputuned.tuners.mode import MODE_NAMES
+from gputuned.vllm.adapter import add_arguments as add_vllm_adapter_arguments
 
 
 def _add_admin_arguments(parser: argparse.ArgumentParser, socket_help: str) -> None:
@@ -28,7 +29,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Monitors the GPUs, PCIe and NUMA of an inference host, exports them as Prometheus metrics, "
         "and supervises and tunes the inference servers on it.",
         epilog="Operator commands come first (run, status, set, tune, restart, check-config, install, uninstall), then the "
-        "tools (worker, load, sweep, dashboards, triton-example). `gputuned COMMAND --help` describes each.",
+        "tools (worker, load, sweep, dashboards, triton-example, vllm-plugin). `gputuned COMMAND --help` describes each.",
     )
     parser.add_argument("--version", action="version", version=f"gputuned {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -122,7 +123,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
-    load = commands.add_parser("load", help="generate inference load against a v2 endpoint")
+    load = commands.add_parser(
+        "load", help="generate inference load: a v2 endpoint, or an OpenAI-compatible LLM server (--api openai)"
+    )
     load.add_argument(
         "url",
         nargs="*",
@@ -137,6 +140,13 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
     load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
     load.add_argument("--json", action="store_true", help="print the result as JSON")
+    load.add_argument(
+        "--api", choices=("v2", "openai"), default="v2", help="v2 inference (default), or streamed OpenAI completions (vLLM)"
+    )
+    load.add_argument("--prompt-tokens", default="64", metavar="N|LOW-HIGH|@FILE", help="openai: prompt lengths (default 64)")
+    load.add_argument("--output-tokens", default="128", metavar="N|LOW-HIGH|@FILE", help="openai: output lengths (default 128)")
+    load.add_argument("--slo-ttft-ms", type=float, help="openai: the TTFT objective goodput counts against")
+    load.add_argument("--slo-tpot-ms", type=float, help="openai: the TPOT objective goodput counts against")
 
     sweep = commands.add_parser("sweep", help="measure every point of a knob grid under a load (the offline baseline)")
     sweep.add_argument("grid", nargs="+", metavar="KNOB=V1,V2,...", help="e.g. max_batch_size=1,4,16 streams=1,2")
@@ -166,10 +176,17 @@ def _build_parser() -> argparse.ArgumentParser:
     example.add_argument("--name", default="resnet-mini", help="the model's name (default resnet-mini)")
     example.add_argument("--max-batch-size", type=int, default=8, help="the config's max_batch_size (default 8)")
 
-    # Internal: the daemon starts it for a worker of kind triton. No help=, so the command list leaves it out.
+    plugin = commands.add_parser(
+        "vllm-plugin", help="write the wheel of gputuned's vLLM plugin, to pip install into vLLM's environment"
+    )
+    plugin.add_argument("--out", type=Path, default=Path(), help="the directory to write it to (default: here)")
+
+    # Internal: the daemon starts them for workers of kind triton and vllm. No help=, so the command list leaves them out.
 
     adapter = commands.add_parser("triton-adapter", description="A Triton model as a gputuned worker (the daemon starts this).")
     add_adapter_arguments(adapter)
+    vllm_adapter = commands.add_parser("vllm-adapter", description="A vLLM server as a gputuned worker (the daemon starts this).")
+    add_vllm_adapter_arguments(vllm_adapter)
     return parser
 
 
@@ -238,6 +255,26 @@ def _triton_adapter(args: argparse.Namespace) -> int:
     from gputuned.triton.adapter import run_from_arguments
 
     return run_from_arguments(args)
+
+
+def _vllm_adapter(args: argparse.Namespace) -> int:
+    _configure_logging(args.log_level)
+    from gputuned.vllm.adapter import run_from_arguments
+
+    return run_from_arguments(args)
+
+
+def _vllm_plugin(args: argparse.Namespace) -> int:
+    from gputuned.vllm.wheel import build
+
+    try:
+        path = build(args.out)
+    except OSError as exc:
+        print(f"gputuned vllm-plugin: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    print(f"install it into vLLM's environment: /path/to/vllm-env/bin/python -m pip install {path}", file=sys.stderr)
+    return 0
 
 
 def _triton_example(args: argparse.Namespace) -> int:
@@ -398,17 +435,41 @@ def _load(args: argparse.Namespace) -> int:
     ):
         print("gputuned load: --requests, --duration, --batch, --concurrency and --rate must be positive", file=sys.stderr)
         return 2
-    plan = LoadPlan(
-        url=args.url[0].rstrip("/"),
-        more_urls=tuple(url.rstrip("/") for url in args.url[1:]),
-        model=args.model,
-        concurrency=None if args.rate else args.concurrency,
-        rate=args.rate,
-        requests=args.requests,
-        duration=args.duration,
-        batch=args.batch,
+    common = {
+        "url": args.url[0].rstrip("/"),
+        "more_urls": tuple(url.rstrip("/") for url in args.url[1:]),
+        "model": args.model,
+        "concurrency": None if args.rate else args.concurrency,
+        "rate": args.rate,
+        "requests": args.requests,
+        "duration": args.duration,
+    }
+    if args.api == "openai":
+        return _completion_load(args, common)
+    return load_main(LoadPlan(**common, batch=args.batch), args.json)
+
+
+def _completion_load(args: argparse.Namespace, common: dict[str, Any]) -> int:
+    from gputuned.lengths import parse_lengths
+    from gputuned.llmload import CompletionPlan
+    from gputuned.llmload import main as completion_main
+
+    if (args.slo_ttft_ms is None) != (args.slo_tpot_ms is None):
+        print("gputuned load: goodput needs both --slo-ttft-ms and --slo-tpot-ms", file=sys.stderr)
+        return 2
+    try:
+        prompt, output = parse_lengths(args.prompt_tokens), parse_lengths(args.output_tokens)
+    except ValueError as exc:
+        print(f"gputuned load: {exc}", file=sys.stderr)
+        return 2
+    plan = CompletionPlan(
+        **common,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        slo_ttft=None if args.slo_ttft_ms is None else args.slo_ttft_ms / 1000,
+        slo_tpot=None if args.slo_tpot_ms is None else args.slo_tpot_ms / 1000,
     )
-    return load_main(plan, args.json)
+    return completion_main(plan, args.json)
 
 
 def _configured(args: argparse.Namespace) -> Config:
@@ -453,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         "worker": _worker,
         "triton-adapter": _triton_adapter,
         "triton-example": _triton_example,
+        "vllm-adapter": _vllm_adapter,
+        "vllm-plugin": _vllm_plugin,
         "load": _load,
         "install": _install,
         "uninstall": _install,

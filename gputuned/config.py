@@ -147,10 +147,16 @@ class WorkerConfig:
     `listen` is Triton's HTTP address): with `triton_server` set, gputuned starts that
     tritonserver on `triton_repository` and owns it; without, it attaches to the Triton
     running at `listen` and tunes it (gputuned/triton/).
+
+    With kind "vllm" the worker is a vLLM server (`listen` is its HTTP address): with
+    `vllm_python` set, gputuned starts vLLM's OpenAI-compatible server on `model` (a
+    directory or a Hugging Face name) with that Python and owns it; without, it attaches to
+    the vLLM running at `listen`, and moves its knobs through `vllm_plugin_socket`
+    (gputuned/vllm/).
     """
 
     name: str = "worker"  # names it in metrics, status, logs, `--worker`, its socket and state files
-    kind: str = _choice("builtin", "builtin", "triton")
+    kind: str = _choice("builtin", "builtin", "triton", "vllm")
     command: list = field(default_factory=list)
     model: str = "resnet-mini"
     device: str = "auto"
@@ -170,6 +176,9 @@ class WorkerConfig:
     crash_loop_exits: int = _bounded(5, 1, 1000)
     crash_loop_window_seconds: float = _bounded(60.0, 1.0, 86400.0)
     drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
+    # How long a start may take before the worker counts as hung; 0: 120 s for the built-in
+    # worker and a user's command, 600 s for a Triton or vLLM gputuned starts (models load slowly).
+    start_timeout_seconds: float = _bounded(0.0, 0.0, 86400.0)
     triton_server: str = ""  # the tritonserver binary gputuned starts; empty: attach to one at `listen`
     triton_repository: str = ""  # the model repository: the started server's, or the attached one's for write-back
     triton_args: list = field(default_factory=list)  # more tritonserver arguments
@@ -178,17 +187,28 @@ class WorkerConfig:
     # Write each accepted set of knobs into the model's config.pbtxt under triton_repository
     # (the previous file kept beside it), so a restarted Triton comes back with them.
     triton_write_back: bool = False
+    vllm_python: str = ""  # the Python of vLLM's environment gputuned starts vLLM with; empty: attach to one at `listen`
+    vllm_args: list = field(default_factory=list)  # more arguments for vLLM's server
+    # An attached vLLM's plugin socket (vLLM runs with GPUTUNED_VLLM_SOCKET set to it); without one, knobs are read-only.
+    vllm_plugin_socket: str = ""
     # The tuner's mode for this worker; unset: [tuning]'s, else by who runs the server (`tuner_mode`).
     mode: str = _choice("", *MODE_NAMES)
 
     @property
+    def start_timeout(self) -> float:
+        if self.start_timeout_seconds:
+            return self.start_timeout_seconds
+        return 600.0 if self.kind in ("triton", "vllm") else 120.0
+
+    @property
     def attached(self) -> bool:
         """A server the operator already runs (a Triton gputuned did not start), not one gputuned starts."""
-        return self.kind == "triton" and not self.triton_server
+        return (self.kind == "triton" and not self.triton_server) or (self.kind == "vllm" and not self.vllm_python)
 
     def __post_init__(self) -> None:
         _check_name(self.name)
         _check_triton(self)
+        _check_vllm(self)
         _check_placement(self.placement)
         _check_cpus(self.cpus)
         if not all(isinstance(word, str) for word in self.command):
@@ -223,6 +243,24 @@ def _check_triton(worker: WorkerConfig) -> None:
         )
     if parse_listen_address(worker.listen)[1] == 0:
         raise ConfigError("listen: a Triton worker needs Triton's HTTP port")
+
+
+def _check_vllm(worker: WorkerConfig) -> None:
+    if not all(isinstance(word, str) for word in worker.vllm_args):
+        raise ConfigError("vllm_args: expected a list of strings")
+    if worker.kind != "vllm":
+        vllm_settings = [f.name for f in dataclasses.fields(worker) if f.name.startswith("vllm_") and getattr(worker, f.name)]
+        if vllm_settings:
+            raise ConfigError(f"{vllm_settings[0]}: set only for a worker of kind 'vllm'")
+        return
+    if worker.command:
+        raise ConfigError("command: a worker of kind 'vllm' runs gputuned's vLLM adapter; leave command empty")
+    if worker.vllm_python and worker.vllm_plugin_socket:
+        raise ConfigError("vllm_plugin_socket: only for an attached vLLM; gputuned gives the one it starts its own socket")
+    if worker.vllm_args and not worker.vllm_python:
+        raise ConfigError("vllm_args: only with vllm_python; an attached vLLM has its own arguments")
+    if parse_listen_address(worker.listen)[1] == 0:
+        raise ConfigError("listen: a vLLM worker needs vLLM's HTTP port")
 
 
 @dataclass(frozen=True)

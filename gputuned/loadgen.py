@@ -153,11 +153,15 @@ class _Target:
     outstanding: int = 0
 
 
-class _Run:
-    def __init__(self, session: aiohttp.ClientSession, targets: list[_Target], plan: LoadPlan) -> None:
+class LoadRun:
+    """One load run: its clients (closed loop) or arrivals (open loop), bounded in count and
+    time, over targets picked least-outstanding first. `one` sends a v2 inference request;
+    other APIs (llmload.py) override it."""
+
+    def __init__(self, session: aiohttp.ClientSession, targets: list[Any], plan: LoadPlan, result: LoadResult) -> None:
         self.session, self.targets, self.plan = session, targets, plan
         self._turn = 0
-        self.result = LoadResult()
+        self.result = result
         self.started = time.perf_counter()
         self.deadline = self.started + plan.duration
 
@@ -165,7 +169,7 @@ class _Run:
         stopped = self.plan.stop is not None and self.plan.stop.is_set()
         return not stopped and self.result.sent < self.plan.requests and time.perf_counter() < self.deadline
 
-    def pick(self) -> _Target:
+    def pick(self) -> Any:
         """The target with the fewest requests outstanding; ties go round in turn."""
         self._turn = (self._turn + 1) % len(self.targets)
         rotated = self.targets[self._turn :] + self.targets[: self._turn]
@@ -178,25 +182,34 @@ class _Run:
         target = self.pick()
         target.outstanding += 1
         try:
-            async with self.session.post(target.infer_url, data=target.body, headers=target.headers) as response:
-                await response.read()
-                if response.status == 200:
-                    done = time.perf_counter()
-                    self.result.ok += 1
-                    self.result.ok_by_target[target.base] += 1
-                    self.result.latencies.append(done - scheduled)
-                    if self.plan.timeline:
-                        self.result.timeline.append((done, done - scheduled))
-                    return True
-                kind = f"http_{response.status}"
+            kind = await self.send(target, scheduled)
         except (TimeoutError, aiohttp.ClientError) as exc:
             kind = type(exc).__name__
         finally:
             target.outstanding -= 1
+        if kind is None:
+            return True
         self.result.errors[kind] += 1
         if len(self.result.failures) < MAX_FAILURES_KEPT:
             self.result.failures.append((sent, kind))
         return False
+
+    async def send(self, target: _Target, scheduled: float) -> str | None:
+        """One request to `target`, counted in the result when answered; the kind of failure, or None."""
+        async with self.session.post(target.infer_url, data=target.body, headers=target.headers) as response:
+            await response.read()
+            if response.status != 200:
+                return f"http_{response.status}"
+        self.answered(target.base, scheduled)
+        return None
+
+    def answered(self, base: str, scheduled: float) -> None:
+        done = time.perf_counter()
+        self.result.ok += 1
+        self.result.ok_by_target[base] += 1
+        self.result.latencies.append(done - scheduled)
+        if self.plan.timeline:
+            self.result.timeline.append((done, done - scheduled))
 
     async def closed_loop(self, clients: int) -> None:
         async def client() -> None:
@@ -225,7 +238,7 @@ class _Run:
         await asyncio.gather(*in_flight)
 
 
-async def _progress(run: _Run, stream: TextIO) -> None:
+async def _progress(run: LoadRun, stream: TextIO) -> None:
     while True:
         await asyncio.sleep(0.5)
         result = run.result
@@ -238,27 +251,37 @@ async def _progress(run: _Run, stream: TextIO) -> None:
 
 
 async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult:
-    timeout = aiohttp.ClientTimeout(total=max(plan.duration, 30.0))
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+    async with client_session(plan) as session:
         targets = []
         for url in plan.urls:
             model, metadata = await _discover(session, url, plan.model)
             body, headers = build_request(metadata, plan.batch, plan.seed)
             targets.append(_Target(url, f"{url}/v2/models/{model}/infer", body, headers))
-        run = _Run(session, targets, plan)
-        reporter = asyncio.create_task(_progress(run, progress)) if progress is not None else None
-        try:
-            if plan.rate is not None:
-                await run.open_loop(plan.rate)
-            else:
-                await run.closed_loop(plan.concurrency or 1)
-        finally:
-            if reporter is not None and progress is not None:
-                reporter.cancel()
-                progress.write("\n")
-        run.result.elapsed = time.perf_counter() - run.started
-        return run.result
+        return await drive(LoadRun(session, targets, plan, LoadResult()), progress)
+
+
+def client_session(plan: LoadPlan) -> aiohttp.ClientSession:
+    """A session with no connection limit (the plan's clients are the limit) and a request
+    timeout of the whole run's length."""
+    timeout = aiohttp.ClientTimeout(total=max(plan.duration, 30.0))
+    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+
+
+async def drive(run: LoadRun, progress: TextIO | None) -> LoadResult:
+    """Runs the load, closed or open loop as its plan says, with a progress line when asked."""
+    plan = run.plan
+    reporter = asyncio.create_task(_progress(run, progress)) if progress is not None else None
+    try:
+        if plan.rate is not None:
+            await run.open_loop(plan.rate)
+        else:
+            await run.closed_loop(plan.concurrency or 1)
+    finally:
+        if reporter is not None and progress is not None:
+            reporter.cancel()
+            progress.write("\n")
+    run.result.elapsed = time.perf_counter() - run.started
+    return run.result
 
 
 def _ms(seconds: float | None) -> str:

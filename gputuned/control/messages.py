@@ -38,6 +38,7 @@ class WorkerIdentity(TypedDict, total=False):
     model: str
     device: str
     input: dict[str, Any]
+    note: str  # what limits this worker's tuning, for the operator (e.g. knobs read-only, and why)
 
 
 class HistogramReport(TypedDict):

@@ -82,6 +82,35 @@ def triton_adapter_command(
     return command
 
 
+def vllm_adapter_command(worker: WorkerConfig, control_socket: Path, knobs: Mapping[str, int], cache_dir: Path) -> list[str]:
+    """The adapter that makes a vLLM server a worker (gputuned/vllm/adapter.py). A started vLLM's
+    plugin listens beside the worker's control socket, and its caches go under `cache_dir`."""
+    command = [sys.executable, "-m", "gputuned", "vllm-adapter", "--model", worker.model, "--url", base_url(worker.listen)]
+    command += ["--control-socket", str(control_socket), "--device", worker.device]
+    command += [
+        "--hang-timeout",
+        f"{worker.ping_timeout_seconds:g}",
+        "--drain-timeout",
+        f"{max(worker.drain_timeout_seconds - 1, 0):g}",
+    ]
+    if worker.vllm_python:
+        command += ["--python", worker.vllm_python, "--plugin-socket", str(vllm_plugin_socket(control_socket))]
+        command += ["--cache-dir", str(cache_dir)]
+        command += [f"--server-arg={word}" for word in worker.vllm_args]
+    elif worker.vllm_plugin_socket:
+        command += ["--plugin-socket", worker.vllm_plugin_socket]
+    if worker.control_group:
+        command += ["--control-group", worker.control_group]
+    for name, value in sorted(knobs.items()):
+        command += ["--saved-knob", f"{name}={value}"]
+    return command
+
+
+def vllm_plugin_socket(control_socket: Path) -> Path:
+    """Where a started vLLM's plugin listens: beside the worker's control socket."""
+    return control_socket.with_name(f"{control_socket.stem}-vllm.sock")
+
+
 def base_url(listen: str) -> str:
     host, port = parse_listen_address(listen)
     return f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -92,10 +121,14 @@ def ready_url(listen: str) -> str:
 
 
 def worker_launch(
-    worker: Callable[[], WorkerConfig], control_socket: Path, saved_knobs: Callable[[], Mapping[str, int]]
+    worker: Callable[[], WorkerConfig],
+    control_socket: Path,
+    saved_knobs: Callable[[], Mapping[str, int]],
+    cache_dir: Path,
 ) -> WorkerLaunch:
     """The launch of a configured worker. `worker` returns the current [worker] table (a reload
-    takes effect at the next start); `saved_knobs` the last accepted knobs of its workload."""
+    takes effect at the next start); `saved_knobs` the last accepted knobs of its workload;
+    `cache_dir` is where a server gputuned starts may write its caches (its state directory)."""
 
     def command() -> list[str]:
         config = worker()
@@ -103,10 +136,16 @@ def worker_launch(
             return [word.replace("{control_socket}", str(control_socket)) for word in config.command]
         if config.kind == "triton":
             return triton_adapter_command(config, control_socket, saved_knobs(), config.drain_timeout_seconds)
+        if config.kind == "vllm":
+            return vllm_adapter_command(config, control_socket, saved_knobs(), cache_dir)
         return builtin_worker_command(config, control_socket, saved_knobs())
 
     config = worker()
-    probe = f"{base_url(config.listen)}/v2/models/{config.model}/ready" if config.kind == "triton" else ready_url(config.listen)
+    probes = {
+        "triton": f"{base_url(config.listen)}/v2/models/{config.model}/ready",
+        "vllm": f"{base_url(config.listen)}/health",
+    }
+    probe = probes.get(config.kind, ready_url(config.listen))
     return WorkerLaunch(
         name=config.name,
         command=command,

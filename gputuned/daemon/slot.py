@@ -50,6 +50,7 @@ def restart_policy(worker: WorkerConfig) -> RestartPolicy:
         ping_interval=worker.ping_interval_seconds,
         ping_timeout=worker.ping_timeout_seconds,
         drain_timeout=worker.drain_timeout_seconds,
+        start_timeout=worker.start_timeout,
     )
 
 
@@ -68,7 +69,9 @@ class WorkerSlot:
         self.knob_store = KnobStore(plan.state_dir)
         self.history = StatsHistory()
         self.decision_log = DecisionLog(plan.state_dir / "decisions.jsonl")
-        launch = worker_launch(lambda: self._worker_config, plan.control_socket, self._last_accepted_knobs)
+        launch = worker_launch(
+            lambda: self._worker_config, plan.control_socket, self._last_accepted_knobs, plan.state_dir / "cache"
+        )
         self.supervisor = Supervisor(
             launch, restart_policy(worker), plan.placement, self.history, self._knobs_for_hello, self._record_applied
         )

@@ -40,7 +40,8 @@ from gputuned.control.protocol import message
 from gputuned.control.server import ControlServer, ServerThread
 from gputuned.knobs import MAX_NUM_ACTIVE_SEQS, MAX_NUM_SCHEDULED_TOKENS, KnobError, KnobSpec, validate_changes
 
-log = logging.getLogger("gputuned.vllm")
+# A child of vLLM's own logger: its lines appear in vLLM's log, in its format.
+log = logging.getLogger("vllm.plugins.gputuned")
 
 SOCKET_ENV = "GPUTUNED_VLLM_SOCKET"
 GROUP_ENV = "GPUTUNED_VLLM_SOCKET_GROUP"

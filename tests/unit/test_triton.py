@@ -165,7 +165,7 @@ def test_the_adapter_command_carries_the_server_its_knobs_and_timeouts():
     for pair in (["--server", "/opt/tritonserver/bin/tritonserver"], ["--repository", "/models"], ["--saved-knob", "streams=2"]):
         assert any(command[i : i + 2] == pair for i in range(len(command)))
     assert "--server-arg=--log-verbose=1" in command and "--drain-timeout" in command
-    launch = worker_launch(lambda: worker, Path("/run/w.sock"), dict)
+    launch = worker_launch(lambda: worker, Path("/run/w.sock"), dict, Path("/var/lib/gputuned/cache"))
     assert launch.ready_url == "http://127.0.0.1:8100/v2/models/resnet-mini/ready"
     assert launch.set_timeout == TRITON_RELOAD_SECONDS
     assert "--write-back" not in command
