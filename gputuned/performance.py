@@ -4,6 +4,21 @@ The worker reports cumulative counters and histograms; the difference between tw
 reports is what happened in between. Quantiles interpolate linearly inside the bucket,
 as Prometheus's histogram_quantile does. `gputuned status`, sd_notify's STATUS line and
 the tuners all read the worker through `measure`.
+
+Goodput. For a worker judged by request latency: the requests completed within the p99
+SLO (interpolated inside the SLO's bucket). For a generative (LLM) worker, which reports
+time-to-first-token (TTFT) and per-request time-per-output-token (TPOT) histograms: the
+requests that met both objectives, the attainment vLLM's serving benchmark and DistServe
+count. The two histograms are separate distributions, so the count is a bound that never
+exceeds the truth: the requests within the TPOT objective, less every request that missed
+the TTFT objective (as if each TTFT miss were a TPOT hit), and each "within" counted only up
+to the largest bucket bound at or below its objective (`met_generative`). An objective on a
+bucket bound (vLLM's: TTFT 0.1, 0.25, 0.5, 1, 2.5 s...; TPOT 0.025, 0.05, 0.1, 0.15 s...)
+loses nothing to the buckets.
+
+The tail the guard holds under the objectives is `tail_ratio`: the p99 over the SLO, or
+for a generative worker the worse of TTFT p99 and TPOT p99 over their objectives; above 1
+an objective is breached.
 """
 
 from __future__ import annotations
@@ -79,6 +94,58 @@ def fraction_within(bounds: list[float], counts: list[int], threshold: float) ->
 
 
 @dataclass(frozen=True)
+class GenerativeObjectives:
+    """A generative worker's objectives, in seconds."""
+
+    ttft: float
+    tpot: float
+
+
+def within_bound(histogram: HistogramReport, threshold: float) -> int:
+    """Observations certainly at or below `threshold`: the cumulative count at the largest
+    bucket bound not above it (never more than the truth)."""
+    count = 0
+    for bound, cumulative in zip(histogram["bounds"], histogram["cumulative"]):
+        if bound > threshold:
+            break
+        count = cumulative
+    return count
+
+
+def met_generative(ttft: HistogramReport, tpot: HistogramReport, objectives: GenerativeObjectives) -> int:
+    """Requests that met both objectives, at least (see the module docstring); `ttft` and
+    `tpot` are histograms of the same requests (deltas over one window, or cumulative)."""
+    ttft_misses = ttft["cumulative"][-1] - within_bound(ttft, objectives.ttft)
+    return max(within_bound(tpot, objectives.tpot) - ttft_misses, 0)
+
+
+def _delta_histogram(older: HistogramReport | None, newer: HistogramReport | None) -> HistogramReport | None:
+    """What arrived between two cumulative snapshots, itself in cumulative form."""
+    delta = histogram_delta(older, newer)
+    if delta is None or newer is None or older is None:
+        return None
+    bounds, counts = delta
+    cumulative = [sum(counts[: index + 1]) for index in range(len(counts))]
+    return {"bounds": bounds, "cumulative": cumulative, "sum": newer["sum"] - older["sum"], "count": cumulative[-1]}
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a generative worker did in a window, beside the request figures."""
+
+    output_tokens_per_second: float
+    prompt_tokens_per_second: float
+    ttft_p50: float | None
+    ttft_p99: float | None
+    tpot_p50: float | None
+    tpot_p99: float | None
+    preemptions: int
+    running: int  # sequences running at the window's end
+    kv_cache_usage: float  # at the window's end, 0..1
+    aborted: int
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One window of the worker's behaviour, everything a tuner decides on."""
 
@@ -103,6 +170,28 @@ class Measurement:
     items_per_request: float = 0.0  # the input size: items (rows of the input tensor) per completed request
     refused: int = 0  # not taken now: queue full, not ready, draining
     rejected: int = 0  # the clients' mistakes: malformed, unknown model, wrong shape, oversize
+    tail_ratio: float | None = None  # the tail over its objective (module docstring); None: p99 over the SLO
+    generation: Generation | None = None  # a generative worker's tokens and per-token latency
+
+
+def over_objective(window: Measurement, slo_seconds: float) -> float | None:
+    """How far the window's tail is over its objective (above 1: breached); None without latencies."""
+    if window.tail_ratio is not None:
+        return window.tail_ratio
+    return None if window.p99 is None else window.p99 / slo_seconds
+
+
+def describe_tail(window: Measurement) -> str:
+    """The tail the objectives judge, for decisions and logs: "p99 146.8 ms", or for a
+    generative worker "TTFT p99 1200.0 ms, TPOT p99 40.0 ms"."""
+    generation = window.generation
+    if generation is not None:
+        return f"TTFT p99 {_ms(generation.ttft_p99)}, TPOT p99 {_ms(generation.tpot_p99)}"
+    return f"p99 {_ms(window.p99)}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
 def measure(
@@ -112,8 +201,10 @@ def measure(
     slo_seconds: float,
     device_busy: float | None = None,
     pcie_utilization: float | None = None,
+    generative: GenerativeObjectives | None = None,
 ) -> Measurement | None:
-    """The window between two stats reports; None when it is empty or spans a restart."""
+    """The window between two stats reports; None when it is empty or spans a restart.
+    A worker that reports TTFT and TPOT histograms is judged by `generative` objectives."""
     if seconds <= 0:
         return None
 
@@ -131,11 +222,24 @@ def measure(
     items = _histogram_sum(newer, "batch_size") - _histogram_sum(older, "batch_size")
     busy = delta("lane_busy_seconds")
     lanes = int(newer.get("lanes", 1) or 1)
+    goodput = (within if within is not None else 0.0) * completed / seconds
+    generation, tail_ratio = None, None
+    ttft = _delta_histogram(older.get("ttft_seconds"), newer.get("ttft_seconds"))
+    tpot = _delta_histogram(older.get("tpot_seconds"), newer.get("tpot_seconds"))
+    if generative is not None and ttft is not None and tpot is not None:
+        goodput = met_generative(ttft, tpot, generative) / seconds
+        generation = _generation(older, newer, seconds, ttft, tpot)
+        ratios = [
+            value / objective
+            for value, objective in ((generation.ttft_p99, generative.ttft), (generation.tpot_p99, generative.tpot))
+            if value is not None
+        ]
+        tail_ratio = max(ratios) if ratios else None
     return Measurement(
         seconds=seconds,
         arrival_rate=delta("requests") / seconds,
         throughput=completed / seconds,
-        goodput=(within if within is not None else 0.0) * completed / seconds,
+        goodput=goodput,
         p99=p99,
         failed=int(delta("failed")),
         mean_batch=items / batches if batches > 0 else 0.0,
@@ -153,6 +257,31 @@ def measure(
         items_per_request=items / completed if completed > 0 else 0.0,
         refused=int(delta("refused")),
         rejected=int(delta("rejected")),
+        tail_ratio=tail_ratio,
+        generation=generation,
+    )
+
+
+def _generation(
+    older: StatsReport, newer: StatsReport, seconds: float, ttft: HistogramReport, tpot: HistogramReport
+) -> Generation:
+    def delta(name: str) -> float:
+        return (stats_number(newer, name) or 0.0) - (stats_number(older, name) or 0.0)
+
+    def at(histogram: HistogramReport, q: float) -> float | None:
+        return quantile(histogram["bounds"], bucket_counts(histogram["cumulative"]), q)
+
+    return Generation(
+        output_tokens_per_second=delta("generation_tokens") / seconds,
+        prompt_tokens_per_second=delta("prompt_tokens") / seconds,
+        ttft_p50=at(ttft, 0.5),
+        ttft_p99=at(ttft, 0.99),
+        tpot_p50=at(tpot, 0.5),
+        tpot_p99=at(tpot, 0.99),
+        preemptions=int(delta("preemptions")),
+        running=int(stats_number(newer, "running") or 0),
+        kv_cache_usage=stats_number(newer, "kv_cache_usage") or 0.0,
+        aborted=int(delta("aborted")),
     )
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from gputuned.performance import Measurement
+from gputuned.performance import Measurement, over_objective
 
 # explore: may raise goodput, kept only if it beats the baseline beyond noise.
 # neutral: helps in ways goodput may not show (fewer allocations); kept unless it hurts.
@@ -57,7 +57,8 @@ class TunerInput:
         return max(low, min(high, value))
 
     def slo_breached(self) -> bool:
-        return self.window.p99 is not None and self.window.p99 > self.slo_seconds
+        """Whether the window's tail is over its objectives (p99 over the SLO; TTFT or TPOT p99 for a generative worker)."""
+        return (over_objective(self.window, self.slo_seconds) or 0.0) > 1
 
 
 class Tuner(Protocol):

@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, replace
 
 from gputuned.control.messages import ALL_KNOBS, Action, Decision, Evidence, WindowSummary
 from gputuned.knobs import memory_bound
-from gputuned.performance import Measurement
+from gputuned.performance import Measurement, over_objective
 from gputuned.tuners import verdict
 from gputuned.tuners.base import Proposal, Tuner, TunerInput
 from gputuned.tuners.ceilings import Ceilings
@@ -416,8 +416,9 @@ class Guard:
         # Harm is watched for from the moment of the change: the warmup excuses noise, not damage.
         if now - trial.applied_at >= HARM_WINDOW_SECONDS:
             recent = self._measure(max(trial.applied_at, now - 2 * HARM_WINDOW_SECONDS), now)
-            if recent is not None and self._harmful(trial, recent):
-                self._revert(trial, recent, now, "harmful during the trial", None)
+            damage = self._harmful(trial, recent) if recent is not None else ""
+            if damage and recent is not None:
+                self._revert(trial, recent, now, f"harmful during the trial: {damage}", None)
                 return
         if now < trial.start:
             return
@@ -438,7 +439,8 @@ class Guard:
         old setting is put back and windows at the two settings take turns (`confirm.py`).
         A back-off (the SLO decides it) and an SLO breach are never in doubt."""
         kind, slo = trial.proposal.kind, self.settings.slo_seconds
-        if self.settings.confirm_windows <= 2 or kind == "backoff" or (window.p99 is not None and window.p99 > slo):
+        breached = (over_objective(window, slo) or 0.0) > 1
+        if self.settings.confirm_windows <= 2 or kind == "backoff" or breached:
             return False
         metric = verdict.objective(trial.baseline)
         before, after = getattr(trial.baseline, metric), getattr(window, metric)
@@ -481,8 +483,9 @@ class Guard:
         if window is None:
             return
         new = interleaving.next_is_new
-        if new and self._harmful(trial, window):
-            self._revert(trial, window, now, "harmful during the interleaved windows", interleaving.evidence())
+        damage = self._harmful(trial, window) if new else ""
+        if damage:
+            self._revert(trial, window, now, f"harmful during the interleaved windows: {damage}", interleaving.evidence())
             return
         value = getattr(window, interleaving.metric)
         self._noise.add(interleaving.last(new), value)  # the same setting, two windows apart
@@ -526,7 +529,7 @@ class Guard:
         self._directions.refuse(Direction.of(trial.proposal, trial.previous[knob]).undoing(trial.proposal.value))
         self._finish(now, settled_from)
 
-    def _harmful(self, trial: _Trial, window: Measurement) -> bool:
+    def _harmful(self, trial: _Trial, window: Measurement) -> str:
         return verdict.harmful(trial.proposal, trial.baseline, window, self.settings.slo_seconds, self.settings.max_error_ratio)
 
     def abandon(self, now: float, why: str) -> None:

@@ -3,9 +3,13 @@
 The objective is goodput; while almost nothing meets the SLO (overload), throughput, which
 is what drains the queue. An explore move must beat the baseline by the noise margin (a
 move that `wins_ties`, half the batch, only must not lose); a neutral move, a shrink or a
-back-off must not lose beyond the margin, and a back-off is judged by p99 alone. A window
-over the SLO reverts, unless the baseline was already over it and p99 did not get worse
-beyond the noise.
+back-off must not lose beyond the margin, and a back-off is judged by its tail alone. A
+window over the objectives reverts, unless the baseline was already over them and the tail
+did not get worse beyond the noise. The tail is the p99 against the SLO, or for a generative
+worker the worse of TTFT and TPOT p99 against theirs (`performance.over_objective`).
+
+A generative worker is also harmed by preemptions (its KV cache ran out and sequences are
+recomputed) that the baseline did not have, and by a KV cache filled to exhaustion.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gputuned.control.messages import Evidence
-from gputuned.performance import Measurement
+from gputuned.performance import Measurement, describe_tail, over_objective
 from gputuned.tuners.base import Proposal
 
 OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
+KV_CACHE_EXHAUSTED = 0.98  # a generative worker's KV cache this full admits nothing more without preempting
 
 
 @dataclass(frozen=True)
@@ -39,31 +44,48 @@ def bar(proposal: Proposal, margin: float) -> float:
     return 0.0 if proposal.wins_ties else margin
 
 
-def harmful(proposal: Proposal, baseline: Measurement, window: Measurement, slo: float, max_error_ratio: float) -> bool:
-    """Damage that reverts at once, warmup or not: a new SLO breach (but for a back-off),
-    a spike of the server's failures, or running out of memory."""
-    newly_breached = window.p99 is not None and window.p99 > slo and not (baseline.p99 and baseline.p99 > slo)
+def harmful(proposal: Proposal, baseline: Measurement, window: Measurement, slo: float, max_error_ratio: float) -> str:
+    """Damage that reverts at once, warmup or not, said in words ("" for none): a new breach
+    of the objectives (but for a back-off), a spike of the server's failures, running out of
+    memory, or for a generative worker new preemptions or an exhausted KV cache."""
+    now, before = over_objective(window, slo), over_objective(baseline, slo)
+    newly_breached = now is not None and now > 1 and not (before is not None and before > 1)
+    if newly_breached and proposal.kind != "backoff":
+        return f"{describe_tail(window)} breaks the objectives"
+    return _damage(baseline, window, max_error_ratio)
+
+
+def _damage(baseline: Measurement, window: Measurement, max_error_ratio: float) -> str:
     requests = max(window.arrival_rate * window.seconds, 1.0)
-    error_spike = window.failed / requests > max_error_ratio and window.failed > baseline.failed
-    return (newly_breached and proposal.kind != "backoff") or error_spike or window.oom > 0
+    if window.failed / requests > max_error_ratio and window.failed > baseline.failed:
+        return f"{window.failed} requests failed"
+    if window.oom > 0:
+        return "out of memory"
+    now, before = window.generation, baseline.generation
+    if now is not None and before is not None:
+        if now.preemptions > 0 and now.preemptions / window.seconds > 2 * before.preemptions / baseline.seconds:
+            return f"{now.preemptions} sequences preempted"
+        if now.kv_cache_usage >= KV_CACHE_EXHAUSTED > before.kv_cache_usage:
+            return f"the KV cache is {now.kv_cache_usage:.0%} full"
+    return ""
 
 
 def judge(proposal: Proposal, baseline: Measurement, margins: dict[str, float], window: Measurement, slo: float) -> Verdict:
     """The trial window against the baseline; `margins` is the noise of goodput and of
     throughput the baseline showed."""
     on_p99 = Evidence("p99", windows=2)
+    now, before = over_objective(window, slo), over_objective(baseline, slo)
     if proposal.kind == "backoff":
-        improved = window.p99 is not None and baseline.p99 is not None and window.p99 < baseline.p99
-        slo_ok = window.p99 is None or window.p99 <= slo
-        return Verdict(slo_ok or improved, "p99 did not come down", False, on_p99)
-    base_breached = baseline.p99 is not None and baseline.p99 > slo
-    if window.p99 is not None and window.p99 > slo:
-        # Already over the SLO before the change (overload): the change may not make p99
-        # worse beyond the noise; otherwise it must keep p99 within the SLO.
-        tolerated = baseline.p99 * (1 + margins["throughput"]) if base_breached and baseline.p99 else slo
-        if window.p99 > tolerated:
+        improved = now is not None and before is not None and now < before
+        return Verdict(now is None or now <= 1 or improved, f"{describe_tail(window)} did not come down", False, on_p99)
+    base_breached = before is not None and before > 1
+    if now is not None and now > 1:
+        # Already over the objectives before the change (overload): the change may not make
+        # the tail worse beyond the noise; otherwise it must keep it within them.
+        tolerated = before * (1 + margins["throughput"]) if base_breached and before else 1.0
+        if now > tolerated:
             worse = " and is worse than before" if base_breached else ""
-            return Verdict(False, f"p99 {window.p99 * 1000:.1f} ms breaks the SLO{worse}", False, on_p99)
+            return Verdict(False, f"{describe_tail(window)} breaks the objectives{worse}", False, on_p99)
     metric = objective(baseline)
     before, after, margin = getattr(baseline, metric), getattr(window, metric), margins[metric]
     needed = bar(proposal, margin)

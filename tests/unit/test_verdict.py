@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gputuned.performance import Generation
 from gputuned.tuners.base import Proposal
 from gputuned.tuners.verdict import bar, harmful, judge, objective
 from tests.helpers import settled_window
@@ -34,7 +35,8 @@ def test_a_move_that_wins_ties_and_a_neutral_one_must_only_not_lose():
 
 def test_a_breach_reverts_unless_the_baseline_was_over_and_p99_did_not_get_worse():
     breached = judge(EXPLORE, BASE, MARGINS, replace(BASE, goodput=600.0, p99=0.2), SLO)
-    assert not breached.keep and "breaks the SLO" in breached.why and breached.evidence.metric == "p99"
+    assert not breached.keep and breached.evidence.metric == "p99"
+    assert breached.why == "p99 200.0 ms breaks the objectives"
     overloaded = replace(BASE, p99=0.3, goodput=100.0, throughput=500.0)
     assert objective(overloaded) == "throughput"
     better = judge(EXPLORE, overloaded, MARGINS, replace(overloaded, p99=0.305, throughput=600.0), SLO)
@@ -54,3 +56,22 @@ def test_harm_is_a_new_breach_a_failure_spike_or_running_out_of_memory():
     assert not harmful(replace(EXPLORE, kind="backoff"), BASE, replace(BASE, p99=0.2), SLO, 0.01)
     assert harmful(EXPLORE, BASE, replace(BASE, failed=30), SLO, 0.01)
     assert harmful(EXPLORE, BASE, replace(BASE, oom=1), SLO, 0.01)
+
+
+def _generative(ttft_p99: float, tpot_p99: float, preemptions: int = 0, kv: float = 0.5) -> Generation:
+    return Generation(900.0, 400.0, ttft_p99 / 2, ttft_p99, tpot_p99 / 2, tpot_p99, preemptions, 32, kv, 0)
+
+
+def test_a_generative_worker_is_judged_by_ttft_and_tpot_and_harmed_by_preemptions_or_a_full_kv_cache():
+    # Objectives TTFT 1 s, TPOT 50 ms: the tail ratio is the worse of the two p99s over them.
+    base = replace(BASE, p99=5.0, tail_ratio=0.8, generation=_generative(0.8, 0.03))
+    assert not harmful(EXPLORE, base, base, SLO, 0.01), "an end-to-end p99 over the request SLO is not an LLM's objective"
+    slow_tokens = replace(base, tail_ratio=1.4, generation=_generative(0.8, 0.07))
+    assert harmful(EXPLORE, base, slow_tokens, SLO, 0.01) == "TTFT p99 800.0 ms, TPOT p99 70.0 ms breaks the objectives"
+    verdict = judge(EXPLORE, base, MARGINS, replace(slow_tokens, goodput=900.0), SLO)
+    assert not verdict.keep and "TPOT p99 70.0 ms" in verdict.why
+    preempted = replace(base, generation=_generative(0.8, 0.03, preemptions=12))
+    assert harmful(EXPLORE, base, preempted, SLO, 0.01) == "12 sequences preempted"
+    full = replace(base, generation=_generative(0.8, 0.03, kv=0.99))
+    assert harmful(EXPLORE, base, full, SLO, 0.01) == "the KV cache is 99% full"
+    assert judge(EXPLORE, base, MARGINS, replace(base, goodput=600.0), SLO).keep
