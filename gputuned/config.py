@@ -191,6 +191,10 @@ class WorkerConfig:
     vllm_args: list = field(default_factory=list)  # more arguments for vLLM's server
     # An attached vLLM's plugin socket (vLLM runs with GPUTUNED_VLLM_SOCKET set to it); without one, knobs are read-only.
     vllm_plugin_socket: str = ""
+    # This worker's own objectives; 0: [tuning]'s.
+    slo_p99_ms: float = _bounded(0.0, 0.0, 600_000.0)
+    slo_ttft_ms: float = _bounded(0.0, 0.0, 600_000.0)
+    slo_tpot_ms: float = _bounded(0.0, 0.0, 60_000.0)
     # The tuner's mode for this worker; unset: [tuning]'s, else by who runs the server (`tuner_mode`).
     mode: str = _choice("", *MODE_NAMES)
 
@@ -269,6 +273,11 @@ class TuningConfig:
 
     mode: str = _choice("", *MODE_NAMES)  # every worker's that sets none of its own; unset: see tuner_mode
     slo_p99_ms: float = _bounded(100.0, 0.1, 600_000.0)
+    # A generative (LLM) worker's objectives: time to first token and time per output token,
+    # each request's; goodput counts the requests within both. On vLLM's bucket bounds
+    # (TTFT 0.25, 0.5, 1, 2.5 s...; TPOT 25, 50, 75, 100, 150 ms...) nothing is lost to the buckets.
+    slo_ttft_ms: float = _bounded(1000.0, 1.0, 600_000.0)
+    slo_tpot_ms: float = _bounded(100.0, 1.0, 60_000.0)
     interval_seconds: float = _bounded(0.5, 0.1, 60.0)
     baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
     warmup_seconds: float = _bounded(1.0, 0.0, 600.0)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from gputuned.control.messages import HistogramReport, StatsReport, stats_number
-from gputuned.performance import within_objective
+from gputuned.control.messages import HistogramField, HistogramReport, StatsReport, stats_number
+from gputuned.performance import GenerativeObjectives, met_generative, within_objective
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 WORKER = ("worker",)
@@ -47,14 +47,15 @@ REQUESTS = MetricSpec(
     "gputuned_worker_requests_total",
     "counter",
     "Inference requests by outcome: ok, rejected (the client's mistake), refused (queue full, not ready, draining), "
-    "failed (the server's fault).",
+    "failed (the server's fault), aborted (an LLM request the client cancelled or left).",
     ("worker", "outcome"),
 )
 SLO_MET = MetricSpec(
     "gputuned_worker_slo_met_requests_total",
     "counter",
     "Requests answered within the worker's latency objective (its p99 SLO), from its latency histogram, interpolated "
-    "inside the bucket the objective falls in. It starts again with the worker, and moves when the objective is changed.",
+    "inside the bucket the objective falls in; for an LLM worker, requests within both its TTFT and TPOT objectives "
+    "(a bound that never counts more, see docs). It starts again with the worker, and moves when an objective is changed.",
     WORKER,
 )
 BATCHES = MetricSpec("gputuned_worker_batches_total", "counter", "Batches the worker ran.", WORKER)
@@ -69,6 +70,29 @@ POOL_HITS = MetricSpec("gputuned_worker_pool_hits_total", "counter", "Batches as
 POOL_MISSES = MetricSpec("gputuned_worker_pool_misses_total", "counter", "Batches that needed a fresh buffer.", WORKER)
 OOM = MetricSpec("gputuned_worker_oom_events_total", "counter", "Batches that failed for lack of memory.", WORKER)
 H2D = MetricSpec("gputuned_worker_h2d_bytes_total", "counter", "Bytes copied from host to device for inputs.", WORKER)
+PROMPT_TOKENS = MetricSpec("gputuned_worker_prompt_tokens_total", "counter", "Prompt tokens an LLM worker processed.", WORKER)
+GENERATION_TOKENS = MetricSpec("gputuned_worker_generation_tokens_total", "counter", "Tokens an LLM worker generated.", WORKER)
+PREEMPTIONS = MetricSpec(
+    "gputuned_worker_preemptions_total",
+    "counter",
+    "Sequences an LLM worker preempted: its KV cache ran out, and their tokens are computed again later.",
+    WORKER,
+)
+RUNNING = MetricSpec("gputuned_worker_running_sequences", "gauge", "Sequences an LLM worker is generating now.", WORKER)
+KV_CACHE = MetricSpec("gputuned_worker_kv_cache_usage_ratio", "gauge", "Share of an LLM worker's KV cache in use, 0-1.", WORKER)
+TTFT = MetricSpec(
+    "gputuned_worker_time_to_first_token_seconds", "histogram", "An LLM worker's time to first token, per request.", WORKER
+)
+TPOT = MetricSpec(
+    "gputuned_worker_time_per_output_token_seconds",
+    "histogram",
+    "An LLM worker's time per output token after the first, per request.",
+    WORKER,
+)
+ITL = MetricSpec("gputuned_worker_inter_token_latency_seconds", "histogram", "An LLM worker's time between two tokens.", WORKER)
+QUEUE_TIME = MetricSpec(
+    "gputuned_worker_queue_time_seconds", "histogram", "Time an LLM worker's requests waited before their first step.", WORKER
+)
 STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", WORKER)
 
 SPECS = (
@@ -92,6 +116,15 @@ SPECS = (
     POOL_MISSES,
     OOM,
     H2D,
+    PROMPT_TOKENS,
+    GENERATION_TOKENS,
+    PREEMPTIONS,
+    RUNNING,
+    KV_CACHE,
+    TTFT,
+    TPOT,
+    ITL,
+    QUEUE_TIME,
     STATS_AGE,
 )
 
@@ -101,6 +134,7 @@ _SCALARS: Mapping[str, tuple[MetricSpec, tuple[str, ...]]] = {
     "failed": (REQUESTS, ("failed",)),
     "rejected": (REQUESTS, ("rejected",)),
     "refused": (REQUESTS, ("refused",)),
+    "aborted": (REQUESTS, ("aborted",)),
     "batches": (BATCHES, ()),
     "queue_depth": (QUEUE_DEPTH, ()),
     "lanes": (LANES, ()),
@@ -109,10 +143,19 @@ _SCALARS: Mapping[str, tuple[MetricSpec, tuple[str, ...]]] = {
     "pool_misses": (POOL_MISSES, ()),
     "oom": (OOM, ()),
     "h2d_bytes": (H2D, ()),
+    "prompt_tokens": (PROMPT_TOKENS, ()),
+    "generation_tokens": (GENERATION_TOKENS, ()),
+    "preemptions": (PREEMPTIONS, ()),
+    "running": (RUNNING, ()),
+    "kv_cache_usage": (KV_CACHE, ()),
 }
-_HISTOGRAMS: Mapping[Literal["latency_seconds", "batch_size"], MetricSpec] = {
+_HISTOGRAMS: Mapping[HistogramField, MetricSpec] = {
     "latency_seconds": LATENCY,
     "batch_size": BATCH_SIZE,
+    "ttft_seconds": TTFT,
+    "tpot_seconds": TPOT,
+    "itl_seconds": ITL,
+    "queue_seconds": QUEUE_TIME,
 }
 STALE_STATS_SECONDS = 5.0
 
@@ -142,6 +185,10 @@ class SupervisedWorker(Protocol):
         """The latency objective the worker is held to."""
         ...
 
+    def generative_objectives(self) -> GenerativeObjectives:
+        """Its TTFT and TPOT objectives, should it be an LLM worker."""
+        ...
+
 
 class WorkerCollector:
     """The supervised workers' lifecycle and the stats they stream, each labelled `worker`."""
@@ -159,7 +206,7 @@ class WorkerCollector:
             status = worker.status()
             self._collect_worker(worker.name, worker.gpu, status, now, out)
             if status.stats is not None and status.pid is not None:
-                self._collect_slo(worker.name, status.stats, worker.slo_seconds(), out)
+                self._collect_slo(worker.name, status.stats, worker.slo_seconds(), worker.generative_objectives(), out)
         return out
 
     def _collect_worker(self, name: str, gpu: int | None, status: Any, now: float, out: Collected) -> None:
@@ -188,9 +235,11 @@ class WorkerCollector:
                 out.errors.append(f"no stats from worker {name} for {age:.0f} s")
 
     @staticmethod
-    def _collect_slo(name: str, stats: StatsReport, slo_seconds: float, out: Collected) -> None:
-        latency = stats.get("latency_seconds")
-        if latency is not None:
+    def _collect_slo(name: str, stats: StatsReport, slo_seconds: float, generative: GenerativeObjectives, out: Collected) -> None:
+        ttft, tpot, latency = stats.get("ttft_seconds"), stats.get("tpot_seconds"), stats.get("latency_seconds")
+        if ttft is not None and tpot is not None:
+            out.add(SLO_MET, met_generative(ttft, tpot, generative), name)
+        elif latency is not None:
             out.add(SLO_MET, within_objective(latency, slo_seconds), name)
 
     @staticmethod

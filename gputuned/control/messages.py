@@ -82,6 +82,7 @@ class StatsReport(TypedDict, total=False):
     queue_seconds: HistogramReport  # time waiting before the first step, per request
 
 
+HistogramField = Literal["latency_seconds", "batch_size", "ttft_seconds", "tpot_seconds", "itl_seconds", "queue_seconds"]
 # The fields only a generative (LLM) server reports: tokens, its scheduler and per-token latency.
 GENERATIVE_STATS = (
     "aborted",

@@ -24,7 +24,7 @@ from gputuned.daemon.status import WorkerSnapshot
 from gputuned.daemon.supervisor import Supervisor, WorkerStatus
 from gputuned.daemon.tuning import TuningLoop
 from gputuned.knobs import KnobError, KnobSpec
-from gputuned.performance import Measurement
+from gputuned.performance import GenerativeObjectives, Measurement
 from gputuned.samples import WorkerTarget
 from gputuned.store import SampleStore
 from gputuned.tuners.guard import GuardView
@@ -54,9 +54,16 @@ def restart_policy(worker: WorkerConfig) -> RestartPolicy:
     )
 
 
-def _with_mode(tuning: TuningConfig, worker: WorkerConfig) -> TuningConfig:
-    """[tuning] as this worker's tuner takes it: with the mode it starts in (config.tuner_mode)."""
-    return dataclasses.replace(tuning, mode=tuner_mode(worker, tuning))
+def _for_worker(tuning: TuningConfig, worker: WorkerConfig) -> TuningConfig:
+    """[tuning] as this worker's tuner takes it: with the mode it starts in (config.tuner_mode)
+    and the worker's own objectives where its table sets them."""
+    return dataclasses.replace(
+        tuning,
+        mode=tuner_mode(worker, tuning),
+        slo_p99_ms=worker.slo_p99_ms or tuning.slo_p99_ms,
+        slo_ttft_ms=worker.slo_ttft_ms or tuning.slo_ttft_ms,
+        slo_tpot_ms=worker.slo_tpot_ms or tuning.slo_tpot_ms,
+    )
 
 
 class WorkerSlot:
@@ -76,7 +83,7 @@ class WorkerSlot:
             launch, restart_policy(worker), plan.placement, self.history, self._knobs_for_hello, self._record_applied
         )
         self.tuning = TuningLoop(
-            _with_mode(tuning, worker),
+            _for_worker(tuning, worker),
             self.supervisor,
             self.history.between,
             self._device_signals,
@@ -100,7 +107,7 @@ class WorkerSlot:
         if worker != self._worker_config:
             log.info("reload: worker %s's settings take effect at its next start", self.name)
         self._worker_config = worker
-        self.tuning.reconfigure(_with_mode(tuning, worker))
+        self.tuning.reconfigure(_for_worker(tuning, worker))
 
     # --- what others read (snapshots, never a wait on the worker) -----------------------------
 
@@ -108,13 +115,16 @@ class WorkerSlot:
         return self.supervisor.status()
 
     def snapshot(self) -> WorkerSnapshot:
+        status = self.supervisor.status()
+        generative = status.stats is not None and "ttft_seconds" in status.stats
         return WorkerSnapshot(
             self.name,
-            self.supervisor.status(),
+            status,
             self.tuning.recent(),
             self.tuning.guard.view(),
             self.state_error(),
             self.slo_seconds(),
+            self.generative_objectives() if generative else None,
         )
 
     @property
@@ -135,6 +145,9 @@ class WorkerSlot:
 
     def slo_seconds(self) -> float:
         return self.tuning.slo_seconds
+
+    def generative_objectives(self) -> GenerativeObjectives:
+        return self.tuning.generative_objectives
 
     def state_error(self) -> str | None:
         """Why the state directory cannot be written (knobs and decisions then live in memory only)."""

@@ -7,6 +7,7 @@ and each worker's snapshot), `format_status` renders it as tables for a person, 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from gputuned import __version__
 from gputuned.knobs import KnobSpec
+from gputuned.performance import GenerativeObjectives
 from gputuned.samples import Sample
 from gputuned.store import SampleStore
 
@@ -53,6 +55,7 @@ class WorkerSnapshot:
     tuner: Any  # the guard's GuardView
     state_error: str | None  # why its state files cannot be written
     slo_seconds: float | None = None  # the p99 objective the tuner holds it to
+    generative: GenerativeObjectives | None = None  # its TTFT and TPOT objectives, should it be an LLM worker
 
 
 def _offnode_ratio(store: SampleStore, name: str) -> float | None:
@@ -105,6 +108,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "failed": performance.failed,
             "refused": performance.refused,
             "rejected": performance.rejected,
+            "generation": None if performance.generation is None else dataclasses.asdict(performance.generation),
         },
         # ceilings: the highest value of a knob that fits, learned from out-of-memory events
         "tuner": {
@@ -114,7 +118,10 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "frozen_knobs": tuner.frozen_knobs,
             "ceilings": tuner.ceilings,
             "slo_p99_seconds": worker.slo_seconds,
+            "slo_ttft_seconds": None if worker.generative is None else worker.generative.ttft,
+            "slo_tpot_seconds": None if worker.generative is None else worker.generative.tpot,
         },
+        "note": identity.get("note"),
         "decisions": [decision.to_json() for decision in tuner.decisions[-DECISIONS_SHOWN:]],
         "state_error": worker.state_error,
     }
@@ -204,7 +211,11 @@ def duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def _performance_line(performance: dict[str, Any], slo_seconds: float | None) -> str:
+def _performance_line(performance: dict[str, Any], tuner: dict[str, Any]) -> str:
+    generation = performance.get("generation")
+    if generation is not None:
+        return _generation_line(performance, generation, tuner)
+    slo_seconds = tuner.get("slo_p99_seconds")
     objective = f" (SLO {_fmt(slo_seconds, ' ms', 1000, 0)})" if slo_seconds is not None else ""
     return (
         f"throughput {performance['throughput_per_second']:.1f} req/s, goodput {performance['goodput_per_second']:.1f}/s, "
@@ -212,6 +223,44 @@ def _performance_line(performance: dict[str, Any], slo_seconds: float | None) ->
         f"{performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected "
         f"(last {performance['window_seconds']:.0f} s)"
     )
+
+
+def _generation_line(performance: dict[str, Any], generation: dict[str, Any], tuner: dict[str, Any]) -> str:
+    """An LLM worker: requests and goodput, tokens, TTFT and TPOT against their objectives, its KV cache."""
+
+    def ms(seconds: float | None) -> str:
+        return _fmt(seconds, " ms", 1000)
+
+    ttft, tpot = tuner.get("slo_ttft_seconds"), tuner.get("slo_tpot_seconds")
+    return (
+        f"throughput {performance['throughput_per_second']:.2f} req/s, goodput {performance['goodput_per_second']:.2f}/s "
+        f"within TTFT {_fmt(ttft, ' ms', 1000, 0)} and TPOT {_fmt(tpot, ' ms', 1000, 0)}, "
+        f"{generation['output_tokens_per_second']:.0f} tokens/s out\n"
+        f"  TTFT p50 {ms(generation['ttft_p50'])}, p99 {ms(generation['ttft_p99'])}; "
+        f"TPOT p50 {ms(generation['tpot_p50'])}, p99 {ms(generation['tpot_p99'])}; "
+        f"{generation['running']} running, KV cache {generation['kv_cache_usage']:.0%}, {generation['preemptions']} preempted\n"
+        f"  {performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected, "
+        f"{generation['aborted']} aborted (last {performance['window_seconds']:.0f} s)"
+    )
+
+
+def _worker_lines(w: dict[str, Any]) -> list[str]:
+    """One worker's paragraph: its tuner, what is wrong or going on, how it performs."""
+    lines = [
+        f"{w['name']}: tuner {w['tuner']['mode']} ({w['tuner']['phase']})"
+        + (f", frozen by hand: {', '.join(w['tuner']['frozen_knobs'])}" if w["tuner"]["frozen_knobs"] else "")
+    ]
+    if w["state"] != "ready":
+        lines.append(f"  {w['message']}")
+    if w.get("note"):
+        lines.append(f"  {w['note']}")
+    if w.get("applying"):
+        lines.append(f"  applying {' '.join(f'{k}={v}' for k, v in sorted(w['applying'].items()))}")
+    if w["state_error"]:
+        lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
+    if w["performance"] is not None:
+        lines.append(f"  {_performance_line(w['performance'], w['tuner'])}")
+    return lines
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -263,19 +312,7 @@ def format_status(report: dict[str, Any]) -> str:
         )
     lines += _table(["WORKER", "STATE", "PID", "MODEL", "DEVICE", "UPTIME", "RESTARTS", "PLACEMENT", "OFF-NODE", "TUNER"], rows)
     for w in workers:
-        lines.append("")
-        lines.append(
-            f"{w['name']}: tuner {w['tuner']['mode']} ({w['tuner']['phase']})"
-            + (f", frozen by hand: {', '.join(w['tuner']['frozen_knobs'])}" if w["tuner"]["frozen_knobs"] else "")
-        )
-        if w["state"] != "ready":
-            lines.append(f"  {w['message']}")
-        if w.get("applying"):
-            lines.append(f"  applying {' '.join(f'{k}={v}' for k, v in sorted(w['applying'].items()))}")
-        if w["state_error"]:
-            lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
-        if w["performance"] is not None:
-            lines.append(f"  {_performance_line(w['performance'], w['tuner'].get('slo_p99_seconds'))}")
+        lines += ["", *_worker_lines(w)]
     knob_names = sorted({name for w in workers for name in w["knobs"]})
     if knob_names:
         lines.append("")

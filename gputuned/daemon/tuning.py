@@ -24,7 +24,7 @@ from gputuned.control.messages import Decision
 from gputuned.daemon.history import Report
 from gputuned.daemon.supervisor import WorkerState
 from gputuned.datatypes import DATATYPES
-from gputuned.performance import Measurement, measure
+from gputuned.performance import GenerativeObjectives, Measurement, measure
 from gputuned.tuners import default_tuners
 from gputuned.tuners.guard import Context, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
@@ -116,6 +116,11 @@ class TuningLoop:
     def slo_seconds(self) -> float:
         return self.guard.settings.slo_seconds
 
+    @property
+    def generative_objectives(self) -> GenerativeObjectives:
+        """A generative worker's TTFT and TPOT objectives (the worker's own, else [tuning]'s)."""
+        return GenerativeObjectives(self._tuning.slo_ttft_ms / 1000, self._tuning.slo_tpot_ms / 1000)
+
     def reconfigure(self, tuning: TuningConfig) -> None:
         """A reloaded [tuning] section; taken whole at the start of the next step."""
         if tuning != self._tuning:
@@ -159,7 +164,7 @@ class TuningLoop:
         if t1 - t0 < min_coverage * (end - start):
             return None
         device_busy, pcie = self._device_signals(t0, t1)
-        return measure(older, newer, t1 - t0, self.slo_seconds, device_busy, pcie)
+        return measure(older, newer, t1 - t0, self.slo_seconds, device_busy, pcie, self.generative_objectives)
 
     def series(self, span: float, step: float) -> list[tuple[float, float, float | None]]:
         """(seconds ago, goodput, p99) of each `step`-long window over the last `span` seconds,

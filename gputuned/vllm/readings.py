@@ -21,11 +21,10 @@ its owner); `performance.Counters` turns them into totals that never fall.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gputuned.control.messages import HistogramReport, StatsReport
+from gputuned.control.messages import HistogramField, HistogramReport, StatsReport
 
 # finished_reason -> outcome
 OUTCOME_OF_FINISH = {"stop": "completed", "length": "completed", "repetition": "completed", "error": "failed", "abort": "aborted"}
@@ -41,8 +40,7 @@ GAUGES = {
     "vllm:num_requests_waiting": "queue_depth",
     "vllm:kv_cache_usage_perc": "kv_cache_usage",
 }
-HistogramName = Literal["ttft_seconds", "itl_seconds", "tpot_seconds", "latency_seconds", "queue_seconds"]
-HISTOGRAMS: dict[str, HistogramName] = {
+HISTOGRAMS: dict[str, HistogramField] = {
     "vllm:time_to_first_token_seconds": "ttft_seconds",
     "vllm:inter_token_latency_seconds": "itl_seconds",
     "vllm:request_time_per_output_token_seconds": "tpot_seconds",
