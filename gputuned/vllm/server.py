@@ -36,6 +36,10 @@ class VllmSpec:
     extra_args: tuple[str, ...] = ()
 
 
+# gputuned reads these twice a second; their access-log lines would drown the clients'.
+QUIET_ENDPOINTS = "--disable-access-log-for-endpoints=/health,/metrics"
+
+
 def server_command(spec: VllmSpec) -> list[str]:
     return [
         spec.python,
@@ -47,6 +51,7 @@ def server_command(spec: VllmSpec) -> list[str]:
         spec.host,
         "--port",
         str(spec.port),
+        QUIET_ENDPOINTS,
         *spec.extra_args,
     ]
 
