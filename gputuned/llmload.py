@@ -28,6 +28,7 @@ import aiohttp
 
 from gputuned.lengths import Lengths
 from gputuned.loadgen import LoadError, LoadPlan, LoadResult, LoadRun, client_session, drive
+from gputuned.performance import format_ms
 
 WORDS_IN_POOL = 3000
 DONE = b"data: [DONE]"
@@ -185,20 +186,17 @@ async def run_completion_load(plan: CompletionPlan, progress: Any = None) -> Com
 
 
 def format_summary(summary: dict[str, Any], plan: CompletionPlan) -> str:
-    def ms(value: float | None) -> str:
-        return "-" if value is None else f"{value * 1000:.1f} ms"
-
     ttft, tpot = summary["ttft_seconds"], summary["tpot_seconds"]
     lines = [
         f"requests: {summary['sent']} sent, {summary['ok']} ok, {summary['errors']} failed {summary['errors_by_kind'] or ''}".rstrip(),
         f"tokens: {summary['output_tokens_per_second']:.1f} output tokens/s "
         f"({summary['generated_tokens']} out, {summary['prompt_tokens']} in) over {summary['elapsed_seconds']:.1f} s",
-        f"TTFT: p50 {ms(ttft['p50'])}, p99 {ms(ttft['p99'])}; TPOT: p50 {ms(tpot['p50'])}, p99 {ms(tpot['p99'])}",
+        f"TTFT: p50 {format_ms(ttft['p50'])}, p99 {format_ms(ttft['p99'])}; TPOT: p50 {format_ms(tpot['p50'])}, p99 {format_ms(tpot['p99'])}",
     ]
     if plan.slo_ttft is not None and plan.slo_tpot is not None:
         lines.append(
-            f"goodput: {summary['goodput_per_second']:.2f} requests/s within TTFT {ms(plan.slo_ttft)} and TPOT "
-            f"{ms(plan.slo_tpot)} ({summary['met_objectives']} of {summary['ok']})"
+            f"goodput: {summary['goodput_per_second']:.2f} requests/s within TTFT {format_ms(plan.slo_ttft)} and TPOT "
+            f"{format_ms(plan.slo_tpot)} ({summary['met_objectives']} of {summary['ok']})"
         )
     return "\n".join(lines)
 

@@ -140,9 +140,12 @@ class Generation:
     tpot_p50: float | None
     tpot_p99: float | None
     preemptions: int
-    running: int  # sequences running at the window's end
+    running: float  # sequences running, on average over the window (Little's law: time spent past the queue per second)
+    waiting: float  # requests waiting for admission, on average (queue time per second)
     kv_cache_usage: float  # at the window's end, 0..1
     aborted: int
+    ttft_over: float | None = None  # TTFT p99 over its objective (above 1: breached)
+    tpot_over: float | None = None  # TPOT p99 over its objective
 
 
 @dataclass(frozen=True)
@@ -186,11 +189,12 @@ def describe_tail(window: Measurement) -> str:
     generative worker "TTFT p99 1200.0 ms, TPOT p99 40.0 ms"."""
     generation = window.generation
     if generation is not None:
-        return f"TTFT p99 {_ms(generation.ttft_p99)}, TPOT p99 {_ms(generation.tpot_p99)}"
-    return f"p99 {_ms(window.p99)}"
+        return f"TTFT p99 {format_ms(generation.ttft_p99)}, TPOT p99 {format_ms(generation.tpot_p99)}"
+    return f"p99 {format_ms(window.p99)}"
 
 
-def _ms(seconds: float | None) -> str:
+def format_ms(seconds: float | None) -> str:
+    """Seconds as milliseconds for people ("-" when unknown)."""
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
@@ -228,12 +232,8 @@ def measure(
     tpot = _delta_histogram(older.get("tpot_seconds"), newer.get("tpot_seconds"))
     if generative is not None and ttft is not None and tpot is not None:
         goodput = met_generative(ttft, tpot, generative) / seconds
-        generation = _generation(older, newer, seconds, ttft, tpot)
-        ratios = [
-            value / objective
-            for value, objective in ((generation.ttft_p99, generative.ttft), (generation.tpot_p99, generative.tpot))
-            if value is not None
-        ]
+        generation = _generation(older, newer, seconds, ttft, tpot, generative)
+        ratios = [ratio for ratio in (generation.ttft_over, generation.tpot_over) if ratio is not None]
         tail_ratio = max(ratios) if ratios else None
     return Measurement(
         seconds=seconds,
@@ -263,7 +263,12 @@ def measure(
 
 
 def _generation(
-    older: StatsReport, newer: StatsReport, seconds: float, ttft: HistogramReport, tpot: HistogramReport
+    older: StatsReport,
+    newer: StatsReport,
+    seconds: float,
+    ttft: HistogramReport,
+    tpot: HistogramReport,
+    objectives: GenerativeObjectives,
 ) -> Generation:
     def delta(name: str) -> float:
         return (stats_number(newer, name) or 0.0) - (stats_number(older, name) or 0.0)
@@ -271,17 +276,23 @@ def _generation(
     def at(histogram: HistogramReport, q: float) -> float | None:
         return quantile(histogram["bounds"], bucket_counts(histogram["cumulative"]), q)
 
+    ttft_p99, tpot_p99 = at(ttft, 0.99), at(tpot, 0.99)
+    queue_older, queue_newer = older.get("queue_seconds"), newer.get("queue_seconds")
+    queued = max(queue_newer["sum"] - queue_older["sum"], 0.0) if queue_older and queue_newer else 0.0
     return Generation(
         output_tokens_per_second=delta("generation_tokens") / seconds,
         prompt_tokens_per_second=delta("prompt_tokens") / seconds,
         ttft_p50=at(ttft, 0.5),
-        ttft_p99=at(ttft, 0.99),
+        ttft_p99=ttft_p99,
         tpot_p50=at(tpot, 0.5),
-        tpot_p99=at(tpot, 0.99),
+        tpot_p99=tpot_p99,
         preemptions=int(delta("preemptions")),
-        running=int(stats_number(newer, "running") or 0),
+        running=max(_latency_sum(older, newer) - queued, 0.0) / seconds,
+        waiting=queued / seconds,
         kv_cache_usage=stats_number(newer, "kv_cache_usage") or 0.0,
         aborted=int(delta("aborted")),
+        ttft_over=None if ttft_p99 is None else ttft_p99 / objectives.ttft,
+        tpot_over=None if tpot_p99 is None else tpot_p99 / objectives.tpot,
     )
 
 

@@ -5,6 +5,7 @@ The guard (`guard.py`) is the only part that acts on a proposal.
 
 from __future__ import annotations
 
+from gputuned.tuners.admission import AdmissionDownProbe, AdmissionTuner, TokenBudgetTuner
 from gputuned.tuners.base import Tuner
 from gputuned.tuners.batch import BatchDownProbe, BatchFillTuner, BatchJumpTuner, BatchTuner
 from gputuned.tuners.pool import PoolTuner
@@ -21,9 +22,12 @@ def default_tuners() -> list[Tuner]:
     lanes are shared (with half the batch right after a lane is added), then the jump past a
     doubling that did not pay, then the queue delay, then a bigger batch with the wait that
     fills it, then the pool, then the scheduling policy, and last the probe for a smaller
-    batch (a move for when nobody has a better one)."""
+    batch (a move for when nobody has a better one). An LLM server's scheduler has tuners of
+    its own (admission.py): the cap and the step budget, and last the probe for a smaller cap."""
     return [
         SchedulingBackoff(),
+        AdmissionTuner(),
+        TokenBudgetTuner(),
         BatchTuner(),
         ThreadsTuner(),
         StreamsTuner(),
@@ -34,4 +38,5 @@ def default_tuners() -> list[Tuner]:
         PoolTuner(),
         SchedulingTuner(),
         BatchDownProbe(),
+        AdmissionDownProbe(),
     ]

@@ -59,7 +59,21 @@ def test_harm_is_a_new_breach_a_failure_spike_or_running_out_of_memory():
 
 
 def _generative(ttft_p99: float, tpot_p99: float, preemptions: int = 0, kv: float = 0.5) -> Generation:
-    return Generation(900.0, 400.0, ttft_p99 / 2, ttft_p99, tpot_p99 / 2, tpot_p99, preemptions, 32, kv, 0)
+    return Generation(
+        output_tokens_per_second=900.0,
+        prompt_tokens_per_second=400.0,
+        ttft_p50=ttft_p99 / 2,
+        ttft_p99=ttft_p99,
+        tpot_p50=tpot_p99 / 2,
+        tpot_p99=tpot_p99,
+        preemptions=preemptions,
+        running=32.0,
+        waiting=0.0,
+        kv_cache_usage=kv,
+        aborted=0,
+        ttft_over=ttft_p99 / 1.0,
+        tpot_over=tpot_p99 / 0.05,
+    )
 
 
 def test_a_generative_worker_is_judged_by_ttft_and_tpot_and_harmed_by_preemptions_or_a_full_kv_cache():
