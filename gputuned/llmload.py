@@ -49,6 +49,7 @@ class CompletionResult(LoadResult):
     generated_tokens: int = 0
     prompt_tokens: int = 0
     met_objectives: int = 0  # requests within both objectives
+    met_timeline: list[tuple[float, bool]] = field(default_factory=list)  # (perf_counter when done, met both) if asked
 
     def summary(self) -> dict[str, Any]:
         elapsed = self.elapsed or 1.0
@@ -140,7 +141,10 @@ class _CompletionRun(LoadRun):
         result.generated_tokens += generated
         result.prompt_tokens += prompt_length
         if plan.slo_ttft is not None and plan.slo_tpot is not None:
-            result.met_objectives += ttft <= plan.slo_ttft and (tpot is None or tpot <= plan.slo_tpot)
+            met = ttft <= plan.slo_ttft and (tpot is None or tpot <= plan.slo_tpot)
+            result.met_objectives += met
+            if plan.timeline:
+                result.met_timeline.append((done, met))
 
 
 async def _discover(session: aiohttp.ClientSession, url: str, model: str | None) -> str:
