@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from gputuned.control.client import ControlClient
 from gputuned.lengths import Lengths
@@ -81,7 +82,7 @@ def window(args: argparse.Namespace, url: str) -> dict:
     }
 
 
-def vllm(model: Path, work: Path, extra: list[str] = ()) -> contextlib.AbstractContextManager:
+def vllm(model: Path, work: Path, extra: tuple[str, ...] = ()) -> contextlib.AbstractContextManager:
     port = free_port()
     env = {**os.environ, SOCKET_ENV: str(work / f"plugin-{port}.sock"), "VLLM_CACHE_ROOT": str(work / "cache")}
     command = server_command(VllmSpec(str(VLLM_PYTHON), str(model), "127.0.0.1", port, (*BOOT, *extra)))
@@ -107,7 +108,7 @@ def restart_grid(args: argparse.Namespace, model: Path, work: Path) -> tuple[dic
     started = time.monotonic()
     points = {}
     for cap, budget in itertools.product(CAPS, BUDGETS):
-        flags = ["--max-num-active-seqs", str(cap), "--max-num-scheduled-tokens", str(budget)]
+        flags = ("--max-num-active-seqs", str(cap), "--max-num-scheduled-tokens", str(budget))
         with vllm(model, work, flags) as server:
             port = int(server.args[server.args.index("--port") + 1])
             points[(cap, budget)] = window(args, f"http://127.0.0.1:{port}")
@@ -119,7 +120,7 @@ def online(args: argparse.Namespace, model: Path, work: Path, run: int, best: tu
     """One online run: tune from the defaults, then compare side by side."""
     home = work / f"online-{run}"
     home.mkdir()
-    worker = {
+    worker: dict[str, Any] = {
         "kind": "vllm",
         "model": str(model),
         "device": "cpu",
@@ -183,7 +184,7 @@ def describe(point: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--window", type=float, default=10.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--ttft-ms", type=float, default=2500.0)
@@ -192,6 +193,9 @@ def main() -> int:
     parser.add_argument("--tune", type=float, default=180.0, help="seconds of online tuning per run")
     parser.add_argument("--rounds", type=int, default=2, help="side-by-side rounds after each run")
     parser.add_argument("--restart-grid", action="store_true", help="also measure the grid restarting vLLM per point")
+    parser.add_argument(
+        "--best", metavar="CAP,BUDGET", help="skip the grid and compare with this point (to iterate on the tuner)"
+    )
     args = parser.parse_args()
     if not VLLM_PYTHON.exists():
         parser.error(f"{VLLM_PYTHON} is missing; run scripts/install_vllm.sh")
@@ -199,19 +203,31 @@ def main() -> int:
         work = Path(tmp)
         model = work / "model"
         subprocess.run([str(VLLM_PYTHON), str(REPO_ROOT / "scripts" / "vllm_tiny_model.py"), str(model)], check=True)
-        print(f"1. live grid ({len(CAPS) * len(BUDGETS)} points)", file=sys.stderr)
-        defaults, live = live_grid(args, model, work)
-        best = max(live, key=lambda point: live[point]["goodput"])
+        if args.best:
+            cap, budget = (int(word) for word in args.best.split(","))
+            best = (cap, budget)
+            defaults, live = {}, {}  # type: dict[str, float], dict[tuple[int, int], dict[str, float]]
+        else:
+            print(f"1. live grid ({len(CAPS) * len(BUDGETS)} points)", file=sys.stderr)
+            defaults, live = live_grid(args, model, work)
+            best = max(live, key=lambda point: live[point]["goodput"])
         fresh, fresh_seconds = restart_grid(args, model, work) if args.restart_grid else ({}, 0.0)
         runs = []
-        for run in range(args.runs):
-            runs.append(online(args, model, work, run, best))
-            print(f"  run {run + 1}: ratio {runs[-1]['ratio']:.2f}, tuned {runs[-1]['tuned']}", file=sys.stderr)
+        for number in range(args.runs):
+            runs.append(online(args, model, work, number, best))
+            print(f"  run {number + 1}: ratio {runs[-1]['ratio']:.2f}, tuned {runs[-1]['tuned']}", file=sys.stderr)
 
     print(
         f"\nvLLM 0.32 (CPU), tiny Llama, {args.clients} closed-loop streaming clients, prompts 32-96 and outputs 64-128 "
         f"tokens, objectives TTFT {args.ttft_ms:g} ms and TPOT {args.tpot_ms:g} ms\n"
     )
+    if not live:
+        for index, run in enumerate(runs, 1):
+            print(f"run {index}: tuned {run['tuned']}, side by side {run['side']}, ratio {run['ratio']:.2f}")
+            print("   goodput every 10 s: " + " ".join(f"{value:.1f}" for value in run["curve"]))
+            for d in run["decisions"]:
+                print(f"     {d['action']:<7} {d['knob']} {d['old']} -> {d['new']}: {d['reason'][:140]}")
+        return 0
     print(f"1. defaults (cap 64, budget 2048): {describe(defaults)}")
     print(f"   the grid's best: cap {best[0]}, budget {best[1]}: {describe(live[best])}")
     for point in sorted(live, key=lambda p: -live[p]["goodput"]):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gputuned.control.messages import ALL_KNOBS, KNOB_ACTIONS, WORKLOAD_ACTIONS
-from gputuned.performance import Measurement
+from gputuned.performance import GenerativeObjectives, Measurement
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 from gputuned.tuners.mode import MODE_NAMES
 
@@ -20,10 +20,13 @@ FROZEN = MetricSpec(
     "gputuned_tuner_knob_frozen", "gauge", "1 for a knob set by hand and left alone until resumed.", ("worker", "knob")
 )
 SLO = MetricSpec("gputuned_tuner_slo_p99_seconds", "gauge", "The p99 latency objective the tuner holds the worker to.", WORKER)
+SLO_TTFT = MetricSpec("gputuned_tuner_slo_ttft_seconds", "gauge", "The time-to-first-token objective of an LLM worker.", WORKER)
+SLO_TPOT = MetricSpec("gputuned_tuner_slo_tpot_seconds", "gauge", "The time-per-output-token objective of an LLM worker.", WORKER)
 GOODPUT = MetricSpec(
     "gputuned_tuner_goodput_requests_per_second",
     "gauge",
-    "Requests completed within the SLO per second over the last 10 s, as the tuner measures them.",
+    "Requests completed within the objectives per second over the last 10 s, as the tuner measures them "
+    "(for an LLM worker: within both its TTFT and TPOT objectives).",
     WORKER,
 )
 
@@ -35,7 +38,7 @@ VERDICT_WINDOWS = MetricSpec(
     WORKER,
 )
 
-SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, GOODPUT, VERDICT_WINDOWS)
+SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, SLO_TTFT, SLO_TPOT, GOODPUT, VERDICT_WINDOWS)
 
 
 class TunedWorker(Protocol):
@@ -55,6 +58,10 @@ class TunedWorker(Protocol):
 
     def slo_seconds(self) -> float:
         """The SLO the guard holds the worker to (it changes on reload)."""
+        ...
+
+    def generative_objectives(self) -> GenerativeObjectives:
+        """Its TTFT and TPOT objectives, should it be an LLM worker."""
         ...
 
     def recent_performance(self) -> Measurement | None:
@@ -96,6 +103,10 @@ class TunerCollector:
         performance = worker.recent_performance()
         if performance is not None:
             out.add(GOODPUT, performance.goodput, name)
+        if performance is not None and performance.generation is not None:
+            objectives = worker.generative_objectives()
+            out.add(SLO_TTFT, objectives.ttft, name)
+            out.add(SLO_TPOT, objectives.tpot, name)
 
     def close(self) -> None:
         """Holds nothing that needs releasing."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from grafana_foundation_sdk.builders import dashboard as sdk
 from grafana_foundation_sdk.builders import heatmap
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
@@ -45,6 +47,66 @@ def batch_size_heatmap() -> heatmap.Panel:
         .calculate(False)
         .with_target(query(expr, "{{le}}", "A").format(PromQueryFormat.HEATMAP))
     )
+
+
+def _against_objective(title: str, histogram: str, objective: str, what: str) -> Any:
+    buckets = f"{histogram}_bucket{{{WORKER}}}"
+    return graph(
+        title,
+        f"{what} at the 50th and 99th percentiles, with the objective goodput counts against.",
+        "s",
+        [
+            (f"histogram_quantile(0.5, sum by (instance, worker, le) (rate({buckets}[{RATE}])))", "{{worker}} p50"),
+            (f"histogram_quantile(0.99, sum by (instance, worker, le) (rate({buckets}[{RATE}])))", "{{worker}} p99"),
+            (f"{objective}{{{WORKER}}}", "{{worker}} objective"),
+        ],
+        width=12,
+    ).with_override(*dashed_red(".* objective"))
+
+
+def llm_panels() -> list[Any]:
+    """An LLM worker's tokens, TTFT and TPOT against their objectives, its scheduler and KV cache."""
+    return [
+        _against_objective(
+            "Time to first token",
+            "gputuned_worker_time_to_first_token_seconds",
+            "gputuned_tuner_slo_ttft_seconds",
+            "Each request's time to its first token (queueing for admission and the prompt's prefill)",
+        ),
+        _against_objective(
+            "Time per output token",
+            "gputuned_worker_time_per_output_token_seconds",
+            "gputuned_tuner_slo_tpot_seconds",
+            "Each request's time per output token after the first (how fast it streams)",
+        ),
+        graph(
+            "Tokens",
+            "Tokens generated and prompt tokens processed per second.",
+            "short",
+            [
+                (f"rate(gputuned_worker_generation_tokens_total{{{WORKER}}}[{RATE}])", "{{worker}} generated/s"),
+                (f"rate(gputuned_worker_prompt_tokens_total{{{WORKER}}}[{RATE}])", "{{worker}} prompt/s"),
+            ],
+        ),
+        graph(
+            "Sequences",
+            "Sequences running (the admission cap bounds them) and requests waiting to be admitted, and sequences "
+            "preempted per second (the KV cache ran out; their tokens are computed again).",
+            "short",
+            [
+                (f"gputuned_worker_running_sequences{{{WORKER}}}", "{{worker}} running"),
+                (f"gputuned_worker_queue_depth{{{WORKER}}}", "{{worker}} waiting"),
+                (f"rate(gputuned_worker_preemptions_total{{{WORKER}}}[{RATE}])", "{{worker}} preempted/s"),
+            ],
+        ),
+        graph(
+            "KV cache",
+            "Share of the KV cache in use; near 100% new sequences wait or running ones are preempted.",
+            "percentunit",
+            [(f"gputuned_worker_kv_cache_usage_ratio{{{WORKER}}}", "{{worker}} in use")],
+            maximum=1,
+        ),
+    ]
 
 
 def build() -> Board:
@@ -162,6 +224,7 @@ def build() -> Board:
             height=7,
         ),
     )
+    board.row("LLM serving (vLLM workers)").add(*llm_panels())
     board.row("Memory and health").add(
         graph(
             "Pool hits and misses",

@@ -83,7 +83,9 @@ class Phase(enum.Enum):
     COOLDOWN = "cooldown"
 
 
-TRIAL_PHASES = (Phase.WARMUP, Phase.TRIAL, Phase.CONFIRM)  # a change is in force, not yet judged
+TRIAL_PHASES = (Phase.WARMUP, Phase.TRIAL, Phase.CONFIRM)
+REQUESTS_PER_WINDOW = 5  # a baseline or trial window spans at least this many median request latencies
+MAX_PACED_SECONDS = 120.0  # a change is in force, not yet judged
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class Guard:
         self._until = 0.0  # end of the cooldown
         self._settled_from = 0.0  # when the settings after the cooldown came into force
         self._trial: _Trial | None = None
+        self._pace: Measurement | None = None  # the newest settled baseline: how long the worker's requests take
         self._directions = DirectionMemory()
         self._flaps = FlapTracker(settings.flap_reverts, settings.flap_window)
         self._frozen: set[str] = set()
@@ -310,10 +313,12 @@ class Guard:
         """The settled window at the current settings, and the noise of goodput and of
         throughput: the relative difference between its two halves, at least min_margin,
         at most MAX_MARGIN (noisier than that, a window says nothing anyway)."""
-        start = max(self._since, now - self.settings.baseline_seconds)
-        if now - start < self.settings.baseline_seconds:
+        start = max(self._since, now - self._paced(self.settings.baseline_seconds))
+        if now - start < self._paced(self.settings.baseline_seconds):
             return None
         whole = self._measure(start, now)
+        if whole is not None:
+            self._pace = whole
         middle = (start + now) / 2
         first, second = self._measure(start, middle), self._measure(middle, now)
         if whole is None or first is None or second is None:
@@ -328,6 +333,19 @@ class Guard:
             margins[metric] = min(max(self.settings.min_margin, spread), MAX_MARGIN)
         return whole, margins
 
+    def _paced(self, seconds: float) -> float:
+        """A baseline or trial window long enough for the worker's requests: at least
+        REQUESTS_PER_WINDOW median request latencies (an LLM's requests last seconds; a
+        window of a few seconds would judge mostly requests begun before the change)."""
+        median = self._pace.p50 if self._pace is not None else None
+        return max(seconds, min(REQUESTS_PER_WINDOW * (median or 0.0), MAX_PACED_SECONDS))
+
+    def _paced_warmup(self) -> float:
+        """The warm-up after a set: at least the p99 request latency, so that the requests
+        begun under the old settings have left before the trial window opens."""
+        tail = self._pace.p99 if self._pace is not None else None
+        return max(self.settings.warmup_seconds, min(tail or 0.0, MAX_PACED_SECONDS))
+
     def _blocked(self, proposal: Proposal, old: int, now: float) -> bool:
         if any(knob in self._frozen for knob in proposal.changes()) or self._directions.refused(Direction.of(proposal, old)):
             return True
@@ -338,7 +356,7 @@ class Guard:
         context = self._context()
         if measured is None or context is None:
             return
-        if self._turn.disturbed(now - self.settings.baseline_seconds, now):
+        if self._turn.disturbed(now - self._paced(self.settings.baseline_seconds), now):
             self._turn.wait(now)  # a neighbour's trial ran during this baseline: queue, and wait for a clean one
             return
         baseline, margins = measured
@@ -405,7 +423,7 @@ class Guard:
             previous,
             baseline,
             margins,
-            now + self.settings.warmup_seconds,
+            now + self._paced_warmup(),
             now,
         )
         self._phase = Phase.WARMUP
@@ -424,7 +442,7 @@ class Guard:
             return
         self._phase = Phase.TRIAL
         window = self._measure(trial.start, now)
-        if now - trial.start < self.settings.trial_seconds or window is None:
+        if now - trial.start < self._paced(self.settings.trial_seconds) or window is None:
             return
         if self._interleave(trial, window, now):
             return
@@ -459,7 +477,7 @@ class Guard:
         windows = self._window_budget(switched - now)
         self._interleaving = Interleaving(bar, noise, windows, metric, [(False, before), (True, after)])
         self._phase = Phase.CONFIRM
-        self._window_start = switched + self.settings.warmup_seconds
+        self._window_start = switched + self._paced_warmup()
         return True
 
     def _window_budget(self, set_seconds: float) -> int:
@@ -469,7 +487,7 @@ class Guard:
         fit in the time the instant ones would take, and at least one: on such a server
         eight windows took a minute and seven reloads to judge one batch step. (Rounded: a
         worker's set, acknowledged within a batch, does not cost a window.)"""
-        measured = self.settings.warmup_seconds + self.settings.trial_seconds
+        measured = self._paced_warmup() + self._paced(self.settings.trial_seconds)
         more = (self.settings.confirm_windows - 2) * measured / (measured + set_seconds)
         return 2 + max(1, round(more))
 
@@ -477,7 +495,7 @@ class Guard:
         """One more window of an interleaving: recorded, then judged, else the other setting."""
         trial, interleaving = self._trial, self._interleaving
         assert trial is not None and interleaving is not None
-        if now - self._window_start < self.settings.trial_seconds:
+        if now - self._window_start < self._paced(self.settings.trial_seconds):
             return
         window = self._measure(self._window_start, now)
         if window is None:
@@ -500,9 +518,9 @@ class Guard:
             return
         switched = self._after_set(now)
         if keep is None:
-            self._window_start = switched + self.settings.warmup_seconds
+            self._window_start = switched + self._paced_warmup()
         elif keep:
-            settled_from = self._window_start if new else switched + self.settings.warmup_seconds
+            settled_from = self._window_start if new else switched + self._paced_warmup()
             self._keep(trial, window, now, f"kept, {interleaving.describe()}", settled_from, interleaving.evidence())
         else:
             no_gain = trial.proposal.kind == "explore"
@@ -596,7 +614,7 @@ class Guard:
                     f"{self._stop.misses} explore trials in a row did not pay: no explore move until a workload "
                     f"shift, `gputuned tune --resume` or {self._stop.reexplore_seconds:g} s from now",
                 )
-        self._finish(now, settled_from=now + self.settings.warmup_seconds)
+        self._finish(now, settled_from=now + self._paced_warmup())
 
     def _after_set(self, now: float) -> float:
         """The time a set just made took effect: `now`, or later when the set took a while."""

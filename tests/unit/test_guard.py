@@ -325,6 +325,27 @@ def test_each_change_waits_for_warmup_trial_and_cooldown_unless_it_does_harm():
             assert following_at - ended_at >= 1  # the cooldown
 
 
+def test_windows_stretch_to_span_several_requests_of_a_slow_worker():
+    """Requests of 2 s (median latency, an LLM's): a 3 s window would judge mostly requests
+    begun before the change, so the trial stretches to 5 x 2 s."""
+
+    class Slow(SimulatedWorker):
+        def measure(self, start: float, end: float) -> Measurement | None:
+            window = super().measure(start, end)
+            return None if window is None else replace(window, p50=2.0)
+
+    worker = Slow(noise=0.0)
+    guard, decisions = make(worker, baseline_seconds=3, warmup_seconds=1, trial_seconds=3, cooldown_seconds=1)
+    taken_at: list[float] = []
+    for tick in range(400):
+        guard.step(tick * 0.5)
+        taken_at += [tick * 0.5] * (len(decisions) - len(taken_at))
+    stamped = list(zip(decisions, taken_at))
+    judged = [(a, b) for a, b in itertools.pairwise(stamped) if a[0].action == "apply" and "harmful" not in b[0].reason]
+    assert judged
+    assert all(ended_at - applied_at >= 1 + 10 for (_, applied_at), (_, ended_at) in judged)
+
+
 def test_recommend_mode_changes_nothing_and_says_what_it_would_do():
     worker = SimulatedWorker()
     guard, decisions = make(worker, Mode.RECOMMEND)
