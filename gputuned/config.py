@@ -227,16 +227,26 @@ class WorkerConfig:
             raise ConfigError(f"listen: {exc}") from None
 
 
-def _check_triton(worker: WorkerConfig) -> None:
-    if not all(isinstance(word, str) for word in worker.triton_args):
-        raise ConfigError("triton_args: expected a list of strings")
-    if worker.kind != "triton":
-        triton_settings = [f.name for f in dataclasses.fields(worker) if f.name.startswith("triton_") and getattr(worker, f.name)]
-        if triton_settings:
-            raise ConfigError(f"{triton_settings[0]}: set only for a worker of kind 'triton'")
-        return
+def _server_kind(worker: WorkerConfig, kind: str, label: str) -> bool:
+    """What the settings of every server kind share: its `{kind}_` settings only on a worker of
+    that kind, its argument list of strings, no `command`, a port. True for a worker of it."""
+    if not all(isinstance(word, str) for word in getattr(worker, f"{kind}_args")):
+        raise ConfigError(f"{kind}_args: expected a list of strings")
+    if worker.kind != kind:
+        settings = [f.name for f in dataclasses.fields(worker) if f.name.startswith(f"{kind}_") and getattr(worker, f.name)]
+        if settings:
+            raise ConfigError(f"{settings[0]}: set only for a worker of kind '{kind}'")
+        return False
     if worker.command:
-        raise ConfigError("command: a worker of kind 'triton' runs gputuned's Triton adapter; leave command empty")
+        raise ConfigError(f"command: a worker of kind '{kind}' runs gputuned's {label} adapter; leave command empty")
+    if parse_listen_address(worker.listen)[1] == 0:
+        raise ConfigError(f"listen: a {label} worker needs {label}'s HTTP port")
+    return True
+
+
+def _check_triton(worker: WorkerConfig) -> None:
+    if not _server_kind(worker, "triton", "Triton"):
+        return
     if worker.triton_server and not worker.triton_repository:
         raise ConfigError("triton_repository: needed with triton_server (the model repository the server serves)")
     if worker.triton_write_back and not worker.triton_repository:
@@ -245,26 +255,15 @@ def _check_triton(worker: WorkerConfig) -> None:
         raise ConfigError(
             "triton_repository: only with triton_server or triton_write_back; an attached Triton has its own repository"
         )
-    if parse_listen_address(worker.listen)[1] == 0:
-        raise ConfigError("listen: a Triton worker needs Triton's HTTP port")
 
 
 def _check_vllm(worker: WorkerConfig) -> None:
-    if not all(isinstance(word, str) for word in worker.vllm_args):
-        raise ConfigError("vllm_args: expected a list of strings")
-    if worker.kind != "vllm":
-        vllm_settings = [f.name for f in dataclasses.fields(worker) if f.name.startswith("vllm_") and getattr(worker, f.name)]
-        if vllm_settings:
-            raise ConfigError(f"{vllm_settings[0]}: set only for a worker of kind 'vllm'")
+    if not _server_kind(worker, "vllm", "vLLM"):
         return
-    if worker.command:
-        raise ConfigError("command: a worker of kind 'vllm' runs gputuned's vLLM adapter; leave command empty")
     if worker.vllm_python and worker.vllm_plugin_socket:
         raise ConfigError("vllm_plugin_socket: only for an attached vLLM; gputuned gives the one it starts its own socket")
     if worker.vllm_args and not worker.vllm_python:
         raise ConfigError("vllm_args: only with vllm_python; an attached vLLM has its own arguments")
-    if parse_listen_address(worker.listen)[1] == 0:
-        raise ConfigError("listen: a vLLM worker needs vLLM's HTTP port")
 
 
 @dataclass(frozen=True)

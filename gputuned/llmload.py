@@ -15,10 +15,8 @@ requests that met both, per second, as vLLM's serving benchmark and DistServe co
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import aiohttp
 
 from gputuned.lengths import Lengths
 from gputuned.loadgen import LoadError, LoadPlan, LoadResult, LoadRun, client_session, drive
+from gputuned.loadgen import main as load_main
 from gputuned.performance import format_ms
 
 WORDS_IN_POOL = 3000
@@ -206,12 +205,4 @@ def format_summary(summary: dict[str, Any], plan: CompletionPlan) -> str:
 
 
 def main(plan: CompletionPlan, as_json: bool) -> int:
-    progress = sys.stderr if sys.stderr.isatty() and not as_json else None
-    try:
-        result = asyncio.run(run_completion_load(plan, progress))
-    except LoadError as exc:
-        print(f"gputuned load: {exc}", file=sys.stderr)
-        return 2
-    summary = result.summary()
-    print(json.dumps(summary) if as_json else format_summary(summary, plan))
-    return 0 if result.ok else 1
+    return load_main(plan, as_json, run_completion_load, lambda summary: format_summary(summary, plan))

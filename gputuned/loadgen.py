@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -300,13 +301,20 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(plan: LoadPlan, as_json: bool) -> int:
+def main(
+    plan: LoadPlan,
+    as_json: bool,
+    runner: Callable[..., Coroutine[Any, Any, LoadResult]] = run_load,
+    formatter: Callable[[dict[str, Any]], str] = format_summary,
+) -> int:
+    """`gputuned load`: runs `plan` with `runner` (v2 inference by default) and prints its
+    summary, as `formatter` writes it or as JSON; exit 0 when any request succeeded."""
     progress = sys.stderr if sys.stderr.isatty() and not as_json else None
     try:
-        result = asyncio.run(run_load(plan, progress))
+        result = asyncio.run(runner(plan, progress))
     except LoadError as exc:
         print(f"gputuned load: {exc}", file=sys.stderr)
         return 2
     summary = result.summary()
-    print(json.dumps(summary) if as_json else format_summary(summary))
+    print(json.dumps(summary) if as_json else formatter(summary))
     return 0 if result.ok else 1

@@ -47,13 +47,9 @@ def builtin_worker_command(worker: WorkerConfig, control_socket: Path, knobs: Ma
         command += ["--device", worker.device]
     if worker.input_shape:
         command += ["--input-shape", worker.input_shape]
-    if worker.control_group:
-        command += ["--control-group", worker.control_group]
     if worker.gpu_memory_fraction < 1.0:
         command += ["--gpu-memory-fraction", str(worker.gpu_memory_fraction)]
-    for name, value in sorted(knobs.items()):
-        command += ["--saved-knob", f"{name}={value}"]
-    return command
+    return command + _shared_arguments(worker, knobs)
 
 
 def triton_adapter_command(
@@ -75,11 +71,7 @@ def triton_adapter_command(
         command += ["--metrics-url", worker.triton_metrics_url]
     if worker.triton_access_token_file:
         command += ["--access-token-file", worker.triton_access_token_file]
-    if worker.control_group:
-        command += ["--control-group", worker.control_group]
-    for name, value in sorted(knobs.items()):
-        command += ["--saved-knob", f"{name}={value}"]
-    return command
+    return command + _shared_arguments(worker, knobs)
 
 
 def vllm_adapter_command(worker: WorkerConfig, control_socket: Path, knobs: Mapping[str, int], cache_dir: Path) -> list[str]:
@@ -99,16 +91,20 @@ def vllm_adapter_command(worker: WorkerConfig, control_socket: Path, knobs: Mapp
         command += [f"--server-arg={word}" for word in worker.vllm_args]
     elif worker.vllm_plugin_socket:
         command += ["--plugin-socket", worker.vllm_plugin_socket]
-    if worker.control_group:
-        command += ["--control-group", worker.control_group]
-    for name, value in sorted(knobs.items()):
-        command += ["--saved-knob", f"{name}={value}"]
-    return command
+    return command + _shared_arguments(worker, knobs)
 
 
 def vllm_plugin_socket(control_socket: Path) -> Path:
     """Where a started vLLM's plugin listens: beside the worker's control socket."""
     return control_socket.with_name(f"{control_socket.stem}-vllm.sock")
+
+
+def _shared_arguments(worker: WorkerConfig, knobs: Mapping[str, int]) -> list[str]:
+    """What every worker command takes alike: the control socket's group and the accepted knobs."""
+    words = ["--control-group", worker.control_group] if worker.control_group else []
+    for name, value in sorted(knobs.items()):
+        words += ["--saved-knob", f"{name}={value}"]
+    return words
 
 
 def base_url(listen: str) -> str:

@@ -26,13 +26,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gputuned.adapting.lifecycle import POLL_SECONDS
-from gputuned.control.messages import StatsReport, WorkerIdentity, WorkerStatusBody
+from gputuned.adapting.worker import AdaptedWorker
 from gputuned.control.protocol import message
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
 from gputuned.performance import Counters
 from gputuned.triton import model_config
 from gputuned.triton.api import TritonClient, TritonError
-from gputuned.triton.readings import LatencyEstimate, parse_metrics, raw_counters, worker_stats
+from gputuned.triton.readings import LatencyEstimate, MetricsReading, parse_metrics, raw_counters, worker_stats
 from gputuned.triton.repository import ConfigFile, WriteBackError
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 SETTLE_POLLS = 3
 
 
-class TritonWorker:
+class TritonWorker(AdaptedWorker):
+    server_name = "Triton"
+
     def __init__(
         self,
         client: TritonClient,
@@ -52,24 +54,19 @@ class TritonWorker:
         clock: Callable[[], float] = time.monotonic,
         write_back: ConfigFile | None = None,
     ) -> None:
+        super().__init__({})
         self._client = client
         self._write_back = write_back
         self._model = model
         self._device = device
         self._clock = clock
-        self._lock = threading.Lock()  # config, specs, values, snapshot; never held across a call to Triton
         self._reloading = threading.Lock()  # one reload at a time: a set, or the knobs put back after a restart
         self._config: dict[str, Any] = {}
         self._specs: dict[str, KnobSpec] = {}
-        self._values: dict[str, int] = {}
-        self._accepted: dict[str, int] = {}  # what sets asked for: re-applied after Triton restarts
-        self._identity: WorkerIdentity = {}
         self._counters = Counters()
         self._latency = LatencyEstimate()
-        self._snapshot: StatsReport = {}
         self._polls = 0  # polls done, under `_polled`
         self._polled = threading.Condition()
-        self._reachable = False
 
     # --- start ----------------------------------------------------------------------------
 
@@ -79,15 +76,7 @@ class TritonWorker:
         config = self._client.model_config(self._model)
         with self._lock:
             self._adopt(config, model_config.knob_specs(config))
-        wanted = {name: value for name, value in saved.items() if name in self._specs}
-        if wanted and wanted != {name: self._values[name] for name in wanted}:
-            try:
-                self.apply(wanted)
-                log.info("applied the saved knobs %s", wanted)
-            except KnobError as exc:
-                log.warning("saved knobs %s not applied: %s", wanted, exc)
-        self._reachable = True
-        self.poll()
+        self._start(saved)
 
     def _adopt(self, config: dict[str, Any], specs: dict[str, KnobSpec] | None = None) -> None:
         """Under the lock: takes Triton's config as the truth for the knob values."""
@@ -129,7 +118,7 @@ class TritonWorker:
             self._reread()
             with self._lock:
                 applied = {name: self._values.get(name, value) for name, value in checked.items()}
-                self._accepted.update(applied)
+            self._remember(applied)
             self._await_polls(SETTLE_POLLS)
             return applied
 
@@ -166,30 +155,13 @@ class TritonWorker:
         except WriteBackError as exc:
             raise KnobError(f"not written back: {exc}") from None
 
-    def stats(self) -> StatsReport:
-        with self._lock:
-            return self._snapshot.copy()
-
-    def status(self) -> WorkerStatusBody:
-        with self._lock:
-            return {"worker": self._identity.copy(), "knobs": dict(self._values)}
-
     # --- polling --------------------------------------------------------------------------------
 
-    def poll(self) -> bool:
-        """Reads Triton once into the stats snapshot; False when Triton did not answer."""
-        try:
-            metrics = parse_metrics(self._client.metrics(), self._model)
-            stats = self._client.model_stats(self._model)
-        except (TritonError, ValueError) as exc:
-            if self._reachable:
-                log.warning("Triton does not answer: %s", exc)
-            self._reachable = False
-            return False
-        if not self._reachable:
-            log.info("Triton answers again")
-            self._reachable = True
-            self._restore_accepted()
+    def _fetch(self) -> tuple[MetricsReading, dict[str, Any]]:
+        return parse_metrics(self._client.metrics(), self._model), self._client.model_stats(self._model)
+
+    def _take(self, reading: tuple[MetricsReading, dict[str, Any]]) -> None:
+        metrics, stats = reading
         self._counters.update(raw_counters(metrics, stats))
         totals = self._counters.totals
         self._latency.update(self._clock(), totals["success"], totals["duration_us"], metrics.latency_quantiles_us)
@@ -199,16 +171,3 @@ class TritonWorker:
         with self._polled:
             self._polls += 1
             self._polled.notify_all()
-        return True
-
-    def _restore_accepted(self) -> None:
-        """After Triton was away: its config may be the repository's again; put the accepted knobs back."""
-        self._reread()
-        with self._lock:
-            differing = {name: value for name, value in self._accepted.items() if self._values.get(name) != value}
-        if differing:
-            try:
-                self.apply(differing)
-                log.info("Triton came back; re-applied %s", differing)
-            except KnobError as exc:
-                log.warning("Triton came back; cannot re-apply %s: %s", differing, exc)

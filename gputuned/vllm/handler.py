@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gputuned.adapting.worker import AdaptedWorker
 from gputuned.control.client import ControlClient, ControlError
-from gputuned.control.messages import StatsReport, WorkerIdentity, WorkerStatusBody
 from gputuned.control.protocol import message
 from gputuned.knobs import KnobError, KnobSpec, validate_changes
 from gputuned.performance import Counters
-from gputuned.vllm.api import VllmClient, VllmError
+from gputuned.vllm.api import VllmClient
 from gputuned.vllm.plugin import SOCKET_ENV
 from gputuned.vllm.readings import raw_readings, worker_stats
 
@@ -39,38 +39,26 @@ NO_SOCKET = (
 )
 
 
-class VllmWorker:
+class VllmWorker(AdaptedWorker):
+    server_name = "vLLM"
+
     def __init__(self, client: VllmClient, plugin_socket: Path | None, model: str, device: str) -> None:
+        super().__init__({"pid": os.getpid(), "kind": "vllm", "model": model, "device": device})
         self._client = client
         self._plugin_socket = plugin_socket
-        self._lock = threading.Lock()  # specs, values, snapshot; never held across a call to vLLM
         self._setting = threading.Lock()  # one set at a time
         self._specs: dict[str, KnobSpec] = {}
-        self._values: dict[str, int] = {}
         self._restart_only: dict[str, str] = {}
-        self._accepted: dict[str, int] = {}  # what sets asked for: re-applied after vLLM restarts
-        self._identity: WorkerIdentity = {"pid": os.getpid(), "kind": "vllm", "model": model, "device": device}
         self._counters = Counters()
-        self._snapshot: StatsReport = {}
-        self._reachable = False
 
     # --- start ----------------------------------------------------------------------------
 
     def attach(self, saved: Mapping[str, int]) -> None:
         """Reads the plugin's knobs and applies `saved` ones (skipped with a warning if refused)."""
-        self._read_plugin()
-        with self._lock:
-            wanted = {name: value for name, value in saved.items() if name in self._specs and self._values[name] != value}
-        if wanted:
-            try:
-                self.apply(wanted)
-                log.info("applied the saved knobs %s", wanted)
-            except KnobError as exc:
-                log.warning("saved knobs %s not applied: %s", wanted, exc)
-        self._reachable = True
-        self.poll()
+        self._reread()
+        self._start(saved)
 
-    def _read_plugin(self) -> None:
+    def _reread(self) -> None:
         """Takes the plugin's hello as the truth about the knobs; without one, none are offered."""
         note = NO_SOCKET
         hello: dict[str, Any] = {}
@@ -118,48 +106,19 @@ class VllmWorker:
                 raise KnobError(str(exc)) from None
             with self._lock:
                 self._values.update(applied)
-                self._accepted.update(applied)
+            self._remember(applied)
             return applied
 
     def accepted(self, knobs: dict[str, int]) -> None:
         """Nothing to keep: vLLM has no config file of its knobs; they are re-applied at its restarts."""
 
-    def stats(self) -> StatsReport:
-        with self._lock:
-            return self._snapshot.copy()
-
-    def status(self) -> WorkerStatusBody:
-        with self._lock:
-            return {"worker": self._identity.copy(), "knobs": dict(self._values)}
-
     # --- polling --------------------------------------------------------------------------------
 
-    def poll(self) -> bool:
-        """Reads vLLM's /metrics once into the stats snapshot; False when vLLM did not answer."""
-        try:
-            counters, gauges = raw_readings(self._client.metrics())
-        except (VllmError, ValueError) as exc:
-            if self._reachable:
-                log.warning("vLLM does not answer: %s", exc)
-            self._reachable = False
-            return False
-        if not self._reachable:
-            log.info("vLLM answers again")
-            self._reachable = True
-            self._restore_accepted()
+    def _fetch(self) -> tuple[dict[str, float], dict[str, float]]:
+        return raw_readings(self._client.metrics())
+
+    def _take(self, reading: tuple[dict[str, float], dict[str, float]]) -> None:
+        counters, gauges = reading
         self._counters.update(counters)
         with self._lock:
             self._snapshot = worker_stats(self._counters.totals, gauges)
-        return True
-
-    def _restore_accepted(self) -> None:
-        """After vLLM was away: its scheduler has its start values again; put the accepted knobs back."""
-        self._read_plugin()
-        with self._lock:
-            differing = {name: value for name, value in self._accepted.items() if self._values.get(name) != value}
-        if differing:
-            try:
-                self.apply(differing)
-                log.info("vLLM came back; re-applied %s", differing)
-            except KnobError as exc:
-                log.warning("vLLM came back; cannot re-apply %s: %s", differing, exc)
