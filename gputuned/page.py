@@ -70,6 +70,22 @@ def plot(series: Sequence[Point], slo_seconds: float, span: float) -> str:
     )
 
 
+def _generation(performance: dict[str, Any], tuner: dict[str, Any]) -> str:
+    """An LLM worker's line: goodput within both objectives, tokens, TTFT and TPOT, its KV cache."""
+    generation = performance["generation"]
+
+    def ms(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+    return (
+        f"<p>goodput <b>{performance['goodput_per_second']:.2f}/s</b> within TTFT {ms(tuner.get('slo_ttft_seconds'))} and "
+        f"TPOT {ms(tuner.get('slo_tpot_seconds'))}, {generation['output_tokens_per_second']:.0f} tokens/s; "
+        f"TTFT p99 <b>{ms(generation['ttft_p99'])}</b>, TPOT p99 <b>{ms(generation['tpot_p99'])}</b>; "
+        f"{generation['running']:.0f} running, KV cache {generation['kv_cache_usage']:.0%}, "
+        f"{generation['preemptions']} preempted; last {performance['window_seconds']:.0f} s</p>"
+    )
+
+
 def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, span: float) -> str:
     state_class = "state ready" if entry["state"] == "ready" else "state"
     parts = [
@@ -80,8 +96,12 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
     ]
     if entry["state"] != "ready":
         parts.append(f"<p>{_e(entry['message'])}</p>")
+    if entry.get("note"):
+        parts.append(f"<p>{_e(entry['note'])}</p>")
     performance = entry["performance"]
-    if performance is not None:
+    if performance is not None and performance.get("generation") is not None:
+        parts.append(_generation(performance, entry["tuner"]))
+    elif performance is not None:
         p99 = performance["p99_seconds"]
         parts.append(
             f"<p>goodput <b>{performance['goodput_per_second']:.1f}/s</b>, throughput "

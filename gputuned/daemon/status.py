@@ -238,7 +238,8 @@ def _generation_line(performance: dict[str, Any], generation: dict[str, Any], tu
         f"{generation['output_tokens_per_second']:.0f} tokens/s out\n"
         f"  TTFT p50 {ms(generation['ttft_p50'])}, p99 {ms(generation['ttft_p99'])}; "
         f"TPOT p50 {ms(generation['tpot_p50'])}, p99 {ms(generation['tpot_p99'])}; "
-        f"{generation['running']} running, KV cache {generation['kv_cache_usage']:.0%}, {generation['preemptions']} preempted\n"
+        f"{generation['running']:.0f} running, {generation['waiting']:.0f} waiting, KV cache {generation['kv_cache_usage']:.0%}, "
+        f"{generation['preemptions']} preempted\n"
         f"  {performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected, "
         f"{generation['aborted']} aborted (last {performance['window_seconds']:.0f} s)"
     )

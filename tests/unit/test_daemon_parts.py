@@ -22,7 +22,7 @@ from gputuned.daemon.sdnotify import status_due, watchdog_due
 from gputuned.daemon.status import WorkerSnapshot, build_status, duration, format_status, status_line, worker_entry
 from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.knobs import KnobError
-from gputuned.performance import Measurement
+from gputuned.performance import Generation, GenerativeObjectives, Measurement
 from gputuned.store import SampleStore
 from gputuned.tuners.guard import GuardView
 from gputuned.worker.agent import Agent
@@ -275,6 +275,25 @@ def test_the_status_report_and_its_tables():
     assert "  state not saved (disk full)" in text
     assert "KNOB     GPU0  GPU1\npool_mb  -     0\nstreams  2     1" in text
     assert text.index("gpu0 keep      streams 1 -> 2") < text.index("gpu1 apply     pool_mb 0 -> 16")
+
+
+def test_an_llm_worker_in_the_status_report():
+    hello = {"worker": {"model": "llama", "device": "cuda:0", "kind": "vllm", "note": "knobs read-only: no plugin"}}
+    status = WorkerStatus(WorkerState.READY, 99, 0, None, 100.0, hello, {}, None, None, None, "")
+    generation = Generation(1712.4, 640.0, 0.2, 0.8123, 0.02, 0.0311, 2, 15.6, 3.2, 0.42, 1)
+    performance = Measurement(10, 9.5, 9.0, 8.5, 3.1, 0, 0, None, 0, 3, 1, 0, 0, 0, generation=generation, tail_ratio=0.81)
+    view = GuardView("recommend", "settled", False, [], [], {})
+    snapshot = WorkerSnapshot("llama", status, performance, view, None, 0.1, GenerativeObjectives(1.0, 0.05))
+    report = build_status(SampleStore(2), [snapshot], 160.0, 40.0, "http://127.0.0.1:9842/metrics")
+    entry = worker_entry(report)
+    assert entry["kind"] == "vllm" and entry["note"] == "knobs read-only: no plugin"
+    assert entry["tuner"]["slo_ttft_seconds"] == 1.0 and entry["performance"]["generation"]["preemptions"] == 2
+    text = format_status(report)
+    assert "goodput 8.50/s within TTFT 1000 ms and TPOT 50 ms, 1712 tokens/s out" in text
+    assert (
+        "TTFT p50 200.0 ms, p99 812.3 ms; TPOT p50 20.0 ms, p99 31.1 ms; 16 running, 3 waiting, KV cache 42%, 2 preempted" in text
+    )
+    assert "0 failed, 0 refused, 0 rejected, 1 aborted (last 10 s)" in text and "  knobs read-only: no plugin" in text
 
 
 # --- the built-in worker's command line ------------------------------------------------------

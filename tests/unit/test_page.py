@@ -77,3 +77,24 @@ def test_the_plot_draws_goodput_p99_and_the_slo():
     assert slo == ["0.0,45.0", "360.0,45.0"]  # the SLO at mid-height, across the whole span
     assert p99[1].endswith(",0.0")  # p99 at twice the SLO: the top
     assert goodput[1].endswith(",0.0") and goodput[0].endswith(",45.0")  # goodput scaled to its peak
+
+
+def test_an_llm_worker_shows_its_tokens_ttft_and_tpot_against_their_objectives_and_a_note():
+    llm = entry("llama", "ready", {"max_num_active_seqs": 16})
+    llm["note"] = "knobs read-only: no plugin socket is configured"
+    llm["tuner"] |= {"slo_ttft_seconds": 1.0, "slo_tpot_seconds": 0.05}
+    llm["performance"]["generation"] = {
+        "output_tokens_per_second": 1712.4,
+        "ttft_p99": 0.8123,
+        "tpot_p99": 0.0311,
+        "running": 15.6,
+        "kv_cache_usage": 0.42,
+        "preemptions": 0,
+    }
+    report = {"daemon": {"version": "0.2.0", "uptime_seconds": 5.0}, "gpus": [], "workers": [llm]}
+    document = Document()
+    document.feed(render(report, {"llama": []}, {"llama": 0.1}, 300.0, "host"))
+    text = "".join(document.text)
+    assert "within TTFT 1000 ms and TPOT 50 ms, 1712 tokens/s" in text
+    assert "TTFT p99 812 ms, TPOT p99 31 ms; 16 running, KV cache 42%, 0 preempted" in text
+    assert "knobs read-only: no plugin socket is configured" in text
