@@ -8,10 +8,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gputuned.catalog import METRIC_SPECS
+from gputuned.collectors import tuner, worker
+from gputuned.knobs import CATALOGUE
+from gputuned.testing.processes import prometheus_query
 
 DASHBOARD_DIR = Path(__file__).parent.parent / "dashboards"
 METRIC_NAME = re.compile(r"\bgputuned_[a-z0-9_]+")
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+LABEL_VALUES = re.compile(r"label_values\((?P<selector>.+), (?P<label>\w+)\)")
+VLLM_KNOBS = {knob.name for knob in CATALOGUE.values() if set(knob.kinds) == {"vllm"}}
+# What only an LLM worker exports (as Prometheus stores it: a histogram by its _count).
+GENERATIVE_NAMES = {
+    f"{spec.name}_count" if spec.kind == "histogram" else spec.name
+    for spec in (*worker.GENERATIVE_SPECS, *tuner.GENERATIVE_SPECS)
+}
 
 
 def load_dashboards() -> dict[str, dict]:
@@ -44,3 +54,31 @@ def unknown_metrics(expr: str) -> set[str]:
     for spec in METRIC_SPECS:
         served |= {spec.name + suffix for suffix in HISTOGRAM_SERIES} if spec.kind == "histogram" else {spec.name}
     return set(METRIC_NAME.findall(expr)) - served
+
+
+def generative(expr: str) -> bool:
+    """Whether a query reads what only an LLM worker exports: its families, or its scheduler's knobs."""
+    names = {spec.name for spec in (*worker.GENERATIVE_SPECS, *tuner.GENERATIVE_SPECS)}
+    families = any(name.removesuffix(suffix) in names for name in METRIC_NAME.findall(expr) for suffix in (*HISTOGRAM_SERIES, ""))
+    return families or any(f'knob="{knob}"' in expr for knob in VLLM_KNOBS)
+
+
+def substitute(expr: str, instance: str) -> str:
+    """What Grafana sends for one instance, every GPU, a 1 s scrape interval and a short range."""
+    for variable, value in (
+        ("$__rate_interval", "10s"),
+        ("$__interval", "30s"),
+        ("$instance", instance),
+        ("$gpu", ".*"),
+        ("$worker", ".*"),
+    ):
+        expr = expr.replace(variable, value)
+    return expr
+
+
+def returns_series(prometheus: str, expr: str) -> bool:
+    variable = LABEL_VALUES.fullmatch(expr)
+    if variable:
+        series = prometheus_query(prometheus, variable["selector"])
+        return any(variable["label"] in s["metric"] for s in series)
+    return bool(prometheus_query(prometheus, expr))

@@ -95,6 +95,9 @@ QUEUE_TIME = MetricSpec(
 )
 STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", WORKER)
 
+# The families only an LLM (generative) worker reports.
+GENERATIVE_SPECS = (PROMPT_TOKENS, GENERATION_TOKENS, PREEMPTIONS, RUNNING, KV_CACHE, TTFT, TPOT, ITL, QUEUE_TIME)
+
 SPECS = (
     WORKER_UP,
     WORKER_CRASH_LOOP,

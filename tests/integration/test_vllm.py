@@ -32,7 +32,9 @@ from gputuned.llmload import CompletionPlan, CompletionResult, run_completion_lo
 from gputuned.testing.processes import (
     REPO_ROOT,
     free_port,
+    prometheus_query,
     run_cli,
+    running_prometheus,
     running_supervising_daemon,
     serving,
     wait_for,
@@ -40,6 +42,7 @@ from gputuned.testing.processes import (
 )
 from gputuned.vllm import wheel
 from gputuned.vllm.plugin import SOCKET_ENV
+from tests.dashboard_queries import GENERATIVE_NAMES, generative, load_dashboards, queries, returns_series, substitute
 
 pytestmark = pytest.mark.integration
 VLLM_PYTHON = Path(os.environ.get("GPUTUNED_VLLM_PYTHON", REPO_ROOT / ".vllm" / "bin" / "python"))
@@ -103,7 +106,8 @@ def test_the_daemon_runs_vllm_and_moves_its_knobs_live_under_load(tmp_path, vllm
         assert status["knobs"] == {"max_num_active_seqs": 32, "max_num_scheduled_tokens": 2048}
 
         stop, box = threading.Event(), {}
-        load = streaming_load(url, 60, stop, box)
+        load = streaming_load(url, 90, stop, box)
+        target = metrics.removeprefix("http://").removesuffix("/metrics")
         load.start()
         try:
             wait_for(lambda: vllm_metric(url, "vllm:num_requests_running") >= 8, 60, "the load to run")
@@ -122,6 +126,25 @@ def test_the_daemon_runs_vllm_and_moves_its_knobs_live_under_load(tmp_path, vllm
             with ControlClient(vllm_plugin_socket(tmp_path / "run" / "worker.sock")) as plugin:
                 assert plugin.knobs() == {"max_num_active_seqs": 24, "max_num_scheduled_tokens": 512}
             wait_for(lambda: worker_status(admin)["performance"]["generation"] is not None, 30, "a window of tokens")
+            with running_prometheus([target], tmp_path) as prometheus:
+                # What only an LLM worker exports, and the dashboards' LLM panels, under load.
+                def missing() -> set[str]:
+                    found = prometheus_query(prometheus, 'count by (__name__) ({__name__=~"gputuned_.+"})')
+                    return GENERATIVE_NAMES - {series["metric"]["__name__"] for series in found}
+
+                wait_for(lambda: not missing(), 60, f"the LLM families in Prometheus: {missing()}")
+                panels = [
+                    (where, substitute(expr, target))
+                    for dashboard in load_dashboards().values()
+                    for where, expr in queries(dashboard)
+                    if generative(expr)
+                ]
+                assert panels
+
+                def empty() -> list[str]:
+                    return [f"{where}: {expr}" for where, expr in panels if not returns_series(prometheus, expr)]
+
+                wait_for(lambda: not empty(), 60, "every LLM panel to show data")
         finally:
             stop.set()
             load.join(timeout=90)
