@@ -22,8 +22,8 @@ from gputuned.testing.processes import (
     running_prometheus,
     running_supervising_daemon,
 )
-from tests.dashboard_queries import load_dashboards, queries
-from tests.integration.test_prometheus import LABEL_VALUES, substitute, wait_for
+from tests.dashboard_queries import LABEL_VALUES, load_dashboards, queries, substitute
+from tests.integration.test_prometheus import wait_for
 
 pytestmark = pytest.mark.integration
 
