@@ -68,8 +68,10 @@ class AdaptedWorker(ABC):
         """After the first read of the knobs: applies `saved` where it differs (skipped with a
         warning if refused), then takes the first reading."""
         current = self._current()
-        wanted = {name: value for name, value in saved.items() if name in current and current[name] != value}
-        if wanted:
+        wanted = {name: value for name, value in saved.items() if name in current}
+        # All of them in one set where any differs: a knob can read the same from two configs
+        # (Triton's batch of 1 with or without dynamic batching) that a set makes one.
+        if any(current[name] != value for name, value in wanted.items()):
             try:
                 self.apply(wanted)
                 log.info("applied the saved knobs %s", wanted)

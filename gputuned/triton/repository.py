@@ -21,8 +21,10 @@ is quoted), and the schema ships with tritonclient: the `triton` extra.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from gputuned.triton import model_config
 
 CONFIG_FILE = "config.pbtxt"
 PREVIOUS_SUFFIX = ".previous"
+SCHEMA_MODULE = "gputuned.triton._model_config_pb2"  # tritonclient's model_config_pb2, loaded on its own
 SCHEMA_MISSING = (
     "triton_write_back needs the schema of Triton's model config, which ships with tritonclient: pip install 'gputuned[triton]'"
 )
@@ -47,11 +50,10 @@ class ConfigFile:
     def __init__(self, repository: Path, model: str) -> None:
         try:
             from google.protobuf import json_format, text_format
-            from tritonclient.grpc import model_config_pb2
         except ImportError:
             raise WriteBackError(SCHEMA_MISSING) from None
         self.path = repository / model / CONFIG_FILE
-        self._schema = model_config_pb2.ModelConfig
+        self._schema = _model_config_schema()
         self._json_format = json_format
         self._text_format = text_format
 
@@ -94,6 +96,27 @@ class ConfigFile:
         except OSError as exc:
             raise WriteBackError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         return True
+
+
+def _model_config_schema() -> Any:
+    """tritonclient's ModelConfig message class, from its model_config_pb2 alone. Importing it
+    the usual way runs `tritonclient.grpc`'s __init__, which also registers the gRPC service's
+    definitions, and those clash in one process with any other copy of the KServe protocol
+    (kserve's own, for one). WriteBackError when tritonclient is not installed."""
+    loaded = sys.modules.get(SCHEMA_MODULE)
+    if loaded is None:
+        package = importlib.util.find_spec("tritonclient")
+        locations = package.submodule_search_locations if package is not None else None
+        if not locations:
+            raise WriteBackError(SCHEMA_MISSING)
+        source = Path(next(iter(locations))) / "grpc" / "model_config_pb2.py"
+        spec = importlib.util.spec_from_file_location(SCHEMA_MODULE, source)
+        if spec is None or spec.loader is None or not source.exists():
+            raise WriteBackError(SCHEMA_MISSING)
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        sys.modules[SCHEMA_MODULE] = loaded
+    return loaded.ModelConfig
 
 
 def _replace(path: Path, text: str, like: Path | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -92,3 +94,16 @@ def test_a_broken_file_or_a_failed_write_is_a_clear_error_and_changes_nothing(co
         config_file.write_back({"streams": 2}, RUNNING)
     assert config_file.path.read_text() == OPERATORS_FILE
     assert sorted(p.name for p in config_file.path.parent.iterdir()) == ["config.pbtxt", "config.pbtxt.previous"]
+
+
+def test_the_schema_loads_beside_another_copy_of_the_kserve_protocol(tmp_path):
+    """tritonclient.grpc's own __init__ clashes with kserve's protocol definitions in one process;
+    write-back loads only the model config's schema, so it does not."""
+    probe = (
+        "from kserve.protocol.grpc import grpc_predict_v2_pb2\n"
+        "from pathlib import Path\n"
+        "from gputuned.triton.repository import ConfigFile\n"
+        f"print(ConfigFile(Path({str(tmp_path)!r}), 'm').read())\n"
+    )
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    assert answer.returncode == 0 and answer.stdout.strip() == "{}", answer.stderr[-2000:]
