@@ -159,6 +159,7 @@ def online(args: argparse.Namespace, model: Path, work: Path, run: int, best: tu
         "ratio": statistics.median(t / b for t, b in zip(side["tuned"], side["best"]) if b > 0),
         "curve": curve,
         "failed": sum(result.errors.values()),
+        "failed_by_kind": dict(result.errors),
         "restarts": restarts,
         "changes": sum(1 for d in decisions if d["action"] == "apply"),
         "decisions": decisions,
@@ -250,7 +251,8 @@ def main() -> int:
             f"{run['ratio']:.2f} (tuned {statistics.median(run['side']['tuned']):.2f}/s, best "
             f"{statistics.median(run['side']['best']):.2f}/s, defaults {statistics.median(run['side']['defaults']):.2f}/s); "
             f">= 95% of the grid's best first after {'never' if reached is None else f'{reached} s'}; "
-            f"{run['failed']} failed, {run['restarts']} restarts: {'meets' if ok else 'misses'} the targets"
+            f"{run['failed']} failed {run['failed_by_kind'] or ''}, {run['restarts']} restarts: "
+            f"{'meets' if ok else 'misses'} the targets"
         )
         print("   goodput every 10 s: " + " ".join(f"{value:.1f}" for value in run["curve"]))
         for d in run["decisions"]:
