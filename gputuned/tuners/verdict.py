@@ -6,7 +6,8 @@ move that `wins_ties`, half the batch, only must not lose); a neutral move, a sh
 back-off must not lose beyond the margin, and a back-off is judged by its tail alone. A
 window over the objectives reverts, unless the baseline was already over them and the tail
 did not get worse beyond the noise. The tail is the p99 against the SLO, or for a generative
-worker the worse of TTFT and TPOT p99 against theirs (`performance.over_objective`).
+worker the worse share of requests over the TTFT or the TPOT objective, against the 1% a p99
+objective allows (`performance.over_objective`).
 
 A generative worker is also harmed by preemptions (its KV cache ran out and sequences are
 recomputed) that the baseline did not have, and by a KV cache filled to exhaustion.
