@@ -20,7 +20,7 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from gputuned.worker.models import LoadedModel, load_model, parse_shape
+from gputuned.worker.models import LoadedModel, load_model, one_input, parse_shape
 
 
 def instance(loaded: LoadedModel):
@@ -38,7 +38,7 @@ def instance(loaded: LoadedModel):
 def main() -> None:
     spec, shape, port, max_batch, delay_us, instances = sys.argv[1:7]
     dims = parse_shape(shape)
-    models = [load_model(spec, torch.device("cpu"), dims) for _ in range(int(instances))]  # a copy per instance
+    models = [load_model(spec, torch.device("cpu"), one_input(dims)) for _ in range(int(instances))]  # a copy per instance
     config = TritonConfig(http_port=int(port), grpc_port=int(port) + 1, metrics_port=int(port) + 2, log_verbose=0)
     with Triton(config=config) as triton:
         triton.bind(

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gputuned.worker.codec import HEADER_LENGTH
-from gputuned.worker.models import load_model, parse_shape
+from gputuned.worker.models import load_model, one_input, parse_shape
 
 
 class Model:
@@ -36,7 +36,7 @@ class Model:
 
     def __init__(self, spec: str, dims: tuple[int, ...], max_batch: int, wait_s: float) -> None:
         torch.set_num_threads(1)
-        loaded = load_model(spec, torch.device("cpu"), dims)
+        loaded = load_model(spec, torch.device("cpu"), one_input(dims))
         self.model = loaded.module
         self.dims = dims
         self.out_dims = loaded.outputs[0].shape

@@ -86,14 +86,14 @@ POLICIES = (0, 1)
 RAW_LOOP = """
 import concurrent.futures, sys, time, torch
 from gputuned.worker.allocator import keep_freed_memory
-from gputuned.worker.models import load_model, parse_shape
+from gputuned.worker.models import load_model, one_input, parse_shape
 keep_freed_memory()  # malloc as in the worker, so the ratio measures serving, not page faults
 spec, shape = sys.argv[1], sys.argv[2]
-model = load_model(spec, torch.device("cpu"), parse_shape(shape) if shape else None, "FP32", None, "input")
+model = load_model(spec, torch.device("cpu"), one_input(parse_shape(shape)) if shape else None)
 
 def rate(batch, seconds):
     torch.set_num_threads(1)
-    x = torch.randn(batch, *model.input.shape)
+    x = torch.randn(batch, *model.inputs[0].shape)
     with torch.inference_mode():
         for _ in range(5):  # oneDNN builds its kernels for a shape on the first calls
             model.module(x)

@@ -94,6 +94,16 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--input-dtype", default="FP32", help="input datatype, e.g. FP32, FP16, INT64 (default FP32)")
     worker.add_argument("--input-name", default="input", help="input tensor name (default 'input')")
+    worker.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME:DATATYPE:DIMS[:mask]",
+        help="one input of the model's signature, in the order the model takes them (repeat it); -1 marks the "
+        "sequence, e.g. input_ids:INT64:-1; ':mask' marks the attention mask the worker builds (default: the model's own)",
+    )
+    worker.add_argument(
+        "--max-length", type=int, default=0, metavar="TOKENS", help="the longest sequence served (default: the model's)"
+    )
     worker.add_argument("--device", help="cpu or cuda[:N] (default: cuda:0 when available, else cpu)")
     worker.add_argument(
         "--listen", default="127.0.0.1:8000", metavar="HOST:PORT", help="HTTP API address (default 127.0.0.1:8000)"
@@ -140,6 +150,9 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("--duration", type=float, default=60.0, help="stop after this many seconds (default 60)")
     load.add_argument("--batch", type=int, default=1, help="items per request (default 1)")
     load.add_argument("--json", action="store_true", help="print the result as JSON")
+    load.add_argument(
+        "--lengths", metavar="N|LOW-HIGH|@FILE", help="v2: sequence lengths, for a model that takes sequences (token ids)"
+    )
     load.add_argument(
         "--api", choices=("v2", "openai"), default="v2", help="v2 inference (default), or streamed OpenAI completions (vLLM)"
     )
@@ -423,6 +436,7 @@ def _sweep(args: argparse.Namespace, config: Config) -> int:
 
 
 def _load(args: argparse.Namespace) -> int:
+    from gputuned.lengths import parse_lengths
     from gputuned.loadgen import LoadPlan
     from gputuned.loadgen import main as load_main
 
@@ -446,7 +460,12 @@ def _load(args: argparse.Namespace) -> int:
     }
     if args.api == "openai":
         return _completion_load(args, common)
-    return load_main(LoadPlan(**common, batch=args.batch), args.json)
+    try:
+        lengths = None if args.lengths is None else parse_lengths(args.lengths)
+    except ValueError as exc:
+        print(f"gputuned load: --lengths {exc}", file=sys.stderr)
+        return 2
+    return load_main(LoadPlan(**common, batch=args.batch, lengths=lengths), args.json)
 
 
 def _completion_load(args: argparse.Namespace, common: dict[str, Any]) -> int:

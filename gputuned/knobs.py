@@ -77,6 +77,30 @@ MAX_QUEUE_DELAY_US = KnobDef(
     1_000_000,
     {"builtin": "the dynamic batcher's wait", "triton": "dynamic_batching.max_queue_delay_microseconds"},
 )
+MAX_BATCH_TOKENS = KnobDef(
+    "max_batch_tokens",
+    "Batch token budget",
+    "tokens",
+    "short",
+    "The most tokens a batch of a variable-length model computes, its padding included "
+    "(items x its longest request); a request over it runs alone.",
+    1,
+    1 << 20,
+    {"builtin": "the dynamic batcher's token budget (variable-length models)"},
+    memory_bound=True,
+)
+LENGTH_BUCKET = KnobDef(
+    "length_bucket",
+    "Length bucket",
+    "tokens",
+    "short",
+    "Width of the length buckets a variable-length model's requests wait in: a batch takes "
+    "requests of one bucket and is padded to its longest. Narrow: little padding, slower "
+    "to fill; wide: full batches, more padding.",
+    1,
+    None,
+    {"builtin": "the dynamic batcher's length buckets (variable-length models), up to the longest sequence"},
+)
 STREAMS = KnobDef(
     "streams",
     "Lanes",
@@ -169,6 +193,8 @@ CATALOGUE: Mapping[str, KnobDef] = {
     for knob in (
         MAX_BATCH_SIZE,
         MAX_QUEUE_DELAY_US,
+        MAX_BATCH_TOKENS,
+        LENGTH_BUCKET,
         STREAMS,
         POOL_MB,
         INTRA_OP_THREADS,

@@ -3,8 +3,10 @@
 Closed loop (N clients, each sending its next request when the last one returns) or open
 loop (Poisson arrivals at a rate; latency counts from the scheduled send time, so a
 slow server cannot hide its queueing: no coordinated omission). Always bounded by a
-request count and a duration. Requests use the binary tensor extension with one random
-input made once, so the client spends its CPU on sending, not on encoding.
+request count and a duration. Requests use the binary tensor extension with random inputs
+made once (once per length for a model that takes sequences: token ids, a mask of ones,
+token types of zeros, each request's length drawn from `--lengths`), so the client spends
+its CPU on sending, not on encoding.
 
 Several base URLs (the workers of a host) are loaded as one: each request goes to the
 target with the fewest requests outstanding (ties in turn), as a least-connections load
@@ -28,6 +30,7 @@ from typing import Any, TextIO
 import aiohttp
 
 from gputuned.datatypes import DATATYPES
+from gputuned.lengths import Lengths
 
 MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
 MAX_FAILURES_KEPT = 100_000
@@ -53,6 +56,7 @@ class LoadPlan:
     timeline: bool = False  # keep (completion time, latency) of every request, for curves over time
     stop: threading.Event | None = None  # set from another thread to end the load early
     more_urls: tuple[str, ...] = ()  # further base URLs serving the same model, loaded together with `url`
+    lengths: Lengths | None = None  # a variable-length model's sequence lengths, one drawn per request
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -68,6 +72,7 @@ class LoadResult:
     failures: list[tuple[float, str]] = field(default_factory=list)  # (perf_counter when sent, kind), the first 10,000
     timeline: list[tuple[float, float]] = field(default_factory=list)  # (perf_counter when done, latency) if asked
     ok_by_target: Counter[str] = field(default_factory=Counter)  # base URL -> requests it answered
+    tokens: list[int] = field(default_factory=list)  # a variable-length model's: tokens of each answered request, as latencies
     elapsed: float = 0.0
 
     def percentile(self, q: float) -> float | None:
@@ -85,6 +90,7 @@ class LoadResult:
             "elapsed_seconds": self.elapsed,
             "ok_by_target": dict(self.ok_by_target),
             "throughput_per_second": self.ok / self.elapsed if self.elapsed else 0.0,
+            "tokens_per_second": sum(self.tokens) / self.elapsed if self.elapsed and self.tokens else None,
             "latency_seconds": {
                 "p50": self.percentile(50),
                 "p95": self.percentile(95),
@@ -118,31 +124,44 @@ async def _discover(session: aiohttp.ClientSession, url: str, model: str | None)
         raise LoadError(f"{url} does not answer as a v2 inference server: {exc!r}") from None
 
 
-def build_request(metadata: dict[str, Any], batch: int, seed: int) -> tuple[bytes, dict[str, str]]:
-    """One binary-extension request body (random input of the model's shape) and its headers."""
+def sequence_inputs(metadata: dict[str, Any]) -> bool:
+    """Whether the model takes sequences: an input with a variable dimension past the batch."""
+    return any(-1 in spec["shape"][1:] for spec in metadata["inputs"])
+
+
+def _values(name: str, datatype: str, count: int, rng: Any) -> Any:
+    """Random values for an input: for integers, token ids (a mask of ones, token types of zeros)."""
+    numpy = DATATYPES[datatype].numpy
+    if datatype.startswith(("INT", "UINT")):
+        if "mask" in name:
+            return rng.integers(1, 2, count).astype(numpy)
+        if "type" in name:
+            return rng.integers(0, 1, count).astype(numpy)
+        return rng.integers(1, 1000, count).astype(numpy)
+    return rng.random(count).astype(numpy)
+
+
+def build_request(metadata: dict[str, Any], batch: int, seed: int, length: int = 0) -> tuple[bytes, dict[str, str]]:
+    """One binary-extension request body (random inputs of the model's shapes, `length`
+    tokens long where the model takes sequences) and its headers."""
     import numpy as np  # the load generator works without the worker extra; numpy comes with it
 
-    spec = metadata["inputs"][0]
-    if spec["datatype"] not in DATATYPES:
-        raise LoadError(f"input datatype {spec['datatype']} is not supported by the load generator")
-    shape = [batch, *spec["shape"][1:]]
     rng = np.random.default_rng(seed)
-    data = rng.random(math.prod(shape)).astype(DATATYPES[spec["datatype"]].numpy).tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": spec["name"],
-                    "datatype": spec["datatype"],
-                    "shape": shape,
-                    "parameters": {"binary_data_size": len(data)},
-                }
-            ],
-            "outputs": [{"name": output["name"], "parameters": {"binary_data": True}} for output in metadata["outputs"]],
-        }
-    ).encode()
+    inputs, blobs = [], []
+    for spec in metadata["inputs"]:
+        if spec["datatype"] not in DATATYPES or spec["datatype"] == "BF16":
+            raise LoadError(f"input datatype {spec['datatype']} is not supported by the load generator")
+        shape = [batch, *(length if d == -1 else d for d in spec["shape"][1:])]
+        if any(d < 1 for d in shape):
+            raise LoadError(f"input {spec['name']} has shape {spec['shape']}: give --lengths for a model that takes sequences")
+        blob = _values(spec["name"], spec["datatype"], math.prod(shape), rng).tobytes()
+        blobs.append(blob)
+        parameters = {"binary_data_size": len(blob)}
+        inputs.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "parameters": parameters})
+    outputs = [{"name": output["name"], "parameters": {"binary_data": True}} for output in metadata["outputs"]]
+    header = json.dumps({"inputs": inputs, "outputs": outputs}).encode()
     headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-    return header + data, headers
+    return header + b"".join(blobs), headers
 
 
 @dataclass
@@ -152,6 +171,8 @@ class _Target:
     body: bytes
     headers: dict[str, str]
     outstanding: int = 0
+    metadata: dict[str, Any] = field(default_factory=dict)
+    by_length: dict[int, tuple[bytes, dict[str, str]]] = field(default_factory=dict)  # a sequence model's bodies
 
 
 class LoadRun:
@@ -162,6 +183,7 @@ class LoadRun:
     def __init__(self, session: aiohttp.ClientSession, targets: list[Any], plan: LoadPlan, result: LoadResult) -> None:
         self.session, self.targets, self.plan = session, targets, plan
         self._turn = 0
+        self._lengths_rng = random.Random(plan.seed)
         self.result = result
         self.started = time.perf_counter()
         self.deadline = self.started + plan.duration
@@ -197,12 +219,27 @@ class LoadRun:
 
     async def send(self, target: _Target, scheduled: float) -> str | None:
         """One request to `target`, counted in the result when answered; the kind of failure, or None."""
-        async with self.session.post(target.infer_url, data=target.body, headers=target.headers) as response:
+        body, headers, tokens = self.body_for(target)
+        async with self.session.post(target.infer_url, data=body, headers=headers) as response:
             await response.read()
             if response.status != 200:
                 return f"http_{response.status}"
         self.answered(target.base, scheduled)
+        if tokens:
+            self.result.tokens.append(tokens)
         return None
+
+    def body_for(self, target: _Target) -> tuple[bytes, dict[str, str], int]:
+        """The next request's body, headers and tokens (0 for fixed shapes): at a length drawn
+        from the plan's, for a model that takes sequences; each length's body built once."""
+        lengths = self.plan.lengths
+        if lengths is None:
+            return target.body, target.headers, 0
+        length = lengths.draw(self._lengths_rng)
+        built = target.by_length.get(length)
+        if built is None:
+            built = target.by_length[length] = build_request(target.metadata, self.plan.batch, self.plan.seed + length, length)
+        return built[0], built[1], length * self.plan.batch
 
     def answered(self, base: str, scheduled: float) -> None:
         done = time.perf_counter()
@@ -256,8 +293,13 @@ async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult
         targets = []
         for url in plan.urls:
             model, metadata = await _discover(session, url, plan.model)
-            body, headers = build_request(metadata, plan.batch, plan.seed)
-            targets.append(_Target(url, f"{url}/v2/models/{model}/infer", body, headers))
+            if sequence_inputs(metadata) != (plan.lengths is not None):
+                wanted = "give --lengths" if plan.lengths is None else "--lengths is for models that take sequences"
+                raise LoadError(
+                    f"model {model} at {url} takes {'sequences' if plan.lengths is None else 'fixed shapes'}: {wanted}"
+                )
+            body, headers = (b"", {}) if plan.lengths is not None else build_request(metadata, plan.batch, plan.seed)
+            targets.append(_Target(url, f"{url}/v2/models/{model}/infer", body, headers, metadata=metadata))
         return await drive(LoadRun(session, targets, plan, LoadResult()), progress)
 
 
@@ -293,7 +335,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     latency = summary["latency_seconds"]
     lines = [
         f"requests: {summary['sent']} sent, {summary['ok']} ok, {summary['errors']} errors {summary['errors_by_kind'] or ''}".rstrip(),
-        f"throughput: {summary['throughput_per_second']:.1f} requests/s over {summary['elapsed_seconds']:.1f} s",
+        f"throughput: {summary['throughput_per_second']:.1f} requests/s over {summary['elapsed_seconds']:.1f} s"
+        + (f", {summary['tokens_per_second']:.0f} tokens/s" if summary.get("tokens_per_second") else ""),
         f"latency: p50 {_ms(latency['p50'])}, p95 {_ms(latency['p95'])}, p99 {_ms(latency['p99'])}",
     ]
     if len(summary["ok_by_target"]) > 1:

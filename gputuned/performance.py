@@ -154,6 +154,17 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class Tokens:
+    """A variable-length model's tokens over a window: its requests' own, and the padding
+    computed with them (a batch is padded to its longest request)."""
+
+    per_second: float  # the requests' own tokens computed per second
+    per_item: float  # mean tokens of an item
+    batch_tokens: float  # mean tokens a batch computed, padding included (what the token budget bounds)
+    padding_share: float  # padding / all tokens computed, 0..1
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One window of the worker's behaviour, everything a tuner decides on."""
 
@@ -180,6 +191,7 @@ class Measurement:
     rejected: int = 0  # the clients' mistakes: malformed, unknown model, wrong shape, oversize
     tail_ratio: float | None = None  # the tail over its objective (module docstring); None: p99 over the SLO
     generation: Generation | None = None  # a generative worker's tokens and per-token latency
+    tokens: Tokens | None = None  # a variable-length model's
 
 
 def over_objective(window: Measurement, slo_seconds: float) -> float | None:
@@ -264,6 +276,17 @@ def measure(
         rejected=int(delta("rejected")),
         tail_ratio=tail_ratio,
         generation=generation,
+        tokens=_tokens(delta("tokens"), delta("padding_tokens"), items, batches, seconds) if "tokens" in newer else None,
+    )
+
+
+def _tokens(tokens: float, padding: float, items: float, batches: float, seconds: float) -> Tokens:
+    computed = tokens + padding
+    return Tokens(
+        per_second=tokens / seconds,
+        per_item=tokens / items if items > 0 else 0.0,
+        batch_tokens=computed / batches if batches > 0 else 0.0,
+        padding_share=padding / computed if computed > 0 else 0.0,
     )
 
 

@@ -93,10 +93,21 @@ ITL = MetricSpec("gputuned_worker_inter_token_latency_seconds", "histogram", "An
 QUEUE_TIME = MetricSpec(
     "gputuned_worker_queue_time_seconds", "histogram", "Time an LLM worker's requests waited before their first step.", WORKER
 )
+TOKENS = MetricSpec(
+    "gputuned_worker_tokens_total", "counter", "Tokens of a variable-length model's requests the worker computed.", WORKER
+)
+PADDING_TOKENS = MetricSpec(
+    "gputuned_worker_padding_tokens_total",
+    "counter",
+    "Padding tokens computed with them (a batch is padded to its longest request); padding share: padding / (tokens + padding).",
+    WORKER,
+)
 STATS_AGE = MetricSpec("gputuned_worker_stats_age_seconds", "gauge", "Age of the newest stats message from the worker.", WORKER)
 
 # The families only an LLM (generative) worker reports.
 GENERATIVE_SPECS = (PROMPT_TOKENS, GENERATION_TOKENS, PREEMPTIONS, RUNNING, KV_CACHE, TTFT, TPOT, ITL, QUEUE_TIME)
+# The families only a built-in worker serving a variable-length model reports.
+TOKEN_SPECS = (TOKENS, PADDING_TOKENS)
 
 SPECS = (
     WORKER_UP,
@@ -128,6 +139,8 @@ SPECS = (
     TPOT,
     ITL,
     QUEUE_TIME,
+    TOKENS,
+    PADDING_TOKENS,
     STATS_AGE,
 )
 
@@ -151,6 +164,8 @@ _SCALARS: Mapping[str, tuple[MetricSpec, tuple[str, ...]]] = {
     "preemptions": (PREEMPTIONS, ()),
     "running": (RUNNING, ()),
     "kv_cache_usage": (KV_CACHE, ()),
+    "tokens": (TOKENS, ()),
+    "padding_tokens": (PADDING_TOKENS, ()),
 }
 _HISTOGRAMS: Mapping[HistogramField, MetricSpec] = {
     "latency_seconds": LATENCY,

@@ -66,6 +66,9 @@ class StatsReport(TypedDict, total=False):
     pool_misses: int
     h2d_bytes: int
     lane_busy_seconds: float  # summed over lanes
+    # A variable-length model's: its requests' own tokens computed, and the padding computed with them.
+    tokens: int
+    padding_tokens: int
     queue_depth: int  # a gauge: items waiting now
     lanes: int  # a gauge: lanes running now
     latency_seconds: HistogramReport  # end to end
@@ -96,6 +99,8 @@ GENERATIVE_STATS = (
     "itl_seconds",
     "queue_seconds",
 )
+# The fields only a variable-length model's worker reports.
+TOKEN_STATS = ("tokens", "padding_tokens")
 # The stats fields that are plain numbers, and those that are histograms.
 STATS_HISTOGRAMS = tuple(name for name, kind in get_type_hints(StatsReport).items() if kind is HistogramReport)
 STATS_NUMBERS = tuple(name for name in get_type_hints(StatsReport) if name not in STATS_HISTOGRAMS)

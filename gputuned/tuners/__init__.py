@@ -13,6 +13,7 @@ from gputuned.tuners.queue_delay import QueueDelayTuner
 from gputuned.tuners.scheduling import SchedulingBackoff, SchedulingTuner
 from gputuned.tuners.streams import StreamsTuner
 from gputuned.tuners.threads import ThreadsTuner
+from gputuned.tuners.tokens import BatchTokensTuner, LengthBucketTuner
 
 
 def default_tuners() -> list[Tuner]:
@@ -21,20 +22,24 @@ def default_tuners() -> list[Tuner]:
     show so), then batch (it also answers SLO breaches and OOM), then how the cores and
     lanes are shared (with half the batch right after a lane is added), then the jump past a
     doubling that did not pay, then the queue delay, then a bigger batch with the wait that
-    fills it, then the pool, then the scheduling policy, and last the probe for a smaller
-    batch (a move for when nobody has a better one). An LLM server's scheduler has tuners of
+    fills it, then the width of a variable-length model's length buckets, then the pool, then
+    the scheduling policy, and last the probe for a smaller batch (a move for when nobody has
+    a better one). A variable-length model's token budget climbs right after its item cap
+    (tokens.py). An LLM server's scheduler has tuners of
     its own (admission.py): the cap and the step budget, and last the probe for a smaller cap."""
     return [
         SchedulingBackoff(),
         AdmissionTuner(),
         TokenBudgetTuner(),
         BatchTuner(),
+        BatchTokensTuner(),
         ThreadsTuner(),
         StreamsTuner(),
         BatchDownProbe(several_lanes=True),
         BatchJumpTuner(),
         QueueDelayTuner(),
         BatchFillTuner(),
+        LengthBucketTuner(),
         PoolTuner(),
         SchedulingTuner(),
         BatchDownProbe(),

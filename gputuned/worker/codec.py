@@ -1,12 +1,12 @@
 """Decoding inference requests and encoding their responses, the per-header work done once.
 
 A client sends the same JSON header with every request of one shape: with the binary
-tensor extension the tensor's bytes follow the header, so the header itself does not
+tensor extension the tensors' bytes follow the header, so the header itself does not
 change from request to request (Triton's and KServe's clients and our load generator all
 work this way). What a header decides — that the input fits the model's signature, how
 many bytes must follow, which outputs to return and how, and the response's own JSON
 header — is worked out once per distinct header and kept in a bounded cache; a request
-then costs a dictionary lookup and a view of its tensor bytes, and its response the
+then costs a dictionary lookup and a view of each input's bytes, and its response the
 bytes of its outputs behind a header built in advance. Requests carrying their values in
 the JSON, and responses asked for as JSON values, are decoded and encoded in full each time.
 
@@ -23,11 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from gputuned.worker.models import LoadedModel
+from gputuned.worker.models import VARIABLE, LoadedModel
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-CACHED_HEADERS = 256  # distinct request headers remembered (one per shape, outputs and id a client sends)
+# Distinct request headers remembered: one per shape, outputs and id a client sends, so one
+# per length a variable-length model is sent at.
+CACHED_HEADERS = 1024
 _NO_ID = object()
 
 
@@ -36,12 +39,24 @@ class BadRequest(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class InputPlan:
+    """Where one input of a request comes from: its place in the model's signature, its
+    shape (batch first), and its bytes after the header (binary extension) or None (JSON)."""
+
+    index: int
+    shape: tuple[int, ...]
+    binary_size: int | None
+    declared_size: Any  # the header's binary_data_size, checked against binary_size with each request
+
+
+@dataclass(frozen=True, slots=True)
 class RequestPlan:
     """What a request's JSON header decides, checked against the model."""
 
-    shape: tuple[int, ...]  # the input tensor's, batch first
-    binary_size: int | None  # bytes of tensor data after the header; None: the values are in the JSON
-    declared_size: Any  # the header's binary_data_size, checked against binary_size with each request
+    items: int  # the batch dimension every input shares
+    length: int  # tokens per item of a variable-length model; 0 for fixed shapes
+    inputs: tuple[InputPlan, ...]  # in the order the request lists them (its binary parts follow in that order)
+    binary_size: int  # bytes of tensor data after the header, all inputs together
     outputs: tuple[tuple[int, bool], ...]  # (output index, binary?) in the order asked
     request_id: Any  # echoed in the response; _NO_ID when the request has none
     response_header: bytes | None  # the response's JSON header when every output goes back binary
@@ -102,27 +117,59 @@ def parameters_of(holder: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
-def _input_tensor(document: dict[str, Any], model: LoadedModel) -> dict[str, Any]:
+def _input_tensors(document: dict[str, Any], model: LoadedModel) -> list[tuple[int, dict[str, Any]]]:
+    """(index in the signature, tensor) for each input of the request, in its order; every
+    input the model needs is there (a mask may be left to the worker), none twice."""
     inputs = document.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(f"'inputs' must be a list holding one tensor, {model.input.name!r}")
-    return inputs[0]
+    names = {spec.name: index for index, spec in enumerate(model.inputs)}
+    expected = ", ".join(repr(name) for name in names)
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(tensor, dict) for tensor in inputs):
+        raise BadRequest(f"'inputs' must be a list of tensors: {expected}")
+    found: list[tuple[int, dict[str, Any]]] = []
+    for tensor in inputs:
+        index = names.get(tensor.get("name"), -1)
+        if index < 0:
+            raise BadRequest(f"unknown input {tensor.get('name')!r}; model {model.name} takes {expected}")
+        if any(seen == index for seen, _ in found):
+            raise BadRequest(f"input {tensor['name']} is given twice")
+        found.append((index, tensor))
+    missing = [spec.name for index, spec in enumerate(model.inputs) if not spec.mask and all(seen != index for seen, _ in found)]
+    if missing:
+        raise BadRequest(f"missing input {', '.join(missing)}; model {model.name} takes {expected}")
+    return found
 
 
-def _input_shape(tensor: dict[str, Any], model: LoadedModel, max_items: int) -> tuple[int, ...]:
-    spec = model.input
-    if tensor.get("name") != spec.name:
-        raise BadRequest(f"unknown input {tensor.get('name')!r}; model {model.name} takes {spec.name!r}")
+def _input_shape(tensor: dict[str, Any], model: LoadedModel, index: int, max_items: int) -> tuple[int, ...]:
+    spec = model.inputs[index]
     if tensor.get("datatype") != spec.datatype:
         raise BadRequest(f"input {spec.name} must be {spec.datatype}, got {tensor.get('datatype')!r}")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise BadRequest(f"input {spec.name}: 'shape' must be a list of integers")
-    if tuple(shape[1:]) != spec.shape or len(shape) != len(spec.shape) + 1:
-        raise BadRequest(f"input {spec.name} has shape {shape}; expected [batch, {', '.join(map(str, spec.shape))}]")
+    dims = ", ".join("length" if d == VARIABLE else str(d) for d in spec.shape)
+    if len(shape) != len(spec.shape) + 1 or any(d != VARIABLE and d != got for d, got in zip(spec.shape, shape[1:])):
+        raise BadRequest(f"input {spec.name} has shape {shape}; expected [batch, {dims}]")
     if not 1 <= shape[0] <= max_items:
         raise BadRequest(f"input {spec.name}: batch dimension {shape[0]} is outside 1..{max_items}")
     return tuple(shape)
+
+
+def _request_length(shapes: list[tuple[int, tuple[int, ...]]], model: LoadedModel) -> int:
+    """The request's tokens per item (0 for a fixed-shape model), the same in every variable input."""
+    if not model.variable:
+        return 0
+    lengths = {}
+    for index, shape in shapes:
+        spec = model.inputs[index]
+        if spec.variable:
+            lengths[spec.name] = shape[1 + spec.shape.index(VARIABLE)]
+    values = set(lengths.values())
+    if len(values) > 1:
+        raise BadRequest(f"inputs differ in length: {', '.join(f'{name} {length}' for name, length in lengths.items())}")
+    length = values.pop()
+    if not 1 <= length <= model.max_length:
+        raise BadRequest(f"a sequence of {length} tokens is outside 1..{model.max_length}, the longest model {model.name} takes")
+    return length
 
 
 def requested_outputs(document: dict[str, Any], model: LoadedModel) -> tuple[tuple[int, bool], ...]:
@@ -144,13 +191,15 @@ def requested_outputs(document: dict[str, Any], model: LoadedModel) -> tuple[tup
     return tuple(chosen)
 
 
-def _response_header(model: LoadedModel, items: int, outputs: tuple[tuple[int, bool], ...], request_id: Any) -> bytes:
+def _response_header(
+    model: LoadedModel, items: int, length: int, outputs: tuple[tuple[int, bool], ...], request_id: Any
+) -> bytes:
     """The response's JSON header when every output goes back binary, for outputs of the
-    shapes and dtypes the model declared."""
+    shapes and dtypes the model declared (at the request's length)."""
     entries = []
     for index, _binary in outputs:
         spec = model.outputs[index]
-        shape = [items, *spec.shape]
+        shape = [items, *spec.at_length(length)]
         size = math.prod(shape) * spec.numpy_dtype.itemsize
         entries.append({"name": spec.name, "datatype": spec.datatype, "shape": shape, "parameters": {"binary_data_size": size}})
     return _header_bytes(model, entries, request_id)
@@ -164,33 +213,61 @@ def _header_bytes(model: LoadedModel, outputs: list[dict[str, Any]], request_id:
 
 
 def plan_request(document: dict[str, Any], model: LoadedModel, max_items: int) -> RequestPlan:
-    """Checks a request's JSON header against the model (everything but the tensor's values)."""
-    tensor = _input_tensor(document, model)
-    shape = _input_shape(tensor, model, max_items)
-    parameters = parameters_of(tensor, f"input {model.input.name}")
-    binary_size = None
-    if "binary_data_size" in parameters:
-        binary_size = math.prod(shape) * model.input.numpy_dtype.itemsize
-    elif "data" not in tensor:
-        raise BadRequest(f"input {model.input.name} has neither 'data' nor binary_data_size")
+    """Checks a request's JSON header against the model (everything but the tensors' values)."""
+    tensors = _input_tensors(document, model)
+    shapes = [(index, _input_shape(tensor, model, index, max_items)) for index, tensor in tensors]
+    items = shapes[0][1][0]
+    if any(shape[0] != items for _, shape in shapes):
+        raise BadRequest(f"inputs differ in batch dimension: {', '.join(f'{model.inputs[i].name} {s[0]}' for i, s in shapes)}")
+    length = _request_length(shapes, model)
+    inputs = []
+    for (index, tensor), (_, shape) in zip(tensors, shapes):
+        spec = model.inputs[index]
+        parameters = parameters_of(tensor, f"input {spec.name}")
+        binary_size = None
+        if "binary_data_size" in parameters:
+            binary_size = math.prod(shape) * spec.numpy_dtype.itemsize
+        elif "data" not in tensor:
+            raise BadRequest(f"input {spec.name} has neither 'data' nor binary_data_size")
+        inputs.append(InputPlan(index, shape, binary_size, parameters.get("binary_data_size")))
     outputs = requested_outputs(document, model)
     request_id = document.get("id", _NO_ID)
     all_binary = all(binary for _, binary in outputs)
-    header = _response_header(model, shape[0], outputs, request_id) if all_binary else None
+    header = _response_header(model, items, length, outputs, request_id) if all_binary else None
     headers = length_headers(None if header is None else len(header))
-    declared = tuple(((shape[0], *model.outputs[index].shape), model.outputs[index].numpy_dtype) for index, _ in outputs)
-    return RequestPlan(shape, binary_size, parameters.get("binary_data_size"), outputs, request_id, header, headers, declared)
+    declared = tuple(((items, *model.outputs[index].at_length(length)), model.outputs[index].numpy_dtype) for index, _ in outputs)
+    binary_size = sum(plan.binary_size or 0 for plan in inputs)
+    return RequestPlan(items, length, tuple(inputs), binary_size, outputs, request_id, header, headers, declared)
 
 
-def _array_from_json(document: dict[str, Any], plan: RequestPlan, model: LoadedModel) -> np.ndarray:
-    spec = model.input
+def _array_from_json(tensor: dict[str, Any], plan: InputPlan, model: LoadedModel) -> np.ndarray:
+    spec = model.inputs[plan.index]
     try:
-        array = np.asarray(_input_tensor(document, model)["data"], dtype=spec.numpy_dtype)
-    except (TypeError, ValueError, OverflowError) as exc:
+        if spec.datatype == "BF16":  # numpy has no bfloat16: its raw words, rounded by torch
+            values = torch.tensor(tensor["data"], dtype=torch.float32).to(torch.bfloat16)
+            array = values.view(torch.uint16).numpy().reshape(-1)
+        else:
+            array = np.asarray(tensor["data"], dtype=spec.numpy_dtype)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:
         raise BadRequest(f"input {spec.name}: data is not {spec.datatype}: {exc}") from None
     if array.size != math.prod(plan.shape):
         raise BadRequest(f"input {spec.name}: {array.size} values for shape {list(plan.shape)} ({math.prod(plan.shape)} needed)")
     return array.reshape(plan.shape)
+
+
+def _binary_needs(plan: RequestPlan, model: LoadedModel) -> str:
+    """What a request's binary inputs need, for its error: "input [1, 2] FP32 needs 8"."""
+    needs = [
+        f"{model.inputs[p.index].name} {list(p.shape)} {model.inputs[p.index].datatype}" for p in plan.inputs if p.binary_size
+    ]
+    return f"{', '.join(needs)} need{'s' if len(needs) == 1 else ''} {plan.binary_size}"
+
+
+def output_values(array: np.ndarray, datatype: str) -> list[Any]:
+    """An output's values for a JSON response (BF16 words as the numbers they stand for)."""
+    if datatype == "BF16":
+        return torch.from_numpy(np.ascontiguousarray(array)).view(torch.bfloat16).float().reshape(-1).tolist()
+    return array.reshape(-1).tolist()
 
 
 class Codec:
@@ -202,29 +279,43 @@ class Codec:
         self._cached_headers = cached_headers
         self._plans: OrderedDict[bytes, RequestPlan] = OrderedDict()
 
-    def decode(self, body: bytes | bytearray, header_length: bytes | str | None) -> tuple[RequestPlan, np.ndarray]:
-        """The request's plan and its input [n, *shape], or BadRequest. A binary input is a
-        read-only view of the body, not a copy: the lane copies every request into its
-        batch anyway, and the model only ever sees the batch."""
+    def decode(
+        self, body: bytes | bytearray, header_length: bytes | str | None
+    ) -> tuple[RequestPlan, tuple[np.ndarray | None, ...]]:
+        """The request's plan and its inputs in the model's order, each [n, *shape] (None: a
+        mask the worker builds), or BadRequest. A binary input is a read-only view of the
+        body, not a copy: the lane copies every request into its batch anyway, and the model
+        only ever sees the batch."""
         json_part, binary_starts = split_body(body, header_length)
         cached = self._plans.get(json_part) if header_length is not None else None
         plan = cached
+        document = None
         if plan is None:
             document = parse_document(json_part)
             plan = plan_request(document, self._model, self._max_items)
-            if plan.binary_size is None:
-                return plan, _array_from_json(document, plan, self._model)
-        spec = self._model.input
         binary_size = len(body) - binary_starts
-        if plan.declared_size != plan.binary_size or binary_size != plan.binary_size:
-            raise BadRequest(
-                f"input {spec.name}: binary data of {binary_size} bytes (declared {plan.declared_size}); "
-                f"{list(plan.shape)} {spec.datatype} needs {plan.binary_size}"
-            )
-        if cached is None:
+        if binary_size != plan.binary_size:
+            raise BadRequest(f"{binary_size} bytes of binary data follow the header; {_binary_needs(plan, self._model)}")
+        tensors: list[np.ndarray | None] = [None] * len(self._model.inputs)
+        offset = binary_starts
+        for position, input_plan in enumerate(plan.inputs):
+            spec = self._model.inputs[input_plan.index]
+            if input_plan.binary_size is None:
+                if document is None:
+                    document = parse_document(json_part)
+                tensors[input_plan.index] = _array_from_json(document["inputs"][position], input_plan, self._model)
+                continue
+            if input_plan.declared_size != input_plan.binary_size:
+                raise BadRequest(
+                    f"input {spec.name}: binary data of {input_plan.declared_size} bytes declared; "
+                    f"{list(input_plan.shape)} {spec.datatype} needs {input_plan.binary_size}"
+                )
+            # One call where frombuffer, a memoryview and reshape took three (0.3 against 0.8 us).
+            tensors[input_plan.index] = np.ndarray(input_plan.shape, spec.numpy_dtype, body, offset)
+            offset += input_plan.binary_size
+        if cached is None and header_length is not None and all(p.binary_size is not None for p in plan.inputs):
             self._remember(json_part, plan)
-        # One call where frombuffer, a memoryview and reshape took three (0.3 against 0.8 us).
-        return plan, np.ndarray(plan.shape, spec.numpy_dtype, body, binary_starts)
+        return plan, tuple(tensors)
 
     def _remember(self, json_part: bytes, plan: RequestPlan) -> None:
         self._plans[json_part] = plan
@@ -247,7 +338,7 @@ class Codec:
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs_list.append(blob)
             else:
-                entry["data"] = array.reshape(-1).tolist()
+                entry["data"] = output_values(array, spec.datatype)
             entries.append(entry)
         header = _header_bytes(self._model, entries, plan.request_id)
         if not blobs_list:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest
-from gputuned.worker.models import LoadedModel
-from gputuned.worker.pool import BufferPool
+from gputuned.worker.models import VARIABLE, LoadedModel, TensorSpec
+from gputuned.worker.pool import BufferPool, input_offsets
 from gputuned.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ class LiveSettings:
 
     max_batch_size: int
     max_queue_delay_us: int
+    max_batch_tokens: int  # a variable-length model's: padded tokens per batch
+    length_bucket: int  # a variable-length model's: width of a length bucket, in tokens
     streams: int
     pool_mb: int
     intra_op_threads: int
@@ -76,11 +78,11 @@ class Lane:
         self._thread = threading.Thread(target=self._serve, name=f"lane{index}", daemon=True)
         self._thread.start()
 
-    async def run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    async def run(self, batch: list[PendingRequest]) -> list[list[np.ndarray]]:
         """Runs one batch in this lane's thread; returns each request's outputs."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._batches.put((inputs, done, loop))
+        self._batches.put((batch, done, loop))
         return await done
 
     def _serve(self) -> None:
@@ -88,42 +90,51 @@ class Lane:
         (entered once: per batch it cost ~1.4 us)."""
         with torch.inference_mode():
             while (job := self._batches.get()) is not None:
-                inputs, done, loop = job
+                batch, done, loop = job
                 try:
-                    outputs = self._run(inputs)
+                    outputs = self._run(batch)
                 except BaseException as exc:  # noqa: BLE001 - whatever failed is the batch's outcome
                     loop.call_soon_threadsafe(_settle, done, None, exc)
                 else:
                     loop.call_soon_threadsafe(_settle, done, outputs, None)
 
-    def _run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+    def _run(self, batch: list[PendingRequest]) -> list[list[np.ndarray]]:
         started = time.perf_counter()
         settings = self._settings
-        if self._model.device.type == "cpu" and self._threads != settings.intra_op_threads:
+        model = self._model
+        if model.device.type == "cpu" and self._threads != settings.intra_op_threads:
             # OpenMP's thread count is per calling thread: each lane sets its own, at a batch boundary.
             torch.set_num_threads(settings.intra_op_threads)
             self._threads = settings.intra_op_threads
-        sizes = [int(t.shape[0]) for t in inputs]
-        items = sum(sizes)
-        spec = self._model.input
-        shape = (items, *spec.shape)
+        items = 0
+        length = 0  # the batch's longest request: what a variable-length batch is padded to
+        tokens = 0
+        for request in batch:
+            items += request.items
+            tokens += request.items * request.length
+            length = max(length, request.length)
+        layout = tuple((spec.torch_dtype, (items, *spec.at_length(length))) for spec in model.inputs)
         block, pool_hit = None, False
         h2d_bytes = 0
         oom = False
         try:
-            block, pool_hit = settings.pool.acquire(spec.torch_dtype, shape)
-            batch, array = block.view(spec.torch_dtype, shape)
-            # The batch's one copy of each request, into memory the lane owns (writable, pinned on CUDA).
-            np.concatenate(inputs, out=array)
+            offsets, nbytes = input_offsets(layout)
+            block, pool_hit = settings.pool.acquire(nbytes)
+            tensors = []
+            for index, ((dtype, shape), offset) in enumerate(zip(layout, offsets)):
+                tensor, array = block.view(dtype, shape, offset)
+                # The batch's one copy of each request, into memory the lane owns (writable, pinned on CUDA).
+                _assemble(array, batch, index, model.inputs[index], length)
+                tensors.append(tensor)
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
-                    device_batch = batch.to(self._model.device, non_blocking=True)
-                    h2d_bytes = array.nbytes
-                    result = self._model.module(device_batch)
+                    device_tensors = [t.to(model.device, non_blocking=True) for t in tensors]
+                    h2d_bytes = nbytes
+                    result = model.module(*device_tensors)
                     outputs = [t.to("cpu", non_blocking=True) for t in _as_tuple(result)]
                 self._stream.synchronize()  # the block may be reused and outputs read after this
             else:
-                outputs = list(_as_tuple(self._model.module(batch)))
+                outputs = list(_as_tuple(model.module(*tensors)))
         except Exception as exc:  # one failed batch must not stop the lane
             oom = _is_out_of_memory(exc)
             raise InferenceFailed(
@@ -132,16 +143,10 @@ class Lane:
         finally:
             if block is not None:
                 block.release()
-            self._stats.batch_done(items, time.perf_counter() - started, pool_hit, h2d_bytes, oom)
-        # Split as numpy views, once per batch here in the lane's thread: a numpy slice costs a
-        # tenth of a tensor slice, and the codec writes numpy arrays anyway.
-        arrays = [t.numpy() for t in outputs]
-        per_request: list[list[np.ndarray]] = []
-        offset = 0
-        for size in sizes:
-            per_request.append([a[offset : offset + size] for a in arrays])
-            offset += size
-        return per_request
+            self._stats.batch_done(
+                items, time.perf_counter() - started, pool_hit, h2d_bytes, oom, tokens, items * length - tokens
+            )
+        return _split(batch, [_as_numpy(t) for t in outputs], model.outputs)
 
     def close(self) -> None:
         """Ends the thread once the batch it runs (if any) is done."""
@@ -149,8 +154,56 @@ class Lane:
         self._thread.join()
 
 
-# A batch handed to a lane's thread: its inputs, the future its outcome settles, and that future's loop.
-_Job = tuple[list[np.ndarray], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
+# A batch handed to a lane's thread: its requests, the future its outcome settles, and that future's loop.
+_Job = tuple[list[PendingRequest], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
+
+
+def _assemble(array: np.ndarray, batch: list[PendingRequest], index: int, spec: TensorSpec, length: int) -> None:
+    """Input `index` of every request of the batch into `array` [items, ...]. A variable
+    input is padded to the batch's `length` with zeros; a mask the client left out is 1 over
+    each request's own tokens."""
+    parts = [request.tensors[index] for request in batch]
+    given = [part for part in parts if part is not None]
+    if len(given) == len(parts) and all(request.length == length for request in batch):
+        np.concatenate(given, out=array)  # no padding: one copy of each request
+        return
+    array.fill(0)
+    axis = 1 + spec.shape.index(VARIABLE) if spec.variable else 0
+    offset = 0
+    for request, part in zip(batch, parts):
+        where: list[slice] = [slice(offset, offset + request.items)] + [slice(None)] * (array.ndim - 1)
+        if axis:
+            where[axis] = slice(0, request.length)
+        array[tuple(where)] = 1 if part is None else part
+        offset += request.items
+
+
+def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """An output as numpy (bfloat16 as its raw 16-bit words, which numpy can hold)."""
+    return (tensor.view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _split(batch: list[PendingRequest], arrays: list[np.ndarray], specs: tuple[TensorSpec, ...]) -> list[list[np.ndarray]]:
+    """Each request's rows of every output, and of an output that follows the sequence only
+    its own tokens (the padding stripped). Split as numpy views, once per batch here in the
+    lane's thread: a numpy slice costs a tenth of a tensor slice, and the codec writes numpy
+    arrays anyway."""
+    axes = [1 + spec.shape.index(VARIABLE) if spec.variable else 0 for spec in specs]
+    per_request: list[list[np.ndarray]] = []
+    offset = 0
+    for request in batch:
+        end = offset + request.items
+        outputs = []
+        for array, axis in zip(arrays, axes):
+            rows = array[offset:end]
+            if axis and rows.shape[axis] != request.length:
+                where: list[slice] = [slice(None)] * rows.ndim
+                where[axis] = slice(0, request.length)
+                rows = rows[tuple(where)]
+            outputs.append(rows)
+        per_request.append(outputs)
+        offset = end
+    return per_request
 
 
 def _settle(done: asyncio.Future[Any], outputs: Any, exc: BaseException | None) -> None:
@@ -213,7 +266,7 @@ class LaneSet:
 
     async def _run_batch(self, lane: Lane, batch: list[PendingRequest]) -> None:
         try:
-            results = await lane.run([request.tensor for request in batch])
+            results = await lane.run(batch)
         except Exception as exc:  # noqa: BLE001 - every request of the batch gets an answer, whatever failed
             failure = (
                 exc

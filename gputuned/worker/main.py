@@ -12,7 +12,7 @@ import torch
 from gputuned.config import parse_listen_address
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.worker.allocator import keep_freed_memory
-from gputuned.worker.models import ModelLoadError, load_model, parse_shape
+from gputuned.worker.models import ModelLoadError, Signature, checked_signature, load_model, one_input, parse_input, parse_shape
 from gputuned.worker.service import WorkerOptions, event_loop_factory, run_worker
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,21 @@ def cap_gpu_memory(device: torch.device, fraction: float) -> None:
     torch.cuda.set_per_process_memory_fraction(fraction, device)
 
 
+def signature_from_arguments(args: argparse.Namespace) -> Signature | None:
+    """The signature the command line declares (--input, or the one --input-shape), or None: the model's own."""
+    if args.input:
+        return checked_signature([parse_input(text) for text in args.input], args.max_length, "--input")
+    if args.input_shape:
+        return one_input(parse_shape(args.input_shape), args.input_dtype, args.input_name)
+    return None
+
+
 def run_from_arguments(args: argparse.Namespace) -> int:
     keep_freed_memory()  # first: a thread keeps the malloc arena it first took, and CUDA starts threads
     try:
         device = choose_device(args.device)
         host, port = parse_listen_address(args.listen)
-        shape = parse_shape(args.input_shape) if args.input_shape else None
+        signature = signature_from_arguments(args)
         group = grp.getgrnam(args.control_group).gr_gid if args.control_group else None
         if args.max_queue < 1:
             raise ValueError("--max-queue must be at least 1")
@@ -64,11 +73,11 @@ def run_from_arguments(args: argparse.Namespace) -> int:
         initial_knobs = parse_assignments(args.knob or [])
         saved_knobs = parse_assignments(args.saved_knob or [])
         loop_factory = event_loop_factory(args.event_loop)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError, ModelLoadError) as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.model, device, shape, args.input_dtype, args.model_name, args.input_name)
+        model = load_model(args.model, device, signature, args.model_name, args.max_length)
     except ModelLoadError as exc:
         print(f"gputuned worker: {exc}", file=sys.stderr)
         return 2

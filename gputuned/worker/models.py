@@ -1,15 +1,28 @@
-"""Loading the model a worker serves: the built-in one, a TorchScript file, a torch.export
-archive, or a Python `module:factory`, with its declared input shape and dtype.
+"""Loading the model a worker serves, and its signature: the built-in one, a TorchScript
+file, a torch.export archive, or a Python `module:factory`.
 
-Every model is run once on a zero batch at load time, so a model that cannot take its
-declared input fails at start with the cause, not on the first request; the same run
-tells us the outputs' names, dtypes and shapes for the model metadata.
+A model takes one or more named inputs, called positionally in the order of its signature.
+The signature comes from the command line (`--input`), else from the model: a factory's
+module may carry a `gputuned_signature` (a plain dict, so the factory needs no gputuned
+import), an exported program carries its placeholders' names, dtypes and dynamic
+dimensions; a model with none takes one input of `--input-shape`. A dimension of -1 is the
+sequence: every variable input of a request has the same length, at most `max_length`,
+and the worker pads a batch of different lengths to its longest request. An input marked
+`mask` (by default one named `attention_mask`) is the attention mask, which the worker
+builds: 1 over a request's own tokens, 0 over the padding; a client may leave it out.
+
+Every model is run at load time on a zero batch (for a variable one, at one token and at
+the longest length it takes), so a model that cannot take its declared input
+fails at start with the cause, not on the first request; the same runs tell us the
+outputs' names, dtypes and shapes for the model metadata, and which output dimensions
+follow the sequence (those are returned to each request at its own length).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +34,29 @@ from gputuned.datatypes import DATATYPES
 
 BUILTIN_MODEL = "resnet-mini"
 BUILTIN_INPUT_SHAPE = (3, 64, 64)
+VARIABLE = -1  # a dimension that changes from request to request (the sequence)
+MASK_NAME = "attention_mask"  # an input of this name is the attention mask unless the signature says otherwise
 
-# Open Inference Protocol datatypes <-> torch and numpy dtypes (numpy's names are torch's too).
+# Open Inference Protocol datatypes <-> torch and numpy dtypes (BF16: numpy holds its raw words).
 DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
-    name: (getattr(torch, datatype.numpy), np.dtype(datatype.numpy)) for name, datatype in DATATYPES.items()
+    name: (getattr(torch, datatype.torch_name), np.dtype(datatype.numpy)) for name, datatype in DATATYPES.items()
 }
 _TORCH_TO_DATATYPE = {torch_dtype: name for name, (torch_dtype, _) in DTYPES.items()}
 
 
 class ModelLoadError(Exception):
-    """The model could not be loaded or does not accept its declared input."""
+    """The model could not be loaded, has no usable signature, or does not accept it."""
 
 
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
-    """A tensor of the model's signature; `shape` excludes the batch dimension."""
+    """A tensor of the model's signature; `shape` excludes the batch dimension, and -1
+    (VARIABLE) marks the sequence. `mask`: the attention mask, built by the worker."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    mask: bool = False
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -49,6 +66,14 @@ class TensorSpec:
     def numpy_dtype(self) -> np.dtype:
         return DTYPES[self.datatype][1]
 
+    @property
+    def variable(self) -> bool:
+        return VARIABLE in self.shape
+
+    def at_length(self, length: int) -> tuple[int, ...]:
+        """The shape for a request of `length` tokens (the shape itself when fixed)."""
+        return tuple(length if d == VARIABLE else d for d in self.shape)
+
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": [-1, *self.shape]}
 
@@ -56,11 +81,30 @@ class TensorSpec:
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
-    module: Any  # a callable: nn.Module, ScriptModule or exported module
-    input: TensorSpec
+    module: Any  # a callable: nn.Module, ScriptModule or exported module, called with the inputs in order
+    inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     device: torch.device
     platform: str
+    max_length: int = 0  # the longest sequence a variable-length model takes; 0: fixed shapes
+
+    @property
+    def variable(self) -> bool:
+        return self.max_length > 0
+
+    @property
+    def item_bytes(self) -> int:
+        """Bytes of one item of every input, at the longest length: a batch's share of the buffer pool."""
+        return sum(int(np.prod(spec.at_length(self.max_length))) * spec.numpy_dtype.itemsize for spec in self.inputs)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A model's inputs and the longest sequence it takes (0: fixed shapes)."""
+
+    inputs: tuple[TensorSpec, ...]
+    max_length: int = 0
+    output_names: tuple[str, ...] = ()  # the model's own names for its outputs; else output0, output1...
 
 
 class _ResidualBlock(nn.Module):
@@ -111,21 +155,116 @@ def build_builtin_model(seed: int = 0) -> ResNetMini:
     return model.eval()
 
 
-def parse_shape(text: str) -> tuple[int, ...]:
-    """'3,224,224' -> (3, 224, 224); every dimension a positive integer."""
+def one_input(shape: tuple[int, ...], datatype: str = "FP32", name: str = "input") -> Signature:
+    """The signature of a model that takes one tensor of a fixed shape."""
+    if datatype not in DATATYPES:
+        raise ValueError(f"input {name}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    return Signature((TensorSpec(name, datatype, shape),))
+
+
+def parse_shape(text: str, variable: bool = False) -> tuple[int, ...]:
+    """'3,224,224' -> (3, 224, 224); every dimension a positive integer, or -1 (the
+    sequence) where `variable`."""
     try:
         shape = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"input shape {text!r} is not comma-separated integers, e.g. 3,224,224") from None
-    if not shape or any(d <= 0 for d in shape):
-        raise ValueError(f"input shape {text!r} must list positive dimensions")
+        raise ValueError(f"shape {text!r} is not comma-separated integers, e.g. 3,224,224") from None
+    if not shape or any(d <= 0 and not (variable and d == VARIABLE) for d in shape):
+        allowed = "positive dimensions, or -1 for the sequence" if variable else "positive dimensions"
+        raise ValueError(f"shape {text!r} must list {allowed}")
     return shape
 
 
-def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
-    """(module on `device`, platform, default name) for a model spec."""
+def parse_input(text: str) -> TensorSpec:
+    """'input_ids:INT64:-1' -> an input of the signature; a fourth field 'mask' marks the attention mask."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "mask") or not parts[0]:
+        raise ValueError(f"input {text!r} is not NAME:DATATYPE:DIMS[:mask], e.g. input_ids:INT64:-1")
+    name, datatype, dims = parts[:3]
+    if datatype not in DATATYPES:
+        raise ValueError(f"input {name}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+    return TensorSpec(name, datatype, parse_shape(dims, variable=True), mask=len(parts) == 4 or name == MASK_NAME)
+
+
+def checked_signature(inputs: Sequence[TensorSpec], max_length: int, source: str, output_names: Sequence[str] = ()) -> Signature:
+    """The signature, or ModelLoadError saying what is wrong with it."""
+    if not inputs:
+        raise ModelLoadError(f"{source}: a model takes at least one input")
+    names = [spec.name for spec in inputs]
+    if len(set(names)) != len(names):
+        raise ModelLoadError(f"{source}: input names repeat: {', '.join(names)}")
+    variable = [spec for spec in inputs if spec.variable]
+    for spec in inputs:
+        if spec.shape.count(VARIABLE) > 1:
+            raise ModelLoadError(f"{source}: input {spec.name} has several -1 dimensions; only the sequence may vary")
+        if spec.mask and not spec.variable:
+            raise ModelLoadError(f"{source}: the mask {spec.name} must follow the sequence (a -1 dimension)")
+        if spec.mask and spec.datatype not in ("INT64", "INT32", "BOOL", "FP32", "FP16", "BF16"):
+            raise ModelLoadError(f"{source}: the mask {spec.name} cannot be {spec.datatype}")
+    if variable and max_length < 1:
+        raise ModelLoadError(
+            f"{source}: inputs {', '.join(s.name for s in variable)} vary in length; give the longest (--max-length)"
+        )
+    if variable and all(spec.mask for spec in variable):
+        raise ModelLoadError(f"{source}: only the mask varies in length; a request's length must come from its own input")
+    if len(set(output_names)) != len(output_names) or not all(isinstance(n, str) and n for n in output_names):
+        raise ModelLoadError(f"{source}: output names must be distinct non-empty strings: {list(output_names)}")
+    return Signature(tuple(inputs), max_length if variable else 0, tuple(output_names))
+
+
+def declared_signature(declaration: Any, source: str) -> Signature:
+    """A factory's `gputuned_signature`: {"inputs": [{"name", "datatype", "shape", "mask"?}],
+    "max_length"?, "outputs"?: [names]}."""
+    if not isinstance(declaration, dict) or not isinstance(declaration.get("inputs"), list):
+        raise ModelLoadError(f"{source}: gputuned_signature must be a dict with a list of 'inputs'")
+    inputs = []
+    for entry in declaration["inputs"]:
+        try:
+            shape = ",".join(str(d) for d in entry["shape"])
+            text = f"{entry['name']}:{entry['datatype']}:{shape}" + (":mask" if entry.get("mask") else "")
+            inputs.append(parse_input(text))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(f"{source}: gputuned_signature input {entry!r}: {exc}") from None
+    outputs = declaration.get("outputs", [])
+    if not isinstance(outputs, list):
+        raise ModelLoadError(f"{source}: gputuned_signature's 'outputs' must be a list of names")
+    return checked_signature(inputs, int(declaration.get("max_length", 0)), source, outputs)
+
+
+def export_signature(program: Any, source: str) -> Signature:
+    """An exported program's inputs: its user inputs' names and dtypes, a dynamic dimension
+    past the batch as the sequence, and the upper bound torch.export recorded for it as the
+    longest length."""
+    names = list(program.graph_signature.user_inputs)
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    inputs, longest = [], 0
+    for name in names:
+        value = placeholders[name].meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.dtype not in _TORCH_TO_DATATYPE:
+            raise ModelLoadError(f"{source}: input {name} is not a tensor with a batch dimension of a supported dtype")
+        dims = []
+        for dim in value.shape[1:]:
+            if isinstance(dim, int):
+                dims.append(dim)
+                continue
+            dims.append(VARIABLE)
+            bound = program.range_constraints.get(dim.node.expr)
+            upper = getattr(bound, "upper", None)
+            if upper is not None and str(upper) not in ("oo", "int_oo"):
+                longest = max(longest, int(upper))
+        inputs.append(TensorSpec(name, _TORCH_TO_DATATYPE[value.dtype], tuple(dims), mask=name == MASK_NAME))
+    return checked_signature(inputs, longest, source)
+
+
+def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str, Signature | None]:
+    """(module on `device`, platform, default name, the signature it carries or None) for a model spec."""
     if spec in ("", BUILTIN_MODEL, "builtin"):
-        return build_builtin_model().to(device), "pytorch", BUILTIN_MODEL
+        return (
+            build_builtin_model().to(device),
+            "pytorch",
+            BUILTIN_MODEL,
+            Signature(one_input(BUILTIN_INPUT_SHAPE).inputs, output_names=("logits",)),
+        )
     path = Path(spec)
     if path.suffix == ".pt2":
         try:
@@ -133,12 +272,13 @@ def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
             if device.type != "cpu":
                 program = torch.export.passes.move_to_device_pass(program, device)  # type: ignore[attr-defined]
             # An exported program keeps the mode it was traced in; it has no .eval().
-            return program.module(), "pytorch_export", path.stem
+            module = program.module()
         except Exception as exc:  # any load failure becomes one clear error
             raise ModelLoadError(f"cannot load torch.export archive {path}: {exc}") from exc
+        return module, "pytorch_export", path.stem, export_signature(program, str(path))
     if path.suffix in (".pt", ".pth", ".ts", ".torchscript") or path.exists():
         try:
-            return torch.jit.load(str(path), map_location=device).eval(), "pytorch_libtorch", path.stem
+            return torch.jit.load(str(path), map_location=device).eval(), "pytorch_libtorch", path.stem, None
         except Exception as exc:  # any load failure becomes one clear error
             raise ModelLoadError(f"cannot load TorchScript file {path}: {exc}") from exc
     module_name, sep, factory_name = spec.partition(":")
@@ -149,42 +289,71 @@ def _load_module(spec: str, device: torch.device) -> tuple[Any, str, str]:
         module = factory()
         if isinstance(module, nn.Module):
             module = module.to(device).eval()
-        return module, "pytorch", factory_name
     except Exception as exc:
         raise ModelLoadError(f"cannot build model {spec}: {type(exc).__name__}: {exc}") from exc
+    declaration = getattr(module, "gputuned_signature", None)
+    return module, "pytorch", factory_name, None if declaration is None else declared_signature(declaration, spec)
 
 
-def load_model(
-    spec: str,
-    device: torch.device,
-    input_shape: tuple[int, ...] | None = None,
-    input_datatype: str = "FP32",
-    name: str | None = None,
-    input_name: str = "input",
-) -> LoadedModel:
-    """Loads, moves to `device`, and runs one zero batch to learn the outputs."""
-    if input_datatype not in DATATYPES:
-        raise ModelLoadError(f"input dtype {input_datatype!r} is not one of {', '.join(DATATYPES)}")
-    module, platform, default_name = _load_module(spec, device)
-    if input_shape is None:
-        if default_name != BUILTIN_MODEL:
-            raise ModelLoadError(f"model {spec}: declare its input shape (e.g. --input-shape 3,224,224)")
-        input_shape = BUILTIN_INPUT_SHAPE
-    input_spec = TensorSpec(input_name, input_datatype, tuple(input_shape))
-    try:
-        with torch.inference_mode():
-            result = module(torch.zeros((1, *input_shape), dtype=input_spec.torch_dtype, device=device))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model {spec} fails on its declared input {input_datatype}{list(input_shape)}: {type(exc).__name__}: {exc}"
-        ) from exc
-    results = result if isinstance(result, (tuple, list)) else (result,)
+def probe_inputs(signature: Signature, length: int, device: torch.device) -> list[torch.Tensor]:
+    """A batch of one at `length`: zeros, and ones in the mask (every token real)."""
+    tensors = []
+    for spec in signature.inputs:
+        fill = torch.ones if spec.mask else torch.zeros
+        tensors.append(fill((1, *spec.at_length(length)), dtype=spec.torch_dtype, device=device))
+    return tensors
+
+
+def _output_specs(spec: str, results_by_length: dict[int, tuple[Any, ...]], names: Sequence[str]) -> tuple[TensorSpec, ...]:
+    """The outputs' specs; a dimension that follows the probes' lengths is the sequence (-1)."""
+    lengths = sorted(results_by_length)
+    first = results_by_length[lengths[0]]
+    if names and len(names) != len(first):
+        raise ModelLoadError(f"model {spec} returns {len(first)} outputs; its signature names {len(names)}")
     outputs = []
-    for index, tensor in enumerate(results):
+    for index, tensor in enumerate(first):
         if not isinstance(tensor, torch.Tensor) or tensor.dim() < 1 or tensor.shape[0] != 1:
             raise ModelLoadError(f"model {spec}: output {index} is not a tensor with a batch dimension")
         if tensor.dtype not in _TORCH_TO_DATATYPE:
             raise ModelLoadError(f"model {spec}: output {index} has unsupported dtype {tensor.dtype}")
-        output_name = "logits" if default_name == BUILTIN_MODEL and len(results) == 1 else f"output{index}"
-        outputs.append(TensorSpec(output_name, _TORCH_TO_DATATYPE[tensor.dtype], tuple(tensor.shape[1:])))
-    return LoadedModel(name or default_name, module, input_spec, tuple(outputs), device, platform)
+        dims = list(tensor.shape[1:])
+        for length in lengths[1:]:
+            other = results_by_length[length][index].shape[1:]
+            for axis, (a, b) in enumerate(zip(dims, other)):
+                if a != b:
+                    if (a, b) != (lengths[0], length):
+                        raise ModelLoadError(f"model {spec}: output {index} dimension {axis + 1} changes but not with the length")
+                    dims[axis] = VARIABLE
+        if dims.count(VARIABLE) > 1:
+            raise ModelLoadError(f"model {spec}: output {index} has several dimensions that follow the length")
+        name = names[index] if names else f"output{index}"
+        outputs.append(TensorSpec(name, _TORCH_TO_DATATYPE[tensor.dtype], tuple(dims)))
+    return tuple(outputs)
+
+
+def load_model(
+    spec: str, device: torch.device, signature: Signature | None = None, name: str | None = None, max_length: int = 0
+) -> LoadedModel:
+    """Loads, moves to `device`, and runs a zero batch (at two lengths for a variable-length
+    model) to check the signature and learn the outputs. `signature` overrides the model's
+    own; `max_length` the longest sequence it allows (a model may take more than a host should serve)."""
+    module, platform, default_name, carried = _load_module(spec, device)
+    if signature is not None and carried is not None and not signature.output_names:
+        signature = replace(signature, output_names=carried.output_names)  # the model's names for its outputs stay
+    signature = signature or carried
+    if signature is None:
+        raise ModelLoadError(f"model {spec}: declare its input (--input-shape 3,224,224, or --input NAME:DATATYPE:DIMS)")
+    if max_length:
+        signature = checked_signature(signature.inputs, max_length, spec, signature.output_names)
+    lengths = sorted({1, signature.max_length}) if signature.max_length else [0]
+    results_by_length = {}
+    for length in lengths:
+        try:
+            with torch.inference_mode():
+                result = module(*probe_inputs(signature, length, device))
+        except Exception as exc:
+            shown = ", ".join(f"{s.name} {s.datatype}{list(s.at_length(length))}" for s in signature.inputs)
+            raise ModelLoadError(f"model {spec} fails on its declared input {shown}: {type(exc).__name__}: {exc}") from exc
+        results_by_length[length] = tuple(result) if isinstance(result, (tuple, list)) else (result,)
+    outputs = _output_specs(spec, results_by_length, signature.output_names)
+    return LoadedModel(name or default_name, module, signature.inputs, outputs, device, platform, signature.max_length)

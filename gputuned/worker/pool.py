@@ -15,9 +15,20 @@ import threading
 import numpy as np
 import torch
 
+ALIGN = 64  # each input of a batch starts at a multiple of this many bytes of the block
+
+
+def input_offsets(layout: tuple[tuple[torch.dtype, tuple[int, ...]], ...]) -> tuple[tuple[int, ...], int]:
+    """Where each tensor of a batch (dtype, shape) starts in a block, and the bytes they take."""
+    offsets, end = [], 0
+    for dtype, shape in layout:
+        offsets.append(end)
+        end += -(-math.prod(shape) * dtype.itemsize // ALIGN) * ALIGN
+    return tuple(offsets), end
+
 
 class Block:
-    """A byte buffer lent by a pool, or one batch's own tensor when the pool had none to
+    """A byte buffer lent by a pool, or one batch's own buffer when the pool had none to
     lend, with the views it served batches through."""
 
     __slots__ = ("_views", "data", "pool")
@@ -25,25 +36,25 @@ class Block:
     def __init__(self, data: torch.Tensor, pool: BufferPool | None) -> None:
         self.data = data
         self.pool = pool
-        self._views: dict[tuple[torch.dtype, tuple[int, ...]], tuple[torch.Tensor, np.ndarray]] = {}
+        self._views: dict[tuple[torch.dtype, tuple[int, ...], int], tuple[torch.Tensor, np.ndarray]] = {}
 
     @classmethod
-    def for_batch(cls, dtype: torch.dtype, shape: tuple[int, ...], pin_memory: bool) -> Block:
-        """A block of its own for one batch (the pool had none to lend), allocated as the batch."""
-        batch = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
-        block = cls(batch, None)
-        block._views[(dtype, shape)] = (batch, batch.numpy())
-        return block
+    def for_batch(cls, nbytes: int, pin_memory: bool) -> Block:
+        """A block of its own for one batch (the pool had none to lend)."""
+        return cls(torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin_memory), None)
 
-    def view(self, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[torch.Tensor, np.ndarray]:
-        """The first bytes of the block as a tensor of `dtype` and `shape`, and the same
-        memory as a numpy array. Made once per shape and kept: slicing and viewing a tensor
-        three times cost ~5 us a batch, and a block serves the same few shapes again and again."""
-        views = self._views.get((dtype, shape))
+    def view(self, dtype: torch.dtype, shape: tuple[int, ...], offset: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+        """The block's bytes from `offset` as a tensor of `dtype` and `shape`, and the same
+        memory as a numpy array (a bfloat16 one as its raw 16-bit words). Made once per
+        shape and kept: slicing and viewing a tensor three times cost ~5 us a batch, and a
+        block serves the same few shapes again and again."""
+        key = (dtype, shape, offset)
+        views = self._views.get(key)
         if views is None:
             nbytes = math.prod(shape) * dtype.itemsize
-            batch = self.data[:nbytes].view(dtype).view(shape)
-            views = self._views[(dtype, shape)] = (batch, batch.numpy())
+            batch = self.data[offset : offset + nbytes].view(dtype).view(shape)
+            words = batch.view(torch.uint16) if dtype == torch.bfloat16 else batch
+            views = self._views[key] = (batch, words.numpy())
         return views
 
     def release(self) -> None:
@@ -65,13 +76,13 @@ class BufferPool:
                 Block(torch.empty(self.block_bytes, dtype=torch.uint8, pin_memory=pin_memory), self) for _ in range(slots)
             ]
 
-    def acquire(self, dtype: torch.dtype, shape: tuple[int, ...]) -> tuple[Block, bool]:
-        """A block that holds a batch of `dtype` and `shape`, and whether it came from the pool (a hit)."""
-        if math.prod(shape) * dtype.itemsize <= self.block_bytes:
+    def acquire(self, nbytes: int) -> tuple[Block, bool]:
+        """A block of at least `nbytes`, and whether it came from the pool (a hit)."""
+        if nbytes <= self.block_bytes:
             with self._lock:
                 if self._free:
                     return self._free.pop(), True
-        return Block.for_batch(dtype, shape, self.pin_memory), False
+        return Block.for_batch(nbytes, self.pin_memory), False
 
     def give_back(self, block: Block) -> None:
         with self._lock:

@@ -130,7 +130,7 @@ class InferenceApp:
                 "name": model.name,
                 "versions": ["1"],
                 "platform": model.platform,
-                "inputs": [model.input.metadata()],
+                "inputs": [spec.metadata() for spec in model.inputs],
                 "outputs": [spec.metadata() for spec in model.outputs],
             }
         )
@@ -139,18 +139,20 @@ class InferenceApp:
         model = self._model
 
         def dims(spec: Any) -> dict[str, Any]:
-            return {"name": spec.name, "data_type": DATATYPES[spec.datatype].triton, "dims": list(spec.shape)}
+            entry = {"name": spec.name, "data_type": DATATYPES[spec.datatype].triton, "dims": list(spec.shape)}
+            return {**entry, "optional": True} if spec.mask else entry  # the worker builds a mask left out
 
-        return json_response(
-            {
-                "name": model.name,
-                "platform": model.platform,
-                "max_batch_size": self._max_request_items,
-                "input": [dims(model.input)],
-                "output": [dims(spec) for spec in model.outputs],
-                "dynamic_batching": {},
-            }
-        )
+        config: dict[str, Any] = {
+            "name": model.name,
+            "platform": model.platform,
+            "max_batch_size": self._max_request_items,
+            "input": [dims(spec) for spec in model.inputs],
+            "output": [dims(spec) for spec in model.outputs],
+            "dynamic_batching": {},
+        }
+        if model.variable:  # Triton's model config has no field for it: a parameter, as its backends take one
+            config["parameters"] = {"max_sequence_length": {"string_value": str(model.max_length)}}
+        return json_response(config)
 
     def _infer_model(self, request: Request, respond: Respond) -> None:
         """An inference request to this worker's model. Every request ends in exactly one
@@ -164,7 +166,7 @@ class InferenceApp:
             respond(error_response(503, "the worker is not ready (starting or draining)", RETRY_AFTER, close=True))
             return
         try:
-            plan, tensor = self._codec.decode(request.body, request.headers.get(HEADER_LENGTH_KEY))
+            plan, tensors = self._codec.decode(request.body, request.headers.get(HEADER_LENGTH_KEY))
         except BadRequest as exc:
             stats.request_rejected()
             respond(error_response(400, str(exc)))
@@ -175,7 +177,7 @@ class InferenceApp:
             return
         reply = _InferenceReply(self._codec, stats, plan, request.received, respond)
         try:
-            self._batcher.submit(PendingRequest(tensor, reply, request.received))
+            self._batcher.submit(PendingRequest(tensors, plan.length, reply, request.received))
         except QueueFull as full:
             stats.request_refused()
             respond(error_response(503, f"queue full: {full}; retry later", RETRY_AFTER))

@@ -22,7 +22,9 @@ import torch
 from gputuned.knobs import (
     INTEROP_THREADS,
     INTRA_OP_THREADS,
+    LENGTH_BUCKET,
     MAX_BATCH_SIZE,
+    MAX_BATCH_TOKENS,
     MAX_QUEUE_DELAY_US,
     POOL_MB,
     SCHED_BATCH,
@@ -43,6 +45,10 @@ from gputuned.worker.stats import WorkerStats
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_ITEMS = MAX_BATCH_SIZE.spec(1).maximum  # one request may fill the largest batch the worker offers
+# A variable-length model's starting token budget (Text Embeddings Inference's default
+# --max-batch-tokens) and buckets (a quarter of the longest sequence wide).
+DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_BUCKETS = 4
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class WorkerService:
         self.settings = LiveSettings(
             max_batch_size=1,
             max_queue_delay_us=0,
+            max_batch_tokens=DEFAULT_BATCH_TOKENS,
+            length_bucket=max(model.max_length // DEFAULT_BUCKETS, 1),
             streams=1,
             pool_mb=0,
             intra_op_threads=available_cpus(),
@@ -104,6 +112,12 @@ class WorkerService:
     def _set_queue_delay(self, value: int) -> None:
         self.settings.max_queue_delay_us = value
 
+    def _set_batch_tokens(self, value: int) -> None:
+        self.settings.max_batch_tokens = value
+
+    def _set_length_bucket(self, value: int) -> None:
+        self.settings.length_bucket = value
+
     def _set_streams(self, value: int) -> None:
         pool = BufferPool(self.settings.pool_mb * 2**20, value + 1, self._pin)  # one block per lane, plus one
         self.settings.streams, self.settings.pool = value, pool
@@ -124,14 +138,18 @@ class WorkerService:
             socket_path,
             model=model.name,
             device=str(model.device),
-            input_shape=list(model.input.shape),
-            input_dtype=model.input.datatype,
+            # The first input at its longest: what the daemon sizes a batch's share of the pool by.
+            input_shape=list(model.inputs[0].at_length(model.max_length)),
+            input_dtype=model.inputs[0].datatype,
             group=self._options.control_group,
             kind="builtin",
         )
         s = self.settings
         agent.declare(MAX_BATCH_SIZE.spec(s.max_batch_size), self._set_batch_size)
         agent.declare(MAX_QUEUE_DELAY_US.spec(s.max_queue_delay_us), self._set_queue_delay)
+        if model.variable:
+            agent.declare(MAX_BATCH_TOKENS.spec(s.max_batch_tokens), self._set_batch_tokens)
+            agent.declare(LENGTH_BUCKET.spec(s.length_bucket, maximum=model.max_length), self._set_length_bucket)
         agent.declare(STREAMS.spec(s.streams), self._set_streams)
         agent.declare(POOL_MB.spec(s.pool_mb, maximum=pool_limit_mb(model.device)), self._set_pool)
         if model.device.type == "cpu":
@@ -148,11 +166,16 @@ class WorkerService:
         """Serves until `stop` is set, then drains."""
         self._loop = asyncio.get_running_loop()
         settings = self.settings
+        variable = self._model.variable
         self._batcher = DynamicBatcher(
-            self._options.max_queue_items, lambda: settings.max_batch_size, lambda: settings.max_queue_delay_us
+            self._options.max_queue_items,
+            lambda: settings.max_batch_size,
+            lambda: settings.max_queue_delay_us,
+            max_batch_tokens=(lambda: settings.max_batch_tokens) if variable else None,
+            length_bucket=(lambda: settings.length_bucket) if variable else None,
         )
         batcher = self._batcher
-        self.stats = WorkerStats(lambda: batcher.queued_items, lambda: self._lanes.count if self._lanes else 0)
+        self.stats = WorkerStats(lambda: batcher.queued_items, lambda: self._lanes.count if self._lanes else 0, variable)
         self._lanes = LaneSet(self._batcher, self._model, settings, self.stats)
         app_routes = InferenceApp(self._model, self._batcher, self.stats, MAX_REQUEST_ITEMS)
         http_server = HttpServer(app_routes.handle, MAX_BODY_BYTES, app_routes.refused)

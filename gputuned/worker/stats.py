@@ -24,7 +24,7 @@ from gputuned.control.messages import StatsReport
 
 
 class WorkerStats:
-    def __init__(self, queue_depth: Callable[[], int], lanes: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], lanes: Callable[[], int], variable: bool = False) -> None:
         self._lock = threading.Lock()
         self._queue_depth = queue_depth
         self._lanes = lanes
@@ -39,6 +39,10 @@ class WorkerStats:
         self.pool_misses = 0
         self.h2d_bytes = 0
         self.lane_busy_seconds = 0.0
+        self._variable = variable
+        self.tokens = 0  # a variable-length model's: its requests' own tokens computed
+        self.padding_tokens = 0  # and the padding computed with them
+
         self.latency = Histogram(LATENCY_BUCKETS_SECONDS)
         self.batch_size = Histogram(BATCH_SIZE_BUCKETS)
 
@@ -65,8 +69,12 @@ class WorkerStats:
 
     # --- a batch's: in the lane threads ------------------------------------------------
 
-    def batch_done(self, size: int, busy_seconds: float, pool_hit: bool, h2d_bytes: int, oom: bool) -> None:
+    def batch_done(
+        self, size: int, busy_seconds: float, pool_hit: bool, h2d_bytes: int, oom: bool, tokens: int, padding_tokens: int
+    ) -> None:
         with self._lock:
+            self.tokens += tokens
+            self.padding_tokens += padding_tokens
             self.batches += 1
             self.batch_size.observe(size)
             self.lane_busy_seconds += busy_seconds
@@ -80,7 +88,7 @@ class WorkerStats:
 
     def snapshot(self) -> StatsReport:
         with self._lock:
-            return {
+            report: StatsReport = {
                 "requests": self.requests,
                 "completed": self.completed,
                 "failed": self.failed,
@@ -97,3 +105,6 @@ class WorkerStats:
                 "latency_seconds": self.latency.snapshot(),
                 "batch_size": self.batch_size.snapshot(),
             }
+            if self._variable:
+                report["tokens"], report["padding_tokens"] = self.tokens, self.padding_tokens
+            return report

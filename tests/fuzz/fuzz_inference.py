@@ -16,10 +16,10 @@ with atheris.instrument_imports(include=["gputuned"]):
     import torch
 
     from gputuned.worker.codec import BadRequest, Codec
-    from gputuned.worker.models import load_model
+    from gputuned.worker.models import load_model, one_input
 
 # A model with a two-value input, so that mutated bodies reach the checks past the shape.
-MODEL = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+MODEL = load_model("torch.nn:Identity", torch.device("cpu"), one_input((2,)), name="identity")
 MAX_ITEMS = 64
 CODEC = Codec(MODEL, MAX_ITEMS)
 
@@ -32,13 +32,14 @@ def test_one_input(data: bytes) -> None:
     answers = []
     for _ in range(2):
         try:
-            plan, array = CODEC.decode(body, header_length)
+            plan, arrays = CODEC.decode(body, header_length)
         except BadRequest as exc:
             assert str(exc)
             answers.append(str(exc))
             continue
-        assert tuple(array.shape[1:]) == MODEL.input.shape and 1 <= array.shape[0] <= MAX_ITEMS
-        assert array.shape == plan.shape
+        (array,) = arrays
+        assert array is not None and tuple(array.shape[1:]) == MODEL.inputs[0].shape and 1 <= array.shape[0] <= MAX_ITEMS
+        assert array.shape == plan.inputs[0].shape
         answers.append(array)
     first, second = answers
     assert first == second if isinstance(first, str) else first.tobytes() == second.tobytes()  # NaN-safe

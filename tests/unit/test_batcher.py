@@ -32,7 +32,7 @@ class Outcomes:
 
 
 def request(items: int = 1) -> PendingRequest:
-    return PendingRequest(np.zeros((items, 2), np.float32), Outcomes().reply)
+    return PendingRequest((np.zeros((items, 2), np.float32),), 0, Outcomes().reply)
 
 
 def run(coro):

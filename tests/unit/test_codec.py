@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from gputuned.worker.codec import HEADER_LENGTH, BadRequest, Codec
-from gputuned.worker.models import load_model
+from gputuned.worker.models import load_model, one_input
 
-MODEL = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+MODEL = load_model("torch.nn:Identity", torch.device("cpu"), one_input((2,)), name="identity")
 
 
 def binary_request(values: list[list[float]], **extra: object) -> tuple[bytes, str]:
@@ -42,8 +42,8 @@ def test_requests_with_one_header_decode_to_their_own_values_through_the_cache()
     first_body, length = binary_request([[1.0, 2.0]])
     second_body, same_length = binary_request([[3.0, 4.0]])
     assert length == same_length
-    plan, first = codec.decode(first_body, length)
-    cached_plan, second = codec.decode(second_body, length)
+    plan, (first,) = codec.decode(first_body, length)
+    cached_plan, (second,) = codec.decode(second_body, length)
     assert cached_plan is plan  # the second request's header was not parsed again
     assert first.tolist() == [[1.0, 2.0]] and second.tolist() == [[3.0, 4.0]]
     assert np.shares_memory(second, np.frombuffer(second_body, np.uint8))  # a view of its own body, no copy
@@ -52,7 +52,7 @@ def test_requests_with_one_header_decode_to_their_own_values_through_the_cache()
 def test_the_prepared_response_is_what_encoding_in_full_gives():
     codec = Codec(MODEL, 8)
     body, length = binary_request([[1.0, 2.0], [3.0, 4.0]], id="r7")
-    plan, tensor = codec.decode(body, length)
+    plan, (tensor,) = codec.decode(body, length)
     fast = codec.encode(plan, [tensor])
     header, blob = response_parts(fast.body, fast.headers)
     assert header == {
@@ -71,7 +71,7 @@ def test_the_prepared_response_is_what_encoding_in_full_gives():
 def test_json_values_in_and_out_are_decoded_and_encoded_every_time():
     codec = Codec(MODEL, 8)
     body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 2], "data": [5, 6]}]}).encode()
-    plan, tensor = codec.decode(body, None)
+    plan, (tensor,) = codec.decode(body, None)
     assert tensor.tolist() == [[5.0, 6.0]] and plan.response_header is None
     encoded = codec.encode(plan, [tensor])
     assert encoded.headers == () and encoded.content_type == "application/json"
@@ -86,8 +86,8 @@ def test_a_failing_header_fails_the_same_way_every_time():
         with pytest.raises(BadRequest) as failure:
             codec.decode(body[:-4], length)  # four bytes short
         messages.add(str(failure.value))
-    assert messages == {"input input: binary data of 4 bytes (declared 8); [1, 2] FP32 needs 8"}
-    assert codec.decode(body, length)[1].tolist() == [[1.0, 2.0]]  # the whole request still decodes
+    assert messages == {"4 bytes of binary data follow the header; input [1, 2] FP32 needs 8"}
+    assert codec.decode(body, length)[1][0].tolist() == [[1.0, 2.0]]  # the whole request still decodes
 
 
 def test_the_cache_keeps_the_newest_headers_only():

@@ -13,7 +13,7 @@ import torch
 from gputuned.worker import httpserver, server
 from gputuned.worker.batcher import DynamicBatcher
 from gputuned.worker.httpserver import HttpServer, Request, Respond, Response, json_response
-from gputuned.worker.models import load_model
+from gputuned.worker.models import load_model, one_input
 from gputuned.worker.server import InferenceApp
 from gputuned.worker.stats import WorkerStats
 
@@ -293,7 +293,7 @@ def test_idle_and_slow_connections_are_closed_and_a_busy_one_is_not(monkeypatch)
 
 
 def test_the_worker_counts_the_layers_refusals_of_inference_requests_by_whose_fault_they_are():
-    model = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+    model = load_model("torch.nn:Identity", torch.device("cpu"), one_input((2,)), name="identity")
     stats = WorkerStats(lambda: 0, lambda: 1)
     app = InferenceApp(model, DynamicBatcher(8, lambda: 1, lambda: 0), stats, 8)
     app.refused("/v2/models/identity/infer", httpserver.error_response(413, "too large"))
@@ -414,7 +414,7 @@ def test_a_replayed_head_frames_every_stream_exactly_as_the_parser_does(seed):
 
 def test_an_inference_path_once_routed_skips_the_model_check_and_others_are_still_routed_in_full():
     async def scenario():
-        model = load_model("torch.nn:Identity", torch.device("cpu"), (2,), name="identity")
+        model = load_model("torch.nn:Identity", torch.device("cpu"), one_input((2,)), name="identity")
         stats = WorkerStats(lambda: 0, lambda: 1)
         batcher = DynamicBatcher(1000, lambda: 1, lambda: 0)
         app = InferenceApp(model, batcher, stats, 8)

@@ -102,8 +102,8 @@ def test_a_hello_from_a_worker_older_than_the_catalogue_is_shown_with_the_catalo
     assert KnobSpec.from_wire(own.name, own.to_wire(4)) == replace(own, default=4)
 
 
-def test_only_the_memory_bound_knob_learns_a_ceiling_from_out_of_memory():
-    assert [name for name in CATALOGUE if memory_bound(name)] == ["max_batch_size"]
+def test_only_the_memory_bound_knobs_learn_a_ceiling_from_out_of_memory():
+    assert [name for name in CATALOGUE if memory_bound(name)] == ["max_batch_size", "max_batch_tokens"]
     assert not memory_bound("a_knob_an_agent_declared")
 
 

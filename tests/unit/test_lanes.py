@@ -11,6 +11,7 @@ import torch
 
 from gputuned.worker.lanes import InferenceFailed, Lane, LiveSettings
 from gputuned.worker.models import LoadedModel, TensorSpec
+from gputuned.worker.batcher import PendingRequest
 from gputuned.worker.pool import BufferPool
 from gputuned.worker.stats import WorkerStats
 
@@ -39,14 +40,27 @@ class Doubler(torch.nn.Module):
 
 def lane_for(module: Doubler) -> tuple[Lane, WorkerStats]:
     spec = TensorSpec("input", "FP32", (2,))
-    model = LoadedModel("doubler", module, spec, (TensorSpec("output", "FP32", (2,)),), torch.device("cpu"), "pytorch_libtorch")
+    model = LoadedModel("doubler", module, (spec,), (TensorSpec("output", "FP32", (2,)),), torch.device("cpu"), "pytorch_libtorch")
     stats = WorkerStats(lambda: 0, lambda: 1)
-    settings = LiveSettings(8, 0, 1, 1, 1, BufferPool(2**20, 2, False))
+    settings = LiveSettings(
+        max_batch_size=8,
+        max_queue_delay_us=0,
+        max_batch_tokens=0,
+        length_bucket=1,
+        streams=1,
+        pool_mb=1,
+        intra_op_threads=1,
+        pool=BufferPool(2**20, 2, False),
+    )
     return Lane(0, model, settings, stats), stats
 
 
-def request(*values: float) -> np.ndarray:
-    return np.array([values], dtype=np.float32)
+def pending(array: np.ndarray) -> PendingRequest:
+    return PendingRequest((array,), 0, lambda _outcome: None)
+
+
+def request(*values: float) -> PendingRequest:
+    return pending(np.array([values], dtype=np.float32))
 
 
 def test_a_batch_runs_in_the_lanes_own_thread_and_each_request_gets_its_rows():
@@ -54,7 +68,7 @@ def test_a_batch_runs_in_the_lanes_own_thread_and_each_request_gets_its_rows():
     lane, stats = lane_for(module)
 
     async def scenario():
-        return await lane.run([request(1, 2), np.array([[3, 4], [5, 6]], dtype=np.float32)])
+        return await lane.run([request(1, 2), pending(np.array([[3, 4], [5, 6]], dtype=np.float32))])
 
     try:
         outputs = asyncio.run(scenario())
@@ -74,7 +88,7 @@ def test_batches_of_other_sizes_through_one_pooled_block_each_get_their_own_rows
     sizes = [1, 3, 1, 8, 3, 9, 1]
 
     async def scenario():
-        return [await lane.run([np.full((size, 2), size, dtype=np.float32)]) for size in sizes]
+        return [await lane.run([pending(np.full((size, 2), size, dtype=np.float32))]) for size in sizes]
 
     try:
         outputs = asyncio.run(scenario())
