@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import sys
 import threading
@@ -57,6 +56,9 @@ class LoadPlan:
     stop: threading.Event | None = None  # set from another thread to end the load early
     more_urls: tuple[str, ...] = ()  # further base URLs serving the same model, loaded together with `url`
     lengths: Lengths | None = None  # a variable-length model's sequence lengths, one drawn per request
+    # Pad each request to this length, with zeros and the attention mask, as clients of a
+    # server that takes one fixed length do; its tokens are still its own length's. 0: no padding.
+    pad_to: int = 0
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -129,21 +131,26 @@ def sequence_inputs(metadata: dict[str, Any]) -> bool:
     return any(-1 in spec["shape"][1:] for spec in metadata["inputs"])
 
 
-def _values(name: str, datatype: str, count: int, rng: Any) -> Any:
-    """Random values for an input: for integers, token ids (a mask of ones, token types of zeros)."""
+def _values(name: str, datatype: str, shape: list[int], real: int, rng: Any) -> Any:
+    """Random values for an input: for integers, token ids (a mask of ones, token types of
+    zeros); past `real` tokens of the last dimension (padding), zeros."""
+    import numpy as np
+
     numpy = DATATYPES[datatype].numpy
-    if datatype.startswith(("INT", "UINT")):
-        if "mask" in name:
-            return rng.integers(1, 2, count).astype(numpy)
-        if "type" in name:
-            return rng.integers(0, 1, count).astype(numpy)
-        return rng.integers(1, 1000, count).astype(numpy)
-    return rng.random(count).astype(numpy)
+    if not datatype.startswith(("INT", "UINT")):
+        return rng.random(shape).astype(numpy)
+    low, high = (1, 2) if "mask" in name else (0, 1) if "type" in name else (1, 1000)
+    values = rng.integers(low, high, shape).astype(numpy)
+    if real < shape[-1]:
+        values[..., real:] = 0
+    return np.ascontiguousarray(values)
 
 
-def build_request(metadata: dict[str, Any], batch: int, seed: int, length: int = 0) -> tuple[bytes, dict[str, str]]:
+def build_request(
+    metadata: dict[str, Any], batch: int, seed: int, length: int = 0, real: int = 0
+) -> tuple[bytes, dict[str, str]]:
     """One binary-extension request body (random inputs of the model's shapes, `length`
-    tokens long where the model takes sequences) and its headers."""
+    tokens long where the model takes sequences, the tokens past `real` padding) and its headers."""
     import numpy as np  # the load generator works without the worker extra; numpy comes with it
 
     rng = np.random.default_rng(seed)
@@ -154,7 +161,7 @@ def build_request(metadata: dict[str, Any], batch: int, seed: int, length: int =
         shape = [batch, *(length if d == -1 else d for d in spec["shape"][1:])]
         if any(d < 1 for d in shape):
             raise LoadError(f"input {spec['name']} has shape {spec['shape']}: give --lengths for a model that takes sequences")
-        blob = _values(spec["name"], spec["datatype"], math.prod(shape), rng).tobytes()
+        blob = _values(spec["name"], spec["datatype"], shape, real or shape[-1], rng).tobytes()
         blobs.append(blob)
         parameters = {"binary_data_size": len(blob)}
         inputs.append({"name": spec["name"], "datatype": spec["datatype"], "shape": shape, "parameters": parameters})
@@ -238,7 +245,9 @@ class LoadRun:
         length = lengths.draw(self._lengths_rng)
         built = target.by_length.get(length)
         if built is None:
-            built = target.by_length[length] = build_request(target.metadata, self.plan.batch, self.plan.seed + length, length)
+            sent = self.plan.pad_to or length
+            built = build_request(target.metadata, self.plan.batch, self.plan.seed + length, sent, length)
+            target.by_length[length] = built
         return built[0], built[1], length * self.plan.batch
 
     def answered(self, base: str, scheduled: float) -> None:
@@ -293,7 +302,7 @@ async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult
         targets = []
         for url in plan.urls:
             model, metadata = await _discover(session, url, plan.model)
-            if sequence_inputs(metadata) != (plan.lengths is not None):
+            if not plan.pad_to and sequence_inputs(metadata) != (plan.lengths is not None):
                 wanted = "give --lengths" if plan.lengths is None else "--lengths is for models that take sequences"
                 raise LoadError(
                     f"model {model} at {url} takes {'sequences' if plan.lengths is None else 'fixed shapes'}: {wanted}"

@@ -108,6 +108,12 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
             f"{performance['throughput_per_second']:.1f}/s, p99 <b>{'-' if p99 is None else f'{p99 * 1000:.1f} ms'}</b> "
             f"(SLO {slo_seconds * 1000:g} ms), last {performance['window_seconds']:.0f} s</p>"
         )
+        tokens = performance.get("tokens")
+        if tokens is not None:
+            parts.append(
+                f"<p>{tokens['per_second']:.0f} tokens/s, {tokens['batch_tokens']:.0f} tokens per batch, "
+                f"padding <b>{tokens['padding_share']:.0%}</b> of the tokens computed</p>"
+            )
     parts.append(plot(series, slo_seconds, span))
     parts.append(
         f'<p class="muted"><span style="color:#1a7f37">goodput</span>, <span style="color:#0969da">p99</span> and '

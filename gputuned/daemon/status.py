@@ -109,6 +109,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "refused": performance.refused,
             "rejected": performance.rejected,
             "generation": None if performance.generation is None else dataclasses.asdict(performance.generation),
+            "tokens": None if performance.tokens is None else dataclasses.asdict(performance.tokens),
         },
         # ceilings: the highest value of a knob that fits, learned from out-of-memory events
         "tuner": {
@@ -221,7 +222,16 @@ def _performance_line(performance: dict[str, Any], tuner: dict[str, Any]) -> str
         f"throughput {performance['throughput_per_second']:.1f} req/s, goodput {performance['goodput_per_second']:.1f}/s, "
         f"p50 {_fmt(performance['p50_seconds'], ' ms', 1000)}, p99 {_fmt(performance['p99_seconds'], ' ms', 1000)}{objective}, "
         f"{performance['failed']} failed, {performance['refused']} refused, {performance['rejected']} rejected "
-        f"(last {performance['window_seconds']:.0f} s)"
+        f"(last {performance['window_seconds']:.0f} s)" + _tokens_text(performance.get("tokens"))
+    )
+
+
+def _tokens_text(tokens: dict[str, Any] | None) -> str:
+    """A variable-length model's tokens: served per second, and the padding computed with them."""
+    if tokens is None:
+        return ""
+    return (
+        f"\n  {tokens['per_second']:.0f} tokens/s, {tokens['batch_tokens']:.0f} per batch, padding {tokens['padding_share']:.0%}"
     )
 
 

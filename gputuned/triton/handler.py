@@ -3,7 +3,7 @@
 It implements the control socket's handler (control/server.py). A set validates every value
 first, then writes the whole knob set into the model's config and reloads the model once
 through the repository API; Triton keeps serving the loaded version until the new one is
-ready, so requests neither fail nor stop (measured: bench/triton.py). When Triton refuses
+ready, so requests neither fail nor stop (measured: bench/triton_online.py). When Triton refuses
 the new config, the model keeps its old one and the set is nacked with Triton's reason.
 After every set, and whenever Triton comes back after being unreachable (a restart by its
 owner in attach mode), the knobs are read back from the config Triton reports, so the

@@ -13,11 +13,12 @@ import aiohttp
 import numpy as np
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.control.client import ControlClient, ControlError
 from gputuned.lengths import Lengths
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import running_worker
+from gputuned.testing.processes import http_get, running_supervising_daemon, running_worker, wait_for, worker_status
 from gputuned.worker.encoders import bert_encoder
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,10 @@ def encoder(tmp_path_factory):
     args = ("--model", "gputuned.worker.encoders:bert_encoder", "--knob", "max_batch_size=16", "--knob", "max_queue_delay_us=20000")
     with running_worker(tmp_path, *args) as (process, base, control):
         yield base, control
+
+
+def parse_metrics(text: str) -> dict:
+    return {family.name: family for family in text_string_to_metric_families(text)}
 
 
 def infer_body(tokens: np.ndarray, with_mask: bool) -> tuple[bytes, dict[str, str]]:
@@ -153,3 +158,27 @@ def test_knobs_set_live_under_load_fail_no_request(encoder):
     assert acks == changes
     assert result.sent == 400 and result.ok == 400 and sum(result.errors.values()) == 0
     assert stats["failed"] == 0 and stats["tokens"] >= sum(result.tokens)
+
+
+def test_the_daemon_exports_tokens_and_padding_and_shows_them_in_status(tmp_path):
+    with running_supervising_daemon(
+        tmp_path, model="gputuned.worker.encoders:bert_encoder", device="cpu", ping_timeout_seconds=10.0
+    ) as (_, metrics, worker, admin):
+        with ControlClient(admin) as client:
+            client.set({"max_batch_size": 8, "max_queue_delay_us": 20000})
+        plan = LoadPlan(url=worker, concurrency=8, requests=10**6, duration=12, lengths=Lengths(low=8, high=256))
+        result = asyncio.run(run_load(plan))
+        status = wait_for(lambda: (worker_status(admin)["performance"] or {}).get("tokens"), 20, "a window with tokens")
+
+        def counted() -> tuple[float, float] | None:  # the worker streams its stats every second
+            families = parse_metrics(http_get(metrics))
+            tokens = families["gputuned_worker_tokens"].samples[0].value
+            padding = families["gputuned_worker_padding_tokens"].samples[0].value
+            return (tokens, padding) if tokens >= sum(result.tokens) else None
+
+        tokens, padding = wait_for(counted, 10, "every token the load sent counted")
+        knobs = worker_status(admin)["knobs"]
+    assert result.ok > 0 and sum(result.errors.values()) == 0
+    assert padding > 0
+    assert 0 < status["padding_share"] < 1 and status["per_second"] > 0
+    assert {"max_batch_tokens", "length_bucket"} <= set(knobs)

@@ -253,7 +253,7 @@ def test_a_jump_past_a_step_that_did_not_pay_is_tried_once():
 
 
 class LanesNotBatches(NoTrough):
-    """As Triton's Python backend here (bench/triton.py): 16 clients, the lanes saturated;
+    """As Triton's Python backend here (bench/triton_online.py): 16 clients, the lanes saturated;
     batch 2 or 8 on one instance serves less than batch 1, a second instance 1.7x."""
 
     def performance(self, knobs: dict[str, int]) -> tuple[float, float]:

@@ -24,7 +24,7 @@ batching, one instance).
 
 Targets (issue 14): 4. reached in under 2 minutes, no failed request; 5. >= 0.95.
 
-    python bench/triton.py [--server .triton/bin/tritonserver] [--clients 16] [--slo-ms 100] [--online 150]
+    python bench/triton_online.py [--server .triton/bin/tritonserver] [--clients 16] [--slo-ms 100] [--online 150]
                            [--candidate max_batch_size=16,streams=2,max_queue_delay_us=0 ...]
 
 `--candidate` (repeatable) skips the sweep and compares the tuned configuration with the
