@@ -9,7 +9,7 @@ from pathlib import Path
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.collectors import tuner, worker
-from gputuned.knobs import CATALOGUE
+from gputuned.knobs import CATALOGUE, LENGTH_BUCKET, MAX_BATCH_TOKENS
 from gputuned.testing.processes import prometheus_query
 
 DASHBOARD_DIR = Path(__file__).parent.parent / "dashboards"
@@ -17,6 +17,7 @@ METRIC_NAME = re.compile(r"\bgputuned_[a-z0-9_]+")
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 LABEL_VALUES = re.compile(r"label_values\((?P<selector>.+), (?P<label>\w+)\)")
 VLLM_KNOBS = {knob.name for knob in CATALOGUE.values() if set(knob.kinds) == {"vllm"}}
+VARIABLE_LENGTH_KNOBS = {LENGTH_BUCKET.name, MAX_BATCH_TOKENS.name}
 # What only an LLM worker exports (as Prometheus stores it: a histogram by its _count).
 GENERATIVE_NAMES = {
     f"{spec.name}_count" if spec.kind == "histogram" else spec.name
@@ -61,6 +62,14 @@ def generative(expr: str) -> bool:
     names = {spec.name for spec in (*worker.GENERATIVE_SPECS, *tuner.GENERATIVE_SPECS)}
     families = any(name.removesuffix(suffix) in names for name in METRIC_NAME.findall(expr) for suffix in (*HISTOGRAM_SERIES, ""))
     return families or any(f'knob="{knob}"' in expr for knob in VLLM_KNOBS)
+
+
+def variable_length(expr: str) -> bool:
+    """Whether a query reads what only a worker serving a variable-length model exports: its
+    token families, or its token budget and bucket width."""
+    names = {spec.name for spec in worker.TOKEN_SPECS}
+    families = any(name in names for name in METRIC_NAME.findall(expr))
+    return families or any(f'knob="{knob}"' in expr for knob in VARIABLE_LENGTH_KNOBS)
 
 
 def substitute(expr: str, instance: str) -> str:

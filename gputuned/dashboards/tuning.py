@@ -109,6 +109,30 @@ def llm_panels() -> list[Any]:
     ]
 
 
+def variable_length_panels() -> list[Any]:
+    """A variable-length model's tokens, and the share of the computed ones that were padding."""
+    tokens = f"rate(gputuned_worker_tokens_total{{{WORKER}}}[{RATE}])"
+    padding = f"rate(gputuned_worker_padding_tokens_total{{{WORKER}}}[{RATE}])"
+    return [
+        graph(
+            "Tokens computed",
+            "The requests' own tokens computed per second, and the padding computed with them "
+            "(a batch is padded to its longest request).",
+            "short",
+            [(tokens, "{{worker}} tokens/s"), (padding, "{{worker}} padding/s")],
+            width=12,
+        ),
+        graph(
+            "Padding share",
+            "Padding over all the tokens computed: what the length buckets (their width is a knob) save.",
+            "percentunit",
+            [(f"{padding} / ({tokens} + {padding})", "{{worker}} padding")],
+            width=12,
+            maximum=1,
+        ),
+    ]
+
+
 def build() -> Board:
     board = Board(
         UID,
@@ -225,6 +249,7 @@ def build() -> Board:
         ),
     )
     board.row("LLM serving (vLLM workers)").add(*llm_panels())
+    board.row("Variable-length models (the built-in worker)").add(*variable_length_panels())
     board.row("Memory and health").add(
         graph(
             "Pool hits and misses",

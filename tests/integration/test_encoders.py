@@ -18,8 +18,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from gputuned.control.client import ControlClient, ControlError
 from gputuned.lengths import Lengths
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import http_get, running_supervising_daemon, running_worker, wait_for, worker_status
+from gputuned.testing.processes import (
+    http_get,
+    running_prometheus,
+    running_supervising_daemon,
+    running_worker,
+    wait_for,
+    worker_status,
+)
 from gputuned.worker.encoders import bert_encoder
+from tests.dashboard_queries import load_dashboards, queries, returns_series, substitute, variable_length
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +38,15 @@ LENGTHS = (8, 13, 40, 64, 100, 257, 512, 9, 31, 200, 8, 77)
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("encoder")
-    args = ("--model", "gputuned.worker.encoders:bert_encoder", "--knob", "max_batch_size=16", "--knob", "max_queue_delay_us=20000")
-    with running_worker(tmp_path, *args) as (process, base, control):
+    args = (
+        "--model",
+        "gputuned.worker.encoders:bert_encoder",
+        "--knob",
+        "max_batch_size=16",
+        "--knob",
+        "max_queue_delay_us=20000",
+    )
+    with running_worker(tmp_path, *args) as (_, base, control):
         yield base, control
 
 
@@ -111,15 +126,16 @@ def test_mixed_lengths_batched_together_give_what_each_request_gives_alone(encod
 def test_a_bad_request_is_rejected_with_what_and_why_and_counted(encoder, inputs, error):
     base, control = encoder
     document = {
-        "inputs": [{"name": name, "datatype": datatype, "shape": shape, "data": [1] * shape[1]} for name, datatype, shape in inputs]
+        "inputs": [
+            {"name": name, "datatype": datatype, "shape": shape, "data": [1] * shape[1]} for name, datatype, shape in inputs
+        ]
     }
     with ControlClient(control) as client:
         before = client.next_stats(timeout=5)["stats"]["rejected"]
 
     async def send() -> tuple[int, dict]:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{base}/v2/models/{MODEL}/infer", json=document) as response:
-                return response.status, await response.json()
+        async with aiohttp.ClientSession() as session, session.post(f"{base}/v2/models/{MODEL}/infer", json=document) as response:
+            return response.status, await response.json()
 
     status, answer = asyncio.run(send())
     assert status == 400 and error in answer["error"]
@@ -160,23 +176,40 @@ def test_knobs_set_live_under_load_fail_no_request(encoder):
     assert stats["failed"] == 0 and stats["tokens"] >= sum(result.tokens)
 
 
-def test_the_daemon_exports_tokens_and_padding_and_shows_them_in_status(tmp_path):
+def test_the_daemon_exports_tokens_and_padding_and_its_dashboards_show_them(tmp_path):
     with running_supervising_daemon(
         tmp_path, model="gputuned.worker.encoders:bert_encoder", device="cpu", ping_timeout_seconds=10.0
     ) as (_, metrics, worker, admin):
         with ControlClient(admin) as client:
             client.set({"max_batch_size": 8, "max_queue_delay_us": 20000})
-        plan = LoadPlan(url=worker, concurrency=8, requests=10**6, duration=12, lengths=Lengths(low=8, high=256))
-        result = asyncio.run(run_load(plan))
+        target = metrics.removeprefix("http://").removesuffix("/metrics")
+        plan = LoadPlan(url=worker, concurrency=8, requests=10**6, duration=20, lengths=Lengths(low=8, high=256))
+        box: dict = {}
+        load = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
+        with running_prometheus([target], tmp_path) as prometheus:
+            load.start()
+            panels = [
+                (where, substitute(expr, target))
+                for dashboard in load_dashboards().values()
+                for where, expr in queries(dashboard)
+                if variable_length(expr)
+            ]
+            assert panels
+
+            def empty() -> list[str]:
+                return [f"{where}: {expr}" for where, expr in panels if not returns_series(prometheus, expr)]
+
+            wait_for(lambda: not empty(), 30, "every variable-length panel to show data")
+            load.join(timeout=60)
+        result = box["result"]
         status = wait_for(lambda: (worker_status(admin)["performance"] or {}).get("tokens"), 20, "a window with tokens")
 
-        def counted() -> tuple[float, float] | None:  # the worker streams its stats every second
+        def counted() -> float | None:  # the worker streams its stats every second
             families = parse_metrics(http_get(metrics))
             tokens = families["gputuned_worker_tokens"].samples[0].value
-            padding = families["gputuned_worker_padding_tokens"].samples[0].value
-            return (tokens, padding) if tokens >= sum(result.tokens) else None
+            return families["gputuned_worker_padding_tokens"].samples[0].value if tokens >= sum(result.tokens) else None
 
-        tokens, padding = wait_for(counted, 10, "every token the load sent counted")
+        padding = wait_for(counted, 10, "every token the load sent counted")
         knobs = worker_status(admin)["knobs"]
     assert result.ok > 0 and sum(result.errors.values()) == 0
     assert padding > 0

@@ -103,7 +103,7 @@ BINARY_HEADER = json.dumps(
             json.dumps({"inputs": []}).encode(),
             None,
             400,
-            "'inputs' must be a list holding one tensor",
+            "'inputs' must be a list of tensors: 'input'",
         ),
         (
             f"/v2/models/{MODEL}/infer",
@@ -180,7 +180,7 @@ BINARY_HEADER = json.dumps(
             BINARY_HEADER + b"x" * 10,
             {"Inference-Header-Content-Length": str(len(BINARY_HEADER))},
             400,
-            "binary data of 10 bytes (declared 10); [1, 3, 64, 64] FP32 needs 49152",
+            "10 bytes of binary data follow the header; input [1, 3, 64, 64] FP32 needs 49152",
         ),
         (f"/v2/models/{MODEL}/infer", b"{}", {"Inference-Header-Content-Length": "99"}, 400, "is outside the body"),
         (f"/v2/models/{MODEL}/infer", b"x" * (65 * 1024 * 1024), None, 413, "exceeds the limit of 67108864 bytes"),

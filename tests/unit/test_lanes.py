@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from gputuned.worker.batcher import PendingRequest
 from gputuned.worker.lanes import InferenceFailed, Lane, LiveSettings
 from gputuned.worker.models import LoadedModel, TensorSpec
-from gputuned.worker.batcher import PendingRequest
 from gputuned.worker.pool import BufferPool
 from gputuned.worker.stats import WorkerStats
 
@@ -40,7 +40,9 @@ class Doubler(torch.nn.Module):
 
 def lane_for(module: Doubler) -> tuple[Lane, WorkerStats]:
     spec = TensorSpec("input", "FP32", (2,))
-    model = LoadedModel("doubler", module, (spec,), (TensorSpec("output", "FP32", (2,)),), torch.device("cpu"), "pytorch_libtorch")
+    model = LoadedModel(
+        "doubler", module, (spec,), (TensorSpec("output", "FP32", (2,)),), torch.device("cpu"), "pytorch_libtorch"
+    )
     stats = WorkerStats(lambda: 0, lambda: 1)
     settings = LiveSettings(
         max_batch_size=8,

@@ -7,9 +7,9 @@ import json
 from gputuned.control.histogram import LATENCY_BUCKETS_SECONDS, Histogram
 from gputuned.control.messages import (
     GENERATIVE_STATS,
-    TOKEN_STATS,
     STATS_HISTOGRAMS,
     STATS_NUMBERS,
+    TOKEN_STATS,
     Action,
     Decision,
     Evidence,

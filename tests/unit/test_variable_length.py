@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -32,7 +33,7 @@ class MaskedMean(nn.Module):
     """Token ids and a mask in, per-token embeddings and their masked mean out: padding
     changes its outputs wherever the mask is ignored."""
 
-    gputuned_signature = {
+    gputuned_signature: ClassVar[dict] = {
         "inputs": [
             {"name": "input_ids", "datatype": "INT64", "shape": [-1]},
             {"name": "attention_mask", "datatype": "INT64", "shape": [-1], "mask": True},
@@ -76,7 +77,10 @@ def test_an_exported_program_carries_its_names_dtypes_and_longest_length(tmp_pat
     path = tmp_path / "encoder.pt2"
     torch.export.save(program, str(path))
     model = load_model(str(path), CPU)
-    assert [(s.name, s.datatype, s.shape, s.mask) for s in model.inputs] == [("ids", "INT64", (-1,), False), ("mask", "INT64", (-1,), False)]
+    assert [(s.name, s.datatype, s.shape, s.mask) for s in model.inputs] == [
+        ("ids", "INT64", (-1,), False),
+        ("mask", "INT64", (-1,), False),
+    ]
     assert model.max_length == 64
     assert [s.shape for s in model.outputs] == [(-1, 4), (4,)]
 
