@@ -20,7 +20,8 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from gputuned.worker.models import LoadedModel, load_model, one_input, parse_shape
+from gputuned.inputs import parse_shape
+from gputuned.worker.models import LoadedModel, load_model, one_input
 
 
 def instance(loaded: LoadedModel):

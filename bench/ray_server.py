@@ -27,8 +27,9 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gputuned.inputs import parse_shape
 from gputuned.worker.codec import HEADER_LENGTH
-from gputuned.worker.models import load_model, one_input, parse_shape
+from gputuned.worker.models import load_model, one_input
 
 
 class Model:

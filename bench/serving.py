@@ -86,7 +86,8 @@ POLICIES = (0, 1)
 RAW_LOOP = """
 import concurrent.futures, sys, time, torch
 from gputuned.worker.allocator import keep_freed_memory
-from gputuned.worker.models import load_model, one_input, parse_shape
+from gputuned.inputs import parse_shape
+from gputuned.worker.models import load_model, one_input
 keep_freed_memory()  # malloc as in the worker, so the ratio measures serving, not page faults
 spec, shape = sys.argv[1], sys.argv[2]
 model = load_model(spec, torch.device("cpu"), one_input(parse_shape(shape)) if shape else None)

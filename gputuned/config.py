@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from gputuned.inputs import parse_input_text
 from gputuned.procfs import ParseError, parse_cpulist
 from gputuned.tuners.mode import MODE_NAMES
 
@@ -162,6 +163,10 @@ class WorkerConfig:
     device: str = "auto"
     input_shape: str = ""
     input_dtype: str = "FP32"
+    # The model's inputs, "NAME:DATATYPE:DIMS[:mask]" each, in the order it takes them (-1: the
+    # sequence); empty: the model's own signature, or one input of input_shape.
+    inputs: list = field(default_factory=list)
+    max_length: int = _bounded(0, 0, 1 << 20)  # the longest sequence served; 0: the model's
     listen: str = "127.0.0.1:8000"
     placement: str = "auto"
     cpus: str = ""  # an explicit CPU set ("0-3,8") instead of a whole NUMA node's CPUs
@@ -225,6 +230,19 @@ class WorkerConfig:
             parse_listen_address(self.listen)
         except ValueError as exc:
             raise ConfigError(f"listen: {exc}") from None
+        _check_inputs(self)
+
+
+def _check_inputs(worker: WorkerConfig) -> None:
+    if not all(isinstance(text, str) for text in worker.inputs):
+        raise ConfigError('inputs: expected a list of strings, e.g. ["input_ids:INT64:-1"]')
+    if worker.inputs and worker.input_shape:
+        raise ConfigError("inputs: give either inputs or input_shape, not both")
+    for text in worker.inputs:
+        try:
+            parse_input_text(text)
+        except ValueError as exc:
+            raise ConfigError(f"inputs: {exc}") from None
 
 
 def _server_kind(worker: WorkerConfig, kind: str, label: str) -> bool:

@@ -47,6 +47,10 @@ def builtin_worker_command(worker: WorkerConfig, control_socket: Path, knobs: Ma
         command += ["--device", worker.device]
     if worker.input_shape:
         command += ["--input-shape", worker.input_shape]
+    for text in worker.inputs:
+        command += ["--input", text]
+    if worker.max_length:
+        command += ["--max-length", str(worker.max_length)]
     if worker.gpu_memory_fraction < 1.0:
         command += ["--gpu-memory-fraction", str(worker.gpu_memory_fraction)]
     return command + _shared_arguments(worker, knobs)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gputuned.worker.models import VARIABLE, LoadedModel
+from gputuned.inputs import VARIABLE
+from gputuned.worker.models import LoadedModel
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # Distinct request headers remembered: one per shape, outputs and id a client sends, so one

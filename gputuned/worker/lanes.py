@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from gputuned.inputs import VARIABLE
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest
-from gputuned.worker.models import VARIABLE, LoadedModel, TensorSpec
+from gputuned.worker.models import LoadedModel, TensorSpec
 from gputuned.worker.pool import BufferPool, input_offsets
 from gputuned.worker.stats import WorkerStats
 

@@ -10,9 +10,10 @@ import sys
 import torch
 
 from gputuned.config import parse_listen_address
+from gputuned.inputs import parse_shape
 from gputuned.knobs import KnobError, parse_assignments
 from gputuned.worker.allocator import keep_freed_memory
-from gputuned.worker.models import ModelLoadError, Signature, checked_signature, load_model, one_input, parse_input, parse_shape
+from gputuned.worker.models import ModelLoadError, Signature, checked_signature, load_model, one_input, parse_input
 from gputuned.worker.service import WorkerOptions, event_loop_factory, run_worker
 
 log = logging.getLogger(__name__)

@@ -31,11 +31,10 @@ import torch
 from torch import nn
 
 from gputuned.datatypes import DATATYPES
+from gputuned.inputs import MASK_NAME, VARIABLE, parse_input_text
 
 BUILTIN_MODEL = "resnet-mini"
 BUILTIN_INPUT_SHAPE = (3, 64, 64)
-VARIABLE = -1  # a dimension that changes from request to request (the sequence)
-MASK_NAME = "attention_mask"  # an input of this name is the attention mask unless the signature says otherwise
 
 # Open Inference Protocol datatypes <-> torch and numpy dtypes (BF16: numpy holds its raw words).
 DTYPES: dict[str, tuple[torch.dtype, np.dtype]] = {
@@ -162,28 +161,10 @@ def one_input(shape: tuple[int, ...], datatype: str = "FP32", name: str = "input
     return Signature((TensorSpec(name, datatype, shape),))
 
 
-def parse_shape(text: str, variable: bool = False) -> tuple[int, ...]:
-    """'3,224,224' -> (3, 224, 224); every dimension a positive integer, or -1 (the
-    sequence) where `variable`."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"shape {text!r} is not comma-separated integers, e.g. 3,224,224") from None
-    if not shape or any(d <= 0 and not (variable and d == VARIABLE) for d in shape):
-        allowed = "positive dimensions, or -1 for the sequence" if variable else "positive dimensions"
-        raise ValueError(f"shape {text!r} must list {allowed}")
-    return shape
-
-
 def parse_input(text: str) -> TensorSpec:
-    """'input_ids:INT64:-1' -> an input of the signature; a fourth field 'mask' marks the attention mask."""
-    parts = text.split(":")
-    if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] != "mask") or not parts[0]:
-        raise ValueError(f"input {text!r} is not NAME:DATATYPE:DIMS[:mask], e.g. input_ids:INT64:-1")
-    name, datatype, dims = parts[:3]
-    if datatype not in DATATYPES:
-        raise ValueError(f"input {name}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
-    return TensorSpec(name, datatype, parse_shape(dims, variable=True), mask=len(parts) == 4 or name == MASK_NAME)
+    """An input of the signature from its text form (gputuned/inputs.py)."""
+    name, datatype, shape, mask = parse_input_text(text)
+    return TensorSpec(name, datatype, shape, mask)
 
 
 def checked_signature(inputs: Sequence[TensorSpec], max_length: int, source: str, output_names: Sequence[str] = ()) -> Signature:

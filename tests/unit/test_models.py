@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from gputuned.worker.models import ModelLoadError, build_builtin_model, load_model, one_input, parse_shape
+from gputuned.inputs import parse_shape
+from gputuned.worker.models import ModelLoadError, build_builtin_model, load_model, one_input
 
 CPU = torch.device("cpu")
 

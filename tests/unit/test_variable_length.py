@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 import torch
 from torch import nn
 
+from gputuned.config import ConfigError, load_config
+from gputuned.daemon.launch import builtin_worker_command
 from gputuned.performance import Tokens
 from gputuned.tuners.base import TunerInput
 from gputuned.tuners.tokens import BatchTokensTuner, LengthBucketTuner
@@ -278,3 +281,21 @@ def test_the_bucket_width_halves_over_the_padding_limit_and_doubles_where_batche
     assert wide is not None and wide.value == 256
     assert tuner.propose(token_input(tight, mean_batch=40.0, in_system=30, items_per_request=1.0)) is None
     assert tuner.propose(token_input(padded, p99=0.9)) is None  # a breach is the budget's and the batch's
+
+
+def test_a_workers_inputs_in_the_config_are_checked_and_passed_to_the_worker(tmp_path):
+    path = tmp_path / "gputuned.toml"
+    path.write_text(
+        '[worker]\nmodel = "encoders:bert"\ninputs = ["input_ids:INT64:-1", "attention_mask:INT64:-1:mask"]\nmax_length = 256\n'
+    )
+    worker = load_config(path).worker
+    assert worker is not None
+    command = builtin_worker_command(worker, Path("/run/w.sock"), {})
+    assert command[command.index("--input") :][:4] == ["--input", "input_ids:INT64:-1", "--input", "attention_mask:INT64:-1:mask"]
+    assert command[command.index("--max-length") + 1] == "256"
+    path.write_text('[worker]\ninputs = ["input_ids:INT4:-1"]\n')
+    with pytest.raises(ConfigError, match="inputs: input input_ids: datatype 'INT4' is not one of"):
+        load_config(path)
+    path.write_text('[worker]\ninputs = ["input_ids:INT64:-1"]\ninput_shape = "3,4"\n')
+    with pytest.raises(ConfigError, match="either inputs or input_shape"):
+        load_config(path)
