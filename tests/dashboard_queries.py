@@ -67,7 +67,7 @@ def generative(expr: str) -> bool:
 def variable_length(expr: str) -> bool:
     """Whether a query reads what only a worker serving a variable-length model exports: its
     token families, or its token budget and bucket width."""
-    names = {spec.name for spec in worker.TOKEN_SPECS}
+    names = {spec.name for spec in (*worker.TOKEN_SPECS, *tuner.TOKEN_SPECS)}
     families = any(name in names for name in METRIC_NAME.findall(expr))
     return families or any(f'knob="{knob}"' in expr for knob in VARIABLE_LENGTH_KNOBS)
 

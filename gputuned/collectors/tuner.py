@@ -29,7 +29,12 @@ GOODPUT = MetricSpec(
     "(for an LLM worker: within both its TTFT and TPOT objectives).",
     WORKER,
 )
-
+PADDING = MetricSpec(
+    "gputuned_tuner_padding_ratio",
+    "gauge",
+    "Padding over all the tokens a variable-length model's batches computed over the last 10 s, 0-1, as the tuner measures it.",
+    WORKER,
+)
 VERDICT_WINDOWS = MetricSpec(
     "gputuned_tuner_verdict_windows_total",
     "counter",
@@ -39,7 +44,8 @@ VERDICT_WINDOWS = MetricSpec(
 )
 
 GENERATIVE_SPECS = (SLO_TTFT, SLO_TPOT)  # exported for an LLM worker only
-SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, SLO_TTFT, SLO_TPOT, GOODPUT, VERDICT_WINDOWS)
+TOKEN_SPECS = (PADDING,)  # exported for a worker serving a variable-length model only
+SPECS = (DECISIONS, TRIAL_ACTIVE, MODE, FROZEN, SLO, SLO_TTFT, SLO_TPOT, GOODPUT, PADDING, VERDICT_WINDOWS)
 
 
 class TunedWorker(Protocol):
@@ -104,6 +110,8 @@ class TunerCollector:
         performance = worker.recent_performance()
         if performance is not None:
             out.add(GOODPUT, performance.goodput, name)
+        if performance is not None and performance.tokens is not None:
+            out.add(PADDING, performance.tokens.padding_share, name)
         if performance is not None and performance.generation is not None:
             objectives = worker.generative_objectives()
             out.add(SLO_TTFT, objectives.ttft, name)

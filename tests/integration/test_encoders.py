@@ -210,8 +210,9 @@ def test_the_daemon_exports_tokens_and_padding_and_its_dashboards_show_them(tmp_
             return families["gputuned_worker_padding_tokens"].samples[0].value if tokens >= sum(result.tokens) else None
 
         padding = wait_for(counted, 10, "every token the load sent counted")
+        ratio = parse_metrics(http_get(metrics))["gputuned_tuner_padding_ratio"].samples[0].value
         knobs = worker_status(admin)["knobs"]
     assert result.ok > 0 and sum(result.errors.values()) == 0
     assert padding > 0
-    assert 0 < status["padding_share"] < 1 and status["per_second"] > 0
+    assert 0 < status["padding_share"] < 1 and status["per_second"] > 0 and 0 < ratio < 1
     assert {"max_batch_tokens", "length_bucket"} <= set(knobs)

@@ -12,11 +12,11 @@ import pytest
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.collectors import kubelet
-from gputuned.collectors.worker import TOKEN_SPECS
 from gputuned.loadgen import LoadPlan, run_load
 from gputuned.testing.processes import prometheus_query, running_prometheus, running_supervising_daemon
 from tests.dashboard_queries import (
     GENERATIVE_NAMES,
+    VARIABLE_LENGTH_NAMES,
     generative,
     load_dashboards,
     queries,
@@ -67,7 +67,7 @@ def test_prometheus_scrapes_every_metric_family(scraped):
     expected -= {"gputuned_worker_last_exit_code", "gputuned_tuner_knob_frozen"}
     expected -= {spec.name for spec in kubelet.SPECS}  # no kubelet here: tests/integration/test_kubelet.py has one
     expected -= GENERATIVE_NAMES  # an LLM worker's: tests/integration/test_vllm.py scrapes a real vLLM's
-    expected -= {spec.name for spec in TOKEN_SPECS}  # a variable-length model's: test_encoders.py reads them
+    expected -= VARIABLE_LENGTH_NAMES  # a variable-length model's: test_encoders.py reads them
 
     def missing() -> set[str]:
         result = prometheus_query(prometheus, 'count by (__name__) ({__name__=~"gputuned_.+"})')
