@@ -18,6 +18,8 @@ HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
 LABEL_VALUES = re.compile(r"label_values\((?P<selector>.+), (?P<label>\w+)\)")
 VLLM_KNOBS = {knob.name for knob in CATALOGUE.values() if set(knob.kinds) == {"vllm"}}
 VARIABLE_LENGTH_KNOBS = {LENGTH_BUCKET.name, MAX_BATCH_TOKENS.name}
+# What only a worker serving a variable-length model exports (every one a counter or a gauge).
+VARIABLE_LENGTH_NAMES = {spec.name for spec in (*worker.TOKEN_SPECS, *tuner.TOKEN_SPECS)}
 # What only an LLM worker exports (as Prometheus stores it: a histogram by its _count).
 GENERATIVE_NAMES = {
     f"{spec.name}_count" if spec.kind == "histogram" else spec.name
@@ -67,8 +69,7 @@ def generative(expr: str) -> bool:
 def variable_length(expr: str) -> bool:
     """Whether a query reads what only a worker serving a variable-length model exports: its
     token families, or its token budget and bucket width."""
-    names = {spec.name for spec in (*worker.TOKEN_SPECS, *tuner.TOKEN_SPECS)}
-    families = any(name in names for name in METRIC_NAME.findall(expr))
+    families = any(name in VARIABLE_LENGTH_NAMES for name in METRIC_NAME.findall(expr))
     return families or any(f'knob="{knob}"' in expr for knob in VARIABLE_LENGTH_KNOBS)
 
 

@@ -75,6 +75,11 @@ class Lane:
         self._stats = stats
         self._threads: int | None = None  # torch intra-op threads set in this lane's thread
         self._stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
+        # Worked out once per model, and per batch shape, not per batch: at batch 1 every
+        # request pays for its batch's work.
+        self._input_axes = tuple(_sequence_axis(spec) for spec in model.inputs)
+        self._output_axes = tuple(_sequence_axis(spec) for spec in model.outputs)
+        self._layouts: dict[tuple[int, int], tuple[_Layout, int]] = {}
         self._batches: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"lane{index}", daemon=True)
         self._thread.start()
@@ -114,18 +119,17 @@ class Lane:
             items += request.items
             tokens += request.items * request.length
             length = max(length, request.length)
-        layout = tuple((spec.torch_dtype, (items, *spec.at_length(length))) for spec in model.inputs)
+        layout, nbytes = self._layout(items, length)
         block, pool_hit = None, False
         h2d_bytes = 0
         oom = False
         try:
-            offsets, nbytes = input_offsets(layout)
             block, pool_hit = settings.pool.acquire(nbytes)
             tensors = []
-            for index, ((dtype, shape), offset) in enumerate(zip(layout, offsets)):
+            for index, (dtype, shape, offset) in enumerate(layout):
                 tensor, array = block.view(dtype, shape, offset)
                 # The batch's one copy of each request, into memory the lane owns (writable, pinned on CUDA).
-                _assemble(array, batch, index, model.inputs[index], length)
+                _assemble(array, batch, index, self._input_axes[index], length)
                 tensors.append(tensor)
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
@@ -147,7 +151,20 @@ class Lane:
             self._stats.batch_done(
                 items, time.perf_counter() - started, pool_hit, h2d_bytes, oom, tokens, items * length - tokens
             )
-        return _split(batch, [_as_numpy(t) for t in outputs], model.outputs)
+        return _split(batch, [_as_numpy(t) for t in outputs], self._output_axes)
+
+    def _layout(self, items: int, length: int) -> tuple[_Layout, int]:
+        """Each input's (dtype, shape, offset in the block) for a batch of `items` padded to
+        `length` tokens, and the bytes they take."""
+        key = (items, length)
+        known = self._layouts.get(key)
+        if known is None:
+            shapes = tuple((spec.torch_dtype, (items, *spec.at_length(length))) for spec in self._model.inputs)
+            offsets, nbytes = input_offsets(shapes)
+            if len(self._layouts) >= LAYOUTS_KEPT:
+                self._layouts.clear()
+            known = self._layouts[key] = (tuple((d, s, o) for (d, s), o in zip(shapes, offsets)), nbytes)
+        return known
 
     def close(self) -> None:
         """Ends the thread once the batch it runs (if any) is done."""
@@ -155,21 +172,31 @@ class Lane:
         self._thread.join()
 
 
+LAYOUTS_KEPT = 4096  # batch shapes (items, padded length) whose layout a lane remembers
+# Each input's (dtype, shape, offset in the block) for one batch shape.
+_Layout = tuple[tuple[torch.dtype, tuple[int, ...], int], ...]
 # A batch handed to a lane's thread: its requests, the future its outcome settles, and that future's loop.
 _Job = tuple[list[PendingRequest], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
 
 
-def _assemble(array: np.ndarray, batch: list[PendingRequest], index: int, spec: TensorSpec, length: int) -> None:
+def _sequence_axis(spec: TensorSpec) -> int:
+    """The batch tensor's axis that follows the sequence; 0 for a fixed shape."""
+    return 1 + spec.shape.index(VARIABLE) if spec.variable else 0
+
+
+def _assemble(array: np.ndarray, batch: list[PendingRequest], index: int, axis: int, length: int) -> None:
     """Input `index` of every request of the batch into `array` [items, ...]. A variable
-    input is padded to the batch's `length` with zeros; a mask the client left out is 1 over
-    each request's own tokens."""
+    input (its sequence on `axis`) is padded to the batch's `length` with zeros; a mask the
+    client left out is 1 over each request's own tokens."""
     parts = [request.tensors[index] for request in batch]
+    if not axis:
+        np.concatenate(parts, out=array)  # type: ignore[arg-type] # a fixed input is always sent
+        return
     given = [part for part in parts if part is not None]
     if len(given) == len(parts) and all(request.length == length for request in batch):
         np.concatenate(given, out=array)  # no padding: one copy of each request
         return
     array.fill(0)
-    axis = 1 + spec.shape.index(VARIABLE) if spec.variable else 0
     offset = 0
     for request, part in zip(batch, parts):
         where: list[slice] = [slice(offset, offset + request.items)] + [slice(None)] * (array.ndim - 1)
@@ -184,14 +211,19 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return (tensor.view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
-def _split(batch: list[PendingRequest], arrays: list[np.ndarray], specs: tuple[TensorSpec, ...]) -> list[list[np.ndarray]]:
-    """Each request's rows of every output, and of an output that follows the sequence only
-    its own tokens (the padding stripped). Split as numpy views, once per batch here in the
-    lane's thread: a numpy slice costs a tenth of a tensor slice, and the codec writes numpy
-    arrays anyway."""
-    axes = [1 + spec.shape.index(VARIABLE) if spec.variable else 0 for spec in specs]
+def _split(batch: list[PendingRequest], arrays: list[np.ndarray], axes: tuple[int, ...]) -> list[list[np.ndarray]]:
+    """Each request's rows of every output, and of an output that follows the sequence (on
+    its axis in `axes`) only its own tokens (the padding stripped). Split as numpy views,
+    once per batch here in the lane's thread: a numpy slice costs a tenth of a tensor slice,
+    and the codec writes numpy arrays anyway."""
     per_request: list[list[np.ndarray]] = []
     offset = 0
+    if not any(axes):
+        for request in batch:
+            end = offset + request.items
+            per_request.append([a[offset:end] for a in arrays])
+            offset = end
+        return per_request
     for request in batch:
         end = offset + request.items
         outputs = []
