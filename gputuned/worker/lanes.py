@@ -26,7 +26,7 @@ import torch
 from gputuned.inputs import VARIABLE
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest
 from gputuned.worker.models import LoadedModel, TensorSpec
-from gputuned.worker.pool import BufferPool, input_offsets
+from gputuned.worker.pool import BufferPool, Layout, as_numpy, input_offsets
 from gputuned.worker.stats import WorkerStats
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Lane:
         # request pays for its batch's work.
         self._input_axes = tuple(_sequence_axis(spec) for spec in model.inputs)
         self._output_axes = tuple(_sequence_axis(spec) for spec in model.outputs)
-        self._layouts: dict[tuple[int, int], tuple[_Layout, int]] = {}
+        self._layouts: dict[tuple[int, int], tuple[Layout, int]] = {}
         self._batches: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"lane{index}", daemon=True)
         self._thread.start()
@@ -124,7 +124,7 @@ class Lane:
         h2d_bytes = 0
         oom = False
         try:
-            block, pool_hit = settings.pool.acquire(nbytes)
+            block, pool_hit = settings.pool.acquire(layout, nbytes)
             tensors = []
             for index, (dtype, shape, offset) in enumerate(layout):
                 tensor, array = block.view(dtype, shape, offset)
@@ -151,9 +151,9 @@ class Lane:
             self._stats.batch_done(
                 items, time.perf_counter() - started, pool_hit, h2d_bytes, oom, tokens, items * length - tokens
             )
-        return _split(batch, [_as_numpy(t) for t in outputs], self._output_axes)
+        return _split(batch, [as_numpy(t) for t in outputs], self._output_axes)
 
-    def _layout(self, items: int, length: int) -> tuple[_Layout, int]:
+    def _layout(self, items: int, length: int) -> tuple[Layout, int]:
         """Each input's (dtype, shape, offset in the block) for a batch of `items` padded to
         `length` tokens, and the bytes they take."""
         key = (items, length)
@@ -173,8 +173,6 @@ class Lane:
 
 
 LAYOUTS_KEPT = 4096  # batch shapes (items, padded length) whose layout a lane remembers
-# Each input's (dtype, shape, offset in the block) for one batch shape.
-_Layout = tuple[tuple[torch.dtype, tuple[int, ...], int], ...]
 # A batch handed to a lane's thread: its requests, the future its outcome settles, and that future's loop.
 _Job = tuple[list[PendingRequest], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
 
@@ -204,11 +202,6 @@ def _assemble(array: np.ndarray, batch: list[PendingRequest], index: int, axis: 
             where[axis] = slice(0, request.length)
         array[tuple(where)] = 1 if part is None else part
         offset += request.items
-
-
-def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """An output as numpy (bfloat16 as its raw 16-bit words, which numpy can hold)."""
-    return (tensor.view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _split(batch: list[PendingRequest], arrays: list[np.ndarray], axes: tuple[int, ...]) -> list[list[np.ndarray]]:

@@ -16,6 +16,13 @@ import numpy as np
 import torch
 
 ALIGN = 64  # each input of a batch starts at a multiple of this many bytes of the block
+# Each input's (dtype, shape, offset in a block) for one batch shape.
+Layout = tuple[tuple[torch.dtype, tuple[int, ...], int], ...]
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor's memory as numpy (a bfloat16 one as its raw 16-bit words, which numpy can hold)."""
+    return (tensor.view(torch.uint16) if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def input_offsets(layout: tuple[tuple[torch.dtype, tuple[int, ...]], ...]) -> tuple[tuple[int, ...], int]:
@@ -33,15 +40,21 @@ class Block:
 
     __slots__ = ("_views", "data", "pool")
 
-    def __init__(self, data: torch.Tensor, pool: BufferPool | None) -> None:
+    def __init__(self, data: torch.Tensor | None, pool: BufferPool | None) -> None:
         self.data = data
         self.pool = pool
         self._views: dict[tuple[torch.dtype, tuple[int, ...], int], tuple[torch.Tensor, np.ndarray]] = {}
 
     @classmethod
-    def for_batch(cls, nbytes: int, pin_memory: bool) -> Block:
-        """A block of its own for one batch (the pool had none to lend)."""
-        return cls(torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin_memory), None)
+    def for_batch(cls, layout: Layout, pin_memory: bool) -> Block:
+        """A block of its own for one batch (the pool had none to lend): each input allocated
+        as the batch takes it, its views made once here (a block used once gains nothing
+        from carving them out of one buffer, and at batch 1 every request pays for them)."""
+        block = cls(None, None)
+        for dtype, shape, offset in layout:
+            batch = torch.empty(shape, dtype=dtype, pin_memory=pin_memory)
+            block._views[(dtype, shape, offset)] = (batch, as_numpy(batch))
+        return block
 
     def view(self, dtype: torch.dtype, shape: tuple[int, ...], offset: int = 0) -> tuple[torch.Tensor, np.ndarray]:
         """The block's bytes from `offset` as a tensor of `dtype` and `shape`, and the same
@@ -51,10 +64,10 @@ class Block:
         key = (dtype, shape, offset)
         views = self._views.get(key)
         if views is None:
+            assert self.data is not None  # a block of one batch has every view it serves
             nbytes = math.prod(shape) * dtype.itemsize
             batch = self.data[offset : offset + nbytes].view(dtype).view(shape)
-            words = batch.view(torch.uint16) if dtype == torch.bfloat16 else batch
-            views = self._views[key] = (batch, words.numpy())
+            views = self._views[key] = (batch, as_numpy(batch))
         return views
 
     def release(self) -> None:
@@ -76,13 +89,13 @@ class BufferPool:
                 Block(torch.empty(self.block_bytes, dtype=torch.uint8, pin_memory=pin_memory), self) for _ in range(slots)
             ]
 
-    def acquire(self, nbytes: int) -> tuple[Block, bool]:
-        """A block of at least `nbytes`, and whether it came from the pool (a hit)."""
+    def acquire(self, layout: Layout, nbytes: int) -> tuple[Block, bool]:
+        """A block for a batch of `layout`, `nbytes` long, and whether it came from the pool (a hit)."""
         if nbytes <= self.block_bytes:
             with self._lock:
                 if self._free:
                     return self._free.pop(), True
-        return Block.for_batch(nbytes, self.pin_memory), False
+        return Block.for_batch(layout, self.pin_memory), False
 
     def give_back(self, block: Block) -> None:
         with self._lock:
