@@ -151,7 +151,8 @@ def online(args: argparse.Namespace, model: Path, work: Path, run: int, best: tu
                 with ControlClient(admin) as client:
                     client.set(knobs)
                 side[name].append(window(args, url)["goodput"])
-        decisions = [json.loads(line) for line in (home / "state" / "decisions.jsonl").read_text().splitlines()]
+        journal = home / "state" / "decisions.jsonl"  # written at the first decision: none, when the tuner changed nothing
+        decisions = [json.loads(line) for line in journal.read_text().splitlines()] if journal.exists() else []
     curve = _curve(result.met_timeline, started, args.tune)
     return {
         "tuned": tuned,

@@ -261,6 +261,8 @@ def _binary_needs(plan: RequestPlan, model: LoadedModel) -> str:
     needs = [
         f"{model.inputs[p.index].name} {list(p.shape)} {model.inputs[p.index].datatype}" for p in plan.inputs if p.binary_size
     ]
+    if not needs:
+        return "its inputs carry their values in the JSON, so none should"
     return f"{', '.join(needs)} need{'s' if len(needs) == 1 else ''} {plan.binary_size}"
 
 

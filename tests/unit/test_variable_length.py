@@ -299,3 +299,10 @@ def test_a_workers_inputs_in_the_config_are_checked_and_passed_to_the_worker(tmp
     path.write_text('[worker]\ninputs = ["input_ids:INT64:-1"]\ninput_shape = "3,4"\n')
     with pytest.raises(ConfigError, match="either inputs or input_shape"):
         load_config(path)
+
+
+def test_bytes_after_a_json_only_request_are_refused_with_the_reason():
+    document = {"inputs": [{"name": "input_ids", "datatype": "INT64", "shape": [1, 2], "data": [5, 6]}]}
+    json_part = json.dumps(document).encode()
+    with pytest.raises(BadRequest, match="carry their values in the JSON"):
+        Codec(MODEL, 8).decode(json_part + b"xx", str(len(json_part)))
