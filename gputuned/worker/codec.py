@@ -128,7 +128,8 @@ def _input_tensors(document: dict[str, Any], model: LoadedModel) -> list[tuple[i
         raise BadRequest(f"'inputs' must be a list of tensors: {expected}")
     found: list[tuple[int, dict[str, Any]]] = []
     for tensor in inputs:
-        index = names.get(tensor.get("name"), -1)
+        name = tensor.get("name")
+        index = names.get(name, -1) if isinstance(name, str) else -1
         if index < 0:
             raise BadRequest(f"unknown input {tensor.get('name')!r}; model {model.name} takes {expected}")
         if any(seen == index for seen, _ in found):

@@ -306,3 +306,9 @@ def test_bytes_after_a_json_only_request_are_refused_with_the_reason():
     json_part = json.dumps(document).encode()
     with pytest.raises(BadRequest, match="carry their values in the JSON"):
         Codec(MODEL, 8).decode(json_part + b"xx", str(len(json_part)))
+
+
+def test_an_input_named_by_something_other_than_a_string_is_a_bad_request():
+    document = {"inputs": [{"name": [1, 2], "datatype": "INT64", "shape": [1, 2], "data": [5, 6]}]}
+    with pytest.raises(BadRequest, match=r"unknown input \[1, 2\]"):
+        Codec(MODEL, 8).decode(json.dumps(document).encode(), None)
