@@ -63,14 +63,22 @@ def _backoff(inp: TunerInput) -> tuple[int, str] | None:
     size, window = inp.knobs[KNOB], inp.window
     if window.oom:
         return size // 2, f"{window.oom} out-of-memory events at {size}: halve"
-    batch_seconds = window.batch_seconds or 0.0
-    compute_bound = batch_seconds > SLO_SHARE * inp.slo_seconds and COMPUTE_SHARE_OF_P99 * (window.p99 or 0.0) <= batch_seconds
-    if inp.slo_breached() and compute_bound:
+    if batch_causes_breach(inp):
         p99_ms, slo_ms = (window.p99 or 0.0) * 1000, inp.slo_seconds * 1000
-        return size // 2, f"p99 {p99_ms:.1f} ms over the {slo_ms:.0f} ms SLO with {batch_seconds * 1000:.1f} ms batches: halve"
+        batch_ms = (window.batch_seconds or 0.0) * 1000
+        return size // 2, f"p99 {p99_ms:.1f} ms over the {slo_ms:.0f} ms SLO with {batch_ms:.1f} ms batches: halve"
     if window.pcie_utilization is not None and window.pcie_utilization > PCIE_LIMIT:
         return size - max(size // 4, 1), f"PCIe {window.pcie_utilization:.0%} busy (over {PCIE_LIMIT:.0%}): step down"
     return None
+
+
+def batch_causes_breach(inp: TunerInput) -> bool:
+    """Whether the window breaches the SLO because of the batch itself: its compute takes a
+    large share of the SLO and of the p99, so little of the latency is queueing."""
+    window = inp.window
+    batch_seconds = window.batch_seconds or 0.0
+    compute_bound = batch_seconds > SLO_SHARE * inp.slo_seconds and COMPUTE_SHARE_OF_P99 * (window.p99 or 0.0) <= batch_seconds
+    return inp.slo_breached() and compute_bound
 
 
 def _grows(inp: TunerInput) -> bool:

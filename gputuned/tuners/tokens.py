@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from gputuned.knobs import LENGTH_BUCKET, MAX_BATCH_SIZE, MAX_BATCH_TOKENS, STREAMS
 from gputuned.tuners.base import Proposal, TunerInput, changed
+from gputuned.tuners.batch import batch_causes_breach
 
 BUDGET = MAX_BATCH_TOKENS.name
 WIDTH = LENGTH_BUCKET.name
@@ -29,8 +30,6 @@ FULL = 0.75  # batches this full (of the budget) mean more tokens were waiting
 SHORT = 0.5  # batches under this share of both limits come out short
 PADDING_HIGH = 0.15  # padding over this share of the tokens computed: narrow the buckets
 PADDING_LOW = 0.05  # under this, there is room to widen them
-SLO_SHARE = 0.25  # a batch taking more than this share of the SLO is itself the problem...
-COMPUTE_SHARE_OF_P99 = 1 / 3  # ...when it is also this share of the p99 (else the queue is)
 
 
 def _waiting_tokens(inp: TunerInput) -> float:
@@ -52,12 +51,9 @@ class BatchTokensTuner:
         budget = inp.knobs[BUDGET]
         if window.oom:
             return changed(inp, BUDGET, budget // 2, f"{window.oom} out-of-memory events at {budget} tokens: halve", "backoff")
-        batch_seconds = window.batch_seconds or 0.0
-        compute_bound = (
-            batch_seconds > SLO_SHARE * inp.slo_seconds and COMPUTE_SHARE_OF_P99 * (window.p99 or 0.0) <= batch_seconds
-        )
-        if inp.slo_breached() and compute_bound:
-            reason = f"p99 over the SLO with {batch_seconds * 1000:.1f} ms batches of {tokens.batch_tokens:.0f} tokens: halve"
+        if batch_causes_breach(inp):
+            batch_ms = (window.batch_seconds or 0.0) * 1000
+            reason = f"p99 over the SLO with {batch_ms:.1f} ms batches of {tokens.batch_tokens:.0f} tokens: halve"
             return changed(inp, BUDGET, budget // 2, reason, "backoff")
         if tokens.batch_tokens < FULL * budget or (BUDGET, budget, 1) in inp.no_gain:
             return None

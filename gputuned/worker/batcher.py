@@ -99,7 +99,7 @@ class DynamicBatcher:
             raise QueueFull("the worker is draining and takes no new requests")
         if self._queued_items + request.items > self._max_queue_items:
             raise QueueFull(f"queue holds {self._queued_items} of {self._max_queue_items} items")
-        bucket = (request.length - 1) // self._width if self._width and request.length else 0
+        bucket = self._bucket(request.length)
         queue = self._buckets.get(bucket)
         if queue is None:
             queue = self._buckets[bucket] = collections.deque()

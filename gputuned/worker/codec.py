@@ -164,7 +164,7 @@ def _request_length(shapes: list[tuple[int, tuple[int, ...]]], model: LoadedMode
     for index, shape in shapes:
         spec = model.inputs[index]
         if spec.variable:
-            lengths[spec.name] = shape[1 + spec.shape.index(VARIABLE)]
+            lengths[spec.name] = shape[spec.sequence_axis]
     values = set(lengths.values())
     if len(values) > 1:
         raise BadRequest(f"inputs differ in length: {', '.join(f'{name} {length}' for name, length in lengths.items())}")

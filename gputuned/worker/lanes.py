@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gputuned.inputs import VARIABLE
 from gputuned.worker.batcher import DynamicBatcher, PendingRequest
-from gputuned.worker.models import LoadedModel, TensorSpec
+from gputuned.worker.models import LoadedModel
 from gputuned.worker.pool import BufferPool, Layout, as_numpy, input_offsets
 from gputuned.worker.stats import WorkerStats
 
@@ -77,8 +76,8 @@ class Lane:
         self._stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
         # Worked out once per model, and per batch shape, not per batch: at batch 1 every
         # request pays for its batch's work.
-        self._input_axes = tuple(_sequence_axis(spec) for spec in model.inputs)
-        self._output_axes = tuple(_sequence_axis(spec) for spec in model.outputs)
+        self._input_axes = tuple(spec.sequence_axis for spec in model.inputs)
+        self._output_axes = tuple(spec.sequence_axis for spec in model.outputs)
         self._layouts: dict[tuple[int, int], tuple[Layout, int]] = {}
         self._batches: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._serve, name=f"lane{index}", daemon=True)
@@ -175,11 +174,6 @@ class Lane:
 LAYOUTS_KEPT = 4096  # batch shapes (items, padded length) whose layout a lane remembers
 # A batch handed to a lane's thread: its requests, the future its outcome settles, and that future's loop.
 _Job = tuple[list[PendingRequest], "asyncio.Future[list[list[np.ndarray]]]", asyncio.AbstractEventLoop]
-
-
-def _sequence_axis(spec: TensorSpec) -> int:
-    """The batch tensor's axis that follows the sequence; 0 for a fixed shape."""
-    return 1 + spec.shape.index(VARIABLE) if spec.variable else 0
 
 
 def _assemble(array: np.ndarray, batch: list[PendingRequest], index: int, axis: int, length: int) -> None:

@@ -69,6 +69,11 @@ class TensorSpec:
     def variable(self) -> bool:
         return VARIABLE in self.shape
 
+    @property
+    def sequence_axis(self) -> int:
+        """The axis of a batch of this tensor (batch first) that follows the sequence; 0 for a fixed shape."""
+        return 1 + self.shape.index(VARIABLE) if self.variable else 0
+
     def at_length(self, length: int) -> tuple[int, ...]:
         """The shape for a request of `length` tokens (the shape itself when fixed)."""
         return tuple(length if d == VARIABLE else d for d in self.shape)
@@ -90,11 +95,6 @@ class LoadedModel:
     @property
     def variable(self) -> bool:
         return self.max_length > 0
-
-    @property
-    def item_bytes(self) -> int:
-        """Bytes of one item of every input, at the longest length: a batch's share of the buffer pool."""
-        return sum(int(np.prod(spec.at_length(self.max_length))) * spec.numpy_dtype.itemsize for spec in self.inputs)
 
 
 @dataclass(frozen=True)
