@@ -8,13 +8,15 @@ tuner, while windows seconds apart share it.
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from gputuned.control.client import SLOW_SET_SECONDS, ControlClient
-from gputuned.loadgen import LoadPlan
+from gputuned.loadgen import LoadPlan, LoadResult, run_load
 from gputuned.sweep import measure_point
 
 
@@ -24,6 +26,19 @@ def timed_load(
     """A load bounded by time alone: `clients` in a closed loop, or `rate` requests/s in an
     open one, each request carrying `items` inputs."""
     return LoadPlan(url=url, concurrency=clients, rate=rate, requests=10**9, duration=seconds, timeline=timeline, batch=items)
+
+
+def run_load_in_thread(plan: LoadPlan) -> tuple[threading.Thread, dict[str, LoadResult]]:
+    """`plan` run in a thread of its own, started; its result is in the dict under "result"
+    once the thread has ended."""
+    box: dict[str, LoadResult] = {}
+
+    def target() -> None:
+        box["result"] = asyncio.run(run_load(plan))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, box
 
 
 def goodput_curve(timeline: list[tuple[float, float]], start: float, end: float, slo: float) -> list[float]:

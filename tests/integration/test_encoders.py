@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 
 import aiohttp
@@ -17,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.control.client import ControlClient, ControlError
 from gputuned.lengths import Lengths
-from gputuned.loadgen import LoadPlan, run_load
+from gputuned.loadgen import LoadPlan
+from gputuned.testing.online import run_load_in_thread
 from gputuned.testing.processes import (
     http_get,
     running_prometheus,
@@ -148,10 +148,8 @@ def test_a_bad_request_is_rejected_with_what_and_why_and_counted(encoder, inputs
 
 def test_knobs_set_live_under_load_fail_no_request(encoder):
     base, control = encoder
-    box: dict = {}
     plan = LoadPlan(url=base, concurrency=8, requests=400, duration=60, lengths=Lengths(low=8, high=512))
-    thread = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
-    thread.start()
+    thread, box = run_load_in_thread(plan)
     changes = [
         {"length_bucket": 32},
         {"max_batch_tokens": 1024},
@@ -184,10 +182,8 @@ def test_the_daemon_exports_tokens_and_padding_and_its_dashboards_show_them(tmp_
             client.set({"max_batch_size": 8, "max_queue_delay_us": 20000})
         target = metrics.removeprefix("http://").removesuffix("/metrics")
         plan = LoadPlan(url=worker, concurrency=8, requests=10**6, duration=20, lengths=Lengths(low=8, high=256))
-        box: dict = {}
-        load = threading.Thread(target=lambda: box.update(result=asyncio.run(run_load(plan))))
         with running_prometheus([target], tmp_path) as prometheus:
-            load.start()
+            load, box = run_load_in_thread(plan)
             panels = [
                 (where, substitute(expr, target))
                 for dashboard in load_dashboards().values()

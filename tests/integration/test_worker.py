@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +20,7 @@ import tritonclient.http as triton
 
 from gputuned.control.client import ControlClient
 from gputuned.loadgen import LoadPlan, run_load
+from gputuned.testing.online import run_load_in_thread
 from gputuned.testing.processes import REPO_ROOT, running_worker, stop
 from gputuned.worker.models import build_builtin_model
 
@@ -224,17 +224,6 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
     assert set(statuses) <= {200, 503}
     assert statuses.count(503) >= 1 and statuses.count(200) >= 1
     assert all(retry == "1" for status, retry in results if status == 503)
-
-
-def run_load_in_thread(plan: LoadPlan) -> tuple[threading.Thread, dict]:
-    box: dict = {}
-
-    def target() -> None:
-        box["result"] = asyncio.run(run_load(plan))
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    return thread, box
 
 
 def test_knob_changes_under_load_fail_no_request(tmp_path):
