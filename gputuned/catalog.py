@@ -6,12 +6,13 @@ instead of silently emptying a panel.
 
 from __future__ import annotations
 
-from gputuned.collectors import host, kubelet, numa, nvml, pcie, tuner, worker
+from gputuned.collectors import gpm, host, kubelet, numa, nvml, pcie, tuner, worker
 from gputuned.exporter import SELF_SPECS
 from gputuned.samples import MetricSpec
 
 METRIC_SPECS: tuple[MetricSpec, ...] = (
     *nvml.SPECS,
+    *gpm.SPECS,
     *pcie.SPECS,
     *numa.SPECS,
     *host.SPECS,

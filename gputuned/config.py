@@ -85,6 +85,7 @@ class CollectorsConfig:
     """Which collectors run; all read the machine and never change it."""
 
     nvml: bool = True
+    gpm: bool = True  # notes once and stays quiet on a GPU or driver without GPM
     pcie: bool = True
     numa: bool = True
     host: bool = True

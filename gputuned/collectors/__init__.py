@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from gputuned.collectors.base import Collector
+from gputuned.collectors.gpm import GpmCollector
 from gputuned.collectors.host import HostCollector
 from gputuned.collectors.kubelet import KubeletCollector
 from gputuned.collectors.numa import NumaCollector
@@ -49,6 +50,10 @@ def _nvml(ctx: CollectorContext) -> Any:
     return NvmlCollector(ctx.nvml_session, ctx.nvml)
 
 
+def _gpm(ctx: CollectorContext) -> Any:
+    return GpmCollector(ctx.nvml_session, ctx.nvml, ctx.clock)
+
+
 def _pcie(ctx: CollectorContext) -> Any:
     return PcieCollector(ctx.nvml_session, ctx.nvml, ctx.clock)
 
@@ -67,6 +72,7 @@ def _kubelet(ctx: CollectorContext) -> Any:
 
 COLLECTORS = (
     CollectorEntry("nvml", True, _nvml, "GPUs through NVML: utilisation, memory, power, clocks, throttling, ECC, XID"),
+    CollectorEntry("gpm", True, _gpm, "GPM profiling counters (Hopper+): SM activity and occupancy, tensor, DRAM, NVLink"),
     CollectorEntry("pcie", True, _pcie, "PCIe tx/rx bytes, link generation/width/capacity, utilisation, replays"),
     CollectorEntry("numa", True, _numa, "/proc/vmstat, per-node numastat, worker faults and page placement, GPU nodes"),
     CollectorEntry("host", True, _host, "psutil: per-core CPU busy, memory, worker CPU/RSS/threads"),

@@ -44,6 +44,11 @@ class NoEvent(NvmlProblem):
     """An event set had nothing to report within the wait (NVML_ERROR_TIMEOUT)."""
 
 
+class CountersHeld(NvmlProblem):
+    """Another client owns what this reading needs (NVML_ERROR_IN_USE): a profiler such as
+    DCGM's profiling module or Nsight holds the GPU's performance counters."""
+
+
 class NoData(NvmlProblem):
     """Nothing new to report since the given timestamp (NVML_ERROR_NOT_FOUND / NO_DATA)."""
 
@@ -96,6 +101,7 @@ class NvmlSession:
             FieldUnsupported: ("NOT_SUPPORTED", "NO_PERMISSION", "FUNCTION_NOT_FOUND", "ARGUMENT_VERSION_MISMATCH"),
             NoEvent: ("TIMEOUT",),
             NoData: ("NOT_FOUND", "NO_DATA"),
+            CountersHeld: ("IN_USE",),
         }
         mapping: dict[int, type[NvmlProblem]] = {}
         for problem, names in groups.items():

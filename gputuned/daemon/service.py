@@ -119,9 +119,9 @@ class Daemon:
         group = self._group()
         self._session = NvmlSession(self._nvml, Path(config.paths.sys_root))
         enabled = dataclasses.asdict(config.collectors)
-        # With both GPU collectors off, nothing may touch NVML (an operator turns them off
+        # With every GPU collector off, nothing may touch NVML (an operator turns them off
         # when NVML misbehaves), so the numa collector then knows no GPUs either.
-        uses_nvml = enabled["nvml"] or enabled["pcie"]
+        uses_nvml = enabled["nvml"] or enabled["gpm"] or enabled["pcie"]
         context = CollectorContext(
             proc_root=Path(config.paths.proc_root),
             sys_root=Path(config.paths.sys_root),

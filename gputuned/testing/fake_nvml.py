@@ -6,11 +6,16 @@ pynvml's real NVMLError subclasses, and `tests/unit/test_fake_nvml.py` checks ev
 and signature here against the real module, so the fake cannot drift from pynvml.
 
 Values move with the injected clock (energy and PCIe bytes accumulate), and faults can be
-injected mid-run: a lost GPU, a field turning unsupported, the library vanishing.
+injected mid-run: a lost GPU, a field turning unsupported, the library vanishing. GPU
+Performance Monitoring (GPM) is there as on Hopper: samples are opaque buffers that
+`nvmlGpmMetricsGet` turns into the activity between two of them; a GPU may lack it
+(`gpm_supported`), run MIG (`mig_instances`, GPM per GPU instance), or have its counters
+held by another profiler (`gpm_held`: NVML_ERROR_IN_USE).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable
@@ -34,6 +39,17 @@ _CONSTANTS = (
     "NVML_FI_DEV_PCIE_COUNT_RX_BYTES",
     "NVML_VALUE_TYPE_UNSIGNED_LONG_LONG",
     "nvmlMemory_v2",
+    "NVML_DEVICE_MIG_ENABLE",
+    "NVML_DEVICE_MIG_DISABLE",
+    "NVML_GPM_METRICS_GET_VERSION",
+    "NVML_GPM_SUPPORT_VERSION",
+    "NVML_GPM_METRIC_SM_UTIL",
+    "NVML_GPM_METRIC_SM_OCCUPANCY",
+    "NVML_GPM_METRIC_ANY_TENSOR_UTIL",
+    "NVML_GPM_METRIC_DRAM_BW_UTIL",
+    "NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC",
+    "NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC",
+    "c_nvmlGpmMetricsGet_t",
     "nvmlEventTypeXidCriticalError",
     "nvmlClocksEventReasonGpuIdle",
     "nvmlClocksEventReasonApplicationsClocksSetting",
@@ -91,6 +107,17 @@ class FakeGpu:
     process_source: Callable[[], dict[int, int]] | None = None  # computed processes, merged into `processes`
     process_sm_util: int = 80
     process_mem_util: int = 35
+    # GPM (Hopper and newer): percentages over the sampled interval, NVLink rates in MiB/s.
+    gpm_supported: bool = True
+    gpm_held: bool = False  # another profiler owns the counters: sampling fails with IN_USE
+    sm_active: float = 71.0
+    sm_occupancy: float = 38.0
+    tensor_active: float = 44.0
+    dram_active: float = 52.0
+    nvlink_rx_mib_per_second: float = 12_000.0
+    nvlink_tx_mib_per_second: float = 11_000.0
+    nvlink: bool = True  # False: a PCIe card without NVLink (those metrics come back unsupported)
+    mig_instances: tuple[int, ...] = ()  # GPU instance ids; MIG is on when there are any
     lost: bool = False
     unsupported: set[str] = field(default_factory=set)  # function names raising NotSupported
     pending_xids: list[int] = field(default_factory=list)
@@ -101,6 +128,23 @@ class FakeHandle:
 
     def __init__(self, gpu: FakeGpu) -> None:
         self.gpu = gpu
+
+
+class FakeMigHandle:
+    """A MIG device handle: one compute instance of a GPU instance of its parent GPU."""
+
+    def __init__(self, parent: FakeGpu, gpu_instance: int) -> None:
+        self.parent = parent
+        self.gpu_instance = gpu_instance
+
+
+@dataclass(frozen=True)
+class _GpmReading:
+    """What a filled GPM sample holds: when it was taken, of which GPU (and instance)."""
+
+    gpu: FakeGpu
+    gpu_instance: int | None
+    at: float
 
 
 class FakeEventSet:
@@ -125,6 +169,7 @@ class FakeNvml:
         self.initialized = 0
         self.library_present = True
         self.calls = 0
+        self.gpm_samples: dict[int, _GpmReading | None] = {}  # address of an allocated sample -> its reading
 
     @classmethod
     def with_gpus(cls, count: int, **gpu_fields: object) -> FakeNvml:
@@ -335,6 +380,107 @@ class FakeNvml:
 
     def nvmlDeviceGetPcieReplayCounter(self, handle: FakeHandle) -> int:
         return self._gpu(handle, "nvmlDeviceGetPcieReplayCounter").pcie_replays
+
+    # --- MIG ---------------------------------------------------------------------------
+
+    def nvmlDeviceGetMigMode(self, device: FakeHandle) -> list[int]:
+        gpu = self._gpu(device, "nvmlDeviceGetMigMode")
+        mode = pynvml.NVML_DEVICE_MIG_ENABLE if gpu.mig_instances else pynvml.NVML_DEVICE_MIG_DISABLE
+        return [mode, mode]
+
+    def nvmlDeviceGetMaxMigDeviceCount(self, device: FakeHandle) -> int:
+        self._gpu(device, "nvmlDeviceGetMaxMigDeviceCount")
+        return 7
+
+    def nvmlDeviceGetMigDeviceHandleByIndex(self, device: FakeHandle, index: int) -> FakeMigHandle:
+        gpu = self._gpu(device, "nvmlDeviceGetMigDeviceHandleByIndex")
+        if index >= len(gpu.mig_instances):
+            raise pynvml.NVMLError_NotFound()
+        return FakeMigHandle(gpu, gpu.mig_instances[index])
+
+    def nvmlDeviceGetGpuInstanceId(self, device: FakeMigHandle) -> int:
+        self._check_library()
+        if not isinstance(device, FakeMigHandle):
+            raise pynvml.NVMLError_InvalidArgument()  # a whole GPU's handle has no instance
+        return device.gpu_instance
+
+    # --- GPM ---------------------------------------------------------------------------
+
+    def nvmlGpmQueryDeviceSupport(self, device: FakeHandle) -> pynvml.c_nvmlGpmSupport_t:
+        gpu = self._gpu(device, "nvmlGpmQueryDeviceSupport")
+        return pynvml.c_nvmlGpmSupport_t(version=pynvml.NVML_GPM_SUPPORT_VERSION, isSupportedDevice=int(gpu.gpm_supported))
+
+    def nvmlGpmSampleAlloc(self) -> pynvml.c_nvmlGpmSample_t:
+        self._check_library()
+        buffer = pynvml.struct_c_nvmlGpmSample_t()
+        sample = pynvml.c_nvmlGpmSample_t(buffer)
+        self.gpm_samples[ctypes.addressof(buffer)] = None
+        return sample
+
+    def nvmlGpmSampleFree(self, gpmSample: pynvml.c_nvmlGpmSample_t) -> None:
+        self._check_library()
+        key = self._sample_key(gpmSample)
+        if key not in self.gpm_samples:
+            raise pynvml.NVMLError_InvalidArgument()  # never allocated, or freed twice
+        del self.gpm_samples[key]
+
+    def _sample_key(self, sample: pynvml.c_nvmlGpmSample_t) -> int:
+        return ctypes.addressof(sample.contents)
+
+    def _take(self, gpu: FakeGpu, instance: int | None, sample: pynvml.c_nvmlGpmSample_t) -> pynvml.c_nvmlGpmSample_t:
+        if not gpu.gpm_supported:
+            raise pynvml.NVMLError_NotSupported()
+        if gpu.gpm_held:
+            raise pynvml.NVMLError_InUse()
+        key = self._sample_key(sample)
+        if key not in self.gpm_samples:
+            raise pynvml.NVMLError_InvalidArgument()
+        self.gpm_samples[key] = _GpmReading(gpu, instance, self._clock())
+        return sample
+
+    def nvmlGpmSampleGet(self, device: FakeHandle, gpmSample: pynvml.c_nvmlGpmSample_t) -> pynvml.c_nvmlGpmSample_t:
+        gpu = self._gpu(device, "nvmlGpmSampleGet")
+        if gpu.mig_instances:
+            raise pynvml.NVMLError_NotSupported()  # under MIG, GPM is read per GPU instance
+        return self._take(gpu, None, gpmSample)
+
+    def nvmlGpmMigSampleGet(
+        self, device: FakeHandle, gpuInstanceId: int, gpmSample: pynvml.c_nvmlGpmSample_t
+    ) -> pynvml.c_nvmlGpmSample_t:
+        gpu = self._gpu(device, "nvmlGpmMigSampleGet")
+        if gpuInstanceId not in gpu.mig_instances:
+            raise pynvml.NVMLError_InvalidArgument()
+        return self._take(gpu, gpuInstanceId, gpmSample)
+
+    def nvmlGpmMetricsGet(self, metricsGet: pynvml.c_nvmlGpmMetricsGet_t) -> pynvml.c_nvmlGpmMetricsGet_t:
+        self._check_library()
+        if metricsGet.version != pynvml.NVML_GPM_METRICS_GET_VERSION:
+            raise pynvml.NVMLError_ArgumentVersionMismatch()
+        first = self.gpm_samples.get(self._sample_key(metricsGet.sample1))
+        second = self.gpm_samples.get(self._sample_key(metricsGet.sample2))
+        if first is None or second is None or first.gpu is not second.gpu or first.gpu_instance != second.gpu_instance:
+            raise pynvml.NVMLError_InvalidArgument()
+        if second.at <= first.at:
+            raise pynvml.NVMLError_InvalidArgument()
+        gpu = first.gpu
+        # A GPU instance sees its own share of the board's activity: the fake splits it evenly.
+        share = 1.0 / len(gpu.mig_instances) if gpu.mig_instances else 1.0
+        values = {
+            pynvml.NVML_GPM_METRIC_SM_UTIL: gpu.sm_active,
+            pynvml.NVML_GPM_METRIC_SM_OCCUPANCY: gpu.sm_occupancy,
+            pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL: gpu.tensor_active,
+            pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL: gpu.dram_active,
+        }
+        if gpu.nvlink:
+            values[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_RX_PER_SEC] = gpu.nvlink_rx_mib_per_second * share
+            values[pynvml.NVML_GPM_METRIC_NVLINK_TOTAL_TX_PER_SEC] = gpu.nvlink_tx_mib_per_second * share
+        for metric in metricsGet.metrics[: metricsGet.numMetrics]:
+            if metric.metricId in values:
+                metric.nvmlReturn = pynvml.NVML_SUCCESS
+                metric.value = values[metric.metricId]
+            else:
+                metric.nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return metricsGet
 
 
 def _children_on_gpu() -> dict[int, int]:

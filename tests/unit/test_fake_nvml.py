@@ -72,3 +72,26 @@ def test_text_functions_are_str_returning_in_pynvml_too():
     # pynvml decorates them with convertStrBytes (which decodes bytes); the fake returns str.
     for name in ("nvmlDeviceGetUUID", "nvmlDeviceGetName", "nvmlSystemGetDriverVersion"):
         assert getattr(pynvml, name).__wrapped__ is not None
+
+
+def test_fake_gpm_speaks_in_pynvml_own_structs():
+    FAKE.nvmlInit()
+    try:
+        handle = FAKE.nvmlDeviceGetHandleByIndex(0)
+        assert type(FAKE.nvmlGpmQueryDeviceSupport(handle)) is pynvml.c_nvmlGpmSupport_t
+        first, second = FAKE.nvmlGpmSampleAlloc(), FAKE.nvmlGpmSampleAlloc()
+        assert type(first) is pynvml.c_nvmlGpmSample_t
+        FAKE.nvmlGpmSampleGet(handle, first)
+        FAKE.nvmlGpmSampleGet(handle, second)
+        request = pynvml.c_nvmlGpmMetricsGet_t(version=pynvml.NVML_GPM_METRICS_GET_VERSION, numMetrics=1)
+        request.sample1, request.sample2 = first, second
+        request.metrics[0].metricId = pynvml.NVML_GPM_METRIC_SM_UTIL
+        assert FAKE.nvmlGpmMetricsGet(request) is request
+        assert request.metrics[0].nvmlReturn == pynvml.NVML_SUCCESS
+        FAKE.nvmlGpmSampleFree(first)
+        FAKE.nvmlGpmSampleFree(second)
+        with pytest.raises(pynvml.NVMLError_InvalidArgument):
+            FAKE.nvmlGpmSampleFree(second)
+        assert FAKE.nvmlDeviceGetMigMode(handle) == [pynvml.NVML_DEVICE_MIG_DISABLE] * 2
+    finally:
+        FAKE.nvmlShutdown()
