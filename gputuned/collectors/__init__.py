@@ -47,7 +47,7 @@ class CollectorEntry:
 
 
 def _nvml(ctx: CollectorContext) -> Any:
-    return NvmlCollector(ctx.nvml_session, ctx.nvml)
+    return NvmlCollector(ctx.nvml_session, ctx.nvml, ctx.proc_root)
 
 
 def _gpm(ctx: CollectorContext) -> Any:

@@ -118,7 +118,7 @@ class GpmCollector:
         self._generation = 0  # the session generation the samples were allocated in
         self._request: Any = None  # the metrics request, built once (it holds ~19 KB of slots)
 
-    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:
+    def collect(self, targets: Sequence[WorkerTarget]) -> Collected:  # noqa: ARG002 - the Collector protocol; whole GPUs
         return collect_per_gpu(self._session, self._collect_device)
 
     def _collect_device(self, device: GpuDevice, out: Collected) -> None:
@@ -156,7 +156,7 @@ class GpmCollector:
         return supported
 
     def _instances(self, device: GpuDevice) -> list[str]:
-        """"" for the whole GPU, or under MIG the ids of its GPU instances."""
+        """ "" for the whole GPU, or under MIG the ids of its GPU instances."""
         try:
             current, _pending = self._session.read(device, "nvmlDeviceGetMigMode")
         except FieldUnsupported:

@@ -1,5 +1,9 @@
 """The nvml collector: per-GPU identity, utilisation, memory, power, clocks, throttling,
-ECC and XID errors, and the supervised worker's own share of each GPU.
+ECC and XID errors, and each supervised worker's own share of each GPU: its memory, its
+utilisation and the energy attributed to it (collectors/energy.py says how it is split).
+
+A worker owns the GPU processes of its process tree (vLLM's engine core and Triton's
+backend stubs are children of the process gputuned supervises).
 
 Every reading goes through NvmlSession.read, so an unsupported field is skipped (and
 noted once), a lost GPU drops only that GPU from the tick, and a vanished library turns
@@ -9,9 +13,12 @@ the whole collector's success to 0 until NVML answers again.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from gputuned.collectors.energy import EnergyLedger, Split, split
 from gputuned.collectors.nvml_session import (
     FieldUnsupported,
     GpuDevice,
@@ -23,6 +30,7 @@ from gputuned.collectors.nvml_session import (
     NvmlUnavailable,
     collect_per_gpu,
 )
+from gputuned.procfs import ParseError, parse_status_field, read_text
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 
 GPU = ("gpu",)
@@ -81,6 +89,20 @@ WORKER_GPU_MEMORY_UTILIZATION = MetricSpec(
     "Share of time the worker process read or wrote device memory.",
     WORKER_GPU,
 )
+WORKER_ENERGY = MetricSpec(
+    "gputuned_worker_energy_joules_total",
+    "counter",
+    "GPU energy attributed to the worker since gputuned started: its share of each tick's growth of the GPU's "
+    "energy counter, by its processes' share of the GPU's utilisation.",
+    WORKER_GPU,
+)
+UNATTRIBUTED_ENERGY = MetricSpec(
+    "gputuned_gpu_unattributed_energy_joules_total",
+    "counter",
+    "GPU energy since gputuned started that no worker is charged with, by reason: idle (no process on the GPU), "
+    "other_processes (processes that are not gputuned's workers), mig (one counter for every GPU instance).",
+    ("gpu", "reason"),
+)
 
 SPECS = (
     GPU_INFO,
@@ -101,6 +123,8 @@ SPECS = (
     WORKER_GPU_MEMORY,
     WORKER_GPU_UTILIZATION,
     WORKER_GPU_MEMORY_UTILIZATION,
+    WORKER_ENERGY,
+    UNATTRIBUTED_ENERGY,
 )
 
 # NVML's clock event reason bits (nvmlClocksEventReason*), named as in the NVML docs.
@@ -118,14 +142,28 @@ CLOCK_EVENT_REASONS = (
 
 # Bound on events drained per GPU per tick, so an event storm cannot stall sampling.
 MAX_EVENTS_PER_TICK = 64
+# How far up a GPU process's ancestry its worker is looked for.
+MAX_ANCESTRY = 8
+
+
+@dataclass(frozen=True)
+class OnGpu:
+    """The compute processes on a GPU in one tick: their pids, the worker owning each of
+    gputuned's, and their SM utilisation of the tick (None: the driver keeps no samples)."""
+
+    resident: set[int]
+    owners: dict[int, str]
+    utilization: dict[int, float] | None
 
 
 class NvmlCollector:
     name = "nvml"
 
-    def __init__(self, session: NvmlSession, nvml: Any) -> None:
+    def __init__(self, session: NvmlSession, nvml: Any, proc_root: Path) -> None:
         self._session = session
         self._nvml = nvml
+        self._proc_root = proc_root
+        self._energy = EnergyLedger()
         self._event_sets: dict[str, Any] = {}  # uuid -> NVML event set (None if unsupported)
         self._event_generation = 0  # the session generation the event sets belong to
         self._xid_counts: dict[tuple[str, str], int] = {}  # (gpu, xid) -> count
@@ -177,8 +215,13 @@ class NvmlCollector:
         self._collect_clock_events(device, out)
         self._collect_ecc(device, out)
         self._collect_xids(device, out)
-        if workers:
-            self._collect_workers(device, workers, out)
+        if workers or millijoules is not None:
+            on_gpu = self._collect_processes(device, workers, out)
+            if millijoules is not None:
+                mig = self._mig_enabled(device)
+                self._attribute_energy(
+                    gpu, millijoules / 1000.0, split(on_gpu.resident, on_gpu.utilization, on_gpu.owners, mig), out
+                )
 
     def _collect_clock_events(self, device: GpuDevice, out: Collected) -> None:
         # The "event" call replaced the "throttle" one in driver 535; older drivers have only the latter.
@@ -239,36 +282,84 @@ class NvmlCollector:
             if xid_gpu == gpu:
                 out.add(XID_ERRORS, count, gpu, xid)
 
-    def _collect_workers(self, device: GpuDevice, workers: list[WorkerTarget], out: Collected) -> None:
-        """Each worker's share of this GPU: its processes' memory and its utilisation samples."""
+    def _collect_processes(self, device: GpuDevice, workers: list[WorkerTarget], out: Collected) -> OnGpu:
+        """The compute processes on this GPU, and each worker's share: its processes' memory
+        and utilisation."""
         gpu = str(device.index)
         processes = self._optional(out, device, "nvmlDeviceGetComputeRunningProcesses") or []
-        running = {}
-        for worker in workers:
-            mine = [p for p in processes if p.pid == worker.pid]
-            if mine:
-                running[worker.pid] = worker.name
-            used = [p.usedGpuMemory for p in mine if p.usedGpuMemory is not None]
+        owners = self._owners_of((p.pid for p in processes), workers)
+        for name in sorted(set(owners.values())):
+            used = [p.usedGpuMemory for p in processes if owners.get(p.pid) == name and p.usedGpuMemory is not None]
             if used:
-                out.add(WORKER_GPU_MEMORY, sum(used), worker.name, gpu)
-        if not running:
-            return
+                out.add(WORKER_GPU_MEMORY, sum(used), name, gpu)
+        resident = {p.pid for p in processes}
+        if not processes:
+            return OnGpu(resident, owners, {})
+        utilization = self._utilization(device, out)
+        for name in sorted(set(owners.values())):
+            own = [sample for pid, sample in (utilization or {}).items() if owners.get(pid) == name]
+            if own:
+                out.add(WORKER_GPU_UTILIZATION, min(sum(s.smUtil for s in own) / 100.0, 1.0), name, gpu)
+                out.add(WORKER_GPU_MEMORY_UTILIZATION, min(sum(s.memUtil for s in own) / 100.0, 1.0), name, gpu)
+        sm = None if utilization is None else {pid: float(sample.smUtil) for pid, sample in utilization.items()}
+        return OnGpu(resident, owners, sm)
+
+    def _utilization(self, device: GpuDevice, out: Collected) -> dict[int, Any] | None:
+        """The newest per-process utilisation sample of each process since the last tick: {}
+        when no process ran a kernel, None when the driver keeps no such samples."""
         since = self._process_sample_ts.get(device.index, 0)
         try:
             samples = self._session.read(device, "nvmlDeviceGetProcessUtilization", since)
         except FieldUnsupported as exc:
             out.notes.append(str(exc))
-            return
+            return None
         except NoData:
-            return  # no utilisation sample since the last tick: the worker was idle on this GPU
+            return {}  # no sample since the last tick: nothing ran on this GPU
         if samples:
             self._process_sample_ts[device.index] = max(s.timeStamp for s in samples)
-        for pid, name in running.items():
-            own = [s for s in samples if s.pid == pid]
-            if own:
-                newest = max(own, key=lambda s: s.timeStamp)
-                out.add(WORKER_GPU_UTILIZATION, newest.smUtil / 100.0, name, gpu)
-                out.add(WORKER_GPU_MEMORY_UTILIZATION, newest.memUtil / 100.0, name, gpu)
+        newest: dict[int, Any] = {}
+        for sample in samples:
+            if sample.pid not in newest or sample.timeStamp > newest[sample.pid].timeStamp:
+                newest[sample.pid] = sample
+        return newest
+
+    def _attribute_energy(self, gpu: str, joules: float, shares: Split, out: Collected) -> None:
+        self._energy.record(gpu, joules, shares)
+        for (worker, worker_gpu), total in sorted(self._energy.workers.items()):
+            if worker_gpu == gpu:
+                out.add(WORKER_ENERGY, total, worker, gpu)
+        for (reason_gpu, reason), total in sorted(self._energy.unattributed.items()):
+            if reason_gpu == gpu:
+                out.add(UNATTRIBUTED_ENERGY, total, gpu, reason)
+
+    def _mig_enabled(self, device: GpuDevice) -> bool:
+        try:
+            current, _pending = self._session.read(device, "nvmlDeviceGetMigMode")
+        except FieldUnsupported:
+            return False
+        return bool(current == self._nvml.NVML_DEVICE_MIG_ENABLE)
+
+    def _owners_of(self, pids: Iterable[int], workers: list[WorkerTarget]) -> dict[int, str]:
+        """The worker owning each GPU process: the worker whose process it is or descends from."""
+        by_pid = {worker.pid: worker.name for worker in workers if worker.pid is not None}
+        owners = {}
+        for pid in pids:
+            ancestor: int | None = pid
+            for _ in range(MAX_ANCESTRY):
+                if ancestor is None or ancestor <= 1:
+                    break
+                if ancestor in by_pid:
+                    owners[pid] = by_pid[ancestor]
+                    break
+                ancestor = self._parent(ancestor)
+        return owners
+
+    def _parent(self, pid: int) -> int | None:
+        try:
+            ppid = parse_status_field(read_text(self._proc_root, pid, "status"), "PPid")
+        except (OSError, ParseError):
+            return None  # gone, or not visible from here
+        return int(ppid) if ppid is not None and ppid.isdigit() else None
 
     def _free_event_set(self, event_set: Any) -> None:
         # The library is going away anyway; nothing else holds the set.

@@ -106,6 +106,7 @@ class FakeGpu:
     processes: dict[int, int] = field(default_factory=dict)  # pid -> used device memory
     process_source: Callable[[], dict[int, int]] | None = None  # computed processes, merged into `processes`
     process_sm_util: int = 80
+    process_sm_util_by_pid: dict[int, int] = field(default_factory=dict)  # overrides process_sm_util
     process_mem_util: int = 35
     # GPM (Hopper and newer): percentages over the sampled interval, NVLink rates in MiB/s.
     gpm_supported: bool = True
@@ -339,7 +340,10 @@ class FakeNvml:
             raise pynvml.NVMLError_NotFound()
         return [
             pynvml.c_nvmlProcessUtilizationSample_t(
-                pid=pid, timeStamp=now_us, smUtil=gpu.process_sm_util, memUtil=gpu.process_mem_util
+                pid=pid,
+                timeStamp=now_us,
+                smUtil=gpu.process_sm_util_by_pid.get(pid, gpu.process_sm_util),
+                memUtil=gpu.process_mem_util,
             )
             for pid in processes
         ]

@@ -89,7 +89,7 @@ def test_a_card_without_nvlink_reports_the_rest_and_notes_what_is_missing():
 
 
 def test_under_mig_each_gpu_instance_is_read_on_its_own():
-    collector, fake, clock = make(mig_instances=(1, 2, 5))
+    collector, _, clock = make(mig_instances=(1, 2, 5))
     tick(collector, clock)
     out = tick(collector, clock)
     assert out.errors == []

@@ -12,12 +12,12 @@ from gputuned.testing.fake_nvml import FakeNvml
 from tests.conftest import host_root
 from tests.helpers import ManualClock, names, values
 
-_, DUAL_SOCKET_SYS = host_root("dual-socket-8gpu")
+DUAL_SOCKET_PROC, DUAL_SOCKET_SYS = host_root("dual-socket-8gpu")
 
 
 def make(fake: FakeNvml, clock=None) -> tuple[NvmlCollector, NvmlSession]:
     session = NvmlSession(fake, DUAL_SOCKET_SYS, retry_seconds=30, clock=clock or ManualClock())
-    return NvmlCollector(session, fake), session
+    return NvmlCollector(session, fake, DUAL_SOCKET_PROC), session
 
 
 def test_one_gpu_reports_every_reading_in_base_units():
