@@ -19,6 +19,7 @@ from typing import Any, get_type_hints
 from gputuned.inputs import parse_input_text
 from gputuned.procfs import ParseError, parse_cpulist
 from gputuned.tuners.mode import MODE_NAMES
+from gputuned.tuners.verdict import OBJECTIVES
 
 DEFAULT_CONFIG_PATH = Path("/etc/gputuned/gputuned.toml")
 DEFAULT_METRICS_PORT = 9842
@@ -296,6 +297,11 @@ class TuningConfig:
     # (TTFT 0.25, 0.5, 1, 2.5 s...; TPOT 25, 50, 75, 100, 150 ms...) nothing is lost to the buckets.
     slo_ttft_ms: float = _bounded(1000.0, 1.0, 600_000.0)
     slo_tpot_ms: float = _bounded(100.0, 1.0, 60_000.0)
+    # What a change must raise within the objectives: goodput (requests within the SLO per
+    # second), or goodput per watt of the worker's GPU energy. Overloaded, either is judged
+    # by throughput, which drains the queue; without an energy reading (a CPU worker, a GPU
+    # without an energy counter, MIG) goodput_per_watt is judged by goodput.
+    objective: str = _choice("goodput", *OBJECTIVES)
     interval_seconds: float = _bounded(0.5, 0.1, 60.0)
     baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
     warmup_seconds: float = _bounded(1.0, 0.0, 600.0)

@@ -165,6 +165,16 @@ class Tokens:
 
 
 @dataclass(frozen=True)
+class DeviceReadings:
+    """What the collectors saw of a worker's device over a window (None: not known)."""
+
+    busy: float | None = None  # GPU utilisation (CUDA) or host CPU busy (CPU), 0..1
+    pcie_utilization: float | None = None
+    sm_active: float | None = None  # share of the GPU's SMs busy (GPM), 0..1
+    watts: float | None = None  # GPU energy attributed to the worker per second
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One window of the worker's behaviour, everything a tuner decides on."""
 
@@ -192,6 +202,18 @@ class Measurement:
     tail_ratio: float | None = None  # the tail over its objective (module docstring); None: p99 over the SLO
     generation: Generation | None = None  # a generative worker's tokens and per-token latency
     tokens: Tokens | None = None  # a variable-length model's
+    sm_active: float | None = None  # share of the GPU's SMs busy (GPM), 0..1
+    watts: float | None = None  # GPU energy attributed to the worker per second
+
+    @property
+    def joules_per_request(self) -> float | None:
+        """GPU energy per completed request; None without an energy reading or completions."""
+        return self.watts / self.throughput if self.watts is not None and self.throughput > 0 else None
+
+    @property
+    def goodput_per_watt(self) -> float:
+        """Requests within the SLO per joule of the worker's GPU energy; 0 without an energy reading."""
+        return self.goodput / self.watts if self.watts else 0.0
 
 
 def over_objective(window: Measurement, slo_seconds: float) -> float | None:
@@ -220,8 +242,7 @@ def measure(
     newer: StatsReport,
     seconds: float,
     slo_seconds: float,
-    device_busy: float | None = None,
-    pcie_utilization: float | None = None,
+    device: DeviceReadings = DeviceReadings(),
     generative: GenerativeObjectives | None = None,
 ) -> Measurement | None:
     """The window between two stats reports; None when it is empty or spans a restart.
@@ -267,8 +288,8 @@ def measure(
         oom=int(delta("oom")),
         pool_hits=int(delta("pool_hits")),
         pool_misses=int(delta("pool_misses")),
-        device_busy=device_busy,
-        pcie_utilization=pcie_utilization,
+        device_busy=device.busy,
+        pcie_utilization=device.pcie_utilization,
         p50=p50,
         in_system=_latency_sum(older, newer) / seconds,
         items_per_request=items / completed if completed > 0 else 0.0,
@@ -277,6 +298,8 @@ def measure(
         tail_ratio=tail_ratio,
         generation=generation,
         tokens=_tokens(delta("tokens"), delta("padding_tokens"), items, batches, seconds) if "tokens" in newer else None,
+        sm_active=device.sm_active,
+        watts=device.watts,
     )
 
 

@@ -193,6 +193,9 @@ class WindowSummary(TypedDict):
     busy: float
     in_system: float
     items_per_request: float
+    sm_active: float | None  # share of the GPU's SMs busy (GPM)
+    watts: float | None  # GPU energy attributed to the worker per second
+    joules_per_request: float | None
 
 
 @dataclass(frozen=True)
@@ -206,7 +209,7 @@ class Evidence:
     bar was judged against. None where the decision did not get that far (a harm check, a
     back-off judged on p99 alone)."""
 
-    metric: str | None = None  # goodput, or throughput under overload
+    metric: str | None = None  # goodput or goodput_per_watt ([tuning] objective), or throughput under overload
     windows: int | None = None
     interleaved: bool = False
     gain: float | None = None

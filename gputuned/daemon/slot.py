@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from typing import Any
 
+from gputuned.collectors import gpm, host, nvml, pcie
 from gputuned.config import TuningConfig, WorkerConfig, tuner_mode
 from gputuned.control.client import ControlError
 from gputuned.daemon.decisions import DecisionLog
@@ -24,7 +25,7 @@ from gputuned.daemon.status import WorkerSnapshot
 from gputuned.daemon.supervisor import Supervisor, WorkerStatus
 from gputuned.daemon.tuning import TuningLoop
 from gputuned.knobs import KnobError, KnobSpec
-from gputuned.performance import GenerativeObjectives, Measurement
+from gputuned.performance import DeviceReadings, GenerativeObjectives, Measurement
 from gputuned.samples import WorkerTarget
 from gputuned.store import SampleStore
 from gputuned.tuners.guard import GuardView
@@ -222,14 +223,17 @@ class WorkerSlot:
             self.knob_store.accept(workload_key(status.hello), dict(status.knobs))
             self.supervisor.report_accepted(dict(status.knobs))
 
-    def _device_signals(self, start: float, end: float) -> tuple[float | None, float | None]:
-        """The worker's device busy share and PCIe utilisation over a window: its GPU's, or the
-        host CPUs' on a CPU worker."""
+    def _device_signals(self, start: float, end: float) -> DeviceReadings:
+        """What the collectors saw of the worker's device over a window: its GPU's busy share,
+        PCIe utilisation, SM activity and the energy attributed to the worker, or the host
+        CPUs' busy share on a CPU worker."""
         gpu = self.plan.gpu
         if gpu is None:
-            return self._store.mean("gputuned_host_cpu_busy_ratio", None, start, end), None
+            return DeviceReadings(busy=self._store.mean(host.CPU_BUSY.name, None, start, end))
         labels = (str(gpu),)
-        return (
-            self._store.mean("gputuned_gpu_utilization_ratio", labels, start, end),
-            self._store.mean("gputuned_pcie_utilization_ratio", labels, start, end),
+        return DeviceReadings(
+            busy=self._store.mean(nvml.UTILIZATION.name, labels, start, end),
+            pcie_utilization=self._store.mean(pcie.UTILIZATION.name, labels, start, end),
+            sm_active=self._store.mean(gpm.SM_ACTIVE.name, (str(gpu), ""), start, end),
+            watts=self._store.rate(nvml.WORKER_ENERGY.name, (self.name, str(gpu)), start, end),
         )

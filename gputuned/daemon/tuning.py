@@ -24,7 +24,7 @@ from gputuned.control.messages import Decision
 from gputuned.daemon.history import Report
 from gputuned.daemon.supervisor import WorkerState
 from gputuned.datatypes import DATATYPES
-from gputuned.performance import GenerativeObjectives, Measurement, measure
+from gputuned.performance import DeviceReadings, GenerativeObjectives, Measurement, measure
 from gputuned.tuners import default_tuners
 from gputuned.tuners.guard import Context, Guard, GuardSettings
 from gputuned.tuners.mode import Mode
@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 RECENT_SECONDS = 10.0  # the window status, sd_notify and the goodput metric describe
 
-# (start, end) -> (device busy 0..1, PCIe utilisation 0..1) over that window, when known.
-DeviceSignals = Callable[[float, float], tuple[float | None, float | None]]
+# (start, end) -> what the collectors saw of the worker's device over that window.
+DeviceSignals = Callable[[float, float], DeviceReadings]
 # (start, end) -> the bounding stats reports ((t, stats), (t, stats)), or None.
 StatsBetween = Callable[[float, float], tuple[Report, Report] | None]
 
@@ -54,6 +54,7 @@ def guard_settings(tuning: TuningConfig) -> GuardSettings:
         confirm_windows=tuning.confirm_windows,
         explore_patience=tuning.explore_patience,
         reexplore_seconds=tuning.reexplore_seconds,
+        objective=tuning.objective,
     )
 
 
@@ -163,8 +164,8 @@ class TuningLoop:
         (t0, older), (t1, newer) = bounds
         if t1 - t0 < min_coverage * (end - start):
             return None
-        device_busy, pcie = self._device_signals(t0, t1)
-        return measure(older, newer, t1 - t0, self.slo_seconds, device_busy, pcie, self.generative_objectives)
+        device = self._device_signals(t0, t1)
+        return measure(older, newer, t1 - t0, self.slo_seconds, device, self.generative_objectives)
 
     def series(self, span: float, step: float) -> list[tuple[float, float, float | None]]:
         """(seconds ago, goodput, p99) of each `step`-long window over the last `span` seconds,

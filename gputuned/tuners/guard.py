@@ -103,6 +103,7 @@ class GuardSettings:
     confirm_windows: int = 8  # the most windows an interleaved verdict takes (2: none; fewer for slow sets)
     explore_patience: int = 4  # explore trials in a row without a keep before converging
     reexplore_seconds: float = 600.0  # converged this long, every direction is tried again
+    objective: str = "goodput"  # or goodput_per_watt (verdict.OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,9 @@ def _summary(m: Measurement | None) -> WindowSummary | None:
         "busy": round(m.busy_ratio, 3),
         "in_system": round(m.in_system, 2),
         "items_per_request": round(m.items_per_request, 2),
+        "sm_active": None if m.sm_active is None else round(m.sm_active, 3),
+        "watts": None if m.watts is None else round(m.watts, 1),
+        "joules_per_request": None if m.joules_per_request is None else round(m.joules_per_request, 4),
     }
 
 
@@ -327,7 +331,7 @@ class Guard:
             self._noise.add(first.goodput, second.goodput)
             self._noise_sampled_until = now
         margins = {}
-        for metric in ("goodput", "throughput"):
+        for metric in verdict.JUDGED_ON:
             a, b = getattr(first, metric), getattr(second, metric)
             spread = 2 * abs(a - b) / max(a + b, 1e-9)
             margins[metric] = min(max(self.settings.min_margin, spread), MAX_MARGIN)
@@ -446,7 +450,9 @@ class Guard:
             return
         if self._interleave(trial, window, now):
             return
-        judged = verdict.judge(trial.proposal, trial.baseline, trial.margins, window, self.settings.slo_seconds)
+        judged = verdict.judge(
+            trial.proposal, trial.baseline, trial.margins, window, self.settings.slo_seconds, self.settings.objective
+        )
         if judged.keep:
             self._keep(trial, window, now, "kept", trial.start, judged.evidence)  # the trial window is the next baseline
         else:
@@ -460,7 +466,7 @@ class Guard:
         breached = (over_objective(window, slo) or 0.0) > 1
         if self.settings.confirm_windows <= 2 or kind == "backoff" or breached:
             return False
-        metric = verdict.objective(trial.baseline)
+        metric = verdict.objective(trial.baseline, self.settings.objective, window)
         before, after = getattr(trial.baseline, metric), getattr(window, metric)
         if before <= 0 or after <= 0:
             return False

@@ -1,7 +1,9 @@
 """Judging a change (pure): harm while it runs, and keep or revert once its window is in.
 
-The objective is goodput; while almost nothing meets the SLO (overload), throughput, which
-is what drains the queue. An explore move must beat the baseline by the noise margin (a
+The objective is goodput, or where `[tuning] objective = "goodput_per_watt"`, goodput per
+watt of the worker's GPU energy (both windows must have an energy reading; else goodput).
+While almost nothing meets the SLO (overload), either way throughput, which is what drains
+the queue: efficiency is only worth having once the requests are served in time. An explore move must beat the baseline by the noise margin (a
 move that `wins_ties`, half the batch, only must not lose); a neutral move, a shrink or a
 back-off must not lose beyond the margin, and a back-off is judged by its tail alone. A
 window over the objectives reverts, unless the baseline was already over them and the tail
@@ -21,6 +23,8 @@ from gputuned.control.messages import Evidence
 from gputuned.performance import Measurement, describe_tail, over_objective
 from gputuned.tuners.base import Proposal
 
+OBJECTIVES = ("goodput", "goodput_per_watt")
+JUDGED_ON = (*OBJECTIVES, "throughput")  # the Measurement fields a verdict may compare
 OVERLOAD_SHARE = 0.5  # below this share of requests within the SLO, the worker is overloaded
 KV_CACHE_EXHAUSTED = 0.98  # a generative worker's KV cache this full admits nothing more without preempting
 
@@ -33,9 +37,14 @@ class Verdict:
     evidence: Evidence
 
 
-def objective(baseline: Measurement) -> str:
-    """The Measurement field a change is judged on."""
-    return "throughput" if baseline.goodput < OVERLOAD_SHARE * baseline.throughput else "goodput"
+def objective(baseline: Measurement, preferred: str = "goodput", window: Measurement | None = None) -> str:
+    """The Measurement field a change is judged on: throughput under overload, else the
+    `preferred` objective, goodput per watt only where the windows have energy readings."""
+    if baseline.goodput < OVERLOAD_SHARE * baseline.throughput:
+        return "throughput"
+    if preferred == "goodput_per_watt" and baseline.watts and (window is None or window.watts):
+        return "goodput_per_watt"
+    return "goodput"
 
 
 def bar(proposal: Proposal, margin: float) -> float:
@@ -71,9 +80,16 @@ def _damage(baseline: Measurement, window: Measurement, max_error_ratio: float) 
     return ""
 
 
-def judge(proposal: Proposal, baseline: Measurement, margins: dict[str, float], window: Measurement, slo: float) -> Verdict:
-    """The trial window against the baseline; `margins` is the noise of goodput and of
-    throughput the baseline showed."""
+def judge(
+    proposal: Proposal,
+    baseline: Measurement,
+    margins: dict[str, float],
+    window: Measurement,
+    slo: float,
+    preferred: str = "goodput",
+) -> Verdict:
+    """The trial window against the baseline; `margins` is the noise of each of JUDGED_ON the
+    baseline showed; `preferred` the [tuning] objective."""
     on_p99 = Evidence("p99", windows=2)
     now, before = over_objective(window, slo), over_objective(baseline, slo)
     if proposal.kind == "backoff":
@@ -87,11 +103,17 @@ def judge(proposal: Proposal, baseline: Measurement, margins: dict[str, float], 
         if now > tolerated:
             worse = " and is worse than before" if base_breached else ""
             return Verdict(False, f"{describe_tail(window)} breaks the objectives{worse}", False, on_p99)
-    metric = objective(baseline)
+    metric = objective(baseline, preferred, window)
     before, after, margin = getattr(baseline, metric), getattr(window, metric), margins[metric]
     needed = bar(proposal, margin)
     evidence = Evidence(metric, 2, False, after / before - 1 if before > 0 else None, needed, margin)
     if proposal.kind == "explore":
-        why = f"{metric} {after:.1f}/s did not beat {before:.1f}/s by the {needed:.0%} noise margin"
+        why = f"{metric} {_amount(metric, after)} did not beat {_amount(metric, before)} by the {needed:.0%} noise margin"
         return Verdict(after > before * (1 + needed), why, True, evidence)
-    return Verdict(after >= before * (1 + needed), f"{metric} fell from {before:.1f}/s to {after:.1f}/s", False, evidence)
+    why = f"{metric} fell from {_amount(metric, before)} to {_amount(metric, after)}"
+    return Verdict(after >= before * (1 + needed), why, False, evidence)
+
+
+def _amount(metric: str, value: float) -> str:
+    """A judged value with its unit: requests per second, or per joule for goodput per watt."""
+    return f"{value:.3g}/J" if metric == "goodput_per_watt" else f"{value:.1f}/s"

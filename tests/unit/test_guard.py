@@ -609,3 +609,46 @@ def test_the_tuner_stops_exploring_after_trials_that_do_not_pay_and_tries_again_
     quiet = [d for d, t in stamped if d.action == "apply" and first < t < first + 200]
     assert quiet == [], "no explore move while converged"
     assert any(d.action == "apply" for d, t in stamped if t >= first + 200), "every direction is tried again later"
+
+
+class PoweredWorker(SimulatedWorker):
+    """The simulated worker with a GPU's power: a second lane raises throughput by 30% but
+    adds as much power as the first, so the goodput objective wants it and the efficient
+    setting does without."""
+
+    @staticmethod
+    def watts(knobs: dict[str, int]) -> float:
+        return 100.0 + 150.0 * knobs["streams"]
+
+    def measure(self, start: float, end: float) -> Measurement | None:
+        window = super().measure(start, end)
+        return None if window is None else replace(window, watts=self.watts(self.knobs), sm_active=0.6)
+
+
+def best_goodput_per_watt(worker: PoweredWorker) -> float:
+    best = 0.0
+    for batch, lanes, threads in itertools.product([2**i for i in range(10)], range(1, 5), (1, 2)):
+        knobs = {"max_batch_size": batch, "streams": lanes, "intra_op_threads": threads}
+        throughput, p99 = worker.performance(knobs)
+        if p99 <= SLO:
+            best = max(best, throughput / worker.watts(knobs))
+    return best
+
+
+def test_goodput_per_watt_converges_on_the_efficient_setting_within_the_same_slo():
+    efficient, fast = PoweredWorker(), PoweredWorker()
+    guard, decisions = make(efficient, objective="goodput_per_watt")
+    run(guard, 180)
+    run(make(fast)[0], 180)
+    per_watt = {}
+    for name, worker in (("efficient", efficient), ("fast", fast)):
+        throughput, p99 = worker.performance(worker.knobs)
+        assert p99 <= SLO, (name, worker.knobs)
+        per_watt[name] = throughput / worker.watts(worker.knobs)
+    assert per_watt["efficient"] >= 0.95 * best_goodput_per_watt(efficient), (efficient.knobs, decisions[-5:])
+    assert per_watt["efficient"] > 1.1 * per_watt["fast"], (efficient.knobs, fast.knobs)
+    assert efficient.knobs["streams"] == 1 and fast.knobs["streams"] == 2
+    judged = [d for d in decisions if d.evidence is not None and d.evidence.metric]
+    assert {d.evidence.metric for d in judged} == {"goodput_per_watt"}
+    trial = next(d.trial for d in decisions if d.action == "keep" and d.trial is not None)
+    assert trial["watts"] is not None and trial["sm_active"] == 0.6 and trial["joules_per_request"] > 0

@@ -99,3 +99,16 @@ def test_a_crash_traceback_is_logged_once(caplog):
         for _ in range(3):
             sampler.tick()
     assert sum(1 for r in caplog.records if r.exc_info) == 1
+
+
+def test_a_counter_rate_over_a_window_and_none_where_it_cannot_be_told():
+    counter = MetricSpec("gputuned_test_joules_total", "counter", "test", ("gpu",))
+    store = SampleStore(window=60)
+    for t, joules in ((10.0, 1000.0), (11.0, 1300.0), (12.0, 1500.0), (13.0, 1800.0), (14.0, 5.0)):
+        collected = Collected()
+        collected.add(counter, joules, "0")
+        store.publish(Snapshot("c", tuple(collected.samples), True, 0.0, t))
+    assert store.rate("gputuned_test_joules_total", ("0",), 10.0, 13.0) == pytest.approx(800.0 / 3)
+    assert store.rate("gputuned_test_joules_total", ("0",), 11.5, 12.5) is None  # one point
+    assert store.rate("gputuned_test_joules_total", ("0",), 12.0, 14.0) is None  # the counter was reset
+    assert store.rate("gputuned_test_joules_total", ("1",), 10.0, 14.0) is None

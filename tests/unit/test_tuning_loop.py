@@ -20,6 +20,7 @@ from gputuned.control.histogram import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS_SECON
 from gputuned.daemon.history import StatsHistory
 from gputuned.daemon.supervisor import WorkerState, WorkerStatus
 from gputuned.daemon.tuning import TuningLoop, tuning_context
+from gputuned.performance import DeviceReadings
 from tests.helpers import ManualClock
 
 TICK = 0.5
@@ -104,7 +105,7 @@ def run_loop(seconds: float, tuning: TuningConfig | None = None, jump_after_appl
         tuning or TuningConfig(mode="auto"),
         worker,
         history.between,
-        lambda start, end: (0.5, None),
+        lambda start, end: DeviceReadings(busy=0.5),
         lambda: None,
         record,
         clock,

@@ -89,3 +89,25 @@ def test_a_generative_worker_is_judged_by_ttft_and_tpot_and_harmed_by_preemption
     full = replace(base, generation=_generative(0.8, 0.03, kv=0.99))
     assert harmful(EXPLORE, base, full, SLO, 0.01) == "the KV cache is 99% full"
     assert judge(EXPLORE, base, MARGINS, replace(base, goodput=600.0), SLO).keep
+
+
+def test_goodput_per_watt_judges_efficiency_within_the_slo_and_throughput_under_overload():
+    margins = {**MARGINS, "goodput_per_watt": 0.03}
+    powered = replace(BASE, watts=250.0)
+    assert powered.goodput_per_watt == 490.0 / 250.0 and powered.joules_per_request == 0.5
+    # Same goodput for 20% less power: kept on efficiency, where the goodput objective would not.
+    frugal = replace(powered, watts=200.0)
+    kept = judge(EXPLORE, powered, margins, frugal, SLO, "goodput_per_watt")
+    assert kept.keep and kept.evidence.metric == "goodput_per_watt"
+    assert not judge(EXPLORE, powered, margins, frugal, SLO, "goodput").keep
+    # 10% more goodput for 30% more power: goodput takes it, per watt does not.
+    hungry = replace(powered, goodput=539.0, throughput=550.0, watts=325.0)
+    assert judge(EXPLORE, powered, margins, hungry, SLO).keep
+    refused = judge(EXPLORE, powered, margins, hungry, SLO, "goodput_per_watt")
+    assert not refused.keep and "/J" in refused.why
+    # Overloaded, efficiency waits: the queue is drained by throughput.
+    overloaded = replace(powered, goodput=100.0)
+    assert objective(overloaded, "goodput_per_watt") == "throughput"
+    # Without an energy reading (a CPU worker, MIG), goodput per watt is judged by goodput.
+    assert objective(BASE, "goodput_per_watt") == "goodput"
+    assert objective(powered, "goodput_per_watt", replace(powered, watts=None)) == "goodput"
