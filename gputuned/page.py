@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gputuned.daemon.status import energy_line
+
 REFRESH_SECONDS = 2
 PLOT_WIDTH, PLOT_HEIGHT = 360, 90
 
@@ -114,6 +116,9 @@ def _worker(entry: dict[str, Any], series: Sequence[Point], slo_seconds: float, 
                 f"<p>{tokens['per_second']:.0f} tokens/s, {tokens['batch_tokens']:.0f} tokens per batch, "
                 f"padding <b>{tokens['padding_share']:.0%}</b> of the tokens computed</p>"
             )
+    energy = energy_line(performance, entry["tuner"]) if performance is not None else ""
+    if energy:
+        parts.append(f"<p>{_e(energy)}</p>")
     parts.append(plot(series, slo_seconds, span))
     parts.append(
         f'<p class="muted"><span style="color:#1a7f37">goodput</span>, <span style="color:#0969da">p99</span> and '

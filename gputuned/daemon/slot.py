@@ -126,6 +126,7 @@ class WorkerSlot:
             self.state_error(),
             self.slo_seconds(),
             self.generative_objectives() if generative else None,
+            self.tuning.guard.settings.objective,
         )
 
     @property

@@ -27,6 +27,7 @@ _GPU_FIELDS = {
     "gputuned_gpu_power_watts": "power_watts",
     "gputuned_gpu_temperature_celsius": "temperature_celsius",
     "gputuned_pcie_utilization_ratio": "pcie_utilization",
+    "gputuned_gpu_sm_active_ratio": "sm_active",  # the whole GPU's (gpu_instance ""), where it has GPM
 }
 
 
@@ -40,7 +41,7 @@ def _gpus(store: SampleStore) -> list[dict[str, Any]]:
                 gpus.setdefault(labels["gpu"], {}).update(
                     gpu=int(labels["gpu"]), name=labels["name"], uuid=labels["uuid"], numa_node=int(labels["numa_node"])
                 )
-            elif name in _GPU_FIELDS and isinstance(sample, Sample):
+            elif name in _GPU_FIELDS and isinstance(sample, Sample) and all(label == "" for label in sample.labels[1:]):
                 gpus.setdefault(sample.labels[0], {})[_GPU_FIELDS[name]] = sample.value
     return [gpus[key] for key in sorted(gpus, key=int) if "name" in gpus[key]]
 
@@ -56,6 +57,15 @@ class WorkerSnapshot:
     state_error: str | None  # why its state files cannot be written
     slo_seconds: float | None = None  # the p99 objective the tuner holds it to
     generative: GenerativeObjectives | None = None  # its TTFT and TPOT objectives, should it be an LLM worker
+    objective: str = "goodput"  # what its tuner raises ([tuning] objective)
+
+
+def _joules_per_token(performance: Any) -> float | None:
+    """An LLM worker's GPU energy per generated token over the window."""
+    generation = performance.generation
+    if performance.watts is None or generation is None or generation.output_tokens_per_second <= 0:
+        return None
+    return float(performance.watts / generation.output_tokens_per_second)
 
 
 def _offnode_ratio(store: SampleStore, name: str) -> float | None:
@@ -110,6 +120,10 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "rejected": performance.rejected,
             "generation": None if performance.generation is None else dataclasses.asdict(performance.generation),
             "tokens": None if performance.tokens is None else dataclasses.asdict(performance.tokens),
+            "sm_active": performance.sm_active,
+            "watts": performance.watts,
+            "joules_per_request": performance.joules_per_request,
+            "joules_per_token": _joules_per_token(performance),
         },
         # ceilings: the highest value of a knob that fits, learned from out-of-memory events
         "tuner": {
@@ -118,6 +132,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "trial_active": tuner.trial_active,
             "frozen_knobs": tuner.frozen_knobs,
             "ceilings": tuner.ceilings,
+            "objective": worker.objective,
             "slo_p99_seconds": worker.slo_seconds,
             "slo_ttft_seconds": None if worker.generative is None else worker.generative.ttft,
             "slo_tpot_seconds": None if worker.generative is None else worker.generative.tpot,
@@ -271,7 +286,27 @@ def _worker_lines(w: dict[str, Any]) -> list[str]:
         lines.append(f"  state not saved ({w['state_error']}): tuned knobs and decisions are kept in memory only")
     if w["performance"] is not None:
         lines.append(f"  {_performance_line(w['performance'], w['tuner'])}")
+        energy = energy_line(w["performance"], w["tuner"])
+        if energy:
+            lines.append(f"  {energy}")
     return lines
+
+
+def energy_line(performance: dict[str, Any], tuner: dict[str, Any]) -> str:
+    """What the worker's GPU did for it: SM activity, the power attributed to it, the energy per
+    request (and per token), and the objective its tuner raises; "" where nothing is known."""
+    parts = []
+    if performance.get("sm_active") is not None:
+        parts.append(f"SMs {performance['sm_active']:.0%} active")
+    if performance.get("watts") is not None:
+        parts.append(f"{performance['watts']:.0f} W attributed")
+    if performance.get("joules_per_request") is not None:
+        parts.append(f"{performance['joules_per_request']:.3g} J/request")
+    if performance.get("joules_per_token") is not None:
+        parts.append(f"{performance['joules_per_token']:.3g} J/token")
+    if not parts:
+        return ""
+    return "GPU: " + ", ".join(parts) + f" (tuning for {tuner.get('objective', 'goodput').replace('_', ' ')})"
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -290,12 +325,13 @@ def format_status(report: dict[str, Any]) -> str:
                 f"{_fmt(g.get('memory_used_bytes'), '', 2**-30)}/{_fmt(g.get('memory_total_bytes'), ' GiB', 2**-30)}",
                 _fmt(g.get("power_watts"), " W", digits=0),
                 _fmt(g.get("temperature_celsius"), " C", digits=0),
+                _fmt(g.get("sm_active"), "%", 100, 0),
                 _fmt(g.get("pcie_utilization"), "%", 100, 0),
                 str(g["numa_node"]),
             ]
             for g in report["gpus"]
         ]
-        lines += _table(["GPU", "NAME", "UTIL", "MEMORY", "POWER", "TEMP", "PCIE", "NUMA"], rows)
+        lines += _table(["GPU", "NAME", "UTIL", "MEMORY", "POWER", "TEMP", "SM", "PCIE", "NUMA"], rows)
     else:
         lines.append("GPUs: none visible through NVML")
     lines.append("")

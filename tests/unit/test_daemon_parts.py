@@ -294,6 +294,24 @@ def test_an_llm_worker_in_the_status_report():
         "TTFT p50 200.0 ms, p99 812.3 ms; TPOT p50 20.0 ms, p99 31.1 ms; 16 running, 3 waiting, KV cache 42%, 2 preempted" in text
     )
     assert "0 failed, 0 refused, 0 rejected, 1 aborted (last 10 s)" in text and "  knobs read-only: no plugin" in text
+    assert "GPU:" not in text  # no energy reading, no line
+
+
+def test_a_gpu_worker_energy_and_sm_activity_in_the_status_report():
+    hello = {"worker": {"model": "llama", "device": "cuda:0", "kind": "vllm"}}
+    status = WorkerStatus(WorkerState.READY, 99, 0, None, 100.0, hello, {}, None, None, None, "")
+    generation = Generation(1712.4, 640.0, 0.2, 0.8123, 0.02, 0.0311, 2, 15.6, 3.2, 0.42, 1)
+    performance = Measurement(
+        10, 9.5, 9.0, 8.5, 3.1, 0, 0, None, 0, 3, 1, 0, 0, 0, generation=generation, sm_active=0.634, watts=342.5
+    )
+    view = GuardView("auto", "settled", False, [], [], {})
+    snapshot = WorkerSnapshot("llama", status, performance, view, None, 0.1, GenerativeObjectives(1.0, 0.05), "goodput_per_watt")
+    entry = worker_entry(build_status(SampleStore(2), [snapshot], 160.0, 40.0, "http://127.0.0.1:9842/metrics"))
+    assert entry["performance"]["joules_per_request"] == pytest.approx(342.5 / 9.0)
+    assert entry["performance"]["joules_per_token"] == pytest.approx(342.5 / 1712.4)
+    assert entry["tuner"]["objective"] == "goodput_per_watt"
+    text = format_status({**build_status(SampleStore(2), [snapshot], 160.0, 40.0, "m"), "gpus": []})
+    assert "  GPU: SMs 63% active, 342 W attributed, 38.1 J/request, 0.2 J/token (tuning for goodput per watt)" in text
 
 
 # --- the built-in worker's command line ------------------------------------------------------

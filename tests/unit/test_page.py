@@ -98,3 +98,9 @@ def test_an_llm_worker_shows_its_tokens_ttft_and_tpot_against_their_objectives_a
     assert "within TTFT 1000 ms and TPOT 50 ms, 1712 tokens/s" in text
     assert "TTFT p99 812 ms, TPOT p99 31 ms; 16 running, KV cache 42%, 0 preempted" in text
     assert "knobs read-only: no plugin socket is configured" in text
+    assert "GPU:" not in text  # no energy reading: no line
+
+    llm["performance"] |= {"sm_active": 0.5, "watts": 300.0, "joules_per_request": 35.3, "joules_per_token": 0.175}
+    document = Document()
+    document.feed(render(report, {"llama": []}, {"llama": 0.1}, 300.0, "host"))
+    assert "GPU: SMs 50% active, 300 W attributed, 35.3 J/request, 0.175 J/token (tuning for goodput)" in "".join(document.text)
