@@ -2,9 +2,57 @@
 
 from __future__ import annotations
 
-from gputuned.dashboards.panels import GPU, INSTANCE, RATE, WORKER, Board, dashed_red, graph
+from typing import Any
+
+from gputuned.dashboards.panels import GPU, INSTANCE, RATE, WORKER, WORKER_GPU, Board, dashed_red, graph
 
 UID = "gputuned-host"
+
+
+def activity_panels() -> list[Any]:
+    """What the SMs really did (GPM, Hopper and newer) and where each GPU's energy went."""
+    instance = "GPU {{gpu}} {{gpu_instance}}"
+    return [
+        graph(
+            "SM activity",
+            "Share of the SMs busy (GPM): unlike GPU utilisation (a kernel ran at all), it falls when kernels "
+            "leave SMs idle. Against SM occupancy: resident warps over the maximum. Needs a Hopper or newer GPU; "
+            "under MIG one line per GPU instance.",
+            "percentunit",
+            [
+                (f"gputuned_gpu_sm_active_ratio{{{GPU}}}", f"{instance} active"),
+                (f"gputuned_gpu_sm_occupancy_ratio{{{GPU}}}", f"{instance} occupancy"),
+            ],
+            maximum=1,
+        ),
+        graph(
+            "Tensor and DRAM activity",
+            "Share of the time the tensor pipes were busy, and the device memory bandwidth used (GPM).",
+            "percentunit",
+            [
+                (f"gputuned_gpu_tensor_active_ratio{{{GPU}}}", f"{instance} tensor"),
+                (f"gputuned_gpu_dram_bandwidth_utilization_ratio{{{GPU}}}", f"{instance} DRAM"),
+            ],
+            maximum=1,
+        ),
+        graph(
+            "NVLink throughput",
+            "Bytes per second read (rx) and written (tx) over all NVLink links of each GPU (GPM).",
+            "Bps",
+            [(f"gputuned_gpu_nvlink_throughput_bytes_per_second{{{GPU}}}", f"{instance} {{{{direction}}}}")],
+        ),
+        graph(
+            "Where the energy went",
+            "Each GPU's power split among gputuned's workers (by their processes' share of its utilisation) and "
+            "what no worker is charged with: idle (no process), other processes, MIG (one counter for all instances).",
+            "watt",
+            [
+                (f"rate(gputuned_worker_energy_joules_total{{{WORKER_GPU}}}[{RATE}])", "GPU {{gpu}} {{worker}}"),
+                (f"rate(gputuned_gpu_unattributed_energy_joules_total{{{GPU}}}[{RATE}])", "GPU {{gpu}} {{reason}}"),
+            ],
+            width=24,
+        ),
+    ]
 
 
 def build() -> Board:
@@ -58,6 +106,7 @@ def build() -> Board:
             width=24,
         ),
     )
+    board.row("GPU activity and energy").add(*activity_panels())
     board.row("PCIe").add(
         graph(
             "PCIe throughput",

@@ -109,6 +109,34 @@ def llm_panels() -> list[Any]:
     ]
 
 
+def energy_panels() -> list[Any]:
+    """The GPU energy each worker is charged with, per request and per generated token."""
+    energy = f"rate(gputuned_worker_energy_joules_total{{{WORKER_GPU}}}[{RATE}])"
+    completed = f'rate(gputuned_worker_requests_total{{{WORKER}, outcome="ok"}}[{RATE}])'
+    generated = f"rate(gputuned_worker_generation_tokens_total{{{WORKER}}}[{RATE}])"
+    return [
+        graph(
+            "Power attributed",
+            "The share of its GPU's power each worker is charged with (its processes' share of the GPU's "
+            "utilisation). [tuning] objective = goodput_per_watt makes the tuner raise goodput per watt of it.",
+            "watt",
+            [(energy, "{{worker}} GPU {{gpu}}")],
+        ),
+        graph(
+            "Energy per request",
+            "GPU energy per completed request over the interval.",
+            "joule",
+            [(f"sum by (worker) ({energy}) / sum by (worker) ({completed})", "{{worker}}")],
+        ),
+        graph(
+            "Energy per generated token",
+            "An LLM worker's GPU energy per generated token over the interval.",
+            "joule",
+            [(f"sum by (worker) ({energy}) / sum by (worker) ({generated})", "{{worker}}")],
+        ),
+    ]
+
+
 def variable_length_panels() -> list[Any]:
     """A variable-length model's tokens, and the share of the computed ones that were padding."""
     tokens = f"rate(gputuned_worker_tokens_total{{{WORKER}}}[{RATE}])"
@@ -250,6 +278,7 @@ def build() -> Board:
     )
     board.row("LLM serving (vLLM workers)").add(*llm_panels())
     board.row("Variable-length models (the built-in worker)").add(*variable_length_panels())
+    board.row("Energy (workers on a GPU)").add(*energy_panels())
     board.row("Memory and health").add(
         graph(
             "Pool hits and misses",

@@ -99,7 +99,15 @@ def test_the_daemon_runs_vllm_and_moves_its_knobs_live_under_load(tmp_path, vllm
     }
     env = {"VLLM_CACHE_ROOT": vllm_setup["cache"]}
     tuning = {"mode": "frozen", **OBJECTIVES}
-    with running_supervising_daemon(tmp_path, env=env, wait_ready=False, tuning=tuning, **worker) as (_, metrics, url, admin):
+    # The fake NVML puts the daemon's children (vLLM's server and engine core) on GPU 0, so the
+    # energy charged to the worker, per generated token, reaches the dashboards too.
+    nvml = ("--nvml-module", "gputuned.testing.fake_nvml:hgx8")
+    with running_supervising_daemon(tmp_path, *nvml, env=env, wait_ready=False, tuning=tuning, **worker) as (
+        _,
+        metrics,
+        url,
+        admin,
+    ):
         wait_for(lambda: worker_status(admin)["state"] == "ready", START_SECONDS, "vLLM to start")
         status = worker_status(admin)
         assert status["kind"] == "vllm" and status["note"] is None
