@@ -1,6 +1,6 @@
-"""The GPU check: gputuned on a real NVIDIA GPU, every figure printed, a wrong one failing (issue 17).
+"""The GPU check: gputuned on a real NVIDIA GPU, every figure printed, a wrong one failing.
 
-Four phases (--phases, all by default), each on its own daemon:
+Five phases (--phases, all by default), each on its own daemon:
 
 1. monitor: `gputuned run --no-worker` sampling at 1 Hz, its /metrics read while
    `nvidia-smi --query-gpu` is read at the same moment, several times: utilisation, memory
@@ -14,17 +14,23 @@ Four phases (--phases, all by default), each on its own daemon:
    goodput and p99, lanes running, pool hits, the host-to-device bytes the worker counted
    against the growth of NVML's PCIe receive counter over the same interval, and the
    worker's own GPU memory as NVML reports it per process.
-3. tuning: ResNet-50 as bench/tuning.py does on the CPU: the defaults, a sweep's best
+3. signals: ResNet-50 served on cuda:N, the GPU read at rest and then under closed-loop
+   load: SM activity and occupancy, tensor and DRAM activity (GPM, Hopper and newer) must
+   be near zero at rest, higher under the load, and SM activity no more than the time a
+   kernel ran; the energy charged to the worker (the GPU's only process) and the GPU's
+   energy counter must agree with its power over time within 20%; energy per request,
+   NVLink rates and the time the gpm collector takes per tick are printed.
+4. tuning: ResNet-50 as bench/tuning.py does on the CPU: the defaults, a sweep's best
    static setting, online tuning from the defaults; the goodput ratios side by side, the
    time to 95% of the sweep's best, GPU utilisation at the defaults and tuned. Targets:
    tuned >= 2.3x the defaults' goodput, GPU utilisation >= 90% at the tuned setting.
-4. oom: the worker capped (`gpu_memory_fraction`, torch's per-process memory fraction)
+5. oom: the worker capped (`gpu_memory_fraction`, torch's per-process memory fraction)
    between what batches of B and 2B need, under load that fills batches of B, tuning on:
    the guard must try 2B, see the out-of-memory events, go back to B and learn a ceiling
    below 2B, while the worker stays up (same pid) and serves on.
 
 Exit status: 0 when every check passed, 1 when one failed (each printed as FAIL), 2 when a
-phase cannot run (no CUDA device for phases 2-4). Without a GPU, phase 1 runs against the
+phase cannot run (no CUDA device for phases 2-5). Without a GPU, phase 1 runs against the
 fake NVML and a fake nvidia-smi, as the tests do:
 
     python bench/gpu.py --phases monitor --nvml-module gputuned.testing.fake_nvml:hgx8 \\
@@ -53,15 +59,19 @@ from pathlib import Path
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from gputuned.collectors import gpm, nvml
 from gputuned.control.client import ControlClient
 from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import run_load
 from gputuned.sweep import best_point, measure_point, run_sweep
 from gputuned.testing.gpu_check import (
+    GPM_SERIES,
     SMI_QUERY,
     compare,
     copy_agreement,
     disagreements,
+    energy_agreement,
+    gpm_verdict,
     implausible,
     missing_families,
     oom_verdict,
@@ -72,7 +82,7 @@ from gputuned.testing.gpu_check import (
 from gputuned.testing.online import first_at_or_above, goodput_curve, rolling, side_by_side, timed_load
 from gputuned.testing.processes import admin_status, free_port, freeze_tuner, http_get, running_daemon, running_supervising_daemon
 
-PHASES = ("monitor", "worker", "tuning", "oom")
+PHASES = ("monitor", "worker", "signals", "tuning", "oom")
 WORKER = "gpu"
 RESNET50 = ("gputuned.testing.resnet50:build", "3,224,224")
 MODELS = {"resnet-mini": ("resnet-mini", ""), "resnet50": RESNET50}
@@ -111,6 +121,16 @@ def series(text: str, name: str, **labels: str) -> float | None:
     return sum(found) if found else None
 
 
+def per_gpu_instance(text: str, name: str) -> dict[str, float]:
+    """A GPM series of each whole GPU (gpu_instance ""): gpu -> value."""
+    return {
+        sample.labels["gpu"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and sample.labels.get("gpu_instance") == ""
+    }
+
+
 def read_smi(command: list[str]) -> list[dict[str, float | None]]:
     done = subprocess.run(
         [*command, f"--query-gpu={SMI_QUERY}", "--format=csv,noheader,nounits"],
@@ -124,28 +144,43 @@ def read_smi(command: list[str]) -> list[dict[str, float | None]]:
     return parse_smi_csv(done.stdout)
 
 
-class UtilizationPoller(threading.Thread):
-    """Reads the daemon's GPU utilisation twice a second, so a window's mean can be taken."""
+class Poller(threading.Thread):
+    """Reads some of the daemon's series twice a second, so a window's mean, or a counter's
+    growth over it, can be taken. `watched` maps a key to (series, labels)."""
 
-    def __init__(self, metrics_url: str, gpu: int) -> None:
+    def __init__(self, metrics_url: str, watched: dict[str, tuple[str, dict[str, str]]]) -> None:
         super().__init__(daemon=True)
-        self._url, self._gpu = metrics_url, str(gpu)
-        self._readings: list[tuple[float, float]] = []
+        self._url, self._watched = metrics_url, watched
+        self._readings: dict[str, list[tuple[float, float]]] = {key: [] for key in watched}
         self._stop = threading.Event()
 
     def run(self) -> None:
         while not self._stop.wait(0.5):
             with contextlib.suppress(OSError):
-                value = series(http_get(self._url), "gputuned_gpu_utilization_ratio", gpu=self._gpu)
-                if value is not None:
-                    self._readings.append((time.monotonic(), value))
+                text, at = http_get(self._url), time.monotonic()
+                for key, (name, labels) in self._watched.items():
+                    value = series(text, name, **labels)
+                    if value is not None:
+                        self._readings[key].append((at, value))
 
-    def mean(self, start: float, end: float) -> float | None:
-        values = [value for at, value in self._readings if start + 1.0 <= at <= end]  # a reading covers the second before
+    def readings(self, key: str, start: float, end: float) -> list[tuple[float, float]]:
+        return [(at, value) for at, value in self._readings[key] if start <= at <= end]
+
+    def mean(self, key: str, start: float, end: float) -> float | None:
+        values = [value for _, value in self.readings(key, start + 1.0, end)]  # a reading covers the second before
         return statistics.mean(values) if values else None
+
+    def growth(self, key: str, start: float, end: float) -> tuple[float, float, float] | None:
+        """A counter's (growth, first reading's time, last reading's time) within the window."""
+        points = self.readings(key, start, end)
+        return None if len(points) < 2 else (points[-1][1] - points[0][1], points[0][0], points[-1][0])
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def utilization_poller(metrics_url: str, gpu: int) -> Poller:
+    return Poller(metrics_url, {"utilization": ("gputuned_gpu_utilization_ratio", {"gpu": str(gpu)})})
 
 
 # --- 1. monitoring against the driver -------------------------------------------------------------
@@ -187,6 +222,11 @@ def monitor(args: argparse.Namespace, verdicts: Verdicts) -> None:
             log_text = log.read_text()
             refused = refused_readings(log_text)
             figure("NVML readings the driver refused", ", ".join(f"GPU {g} {f}" for g, f in sorted(refused)) or "none")
+            for collector in ("nvml", "gpm", "pcie"):
+                seconds = series(text, "gputuned_collector_duration_seconds", collector=collector)
+                figure(f"{collector} collector", "-" if seconds is None else f"{seconds * 1000:.2f} ms per tick (all GPUs)")
+            gpm_readings = per_gpu_instance(text, gpm.SM_ACTIVE.name)
+            figure("GPM SM activity", ", ".join(f"GPU {g} {v:.0%}" for g, v in sorted(gpm_readings.items())) or "none (no GPM)")
             for missing in missing_families(daemon, gpus, refused):
                 verdicts.fail(f"missing {missing}")
             for problem in implausible(daemon):
@@ -305,21 +345,86 @@ def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
 
 
-# --- 3. tuning on the GPU -------------------------------------------------------------------------
+# --- 3. what the SMs did and the energy per request ------------------------------------------------
+
+
+def signals(args: argparse.Namespace, verdicts: Verdicts) -> None:
+    print(f"3. GPM and energy: ResNet-50 on cuda:{args.gpu} at rest, then under load", flush=True)
+    gpu = {"gpu": str(args.gpu)}
+    whole = {**gpu, "gpu_instance": ""}
+    watched = {name: (name, whole) for name in GPM_SERIES}
+    watched |= {
+        nvml.UTILIZATION.name: (nvml.UTILIZATION.name, gpu),
+        "power": (nvml.POWER.name, gpu),
+        "board": (nvml.ENERGY.name, gpu),
+        "worker": (nvml.WORKER_ENERGY.name, {**gpu, "worker": WORKER}),
+        "nvlink": (gpm.NVLINK_THROUGHPUT.name, whole),
+        "gpm_seconds": ("gputuned_collector_duration_seconds", {"collector": "gpm"}),
+    }
+    with tempfile.TemporaryDirectory() as tmp, supervised(args, Path(tmp), *RESNET50) as (metrics, base, admin):
+        set_knobs(admin, {"streams": 2, "pool_mb": 512, "max_batch_size": 32, "max_queue_delay_us": 2000})
+        poller = Poller(metrics, watched)
+        poller.start()
+        measure_point(timed_load(base, 3, args.clients, items=args.items), args.slo_ms / 1000)  # warm-up
+        time.sleep(3)  # the last batches drain
+        rest = time.monotonic()
+        time.sleep(args.energy_window / 2)
+        rested = time.monotonic()
+        plan = timed_load(base, args.energy_window, args.clients, items=args.items)
+        before = http_get(metrics)
+        loaded = time.monotonic()
+        throughput, _, _, errors = measure_point(plan, args.slo_ms / 1000)
+        done = time.monotonic()
+        time.sleep(1.5)  # the sample covering the last second
+        after = http_get(metrics)
+        poller.stop()
+        idle = {name: poller.mean(name, rest, rested) for name in (*GPM_SERIES, nvml.UTILIZATION.name)}
+        busy = {name: poller.mean(name, loaded, done) for name in (*GPM_SERIES, nvml.UTILIZATION.name)}
+        for name in (*GPM_SERIES, nvml.UTILIZATION.name):
+            figure(name.removeprefix("gputuned_gpu_"), f"{pct(idle[name])} at rest, {pct(busy[name])} under load")
+        nvlink = poller.mean("nvlink", loaded, done)
+        figure("NVLink", "-" if nvlink is None else f"{nvlink / 1e9:.2f} GB/s both directions under load")
+        for problem in gpm_verdict(idle, busy):
+            verdicts.fail(f"GPM: {problem}")
+        gpm_seconds = poller.mean("gpm_seconds", rest, done)
+        figure("gpm collector", "-" if gpm_seconds is None else f"{gpm_seconds * 1000:.2f} ms per tick (all GPUs)")
+
+        worker_growth, board_growth = poller.growth("worker", loaded, done), poller.growth("board", loaded, done)
+        if worker_growth is None or board_growth is None:
+            verdicts.fail("no energy counter readings under load (the driver refuses nvmlDeviceGetTotalEnergyConsumption?)")
+            return
+        joules, first, last = worker_growth
+        ratio, problems = energy_agreement(joules, board_growth[0], poller.readings("power", first, last))
+        completed = delta(before, after, "gputuned_worker_requests_total", worker=WORKER, outcome="ok") or 0.0
+        figure(
+            "energy",
+            f"worker {joules:.0f} J, GPU counter {board_growth[0]:.0f} J over {last - first:.0f} s: worker / power x time "
+            f"{ratio:.2f}; {throughput:.0f} requests/s, {errors} errors",
+        )
+        per_request = joules / (throughput * (last - first)) if throughput > 0 else None
+        figure(
+            "energy per request", "-" if per_request is None else f"{per_request:.3f} J ({completed:.0f} completed in the window)"
+        )
+        for problem in problems:
+            verdicts.fail(f"energy: {problem}")
+        verdicts.expect(errors == 0, f"signals: {errors} requests failed")
+
+
+# --- 4. tuning on the GPU -------------------------------------------------------------------------
 
 
 def tuning(args: argparse.Namespace, verdicts: Verdicts) -> None:
-    print("3. tuning ResNet-50 on the GPU: defaults, a sweep's best, online from the defaults", flush=True)
+    print("4. tuning ResNet-50 on the GPU: defaults, a sweep's best, online from the defaults", flush=True)
     slo = args.slo_ms / 1000
     with tempfile.TemporaryDirectory() as tmp, supervised(args, Path(tmp), *RESNET50) as (metrics, base, admin):
-        poller = UtilizationPoller(metrics, args.gpu)
+        poller = utilization_poller(metrics, args.gpu)
         poller.start()
         plan = timed_load(base, args.window, args.clients, items=args.items)
         defaults = status(admin)["knobs"]
         measure_point(timed_load(base, 3, args.clients, items=args.items), slo)  # warm-up
         started = time.monotonic()
         _, default_goodput, default_p99, _ = measure_point(plan, slo)
-        default_util = poller.mean(started, time.monotonic())
+        default_util = poller.mean("utilization", started, time.monotonic())
         figure("defaults", f"{defaults}: goodput {default_goodput:.0f}/s, p99 {fmt_ms(default_p99)}, GPU {pct(default_util)}")
 
         sweep_started = time.monotonic()
@@ -351,7 +456,7 @@ def tuning(args: argparse.Namespace, verdicts: Verdicts) -> None:
         measure_point(timed_load(base, 1, args.clients, items=args.items), slo)
         started = time.monotonic()
         measure_point(plan, slo)
-        tuned_util = poller.mean(started, time.monotonic())
+        tuned_util = poller.mean("utilization", started, time.monotonic())
         poller.stop()
         figure(
             "side by side",
@@ -370,7 +475,7 @@ def pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.0%}"
 
 
-# --- 4. out of memory for real --------------------------------------------------------------------
+# --- 5. out of memory for real --------------------------------------------------------------------
 
 
 def reserved_bytes(batch: int, device: str) -> int:
@@ -396,7 +501,7 @@ def oom(args: argparse.Namespace, verdicts: Verdicts) -> None:
 
     batch = args.oom_batch
     device = f"cuda:{args.gpu}"
-    print(f"4. out of memory: the worker capped between what batches of {batch} and {2 * batch} need", flush=True)
+    print(f"5. out of memory: the worker capped between what batches of {batch} and {2 * batch} need", flush=True)
     fits, overflows = reserved_bytes(batch, device), reserved_bytes(2 * batch, device)
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = round((fits + overflows) / 2 / total, 4)
@@ -445,6 +550,7 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=4, help="items per request")
     parser.add_argument("--slo-ms", type=float, default=100.0)
     parser.add_argument("--window", type=float, default=5.0, help="seconds per measured window")
+    parser.add_argument("--energy-window", type=float, default=30.0, help="seconds at rest, and under load, of phase 3")
     parser.add_argument("--online", type=float, default=90.0, help="seconds of online tuning")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
     parser.add_argument("--oom-batch", type=int, default=64, help="the batch that fits under the cap (twice it does not)")
@@ -465,7 +571,7 @@ def main() -> int:
             return 2
     verdicts = Verdicts()
     for phase in phases:
-        {"monitor": monitor, "worker": worker, "tuning": tuning, "oom": oom}[phase](args, verdicts)
+        {"monitor": monitor, "worker": worker, "signals": signals, "tuning": tuning, "oom": oom}[phase](args, verdicts)
     print(f"\n{len(verdicts.failures)} checks failed" if verdicts.failures else "\nevery check passed")
     return 1 if verdicts.failures else 0
 

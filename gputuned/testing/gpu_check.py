@@ -2,8 +2,10 @@
 
 The check reads the same GPU two ways at once, through the daemon's /metrics and through
 `nvidia-smi --query-gpu`, and compares them field by field; it counts the bytes the worker
-copied to the device against the growth of NVML's PCIe receive counter; it reads a tuning
-run's decisions for the out-of-memory revert. All of that is plain data in, verdicts out,
+copied to the device against the growth of NVML's PCIe receive counter; it compares the GPM
+figures of a GPU at rest and under ResNet-50 with what that load must show, and the energy
+charged to a worker with the board's power over time; it reads a tuning run's decisions for
+the out-of-memory revert. All of that is plain data in, verdicts out,
 so it is tested here against the fake NVML and a fake nvidia-smi, and runs unchanged on a
 GPU host.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gputuned.collectors import nvml, pcie
+from gputuned.collectors import gpm, nvml, pcie
 
 
 @dataclass(frozen=True)
@@ -248,3 +250,57 @@ def oom_verdict(decisions: Sequence[Mapping[str, Any]], ceilings: Mapping[str, i
     if ceiling is None or not isinstance(old, int) or ceiling >= old:
         return f"no ceiling below max_batch_size={old} was learned (ceilings: {dict(ceilings)})"
     return None
+
+
+# --- GPM and energy ----------------------------------------------------------------------------
+
+GPM_SERIES = (gpm.SM_ACTIVE.name, gpm.SM_OCCUPANCY.name, gpm.TENSOR_ACTIVE.name, gpm.DRAM_ACTIVE.name)
+IDLE_SM_ACTIVE = 0.05  # an idle GPU's SMs are busy less than this
+LOADED_SM_ACTIVE = 0.3  # ResNet-50 under closed-loop load keeps at least this share of the SMs busy
+SM_OVER_UTILIZATION = 0.05  # SM activity cannot exceed the time any kernel ran (utilisation) beyond sampling skew
+
+
+def gpm_verdict(idle: Mapping[str, float | None], loaded: Mapping[str, float | None]) -> list[str]:
+    """What is wrong with a GPU's GPM figures (series -> mean over a window; the GPU's
+    utilisation under nvml.UTILIZATION) read idle and then under a running ResNet-50: each
+    ratio within 0..1, the SMs near idle at rest, every activity higher under the load, and
+    SM activity no more than the time a kernel ran."""
+    problems = []
+    for name, window in (("idle", idle), ("loaded", loaded)):
+        for series in GPM_SERIES:
+            value = window.get(series)
+            if value is None:
+                problems.append(f"{name}: no {series}")
+            elif not 0.0 <= value <= 1.0:
+                problems.append(f"{name}: {series} = {value:g}, outside 0..1")
+        active, utilization = window.get(gpm.SM_ACTIVE.name), window.get(nvml.UTILIZATION.name)
+        if active is not None and utilization is not None and active > utilization + SM_OVER_UTILIZATION:
+            problems.append(f"{name}: SMs {active:.0%} active while a kernel ran only {utilization:.0%} of the time")
+    idle_active, loaded_active = idle.get(gpm.SM_ACTIVE.name), loaded.get(gpm.SM_ACTIVE.name)
+    if idle_active is not None and idle_active > IDLE_SM_ACTIVE:
+        problems.append(f"idle: SMs {idle_active:.0%} active (an idle GPU: under {IDLE_SM_ACTIVE:.0%})")
+    if loaded_active is not None and loaded_active < LOADED_SM_ACTIVE:
+        problems.append(f"loaded: SMs only {loaded_active:.0%} active under ResNet-50 (at least {LOADED_SM_ACTIVE:.0%})")
+    for series in GPM_SERIES:
+        before, after = idle.get(series), loaded.get(series)
+        if before is not None and after is not None and after <= before:
+            problems.append(f"{series} did not rise under load: {before:.3f} idle, {after:.3f} loaded")
+    return problems
+
+
+ENERGY_TOLERANCE = 0.2  # the counters are sampled once a second, the power read at instants
+
+
+def energy_agreement(worker_joules: float, board_joules: float, power: Sequence[tuple[float, float]]) -> tuple[float, list[str]]:
+    """The energy charged to the only worker on a GPU, and that GPU's energy counter growth,
+    over one window, against the board power read through it ((time, watts) pairs spanning
+    the window) integrated over time: all three must agree within ENERGY_TOLERANCE. Returns
+    the worker's energy over the integral, and what is wrong."""
+    if len(power) < 2 or power[-1][0] <= power[0][0]:
+        return math.nan, ["fewer than two power readings over the window"]
+    integral = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(power, power[1:]))
+    problems = []
+    for what, joules in (("the worker's energy", worker_joules), ("the GPU's energy counter", board_joules)):
+        if abs(joules / integral - 1) > ENERGY_TOLERANCE:
+            problems.append(f"{what} grew {joules:.0f} J where power x time is {integral:.0f} J")
+    return worker_joules / integral, problems

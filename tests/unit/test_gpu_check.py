@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from gputuned.samples import WorkerTarget
 from gputuned.testing.fake_nvml import FakeNvml
 from gputuned.testing.gpu_check import (
     PER_GPU_FAMILIES,
@@ -13,6 +14,8 @@ from gputuned.testing.gpu_check import (
     compare,
     copy_agreement,
     disagreements,
+    energy_agreement,
+    gpm_verdict,
     implausible,
     missing_families,
     oom_verdict,
@@ -21,6 +24,7 @@ from gputuned.testing.gpu_check import (
     refused_readings,
 )
 from gputuned.tuners.batch import BatchTuner
+from tests.helpers import ManualClock, values
 from tests.unit.test_guard import SimulatedWorker, make, run
 from tests.unit.test_nvml_collector import make as make_collector
 
@@ -144,3 +148,68 @@ def test_every_per_gpu_family_names_the_nvml_readings_behind_it():
     assert set(SOURCES) == set(PER_GPU_FAMILIES)
     fake_functions = {name for name in dir(FakeNvml) if name.startswith("nvmlDevice")}
     assert {function for functions in SOURCES.values() for function in functions} <= fake_functions
+
+
+IDLE = {
+    "gputuned_gpu_sm_active_ratio": 0.0,
+    "gputuned_gpu_sm_occupancy_ratio": 0.0,
+    "gputuned_gpu_tensor_active_ratio": 0.0,
+    "gputuned_gpu_dram_bandwidth_utilization_ratio": 0.01,
+    "gputuned_gpu_utilization_ratio": 0.0,
+}
+LOADED = {
+    "gputuned_gpu_sm_active_ratio": 0.82,
+    "gputuned_gpu_sm_occupancy_ratio": 0.35,
+    "gputuned_gpu_tensor_active_ratio": 0.41,
+    "gputuned_gpu_dram_bandwidth_utilization_ratio": 0.47,
+    "gputuned_gpu_utilization_ratio": 0.97,
+}
+
+
+def test_gpm_figures_of_a_gpu_at_rest_and_under_resnet50():
+    assert gpm_verdict(IDLE, LOADED) == []
+    busy_at_rest = gpm_verdict({**IDLE, "gputuned_gpu_sm_active_ratio": 0.2, "gputuned_gpu_utilization_ratio": 0.2}, LOADED)
+    assert busy_at_rest == ["idle: SMs 20% active (an idle GPU: under 5%)"]
+    # A percent read as a ratio, and SMs busier than the time any kernel ran: a unit slip.
+    slipped = gpm_verdict(IDLE, {**LOADED, "gputuned_gpu_sm_active_ratio": 82.0})
+    assert "loaded: gputuned_gpu_sm_active_ratio = 82, outside 0..1" in slipped
+    assert any("while a kernel ran only 97%" in problem for problem in slipped)
+    flat = gpm_verdict(IDLE, {**LOADED, "gputuned_gpu_tensor_active_ratio": 0.0})
+    assert flat == ["gputuned_gpu_tensor_active_ratio did not rise under load: 0.000 idle, 0.000 loaded"]
+    assert gpm_verdict(IDLE, {k: v for k, v in LOADED.items() if "occupancy" not in k}) == [
+        "loaded: no gputuned_gpu_sm_occupancy_ratio"
+    ]
+    weak = gpm_verdict(IDLE, {**LOADED, "gputuned_gpu_sm_active_ratio": 0.1})
+    assert weak == ["loaded: SMs only 10% active under ResNet-50 (at least 30%)"]
+
+
+def test_the_energy_charged_to_a_worker_against_power_over_time():
+    power = [(float(t), 300.0) for t in range(21)]  # 300 W for 20 s: 6 kJ
+    ratio, problems = energy_agreement(5900.0, 6100.0, power)
+    assert problems == [] and ratio == pytest.approx(5900 / 6000)
+    _, short = energy_agreement(3000.0, 6000.0, power)  # half the board's energy: another process took a share
+    assert short == ["the worker's energy grew 3000 J where power x time is 6000 J"]
+    _, counter = energy_agreement(6000.0, 9000.0, power)
+    assert counter == ["the GPU's energy counter grew 9000 J where power x time is 6000 J"]
+    assert energy_agreement(1.0, 1.0, power[:1])[1] == ["fewer than two power readings over the window"]
+
+
+def test_the_energy_check_agrees_with_the_fake_nvml_through_the_collector():
+    # The fake GPU draws a steady 312 W, its counter grows by as much: the judgement passes on it.
+    clock = ManualClock()
+    fake = FakeNvml(FakeNvml.with_gpus(1).gpus, clock=clock)
+    fake.gpus[0].processes[4242] = 1024
+    collector, _ = make_collector(fake, clock)
+    readings, power = [], []
+    for _ in range(21):
+        out = collector.collect([WorkerTarget(pid=4242, gpu=0, name="w")])
+        readings.append(
+            (
+                values(out, "gputuned_worker_energy_joules_total")[("w", "0")],
+                values(out, "gputuned_gpu_energy_joules_total")[("0",)],
+            )
+        )
+        power.append((clock.now, values(out, "gputuned_gpu_power_watts")[("0",)]))
+        clock.advance(1.0)
+    ratio, problems = energy_agreement(readings[-1][0] - readings[0][0], readings[-1][1] - readings[0][1], power)
+    assert problems == [] and ratio == pytest.approx(1.0)
