@@ -1,5 +1,6 @@
 """A real Prometheus server on loopback scrapes a real daemon supervising its worker under load:
-every metric family is queryable, and every dashboard query returns data."""
+every metric family is queryable, every dashboard query returns data, and the GPU energy
+charged to the worker adds up."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from gputuned.catalog import METRIC_SPECS
 from gputuned.collectors import kubelet
+from gputuned.daemon.status import worker_entry
 from gputuned.loadgen import LoadPlan, run_load
-from gputuned.testing.processes import prometheus_query, running_prometheus, running_supervising_daemon
+from gputuned.testing.processes import admin_status, prometheus_query, running_prometheus, running_supervising_daemon
 from tests.dashboard_queries import (
     GENERATIVE_NAMES,
     VARIABLE_LENGTH_NAMES,
@@ -29,20 +32,20 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def scraped(tmp_path_factory) -> Iterator[tuple[str, str]]:
-    """(Prometheus base URL, the daemon's instance label). The live host's /proc, /sys and
+def scraped(tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
+    """(Prometheus base URL, the daemon's instance label, its admin socket). The live host's /proc, /sys and
     psutil, the daemon's real worker under real load, and eight fake GPUs (this machine has
     none) on which the worker shows up as a process."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
     args = ("--nvml-module", "gputuned.testing.fake_nvml:hgx8")
-    with running_supervising_daemon(tmp_path, *args, placement="0") as (_, metrics, worker, _admin):
+    with running_supervising_daemon(tmp_path, *args, placement="0") as (_, metrics, worker, admin):
         plan = LoadPlan(url=worker, concurrency=2, requests=10**6, duration=300, stop=threading.Event())
         load = threading.Thread(target=lambda: asyncio.run(run_load(plan)))
         load.start()
         target = metrics.removeprefix("http://").removesuffix("/metrics")
         try:
             with running_prometheus([target], tmp_path) as prometheus:
-                yield prometheus, target
+                yield prometheus, target, admin
         finally:
             plan.stop.set()
             load.join(timeout=60)
@@ -59,7 +62,7 @@ def wait_for(check, seconds: float):
 
 
 def test_prometheus_scrapes_every_metric_family(scraped):
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     # Prometheus stores a histogram as its _bucket, _sum and _count series.
     expected = {f"{spec.name}_count" if spec.kind == "histogram" else spec.name for spec in METRIC_SPECS}
     # Only after the worker has exited once (test_supervision.py scrapes it then), and
@@ -86,7 +89,7 @@ def test_prometheus_scrapes_every_metric_family(scraped):
 
 
 def test_requests_within_the_objective_are_counted_and_never_exceed_those_answered(scraped):
-    prometheus, _ = scraped
+    prometheus, _, _ = scraped
     met = "gputuned_worker_slo_met_requests_total"
     answered = 'sum by (instance, worker) (gputuned_worker_requests_total{outcome="ok"})'
     assert wait_for(lambda: not prometheus_query(prometheus, f"{met} > 0"), 30) is False
@@ -97,7 +100,7 @@ def test_requests_within_the_objective_are_counted_and_never_exceed_those_answer
 @pytest.mark.parametrize("name", sorted(load_dashboards()))
 def test_every_dashboard_query_returns_series(scraped, name):
     # The GPU panels show the fake NVML's eight GPUs here; on a real host they need a real GPU.
-    prometheus, instance = scraped
+    prometheus, instance, _ = scraped
     # An LLM worker's panels: tests/integration/test_vllm.py checks them against a real vLLM;
     # a variable-length model's: test_encoders.py, against a worker serving one.
     dashboard_queries = [
@@ -111,3 +114,30 @@ def test_every_dashboard_query_returns_series(scraped, name):
 
     # The tuner's first decision (the annotation) comes a few seconds after the worker's first stats.
     assert wait_for(empty, 90) == []
+
+
+def test_every_joule_of_the_workers_gpu_is_charged_to_it_or_to_a_reason(scraped):
+    # The fake GPU 0 runs the daemon's worker alone at a steady 312 W; the other seven run nothing.
+    # (rate() divides by its whole range: the range must be within the counters' history.)
+    prometheus, _, admin = scraped
+    idle = 'rate(gputuned_gpu_unattributed_energy_joules_total{reason="idle", gpu="3"}[10s])'
+    assert wait_for(lambda: not prometheus_query(prometheus, f"{idle} > 300"), 60) is False
+    charged = 'sum by (gpu) (rate(gputuned_worker_energy_joules_total{gpu="0"}[10s]))'
+    board = 'rate(gputuned_gpu_energy_joules_total{gpu="0"}[10s])'
+    unattributed = 'sum by (gpu) (rate(gputuned_gpu_unattributed_energy_joules_total{gpu="0"}[10s]))'
+    split = prometheus_query(prometheus, f"({charged} + on (gpu) {unattributed}) / on (gpu) {board}")
+    assert len(split) == 1 and abs(float(split[0]["value"][1]) - 1) < 0.05, split
+    assert float(prometheus_query(prometheus, charged)[0]["value"][1]) > 250  # the worker is GPU 0's only process
+    energy = "sum by (worker) (rate(gputuned_worker_energy_joules_total[10s]))"
+    completed = 'sum by (worker) (rate(gputuned_worker_requests_total{outcome="ok"}[10s]))'
+    per_request = prometheus_query(prometheus, f"{energy} / {completed}")
+    assert len(per_request) == 1 and float(per_request[0]["value"][1]) > 0
+
+    # The tuner's windows see the GPU: its SM activity (GPM) and the power charged to the worker.
+    def performance() -> dict:
+        return worker_entry(admin_status(admin))["performance"] or {}
+
+    wait_for(lambda: performance().get("watts") is None, 30)
+    seen = performance()
+    assert seen["sm_active"] == pytest.approx(0.71) and 250 < seen["watts"] < 375, seen
+    assert seen["joules_per_request"] == pytest.approx(seen["watts"] / seen["throughput_per_second"])
