@@ -12,6 +12,7 @@ GPU host.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -298,7 +299,7 @@ def energy_agreement(worker_joules: float, board_joules: float, power: Sequence[
     the worker's energy over the integral, and what is wrong."""
     if len(power) < 2 or power[-1][0] <= power[0][0]:
         return math.nan, ["fewer than two power readings over the window"]
-    integral = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(power, power[1:]))
+    integral = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in itertools.pairwise(power))
     problems = []
     for what, joules in (("the worker's energy", worker_joules), ("the GPU's energy counter", board_joules)):
         if abs(joules / integral - 1) > ENERGY_TOLERANCE:
