@@ -22,7 +22,7 @@ Serving efficiency: (a)'s tokens/s served against the model's own tokens/s on th
 core in a plain loop over batches of the same lengths, formed as (a)'s knobs form them
 (bucketed and padded to their longest).
 
-Targets (the variable-length issue): (a) >= 1.0x every other configuration, padding share
+Targets: (a) >= 1.0x every other configuration, padding share
 under 0.15, serving efficiency >= 0.85. Needs `scripts/install_triton.sh` (its interpreter
 reaches .venv's packages: torch and transformers, installed by `scripts/setup.sh --test`).
 

@@ -18,7 +18,7 @@ objective per second, as the load client measures each request.
    the grid's best, failed requests and restarts while tuning. Then, the tuner frozen, the
    tuned point, the grid's best and the defaults side by side, interleaved, --rounds rounds.
 
-Targets (the vLLM issue): tuned goodput >= 0.95 of the grid's best, reached in under 3
+Targets: tuned goodput >= 0.95 of the grid's best, reached in under 3
 minutes, with no failed request and no restart while tuning, in at least 4 of 5 runs.
 
     python bench/llm.py [--runs 5] [--tune 180] [--restart-grid] [--clients 32] [--window 10]

@@ -15,7 +15,7 @@ its own closed-loop clients, all the way through:
 4. Interference: each worker at its tuned setting alone (the neighbour unloaded) against
    both loaded, side by side: how much one worker's load costs the other.
 
-Targets (issue 13): each worker >= 0.9 of its own best, the host total >= 0.9 of the best
+Target: each worker >= 0.9 of its own best, the host total >= 0.9 of the best
 pair.
 
     python bench/many_workers.py [--clients 8] [--slo-ms 100] [--online 120] [--rounds 3]

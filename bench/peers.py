@@ -23,7 +23,7 @@ local cluster and replicas) runs on one core, the load generator on the other; t
 generator's share of its core is printed, so a load generator that ran out of CPU would
 show. Each instance, replica and lane runs one thread.
 
-Target (issue 15): the tuned gputuned worker >= 1.0x the best peer configuration on every
+Target: the tuned gputuned worker >= 1.0x the best peer configuration on every
 model. Needs `scripts/install_triton.sh` (PyTriton in .triton/) and `scripts/install_ray.sh`
 (Ray Serve in .ray/); `--peer` picks some.
 

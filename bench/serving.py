@@ -37,7 +37,7 @@ With --interpreted, each model is also served side by side by this checkout's wo
 its interpreted copy, at batch 32 under sched_batch=1, in windows taken in turn (A B B A):
 what compiling the serving path gains where the model shares the core.
 
-Target (issue 15): serving efficiency >= 0.85 on both models.
+Target: serving efficiency >= 0.85 on both models.
 
     python bench/serving.py [--rounds 4] [--window 4] [--clients N] [--before GIT_REF]
                             [--model NAME] [--no-ceiling] [--interpreted]

@@ -11,7 +11,7 @@ the first minute once each process's bounded buffers are full, so that filling t
 not taken for a leak: the daemon's after --daemon-warmup (its sample rings hold 300
 rounds at 1 Hz and the supervisor 5 minutes of worker stats), each worker's after --warmup.
 
-Targets (issue 7): no failed request outside the kill, RSS growth under 5%, no
+Target: no failed request outside the kill, RSS growth under 5%, no
 descriptor growth.
 
     python bench/soak.py [--seconds 600] [--warmup 60]

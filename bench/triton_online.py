@@ -22,7 +22,7 @@ batching, one instance).
    candidate with the highest median goodput whose p99 meets the SLO; the steady-state
    figure is the median of the per-round ratios tuned / best.
 
-Targets (issue 14): 4. reached in under 2 minutes, no failed request; 5. >= 0.95.
+Target: 4. reached in under 2 minutes, no failed request; 5. >= 0.95.
 
     python bench/triton_online.py [--server .triton/bin/tritonserver] [--clients 16] [--slo-ms 100] [--online 150]
                            [--candidate max_batch_size=16,streams=2,max_queue_delay_us=0 ...]

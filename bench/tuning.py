@@ -21,7 +21,7 @@ online run says more about the drift than about the tuner. Paired windows second
 cancel it.
 
 Prints every figure as a ratio to the oracle and writes the goodput-over-time curve
-(with the oracle line) to tuning.png. Targets (issue 5): steady state >= 0.95 of the
+(with the oracle line) to tuning.png. Target: steady state >= 0.95 of the
 oracle, reached in under 90 s; SLO misses while exploring under 1% of requests;
 re-convergence after the shift under 30 s.
 

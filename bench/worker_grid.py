@@ -5,7 +5,7 @@ process; the grid is walked by setting knobs live over the control socket (what 
 tuner will do), with a warm-up before each measured window. Then the control round
 trip (set -> ack, and ping -> pong) is timed with the worker idle and under load.
 
-Targets (issue 3): round trip p99 under 5 ms idle; a knob in effect within one batch
+Target: round trip p99 under 5 ms idle; a knob in effect within one batch
 under load (a set is acknowledged before a batch in flight finishes, and knobs are read
 when each batch starts forming).
 

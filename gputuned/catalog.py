@@ -10,14 +10,16 @@ from gputuned.collectors import gpm, host, kubelet, numa, nvml, pcie, tuner, wor
 from gputuned.exporter import SELF_SPECS
 from gputuned.samples import MetricSpec
 
-METRIC_SPECS: tuple[MetricSpec, ...] = (
-    *nvml.SPECS,
-    *gpm.SPECS,
-    *pcie.SPECS,
-    *numa.SPECS,
-    *host.SPECS,
-    *kubelet.SPECS,
-    *worker.SPECS,
-    *tuner.SPECS,
-    *SELF_SPECS,
+# (where the families come from, the families), in the order docs/metrics.md lists them.
+METRIC_GROUPS: tuple[tuple[str, tuple[MetricSpec, ...]], ...] = (
+    ("the `nvml` collector: GPUs, and each worker's share of them", nvml.SPECS),
+    ("the `gpm` collector: GPU profiling counters (Hopper and newer)", gpm.SPECS),
+    ("the `pcie` collector", pcie.SPECS),
+    ("the `numa` collector", numa.SPECS),
+    ("the `host` collector", host.SPECS),
+    ("the `kubelet` collector: pods", kubelet.SPECS),
+    ("supervised workers", worker.SPECS),
+    ("the tuners", tuner.SPECS),
+    ("the daemon itself", SELF_SPECS),
 )
+METRIC_SPECS: tuple[MetricSpec, ...] = tuple(spec for _, specs in METRIC_GROUPS for spec in specs)

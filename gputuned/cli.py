@@ -23,7 +23,7 @@ def _add_admin_arguments(parser: argparse.ArgumentParser, socket_help: str) -> N
     parser.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gputuned",
         description="Monitors the GPUs, PCIe and NUMA of an inference host, exports them as Prometheus metrics, "
@@ -528,7 +528,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     standalone = {
         "worker": _worker,
         "triton-adapter": _triton_adapter,

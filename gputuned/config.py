@@ -4,7 +4,7 @@ Sections and keys are dataclasses; their field metadata declare bounds and choic
 `load_config` checks every key of the TOML file against them, so a typo or a wrong value
 is an error that names the key and what it accepts instead of a silent default.
 We validate by hand rather than with pydantic: the schema is small, the messages must
-list the allowed keys, and the daemon stays light (see README, "Choices").
+list the allowed keys, and the daemon stays light (docs/choices.md).
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ class ConfigError(ValueError):
     """An invalid configuration; the message names the offending key."""
 
 
-def _bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
-    return field(default=default, metadata={"min": low, "max": high})
-
-
-def _choice(default: str, *choices: str) -> Any:
-    return field(default=default, metadata={"choices": choices})
+def _key(default: Any, doc: str, low: float | None = None, high: float | None = None, choices: tuple[str, ...] = ()) -> Any:
+    """A config key: its default, what it does (docs/configuration.md is generated from it),
+    and the range or the choices `load_config` holds a value to."""
+    metadata = {"doc": doc, "min": low, "max": high, "choices": choices or None}
+    if isinstance(default, list):
+        return field(default_factory=list, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -62,7 +63,7 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 class MetricsConfig:
     """Where /metrics is served. Loopback by default: binding elsewhere exposes host details."""
 
-    listen: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    listen: str = _key(f"127.0.0.1:{DEFAULT_METRICS_PORT}", "HOST:PORT of /metrics and the status page")
 
     def __post_init__(self) -> None:
         try:
@@ -77,20 +78,22 @@ class MetricsConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    interval_seconds: float = _bounded(1.0, 0.1, 3600.0)
-    window_samples: int = _bounded(300, 2, 100_000)
+    """How often the collectors read the machine, and how much of it is kept for the tuners."""
+
+    interval_seconds: float = _key(1.0, "seconds between two sampling rounds", 0.1, 3600.0)
+    window_samples: int = _key(300, "points kept in memory per series (the tuners' and the status page's history)", 2, 100_000)
 
 
 @dataclass(frozen=True)
 class CollectorsConfig:
     """Which collectors run; all read the machine and never change it."""
 
-    nvml: bool = True
-    gpm: bool = True  # notes once and stays quiet on a GPU or driver without GPM
-    pcie: bool = True
-    numa: bool = True
-    host: bool = True
-    kubelet: bool = True  # off by itself where there is no kubelet socket
+    nvml: bool = _key(True, "GPUs through NVML: utilisation, memory, power, energy per worker, clocks, ECC, XID")
+    gpm: bool = _key(True, "GPM profiling counters (Hopper and newer); logs once and stays quiet elsewhere")
+    pcie: bool = _key(True, "PCIe bytes, link generation and width, utilisation, replays")
+    numa: bool = _key(True, "the NUMA memory system and each worker's off-node pages")
+    host: bool = _key(True, "per-core CPU busy, memory, each worker's CPU, memory and threads")
+    kubelet: bool = _key(True, "the pods holding and using each GPU; off by itself where there is no kubelet socket")
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class NvmlConfig:
     """The NVML binding: `pynvml` (nvidia-ml-py), or `module:factory` returning a stand-in
     with pynvml's API (the test suite and benchmarks use their fake NVML this way)."""
 
-    module: str = "pynvml"
+    module: str = _key("pynvml", "the NVML binding: `pynvml`, or `module:factory` returning a stand-in with its API")
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,12 @@ class PathsConfig:
     The runtime and state defaults are what systemd's RuntimeDirectory=gputuned and
     StateDirectory=gputuned create."""
 
-    proc_root: str = "/proc"
-    sys_root: str = "/sys"
-    kubelet_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    pod_logs_dir: str = "/var/log/pods"
-    runtime_dir: str = "/run/gputuned"
-    state_dir: str = "/var/lib/gputuned"
+    proc_root: str = _key("/proc", "where /proc is read (a container reads the host's, mounted elsewhere)")
+    sys_root: str = _key("/sys", "where /sys is read")
+    kubelet_socket: str = _key("/var/lib/kubelet/pod-resources/kubelet.sock", "the kubelet's PodResources API socket")
+    pod_logs_dir: str = _key("/var/log/pods", "the kubelet's pod log directories (their names give each pod's namespace)")
+    runtime_dir: str = _key("/run/gputuned", "the admin socket and the workers' control sockets")
+    state_dir: str = _key("/var/lib/gputuned", "accepted knobs and decision logs, kept across restarts")
 
 
 def _check_placement(value: str) -> None:
@@ -158,52 +161,75 @@ class WorkerConfig:
     (gputuned/vllm/).
     """
 
-    name: str = "worker"  # names it in metrics, status, logs, `--worker`, its socket and state files
-    kind: str = _choice("builtin", "builtin", "triton", "vllm")
-    command: list = field(default_factory=list)
-    model: str = "resnet-mini"
-    device: str = "auto"
-    input_shape: str = ""
-    input_dtype: str = "FP32"
-    # The model's inputs, "NAME:DATATYPE:DIMS[:mask]" each, in the order it takes them (-1: the
-    # sequence); empty: the model's own signature, or one input of input_shape.
-    inputs: list = field(default_factory=list)
-    max_length: int = _bounded(0, 0, 1 << 20)  # the longest sequence served; 0: the model's
-    listen: str = "127.0.0.1:8000"
-    placement: str = "auto"
-    cpus: str = ""  # an explicit CPU set ("0-3,8") instead of a whole NUMA node's CPUs
-    # The most of its GPU's memory the built-in worker may take (torch's per-process cap), so
-    # workers sharing a GPU cannot starve each other: a batch over it fails as out of memory.
-    gpu_memory_fraction: float = _bounded(1.0, 0.01, 1.0)
-    control_group: str = ""
-    ping_interval_seconds: float = _bounded(2.0, 0.1, 60.0)
-    ping_timeout_seconds: float = _bounded(10.0, 0.5, 600.0)
-    restart_backoff_seconds: float = _bounded(0.5, 0.0, 60.0)
-    restart_backoff_max_seconds: float = _bounded(30.0, 0.0, 3600.0)
-    crash_loop_exits: int = _bounded(5, 1, 1000)
-    crash_loop_window_seconds: float = _bounded(60.0, 1.0, 86400.0)
-    drain_timeout_seconds: float = _bounded(30.0, 0.0, 3600.0)
-    # How long a start may take before the worker counts as hung; 0: 120 s for the built-in
-    # worker and a user's command, 600 s for a Triton or vLLM gputuned starts (models load slowly).
-    start_timeout_seconds: float = _bounded(0.0, 0.0, 86400.0)
-    triton_server: str = ""  # the tritonserver binary gputuned starts; empty: attach to one at `listen`
-    triton_repository: str = ""  # the model repository: the started server's, or the attached one's for write-back
-    triton_args: list = field(default_factory=list)  # more tritonserver arguments
-    triton_metrics_url: str = ""  # default: `listen`'s host, its port + 2, /metrics (Triton's default layout)
-    triton_access_token_file: str = ""  # holds the token of a restricted repository API
-    # Write each accepted set of knobs into the model's config.pbtxt under triton_repository
-    # (the previous file kept beside it), so a restarted Triton comes back with them.
-    triton_write_back: bool = False
-    vllm_python: str = ""  # the Python of vLLM's environment gputuned starts vLLM with; empty: attach to one at `listen`
-    vllm_args: list = field(default_factory=list)  # more arguments for vLLM's server
-    # An attached vLLM's plugin socket (vLLM runs with GPUTUNED_VLLM_SOCKET set to it); without one, knobs are read-only.
-    vllm_plugin_socket: str = ""
-    # This worker's own objectives; 0: [tuning]'s.
-    slo_p99_ms: float = _bounded(0.0, 0.0, 600_000.0)
-    slo_ttft_ms: float = _bounded(0.0, 0.0, 600_000.0)
-    slo_tpot_ms: float = _bounded(0.0, 0.0, 60_000.0)
-    # The tuner's mode for this worker; unset: [tuning]'s, else by who runs the server (`tuner_mode`).
-    mode: str = _choice("", *MODE_NAMES)
+    name: str = _key("worker", "names it in metrics, status, logs, `--worker`, its socket and state files")
+    kind: str = _key(
+        "builtin",
+        "the server: the built-in worker (or your `command`), a Triton model, or a vLLM",
+        choices=("builtin", "triton", "vllm"),
+    )
+    command: list = _key([], "your own server's command, embedding the agent; empty: the built-in worker")
+    model: str = _key(
+        "resnet-mini",
+        "the built-in worker's model (a name, `module:factory`, a torch.export archive); Triton's model name; vLLM's model directory or name",
+    )
+    device: str = _key("auto", "`auto`, `cpu`, `cuda` or `cuda:N`; also which GPU's signals the tuner reads")
+    input_shape: str = _key("", "one fixed-shape input's dimensions, e.g. `3,224,224`, where the model does not say")
+    input_dtype: str = _key("FP32", "that input's datatype")
+    inputs: list = _key(
+        [], "the model's inputs, `NAME:DATATYPE:DIMS[:mask]` each, in order (-1: the sequence); empty: the model's own signature"
+    )
+    max_length: int = _key(0, "the longest sequence served; 0: the model's", 0, 1 << 20)
+    listen: str = _key(
+        "127.0.0.1:8000", "HOST:PORT the server answers inference on (Triton's or vLLM's HTTP address for those kinds)"
+    )
+    placement: str = _key("auto", "`auto` (its GPU's NUMA node), `off`, or a NUMA node number")
+    cpus: str = _key("", "an explicit CPU set (`0-3,8`) instead of a whole NUMA node's CPUs")
+    gpu_memory_fraction: float = _key(
+        1.0,
+        "the most of its GPU's memory the built-in worker may take, so that workers sharing a GPU cannot starve each other",
+        0.01,
+        1.0,
+    )
+    control_group: str = _key("", "a group whose members may also use the worker's control socket (mode 0660)")
+    ping_interval_seconds: float = _key(2.0, "seconds between health pings", 0.1, 60.0)
+    ping_timeout_seconds: float = _key(10.0, "a worker silent this long counts as hung and is restarted", 0.5, 600.0)
+    restart_backoff_seconds: float = _key(0.5, "the first wait before a restart; it doubles with each exit", 0.0, 60.0)
+    restart_backoff_max_seconds: float = _key(30.0, "the longest wait before a restart", 0.0, 3600.0)
+    crash_loop_exits: int = _key(5, "this many exits within crash_loop_window_seconds stop the restarts", 1, 1000)
+    crash_loop_window_seconds: float = _key(60.0, "the window crash_loop_exits are counted in", 1.0, 86400.0)
+    drain_timeout_seconds: float = _key(30.0, "how long a stopping worker may finish its requests", 0.0, 3600.0)
+    start_timeout_seconds: float = _key(
+        0.0,
+        "how long a start may take before the worker counts as hung; 0: 120 s, or 600 s for a Triton or vLLM gputuned starts",
+        0.0,
+        86400.0,
+    )
+    triton_server: str = _key("", "the tritonserver binary gputuned starts; empty: attach to the Triton at `listen`")
+    triton_repository: str = _key("", "the model repository: the started server's, or the attached one's for write-back")
+    triton_args: list = _key([], "more tritonserver arguments")
+    triton_metrics_url: str = _key("", "Triton's /metrics; empty: `listen`'s host, its port + 2 (Triton's default layout)")
+    triton_access_token_file: str = _key("", "a file holding the token of a restricted repository API")
+    triton_write_back: bool = _key(
+        False,
+        "write each accepted set of knobs into the model's config.pbtxt (the previous file kept beside it), "
+        "so a restarted Triton comes back with them",
+    )
+    vllm_python: str = _key(
+        "", "the Python of vLLM's environment gputuned starts vLLM with; empty: attach to the vLLM at `listen`"
+    )
+    vllm_args: list = _key([], "more arguments for the vLLM server gputuned starts")
+    vllm_plugin_socket: str = _key(
+        "",
+        "an attached vLLM's plugin socket (vLLM runs with GPUTUNED_VLLM_SOCKET set to it); without one, its knobs are read-only",
+    )
+    slo_p99_ms: float = _key(0.0, "this worker's p99 latency objective; 0: [tuning]'s", 0.0, 600_000.0)
+    slo_ttft_ms: float = _key(0.0, "this LLM worker's time-to-first-token objective; 0: [tuning]'s", 0.0, 600_000.0)
+    slo_tpot_ms: float = _key(0.0, "this LLM worker's time-per-output-token objective; 0: [tuning]'s", 0.0, 60_000.0)
+    mode: str = _key(
+        "",
+        "this worker's tuner mode; empty: [tuning]'s, else `auto` for a server gputuned starts and `recommend` for one it attaches to",
+        choices=MODE_NAMES,
+    )
 
     @property
     def start_timeout(self) -> float:
@@ -290,37 +316,76 @@ def _check_vllm(worker: WorkerConfig) -> None:
 class TuningConfig:
     """The autotuning loop: what it optimises and how carefully it changes things."""
 
-    mode: str = _choice("", *MODE_NAMES)  # every worker's that sets none of its own; unset: see tuner_mode
-    slo_p99_ms: float = _bounded(100.0, 0.1, 600_000.0)
-    # A generative (LLM) worker's objectives: time to first token and time per output token,
-    # each request's; goodput counts the requests within both. On vLLM's bucket bounds
-    # (TTFT 0.25, 0.5, 1, 2.5 s...; TPOT 25, 50, 75, 100, 150 ms...) nothing is lost to the buckets.
-    slo_ttft_ms: float = _bounded(1000.0, 1.0, 600_000.0)
-    slo_tpot_ms: float = _bounded(100.0, 1.0, 60_000.0)
-    # What a change must raise within the objectives: goodput (requests within the SLO per
-    # second), or goodput per watt of the worker's GPU energy. Overloaded, either is judged
-    # by throughput, which drains the queue; without an energy reading (a CPU worker, a GPU
-    # without an energy counter, MIG) goodput_per_watt is judged by goodput.
-    objective: str = _choice("goodput", *OBJECTIVES)
-    interval_seconds: float = _bounded(0.5, 0.1, 60.0)
-    baseline_seconds: float = _bounded(3.0, 0.5, 600.0)
-    warmup_seconds: float = _bounded(1.0, 0.0, 600.0)
-    trial_seconds: float = _bounded(3.0, 0.5, 600.0)
-    cooldown_seconds: float = _bounded(0.5, 0.0, 600.0)
-    min_margin: float = _bounded(0.03, 0.0, 1.0)
-    flap_reverts: int = _bounded(3, 1, 100)
-    flap_window_seconds: float = _bounded(300.0, 1.0, 86400.0)
-    shift_threshold: float = _bounded(0.5, 0.05, 100.0)
-    confirm_windows: int = _bounded(8, 2, 64)
-    explore_patience: int = _bounded(4, 1, 1000)
-    reexplore_seconds: float = _bounded(600.0, 1.0, 604800.0)
-    # Workers take turns to run trials: one at a time on the host, or one per NUMA node.
-    trials: str = _choice("one_per_host", "one_per_host", "one_per_numa_node")
+    mode: str = _key(
+        "",
+        "every worker's tuner mode that sets none of its own: `auto` changes knobs, `recommend` says what it would change, `frozen` only watches",
+        choices=MODE_NAMES,
+    )
+    # On vLLM's bucket bounds (TTFT 0.25, 0.5, 1, 2.5 s...; TPOT 25, 50, 75, 100, 150 ms...)
+    # nothing is lost to the buckets.
+    slo_p99_ms: float = _key(100.0, "the p99 latency objective; goodput counts the requests within it", 0.1, 600_000.0)
+    slo_ttft_ms: float = _key(
+        1000.0,
+        "an LLM worker's time-to-first-token objective; goodput counts the requests within both this and slo_tpot_ms",
+        1.0,
+        600_000.0,
+    )
+    slo_tpot_ms: float = _key(100.0, "an LLM worker's time-per-output-token objective", 1.0, 60_000.0)
+    objective: str = _key(
+        "goodput",
+        "what a change must raise within the objectives: goodput, or goodput per watt of the worker's GPU energy "
+        "(judged by goodput without an energy reading); under overload, throughput either way",
+        choices=OBJECTIVES,
+    )
+    interval_seconds: float = _key(0.5, "seconds between two steps of each worker's tuning loop", 0.1, 60.0)
+    baseline_seconds: float = _key(
+        3.0, "the settled window a change is compared against (stretched to five median request latencies)", 0.5, 600.0
+    )
+    warmup_seconds: float = _key(1.0, "the wait after a set before the trial window (at least the p99 latency)", 0.0, 600.0)
+    trial_seconds: float = _key(3.0, "the window a change is judged on", 0.5, 600.0)
+    cooldown_seconds: float = _key(0.5, "the pause after a decision", 0.0, 600.0)
+    min_margin: float = _key(0.03, "the least share a change must beat the baseline by, however quiet the noise", 0.0, 1.0)
+    flap_reverts: int = _key(3, "a knob reverted this many times within flap_window_seconds is left alone", 1, 100)
+    flap_window_seconds: float = _key(300.0, "the window flap_reverts are counted in", 1.0, 86400.0)
+    shift_threshold: float = _key(
+        0.5,
+        "a change of the arrival rate by this share, not caused by the tuner, is a new workload: exploration starts again",
+        0.05,
+        100.0,
+    )
+    confirm_windows: int = _key(8, "the most windows an interleaved verdict takes (2: none)", 2, 64)
+    explore_patience: int = _key(4, "explore trials in a row without a keep before the search converges", 1, 1000)
+    reexplore_seconds: float = _key(600.0, "converged this long, every direction is tried again", 1.0, 604800.0)
+    trials: str = _key(
+        "one_per_host",
+        "workers take turns to run trials: one at a time on the host, or one per NUMA node",
+        choices=("one_per_host", "one_per_numa_node"),
+    )
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    level: str = _choice("info", "debug", "info", "warning", "error")
+    """What the daemon logs (to the journal under systemd)."""
+
+    level: str = _key("info", "the log level", choices=("debug", "info", "warning", "error"))
+
+
+AT_RESTART = "when the daemon restarts"
+AT_WORKER_START = "at the worker's next start (adding or removing a worker: when the daemon restarts)"
+# When a change to each section takes effect on SIGHUP (`systemctl reload gputuned`); an
+# invalid file is refused whole and the running configuration kept.
+ON_RELOAD = {
+    "metrics": AT_RESTART,
+    "sampling": "at once",
+    "collectors": AT_RESTART,
+    "nvml": AT_RESTART,
+    "paths": AT_RESTART,
+    "worker": AT_WORKER_START,
+    "workers": AT_WORKER_START,
+    "workers_per_gpu": AT_WORKER_START,
+    "tuning": "at each worker's next tuning step",
+    "log": "at once",
+}
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from gputuned.config import WorkerConfig, parse_listen_address
 
-# A Triton set reloads the model: 4-7 s for the example model on this 2-core machine under
-# load; a large model takes far longer to load. Past this, the adapter counts as hung.
+# A Triton set reloads the model: seconds for a small model under load, far longer for a
+# large one. Past this, the adapter counts as hung.
 TRITON_RELOAD_SECONDS = 120.0
 
 

@@ -33,7 +33,7 @@ from gputuned.collectors import CollectorContext, build_collectors
 from gputuned.collectors.nvml_session import NvmlSession, read_pci_numa_node
 from gputuned.collectors.tuner import TunerCollector
 from gputuned.collectors.worker import WorkerCollector
-from gputuned.config import Config, ConfigError, load_config
+from gputuned.config import AT_RESTART, ON_RELOAD, Config, ConfigError, load_config
 from gputuned.control.server import ServerThread
 from gputuned.daemon.admin import AdminServer
 from gputuned.daemon.jobs import JobEvents
@@ -284,7 +284,9 @@ class Daemon:
             if new.tuning.interval_seconds != old.tuning.interval_seconds:
                 for slot in self.slots:
                     self._scheduler.reschedule_job(tune_job_id(slot), trigger="interval", seconds=new.tuning.interval_seconds)
-        needs_restart = [name for name in ("metrics", "collectors", "nvml", "paths") if getattr(new, name) != getattr(old, name)]
+        needs_restart = [
+            name for name, when in ON_RELOAD.items() if when == AT_RESTART and getattr(new, name) != getattr(old, name)
+        ]
         if needs_restart:
             log.warning("reload: changes to [%s] take effect when the daemon restarts", ", ".join(needs_restart))
         definitions = {worker.name: worker for worker in new.worker_definitions(self._gpu_count)}

@@ -1,7 +1,7 @@
 """Measuring online tuning under load, shared by bench/tuning.py and the GPU check (bench/gpu.py):
 time-bounded loads, goodput over time, and settings compared side by side.
 
-Side by side, because the machines these run on drift (20-35% within a minute here): an
+Side by side, because the machines these run on drift (a shared VM by 20-35% within a minute): an
 oracle measured minutes before an online run says more about the drift than about the
 tuner, while windows seconds apart share it.
 """

@@ -93,16 +93,15 @@ class BatchJumpTuner:
 
     The gain of a batch is not always monotonic in its size: on a CPU a batch of 2 can cost
     more per item than one of 1 (a kernel choice, the split and merge), while one of 8
-    amortises the per-batch work over all eight (measured here: batch 2 3-16% below batch 1,
-    batch 8 15-20% above it, with 8 clients on one core). A climb that stops at the first
+    amortises the per-batch work over all eight. A climb that stops at the first
     step that does not pay never sees that; one jump to the batch that takes the whole
     queue does, once (the guard remembers it apart from the step).
 
     Asked after the lanes: the jump is a guess at a landscape that is not monotonic, a
     second lane while the lanes are saturated is the usual move. Where the lane pays and
     the batch does not, the jump would spend a trial first, on a server whose every trial
-    is a model reload (measured here on Triton's Python backend: batch 8 at one instance
-    0.75 of batch 1, a second instance 1.7x)."""
+    is a model reload (on Triton's Python backend a second instance can pay where a bigger
+    batch at one instance loses)."""
 
     name = "batch_jump"
 
@@ -180,8 +179,8 @@ class BatchDownProbe:
     """Half the batch, as an explore move that wins ties (kept unless goodput falls: at the
     same goodput the smaller batch answers sooner and holds less memory). With the usual
     margin to beat, a plateau keeps the bigger batch where the smaller serves a few percent
-    more (measured here on resnet-mini with two lanes: batch 16 kept in 8 of 10 runs,
-    reading 0.93-1.03 of batch 8 side by side, three of them under 0.95).
+    more: two points of a plateau differ by less than the margin, so the first one reached
+    stays, though the smaller answers sooner.
 
     Asked in two places. Last of all, so that it gets a turn only when no other tuner has
     a move. And, as `BatchDownProbe(several_lanes=True)`, right after the lanes, where
@@ -189,8 +188,7 @@ class BatchDownProbe:
     such a batch was always chosen with fewer lanes than run it now, and the best batch
     moves down when lanes are added (see the module docstring). Asked last, that probe
     waits behind the queue-delay, pool and scheduling trials, which can take the whole
-    tuning time (measured here on the encoder: 16 kept at one lane, a second lane kept,
-    and 8, 2-11% better at two lanes, never tried within 120 s).
+    tuning time, so the smaller batch that the second lane made better would go untried.
 
     The guard's memory of directions that did not pay (and of kept changes' undoing)
     keeps either to once per landscape: during the climb, each kept doubling rules out

@@ -1,10 +1,9 @@
 """Judging a small difference by interleaved windows, and the noise that says what is small.
 
 Near the optimum, settings differ by less than the noise between two windows of one
-setting (+-10-15% on the 2-core build machine, whose speed also drifts by 20-35% within a
-minute). One baseline window against one trial window then keeps or reverts on luck: two
-runs of one online test ended at 1.04 and 0.92 of the best static setting, one of them
-having kept batch 16 -> 8 on +3.4%.
+setting (on a shared VM, +-10-15%, and its speed drifts by 20-35% within a minute). One
+baseline window against one trial window then keeps or reverts on luck: a gain of a few
+percent is as likely the drift as the change.
 
 So a verdict the single trial window cannot give beyond the noise is settled as the
 side-by-side benchmark settles it: the guard switches back and forth, old, new, old, new,

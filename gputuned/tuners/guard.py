@@ -489,9 +489,9 @@ class Guard:
     def _window_budget(self, set_seconds: float) -> int:
         """The windows an interleaving may take: `confirm_windows` where a set is instant.
         Each window after the first two starts with a set; where a set takes seconds (a
-        Triton model reload, ~5 s here, which also holds requests up), about as many as
-        fit in the time the instant ones would take, and at least one: on such a server
-        eight windows took a minute and seven reloads to judge one batch step. (Rounded: a
+        Triton model reload takes seconds and holds requests up), about as many as fit in
+        the time the instant ones would take, and at least one: on such a server eight
+        windows would take a minute and seven reloads to judge one batch step. (Rounded: a
         worker's set, acknowledged within a batch, does not cost a window.)"""
         measured = self._paced_warmup() + self._paced(self.settings.trial_seconds)
         more = (self.settings.confirm_windows - 2) * measured / (measured + set_seconds)

@@ -60,9 +60,9 @@ def _lane_with_half_the_batch(inp: TunerInput, lanes: int) -> Proposal | None:
     Lanes and the batch are coupled: a second lane at the same maximum doubles the items in
     flight (on a CPU, twice the cache and the cores' share per batch), which can cost what
     the overlap gains. The items in flight stay the same with half the batch per lane, the
-    point a climb that reached its batch with one lane cannot see (measured here: batch 32
-    with one lane, 0.79 of batch 8 with two). Only while batches fill the maximum (so half
-    of it binds)."""
+    point a climb that reached its batch with one lane cannot see (on a CPU a big batch at
+    one lane can serve well under half of it at two). Only while batches fill the maximum
+    (so half of it binds)."""
     size, window = inp.knobs.get(BATCH_KNOB), inp.window
     if size is None or size < 2 or window.mean_batch < FULL * size:
         return None

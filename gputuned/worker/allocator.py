@@ -13,9 +13,9 @@ no mmap for blocks a heap can hold, and no trimming below 1 GiB of free top.
 A lane runs its batches in a thread of its own, and glibc gives each thread an arena of
 its own, made of heaps of at most 64 MiB: a batch whose activations outgrow one heap gets
 a new one, which glibc unmaps as soon as the batch frees it whatever the thresholds say,
-and a block over 64 MiB comes from mmap whatever M_MMAP_MAX says. resnet-mini at batch 64
-in a thread took 13,700-15,900 faults a batch that way and computed 750-775 items/s
-against 1,106-1,110 with none. So every thread allocates from the one main arena, whose
+and a block over 64 MiB comes from mmap whatever M_MMAP_MAX says: a convolutional model at a
+large batch then faults in thousands of pages every batch and computes a third slower
+(bench/malloc.py measures it). So every thread allocates from the one main arena, whose
 heap grows and stays. The worker's memory then stays at its largest batch's, as a CUDA
 caching allocator's does. The price is one lock across the threads for every block past
 glibc's per-thread cache (1 KiB): a few a layer for a lane.

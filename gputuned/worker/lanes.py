@@ -2,10 +2,9 @@
 
 Each lane is an asyncio task that takes a batch from the batcher and runs it on a
 thread of its own (torch releases the GIL inside its kernels, so CPU lanes overlap),
-handed over through a queue and answered with one call into the event loop. Through a
-thread pool (its futures, its idle-thread semaphore, their chaining into asyncio) a
-batch's round trip took 80 us of CPU, against 57 us this way: at batch 1, a sixth of a
-request's cost. On CUDA each lane also owns a torch.cuda.Stream, so one lane's copy
+handed over through a queue and answered with one call into the event loop. A thread
+pool would add its futures, its idle-thread semaphore and their chaining into asyncio to
+every batch's round trip: at batch 1, a large share of a request's cost. On CUDA each lane also owns a torch.cuda.Stream, so one lane's copy
 overlaps another's compute. Adding lanes starts them at once; removing lanes lets the
 surplus finish the batch they hold and then exit, so no request is dropped by a change.
 """

@@ -59,8 +59,8 @@ class Block:
     def view(self, dtype: torch.dtype, shape: tuple[int, ...], offset: int = 0) -> tuple[torch.Tensor, np.ndarray]:
         """The block's bytes from `offset` as a tensor of `dtype` and `shape`, and the same
         memory as a numpy array (a bfloat16 one as its raw 16-bit words). Made once per
-        shape and kept: slicing and viewing a tensor three times cost ~5 us a batch, and a
-        block serves the same few shapes again and again."""
+        shape and kept: slicing and viewing a tensor three times costs microseconds every batch,
+        and a block serves the same few shapes again and again."""
         key = (dtype, shape, offset)
         views = self._views.get(key)
         if views is None:

@@ -5,14 +5,12 @@ Under Linux's default policy the woken thread preempts the waker, which still ho
 GIL: the woken one blocks on the GIL at once, and the core switches back and forth, four
 to six switches a batch where two do. A thread under SCHED_BATCH does not preempt on
 waking: the waker runs on until it blocks, and the woken thread then finds the GIL free.
-Measured on one core with a nearly free model at batch 1 (bench/serving.py's ceiling): 101
--> 75 us of the worker's CPU a request (in an earlier A/B on one worker, 13% more requests
-a second and p99 4.9 -> 4.3 ms); at batch 32 29 against 30 us; the transformer encoder of
-bench/serving.py at batch 32 served 1.02x side by side (6 rounds of 6 above 1).
+That saves most where batches are small and the serving path's cost is a large share of a
+request's (bench/serving.py's ceiling at batch 1), and little at large batches.
 
 The price: a woken worker thread no longer preempts another process on its core either,
 so where something else competes for the core a request waits for that task's time slice
-(a busy loop on the worker's core: median latency 1.4 -> 3.3 ms at 300 requests/s). Hence
+(a busy loop on the worker's core can double the median latency). Hence
 a knob, off unless the worker starts under SCHED_BATCH, which the tuner tries and keeps
 only if goodput within the SLO rises (tuners/scheduling.py).
 """

@@ -21,7 +21,7 @@ def test_on_this_gpu_less_machine_nvml_reports_failure_and_the_rest_flows(promto
     assert result.returncode == 0 and result.stdout == "" and result.stderr == "", result.stdout + result.stderr
     families = {f.name: f for f in text_string_to_metric_families(text)}
     success = {s.labels["collector"]: s.value for s in families["gputuned_collector_success"].samples}
-    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
+    assert success == {"nvml": 0.0, "gpm": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
     assert "gputuned_vmstat_pgfault" in families
     assert "gputuned_host_memory_total_bytes" in families
 
@@ -59,7 +59,8 @@ def test_check_config_accepts_the_example_and_refuses_a_typo(tmp_path):
     typo.write_text("[collectors]\nnmva = true\n")
     result = run_cli("check-config", "--config", str(typo))
     assert (
-        result.returncode == 2 and "collectors.nmva: unknown key; allowed keys: nvml, pcie, numa, host, kubelet" in result.stderr
+        result.returncode == 2
+        and "collectors.nmva: unknown key; allowed keys: nvml, gpm, pcie, numa, host, kubelet" in result.stderr
     )
 
 

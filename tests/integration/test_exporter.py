@@ -15,7 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gputuned.catalog import METRIC_SPECS
-from gputuned.collectors import kubelet
+from gputuned.collectors import gpm, kubelet
 from gputuned.collectors import tuner as tuner_collector
 from gputuned.collectors import worker as worker_collector
 from gputuned.config import Config, PathsConfig, WorkerConfig, with_overrides
@@ -56,12 +56,13 @@ def test_every_metric_family_of_the_catalog_is_served_from_fixtures_and_fake_nvm
         daemon.stop()
     served = {family.name for family in text_string_to_metric_families(text)}
     expected = {spec.name.removesuffix("_total") for spec in METRIC_SPECS}
-    # Rates need two rounds and this test scraped after one; psutil reads the live /proc,
+    # Rates and GPM's activity need two rounds and this test scraped after one; psutil reads the live /proc,
     # where the fixture's worker pid 4242 does not exist (the integration test covers both).
     # The worker and tuner collectors run only when the daemon supervises a worker (this one does not);
     # pod attribution needs a kubelet (tests/integration/test_kubelet.py serves one).
     not_here = {
         "gputuned_pcie_utilization_ratio",
+        *(spec.name for spec in gpm.SPECS),
         "gputuned_host_cpu_busy_ratio",
         "gputuned_worker_cpu_seconds",
         "gputuned_worker_resident_memory_bytes",
@@ -104,16 +105,16 @@ def test_collector_health_and_sample_age_are_served(tmp_path: Path):
     finally:
         daemon.stop()
     success = {s.labels["collector"]: s.value for s in families["gputuned_collector_success"].samples}
-    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}  # off, not failing
+    assert success == {"nvml": 0.0, "gpm": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}  # off, not failing
     durations = families["gputuned_collector_duration_seconds"].samples
-    assert len(durations) == 5 and all(s.value >= 0 for s in durations)
+    assert len(durations) == 6 and all(s.value >= 0 for s in durations)
     (age,) = families["gputuned_sample_age_seconds"].samples
     assert 0 <= age.value < 5
     assert "process_resident_memory_bytes" in {s.name for f in families.values() for s in f.samples}
 
 
 def test_disabled_collectors_do_not_run(tmp_path: Path):
-    config = with_overrides(fixture_config(tmp_path), collectors={"nvml": False, "pcie": False, "kubelet": False})
+    config = with_overrides(fixture_config(tmp_path), collectors={"nvml": False, "gpm": False, "pcie": False, "kubelet": False})
     fake = FakeNvml.with_gpus(1)
     daemon = Daemon(config, fake, psutil, supervise=False)
     daemon.start()

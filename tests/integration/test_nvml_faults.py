@@ -56,13 +56,13 @@ def test_a_lost_gpu_an_unsupported_field_and_a_vanished_library_mid_run(tmp_path
     finally:
         daemon.stop()
     success = {dict(labels)["collector"]: value for labels, value in degraded["gputuned_collector_success"].items()}
-    # The lost GPU fails both GPU collectors (pod attribution is off: not a Kubernetes node).
-    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
+    # The lost GPU fails every GPU collector (pod attribution is off: not a Kubernetes node).
+    assert success == {"nvml": 0.0, "gpm": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
     assert gpus_of(degraded["gputuned_gpu_power_watts"]) == {"0", "1", "2", "4", "5", "6", "7"}
     assert gpus_of(degraded["gputuned_gpu_temperature_celsius"]) == {"0", "2", "4", "5", "6", "7"}
     assert after_loss == [] and others  # the tuner's windows: nothing new from the lost GPU, the others flow
     success = {dict(labels)["collector"]: value for labels, value in without_nvml["gputuned_collector_success"].items()}
-    assert success == {"nvml": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
+    assert success == {"nvml": 0.0, "gpm": 0.0, "pcie": 0.0, "numa": 1.0, "host": 1.0, "kubelet": 1.0}
     assert "gputuned_gpu_power_watts" not in without_nvml
     assert without_nvml["gputuned_numa_hit"] and without_nvml["gputuned_host_memory_total_bytes"]
     assert next(iter(without_nvml["gputuned_sample_age_seconds"].values())) < 1.0

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gputuned.cli import _build_parser, main
+from gputuned.cli import build_parser, main
 
 EXAMPLE = Path(__file__).parents[2] / "systemd" / "gputuned.toml"
 
@@ -19,7 +19,7 @@ def test_the_help_lists_operator_commands_first_and_hides_the_internal_ones(caps
     assert listed == ["run", "status", "restart", "install", "worker", "load", "sweep"]
     assert text.index("\n    install ") < text.index("\n    worker ")
     assert "triton-adapter" not in text and "Thin: parses" not in text
-    hidden = _build_parser().parse_args(["triton-adapter", "--model", "m", "--control-socket", "/run/a.sock"])
+    hidden = build_parser().parse_args(["triton-adapter", "--model", "m", "--control-socket", "/run/a.sock"])
     assert hidden.command == "triton-adapter"  # still there for the daemon to start
 
 
@@ -36,7 +36,7 @@ def test_check_config_names_the_file_it_checked_and_fails_on_a_missing_one(tmp_p
 
 
 def test_sweep_finds_the_daemons_admin_socket_as_the_other_client_commands_do():
-    args = _build_parser().parse_args(["sweep", "max_batch_size=1,2", "--config", str(EXAMPLE)])
+    args = build_parser().parse_args(["sweep", "max_batch_size=1,2", "--config", str(EXAMPLE)])
     assert args.socket is None and args.config == EXAMPLE  # resolved to RUNTIME_DIR/admin.sock, as for status and set
 
 

@@ -90,12 +90,12 @@ def test_listen_address_forms():
 
 
 def test_metrics_and_the_inference_api_bind_to_loopback_unless_told_otherwise():
-    from gputuned.cli import _build_parser
+    from gputuned.cli import build_parser
 
     config = Config()
     assert parse_listen_address(config.metrics.listen)[0] == "127.0.0.1"
     assert parse_listen_address(WorkerConfig().listen)[0] == "127.0.0.1"
-    worker = _build_parser().parse_args(["worker"])
+    worker = build_parser().parse_args(["worker"])
     assert parse_listen_address(worker.listen)[0] == "127.0.0.1"
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,6 @@ from gputuned.knobs import (
     parse_assignments,
     validate_changes,
 )
-from gputuned.reference import knobs_markdown
 from gputuned.triton.model_config import knob_specs
 from tests.dashboard_queries import DASHBOARD_DIR
 
@@ -111,8 +109,3 @@ def test_the_tuning_dashboard_has_a_panel_for_every_live_knob_and_none_for_resta
     board = (DASHBOARD_DIR / "gputuned-tuning.json").read_text()  # equal to a fresh build: test_dashboards.py
     for name, knob in CATALOGUE.items():
         assert (f'knob=\\"{name}\\"' in board) == knob.live, name
-
-
-def test_the_knob_reference_is_generated_from_the_catalogue():
-    committed = (Path(__file__).parents[2] / "docs" / "knobs.md").read_text(encoding="utf-8")
-    assert committed == knobs_markdown(), "run `python -m gputuned.reference docs` and commit docs/knobs.md"
