@@ -211,6 +211,14 @@ class Measurement:
         return self.watts / self.throughput if self.watts is not None and self.throughput > 0 else None
 
     @property
+    def joules_per_token(self) -> float | None:
+        """A generative worker's GPU energy per generated token; None without an energy reading or tokens."""
+        generation = self.generation
+        if self.watts is None or generation is None or generation.output_tokens_per_second <= 0:
+            return None
+        return self.watts / generation.output_tokens_per_second
+
+    @property
     def goodput_per_watt(self) -> float:
         """Requests within the SLO per joule of the worker's GPU energy; 0 without an energy reading."""
         return self.goodput / self.watts if self.watts else 0.0

@@ -138,9 +138,7 @@ class SampleStore:
     def rate(self, name: str, labels: tuple[str, ...], start: float, end: float) -> float | None:
         """A counter's growth per second between its first and last points within [start,
         end]; None with fewer than two points or after a reset (the counter fell)."""
-        with self._lock:
-            ring = self._rings.get((name, labels))
-            points = [(t, value) for t, value in ring.points() if start <= t <= end] if ring is not None else []
+        points = [(t, value) for t, value in self.window(name, labels) if start <= t <= end]
         if len(points) < 2 or points[-1][0] <= points[0][0] or points[-1][1] < points[0][1]:
             return None
         (t0, v0), (t1, v1) = points[0], points[-1]

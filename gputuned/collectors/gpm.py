@@ -157,11 +157,7 @@ class GpmCollector:
 
     def _instances(self, device: GpuDevice) -> list[str]:
         """ "" for the whole GPU, or under MIG the ids of its GPU instances."""
-        try:
-            current, _pending = self._session.read(device, "nvmlDeviceGetMigMode")
-        except FieldUnsupported:
-            return [""]  # a GPU without MIG
-        if current != self._nvml.NVML_DEVICE_MIG_ENABLE:
+        if not self._session.mig_enabled(device):
             return [""]
         instances = set()
         for index in range(self._session.read(device, "nvmlDeviceGetMaxMigDeviceCount")):

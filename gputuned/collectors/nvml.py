@@ -218,7 +218,7 @@ class NvmlCollector:
         if workers or millijoules is not None:
             on_gpu = self._collect_processes(device, workers, out)
             if millijoules is not None:
-                mig = self._mig_enabled(device)
+                mig = self._session.mig_enabled(device)
                 self._attribute_energy(
                     gpu, millijoules / 1000.0, split(on_gpu.resident, on_gpu.utilization, on_gpu.owners, mig), out
                 )
@@ -331,13 +331,6 @@ class NvmlCollector:
         for (reason_gpu, reason), total in sorted(self._energy.unattributed.items()):
             if reason_gpu == gpu:
                 out.add(UNATTRIBUTED_ENERGY, total, gpu, reason)
-
-    def _mig_enabled(self, device: GpuDevice) -> bool:
-        try:
-            current, _pending = self._session.read(device, "nvmlDeviceGetMigMode")
-        except FieldUnsupported:
-            return False
-        return bool(current == self._nvml.NVML_DEVICE_MIG_ENABLE)
 
     def _owners_of(self, pids: Iterable[int], workers: list[WorkerTarget]) -> dict[int, str]:
         """The worker owning each GPU process: the worker whose process it is or descends from."""

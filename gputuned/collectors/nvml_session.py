@@ -217,6 +217,14 @@ class NvmlSession:
             notes.append(str(exc))
             return None
 
+    def mig_enabled(self, device: GpuDevice) -> bool:
+        """Whether MIG is on for this GPU (a GPU without MIG says it is not supported)."""
+        try:
+            current, _pending = self.read(device, "nvmlDeviceGetMigMode")
+        except FieldUnsupported:
+            return False
+        return bool(current == self._nvml.NVML_DEVICE_MIG_ENABLE)
+
     def call(self, function: str, *args: Any) -> Any:
         """Calls a device-less NVML function (event sets) through the same error seam."""
         try:

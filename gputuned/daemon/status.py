@@ -60,14 +60,6 @@ class WorkerSnapshot:
     objective: str = "goodput"  # what its tuner raises ([tuning] objective)
 
 
-def _joules_per_token(performance: Any) -> float | None:
-    """An LLM worker's GPU energy per generated token over the window."""
-    generation = performance.generation
-    if performance.watts is None or generation is None or generation.output_tokens_per_second <= 0:
-        return None
-    return float(performance.watts / generation.output_tokens_per_second)
-
-
 def _offnode_ratio(store: SampleStore, name: str) -> float | None:
     points = store.window("gputuned_worker_offnode_ratio", (name,))
     return points[-1][1] if points else None
@@ -123,7 +115,7 @@ def _worker_report(store: SampleStore, worker: WorkerSnapshot, now: float) -> di
             "sm_active": performance.sm_active,
             "watts": performance.watts,
             "joules_per_request": performance.joules_per_request,
-            "joules_per_token": _joules_per_token(performance),
+            "joules_per_token": performance.joules_per_token,
         },
         # ceilings: the highest value of a knob that fits, learned from out-of-memory events
         "tuner": {
