@@ -250,7 +250,9 @@ class WorkerCollector:
             age = now - status.stats_at
             out.add(STATS_AGE, max(age, 0.0), name)
             if ready and age > STALE_STATS_SECONDS:
-                out.errors.append(f"no stats from worker {name} for {age:.0f} s")
+                # Worded without the age (exported as STATS_AGE): the sampler logs an error once
+                # when it appears and once when it is gone, not every tick it grows.
+                out.errors.append(f"no stats from worker {name} for over {STALE_STATS_SECONDS:.0f} s")
 
     @staticmethod
     def _collect_slo(name: str, stats: StatsReport, slo_seconds: float, generative: GenerativeObjectives, out: Collected) -> None:

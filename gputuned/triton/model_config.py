@@ -16,6 +16,16 @@ has no preferred size, so batches fill up to `max_batch_size` (a smaller preferr
 in place would cap them). A change of `streams` alone leaves batching as it is. Everything
 else stays as Triton reported it. A model whose config says `max_batch_size: 0` does not
 batch; it gets only `streams`.
+
+A load whose config differs from the running one only in `instance_group` is an in-place
+instance update: Triton adds or removes instances beside the ones serving. Under a steady
+load that update can wait for tens of seconds or indefinitely, and every load after it
+queues behind it (Triton 2.51's Python backend at batches of one and two: it often finished
+only when the load paused).
+`for_load` therefore makes every instance-count change a full reload, as a batch change is
+already, which Triton performs beside the serving version whatever the load: a model
+parameter of gputuned's own (`RELOAD_PARAMETER`) changes with it. The parameter lives in
+Triton's running config only: write-back leaves it out (`without_reload_parameter`).
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ INSTANCES = STREAMS.name
 BATCH_LIMIT = 128  # Model Analyzer's brute grid reaches 128
 DELAY_LIMIT_US = 100_000
 INSTANCES_LIMIT = 8
+# A model config parameter whose new value makes an instance-count change a full reload.
+RELOAD_PARAMETER = "gputuned_reload"
 
 
 def batches(config: Mapping[str, Any]) -> bool:
@@ -84,4 +96,26 @@ def with_knobs(config: Mapping[str, Any], knobs: Mapping[str, int]) -> dict[str,
         dynamic["preferred_batch_size"] = [size]
         result["dynamic_batching"] = dynamic
         result["max_batch_size"] = size
+    return result
+
+
+def for_load(running: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` as the load request sends it: with RELOAD_PARAMETER counted up where it changes
+    the instance count (see the module docstring)."""
+    if instances(new) == instances(running):
+        return new
+    parameters = dict(new.get("parameters") or {})
+    done = str((parameters.get(RELOAD_PARAMETER) or {}).get("string_value", "0"))
+    parameters[RELOAD_PARAMETER] = {"string_value": str(int(done) + 1 if done.isdigit() else 1)}
+    return {**new, "parameters": parameters}
+
+
+def without_reload_parameter(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` without RELOAD_PARAMETER (and without `parameters` if that was its only one)."""
+    result = dict(config)
+    parameters = {key: value for key, value in (config.get("parameters") or {}).items() if key != RELOAD_PARAMETER}
+    if parameters:
+        result["parameters"] = parameters
+    else:
+        result.pop("parameters", None)
     return result

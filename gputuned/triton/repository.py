@@ -84,7 +84,7 @@ class ConfigFile:
             written["max_batch_size"] = running["max_batch_size"]
         if written and model_config.knobs_of(written) == {**model_config.knobs_of(written), **knobs}:
             return False
-        new = model_config.with_knobs(written or dict(running), knobs)
+        new = model_config.with_knobs(written or model_config.without_reload_parameter(running), knobs)
         try:
             text = self._text_format.MessageToString(self._json_format.ParseDict(new, self._schema()))
         except self._json_format.ParseError as exc:

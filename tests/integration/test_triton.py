@@ -243,7 +243,7 @@ def test_stopping_the_daemon_at_any_point_of_a_trial_leaves_an_attached_triton_w
     with running_supervising_daemon(tmp_path, worker_port=port, tuning=tuning, **worker) as (daemon, _, _, admin):
         load.start()
         try:
-            # On a busy machine one reload can hold the guard for the set's whole 120 s limit.
+            # A change is a reload of seconds; the moment comes within a few trials (bounded well above).
             wait_for(lambda: MOMENTS[moment](worker_status(admin)), 300, moment)
             stop(daemon, signal.SIGTERM, timeout=90)
         finally:

@@ -6,6 +6,9 @@ import logging
 
 import pytest
 
+from gputuned.collectors.worker import WorkerCollector
+from gputuned.daemon.supervisor import WorkerState, WorkerStatus
+from gputuned.performance import GenerativeObjectives
 from gputuned.sampler import Sampler
 from gputuned.samples import Collected, MetricSpec, WorkerTarget
 from gputuned.store import Ring, SampleStore, Snapshot
@@ -112,3 +115,27 @@ def test_a_counter_rate_over_a_window_and_none_where_it_cannot_be_told():
     assert store.rate("gputuned_test_joules_total", ("0",), 11.5, 12.5) is None  # one point
     assert store.rate("gputuned_test_joules_total", ("0",), 12.0, 14.0) is None  # the counter was reset
     assert store.rate("gputuned_test_joules_total", ("1",), 10.0, 14.0) is None
+
+
+class SilentWorker:
+    """A ready worker whose last stats arrived at t=0 (the SupervisedWorker protocol)."""
+
+    name, gpu = "w", None
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(WorkerState.READY, 1234, 0, None, 0.0, None, {}, {}, 0.0, None, "")
+
+    def slo_seconds(self) -> float:
+        return 0.1
+
+    def generative_objectives(self) -> GenerativeObjectives:
+        return GenerativeObjectives(1.0, 0.1)
+
+
+def test_a_worker_silent_for_longer_and_longer_is_logged_once(caplog):
+    clock = iter([1.0, 10.0, 11.0, 12.0, 13.0])
+    sampler = Sampler([WorkerCollector(lambda: [SilentWorker()], clock=lambda: next(clock))], SampleStore(10), WorkerTarget)
+    with caplog.at_level(logging.INFO, logger="gputuned.sampler"):
+        for _ in range(5):
+            sampler.tick()
+    assert [r.getMessage() for r in caplog.records] == ["collector worker: no stats from worker w for over 5 s"]
