@@ -32,6 +32,10 @@ from gputuned.datatypes import DATATYPES
 from gputuned.lengths import Lengths
 
 MAX_IN_FLIGHT = 4096  # open loop: beyond this many outstanding requests, arrivals count as errors
+# A pooled connection idle this long is closed by the client, well before the server's own
+# keep-alive closes it (uvicorn's default, vLLM's server's, is 5 s; aiohttp's own 15 s):
+# a request sent on a connection the server is closing that moment fails as disconnected.
+IDLE_CONNECTION_SECONDS = 2.0
 MAX_FAILURES_KEPT = 100_000
 # A closed-loop client waits this long after a failure, as real clients back off, so that a
 # refused connection does not become a busy loop that starves the server being restarted.
@@ -313,10 +317,11 @@ async def run_load(plan: LoadPlan, progress: TextIO | None = None) -> LoadResult
 
 
 def client_session(plan: LoadPlan) -> aiohttp.ClientSession:
-    """A session with no connection limit (the plan's clients are the limit) and a request
-    timeout of the whole run's length."""
+    """A session with no connection limit (the plan's clients are the limit), a request
+    timeout of the whole run's length, and idle connections closed after IDLE_CONNECTION_SECONDS."""
     timeout = aiohttp.ClientTimeout(total=max(plan.duration, 30.0))
-    return aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_CONNECTION_SECONDS)
+    return aiohttp.ClientSession(timeout=timeout, connector=connector)
 
 
 async def drive(run: LoadRun, progress: TextIO | None) -> LoadResult:
