@@ -267,6 +267,9 @@ def running_supervising_daemon(
     try:
         wait_for_http(f"http://127.0.0.1:{metrics_port}/metrics", process, deadline_s=30)
         admin = tmp_path / "run" / "admin.sock"
+        # The metrics endpoint can answer before the admin socket is bound: a test asking
+        # for the status at once would find no socket.
+        wait_for(lambda: admin.exists() or process.poll() is not None, 30, "the daemon's admin socket")
         if wait_ready:
             if workers is None:
                 wait_for_http(f"{worker_base}/v2/health/ready", process, deadline_s=60)
