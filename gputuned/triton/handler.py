@@ -109,7 +109,7 @@ class TritonWorker(AdaptedWorker):
         with self._reloading:
             with self._lock:
                 checked = validate_changes(self._specs, knobs, ("device", "model", "triton"))
-                config = model_config.for_load(self._config, model_config.with_knobs(self._config, checked))
+                config = model_config.for_load(self._config, checked)
             try:
                 self._client.load(self._model, config)
             except TritonError as exc:

@@ -99,9 +99,10 @@ def with_knobs(config: Mapping[str, Any], knobs: Mapping[str, int]) -> dict[str,
     return result
 
 
-def for_load(running: Mapping[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """`new` as the load request sends it: with RELOAD_PARAMETER counted up where it changes
-    the instance count (see the module docstring)."""
+def for_load(running: Mapping[str, Any], knobs: Mapping[str, int]) -> dict[str, Any]:
+    """The config a load request sends for `knobs`: `with_knobs`, and RELOAD_PARAMETER counted
+    up where the instance count changes (see the module docstring)."""
+    new = with_knobs(running, knobs)
     if instances(new) == instances(running):
         return new
     parameters = dict(new.get("parameters") or {})

@@ -80,7 +80,7 @@ def test_a_model_without_a_file_gets_the_running_config_with_the_knobs(tmp_path)
     (tmp_path / "ranker").mkdir()
     config_file = ConfigFile(tmp_path, "ranker")
     # Triton runs it with gputuned's reload parameter: that is not the operator's to keep.
-    reloaded = model_config.for_load(RUNNING, model_config.with_knobs(RUNNING, {"streams": 2}))
+    reloaded = model_config.for_load(RUNNING, {"streams": 2})
     config_file.write_back({"streams": 2}, reloaded)
     written = config_file.read()
     assert model_config.knobs_of(written)["streams"] == 2 and "parameters" not in written
